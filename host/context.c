@@ -1,0 +1,99 @@
+#include <stdlib.h>
+
+#include "host/internal.h"
+
+static int is_missing_device(cudaError_t error) {
+  return error == cudaErrorNoDevice || error == cudaErrorInsufficientDriver;
+}
+
+bnk_status bnk_context_create(bnk_context **ctx, int device) {
+  bnk_clear_error();
+  if (ctx == NULL) return bnk_fail(BNK_ERROR_INVALID_VALUE, "ctx must not be NULL");
+  if (device < -1) return bnk_fail(BNK_ERROR_INVALID_VALUE, "device must be -1 or a device ordinal, got %d", device);
+  int count = 0;
+  cudaError_t error = cudaGetDeviceCount(&count);
+  if (is_missing_device(error) || (error == cudaSuccess && count == 0)) {
+    cudaGetLastError(); /* not sticky: leave the runtime clean for the caller */
+    return bnk_fail(BNK_ERROR_NO_DEVICE, "no CUDA device: %s", cudaGetErrorString(error));
+  }
+  bnk_status status = bnk_check_cuda(error, "cudaGetDeviceCount");
+  if (status != BNK_SUCCESS) return status;
+  if (device == -1) {
+    status = bnk_check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+    if (status != BNK_SUCCESS) return status;
+  } else if (device >= count) {
+    return bnk_fail(BNK_ERROR_INVALID_VALUE, "device must be < %d (the number of devices), got %d", count, device);
+  }
+  int sm_count = 0;
+  status = bnk_check_cuda(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device),
+                          "cudaDeviceGetAttribute(cudaDevAttrMultiProcessorCount)");
+  if (status != BNK_SUCCESS) return status;
+  bnk_context *created = malloc(sizeof *created);
+  if (created == NULL) return bnk_fail(BNK_ERROR_INTERNAL, "out of host memory allocating a context");
+  created->device = device;
+  created->sm_count = sm_count;
+  created->stream = NULL;
+  *ctx = created;
+  return BNK_SUCCESS;
+}
+
+void bnk_context_destroy(bnk_context *ctx) {
+  bnk_clear_error();
+  free(ctx);
+}
+
+bnk_status bnk_context_set_stream(bnk_context *ctx, bnk_stream stream) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status != BNK_SUCCESS) return status;
+  ctx->stream = (cudaStream_t)stream;
+  return BNK_SUCCESS;
+}
+
+bnk_status bnk_context_get_stream(const bnk_context *ctx, bnk_stream *stream) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(stream, "stream");
+  if (status != BNK_SUCCESS) return status;
+  *stream = (bnk_stream)ctx->stream;
+  return BNK_SUCCESS;
+}
+
+bnk_status bnk_context_get_device(const bnk_context *ctx, int *device) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(device, "device");
+  if (status != BNK_SUCCESS) return status;
+  *device = ctx->device;
+  return BNK_SUCCESS;
+}
+
+bnk_status bnk_context_get_sm_count(const bnk_context *ctx, int *sm_count) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(sm_count, "sm_count");
+  if (status != BNK_SUCCESS) return status;
+  *sm_count = ctx->sm_count;
+  return BNK_SUCCESS;
+}
+
+bnk_status bnk_require_context(const bnk_context *ctx) {
+  return ctx == NULL ? bnk_fail(BNK_ERROR_INVALID_VALUE, "ctx must not be NULL") : BNK_SUCCESS;
+}
+
+bnk_status bnk_require_pointer(const void *pointer, const char *name) {
+  return pointer == NULL ? bnk_fail(BNK_ERROR_INVALID_VALUE, "%s must not be NULL", name) : BNK_SUCCESS;
+}
+
+bnk_status bnk_device_enter(const bnk_context *ctx, bnk_device_guard *guard) {
+  guard->switched = 0;
+  bnk_status status = bnk_check_cuda(cudaGetDevice(&guard->previous), "cudaGetDevice");
+  if (status != BNK_SUCCESS || guard->previous == ctx->device) return status;
+  status = bnk_check_cuda(cudaSetDevice(ctx->device), "cudaSetDevice");
+  guard->switched = status == BNK_SUCCESS;
+  return status;
+}
+
+void bnk_device_leave(const bnk_device_guard *guard) {
+  if (guard->switched) cudaSetDevice(guard->previous);
+}

@@ -1,0 +1,141 @@
+#include <inttypes.h>
+#include <math.h>
+
+#include "host/internal.h"
+
+/* Pieces of the widest plan the workspace may have to hold: the launch picks its vector width from the
+ * pointers' alignment, which the size query cannot know. */
+static int64_t stats_parts_bound(const bnk_view *view, int sm_count) {
+  const bnk_reduce_plan narrow = bnk_plan_reduce(view, 1, sm_count);
+  int64_t parts = narrow.parts;
+  const int vec = bnk_dtype_vec(view->dtype);
+  if ((view->channels_last ? view->c : view->s) % vec == 0) {
+    const bnk_reduce_plan wide = bnk_plan_reduce(view, vec, sm_count);
+    if (wide.parts > parts) parts = wide.parts;
+  }
+  return parts;
+}
+
+static size_t training_workspace_bytes(const bnk_context *ctx, const bnk_view *view) {
+  if (bnk_view_per_channel(view) == 0) return 0;
+  return bnk_stats_workspace_bytes(view, stats_parts_bound(view, ctx->sm_count));
+}
+
+static bnk_status check_grid(const bnk_reduce_plan *plan) {
+  if (plan->blocks > INT32_MAX)
+    return bnk_fail(BNK_ERROR_NOT_SUPPORTED, "tensor needs %" PRId64 " blocks, more than a grid holds (2^31 - 1)",
+                    plan->blocks);
+  return BNK_SUCCESS;
+}
+
+bnk_status bnk_forward_training_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, size_t *bytes) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(bytes, "bytes");
+  if (status != BNK_SUCCESS) return status;
+  const bnk_view view = bnk_view_of(desc);
+  *bytes = training_workspace_bytes(ctx, &view);
+  return BNK_SUCCESS;
+}
+
+static bnk_status check_running(const float *running_mean, const float *running_var,
+                                const int64_t *num_batches_tracked, double momentum) {
+  if ((running_mean == NULL) != (running_var == NULL))
+    return bnk_fail(BNK_ERROR_INVALID_VALUE,
+                    "running_mean and running_var must both be given or both be NULL, got running_mean=%p "
+                    "and running_var=%p",
+                    (const void *)running_mean, (const void *)running_var);
+  if (momentum == BNK_MOMENTUM_CUMULATIVE) {
+    if (running_mean != NULL && num_batches_tracked == NULL)
+      return bnk_fail(BNK_ERROR_INVALID_VALUE,
+                      "num_batches_tracked must not be NULL when momentum is BNK_MOMENTUM_CUMULATIVE");
+    return BNK_SUCCESS;
+  }
+  if (!(momentum >= 0.0 && momentum <= 1.0))
+    return bnk_fail(BNK_ERROR_INVALID_VALUE, "momentum must be in [0, 1] or BNK_MOMENTUM_CUMULATIVE, got %g",
+                    momentum);
+  return BNK_SUCCESS;
+}
+
+bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                const float *gamma, const float *beta, float *running_mean, float *running_var,
+                                int64_t *num_batches_tracked, double momentum, double eps, float *save_mean,
+                                float *save_invstd, void *workspace, size_t workspace_bytes) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
+  if (status == BNK_SUCCESS) status = check_running(running_mean, running_var, num_batches_tracked, momentum);
+  if (status == BNK_SUCCESS) status = bnk_require_eps(eps);
+  if (status != BNK_SUCCESS) return status;
+  const bnk_view view = bnk_view_of(desc);
+  const int64_t per_channel = bnk_view_per_channel(&view);
+  if (per_channel == 0) return BNK_SUCCESS;
+  if (per_channel == 1)
+    return bnk_fail(BNK_ERROR_INVALID_VALUE,
+                    "expected more than 1 value per channel when training, got N=%" PRId64
+                    " with spatial size 1 (C=%" PRId64 ")",
+                    desc->n, desc->c);
+  status = bnk_require_pointer(x, "x");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(y, "y");
+  if (status != BNK_SUCCESS) return status;
+  const size_t needed = training_workspace_bytes(ctx, &view);
+  if (workspace_bytes < needed)
+    return bnk_fail(BNK_ERROR_WORKSPACE_TOO_SMALL,
+                    "workspace_bytes must be >= %zu (bnk_forward_training_workspace_size) for this shape, got %zu",
+                    needed, workspace_bytes);
+  status = bnk_require_pointer(workspace, "workspace");
+  if (status != BNK_SUCCESS) return status;
+
+  const void *stats_pointers[1] = {x};
+  const bnk_reduce_plan plan = bnk_plan_reduce(&view, bnk_choose_vec(&view, stats_pointers, 1), ctx->sm_count);
+  status = check_grid(&plan);
+  if (status != BNK_SUCCESS) return status;
+
+  bnk_device_guard guard;
+  status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  const bnk_stats_workspace ws = bnk_stats_workspace_carve(workspace, &view, plan.parts);
+  const bnk_running_update running = {running_mean, running_var, num_batches_tracked, (float)momentum,
+                                      momentum == BNK_MOMENTUM_CUMULATIVE};
+  status = bnk_check_cuda(bnk_launch_batch_stats(&view, &plan, x, ws, (float)eps, running, save_mean, save_invstd,
+                                                 ctx->stream),
+                          "bnk_forward_training: statistics kernels");
+  if (status == BNK_SUCCESS) {
+    const bnk_normalize_params params = {ws.shift, ws.dmean, ws.invstd, NULL, (float)eps, gamma, beta};
+    status = bnk_check_cuda(bnk_launch_normalize(&view, ctx->sm_count, x, y, params, ctx->stream),
+                            "bnk_forward_training: normalize kernel");
+  }
+  bnk_device_leave(&guard);
+  return status;
+}
+
+bnk_status bnk_forward_inference(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                 const float *gamma, const float *beta, const float *running_mean,
+                                 const float *running_var, double eps) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(running_mean, "running_mean");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(running_var, "running_var");
+  if (status == BNK_SUCCESS) status = bnk_require_eps(eps);
+  if (status != BNK_SUCCESS) return status;
+  const bnk_view view = bnk_view_of(desc);
+  if (bnk_view_per_channel(&view) == 0) return BNK_SUCCESS;
+  status = bnk_require_pointer(x, "x");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(y, "y");
+  if (status != BNK_SUCCESS) return status;
+  const void *pointers[2] = {x, y};
+  const bnk_reduce_plan plan = bnk_plan_reduce(&view, bnk_choose_vec(&view, pointers, 2), ctx->sm_count);
+  status = check_grid(&plan);
+  if (status != BNK_SUCCESS) return status;
+
+  bnk_device_guard guard;
+  status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  const bnk_normalize_params params = {running_mean, NULL, NULL, running_var, (float)eps, gamma, beta};
+  status = bnk_check_cuda(bnk_launch_normalize(&view, ctx->sm_count, x, y, params, ctx->stream),
+                          "bnk_forward_inference: normalize kernel");
+  bnk_device_leave(&guard);
+  return status;
+}

@@ -1,0 +1,45 @@
+/* Shared by the host sources: error reporting, the context, views of descriptors. Not installed. */
+#ifndef BNK_HOST_INTERNAL_H
+#define BNK_HOST_INTERNAL_H
+
+#include <cuda_runtime_api.h>
+
+#include "bnk.h"
+#include "kernels/launchers.h"
+
+struct bnk_context {
+  int device;
+  int sm_count;
+  cudaStream_t stream;
+};
+
+/* Records the detail message of a failure for bnk_last_error_message() and returns status. */
+bnk_status bnk_fail(bnk_status status, const char *format, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* Every public entry point starts here, so that the message describes the last call only. */
+void bnk_clear_error(void);
+/* BNK_SUCCESS, or BNK_ERROR_CUDA with "<what>: <cuda error name>: <cuda message>". */
+bnk_status bnk_check_cuda(cudaError_t error, const char *what);
+
+/* Argument checks shared by the entry points; each names the argument in its message. */
+bnk_status bnk_require_context(const bnk_context *ctx);
+bnk_status bnk_require_pointer(const void *pointer, const char *name);
+bnk_status bnk_require_eps(double eps);
+
+/* The kernels' view of a checked descriptor. */
+bnk_view bnk_view_of(const bnk_tensor_desc *desc);
+/* Elements per channel (N x spatial). */
+int64_t bnk_view_per_channel(const bnk_view *view);
+
+/* Makes the context's device current for the duration of a call. */
+typedef struct bnk_device_guard {
+  int previous;
+  int switched;
+} bnk_device_guard;
+bnk_status bnk_device_enter(const bnk_context *ctx, bnk_device_guard *guard);
+void bnk_device_leave(const bnk_device_guard *guard);
+
+#endif

@@ -1,0 +1,206 @@
+/*
+ * bnk: batch normalization kernels for NVIDIA GPUs, with a C API.
+ *
+ * Conventions that hold for every call in this header:
+ *  - Every function returns a bnk_status. On failure, bnk_last_error_message() (per thread) names the
+ *    argument and its value, and no output buffer has been written.
+ *  - Compute calls are asynchronous on the context's stream. They never allocate device memory and never
+ *    synchronize the host, so a sequence of them can be captured in a CUDA graph and replayed. Scratch
+ *    memory is a caller-provided device workspace whose size the matching *_workspace_size() returns.
+ *  - Tensor pointers are device pointers. x, y, dy and dx have the descriptor's dtype; every per-channel
+ *    array (gamma, beta, running and saved statistics, gradients of gamma and beta) is float32 of length C.
+ *  - Statistics are accumulated in float32 whatever the storage type, with deterministic reductions (the
+ *    same inputs give bitwise the same outputs on the same device and build).
+ *  - The semantics follow PyTorch's BatchNorm{1,2,3}d; docs/semantics.md gives the formulas.
+ */
+#ifndef BNK_H
+#define BNK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define BNK_VERSION_MAJOR 0
+#define BNK_VERSION_MINOR 1
+#define BNK_VERSION_PATCH 0
+#define BNK_VERSION_NUMBER (BNK_VERSION_MAJOR * 10000 + BNK_VERSION_MINOR * 100 + BNK_VERSION_PATCH)
+#define BNK_VERSION_STRING "0.1.0"
+
+#if defined(_WIN32)
+#  if defined(BNK_BUILDING_LIBRARY)
+#    define BNK_API __declspec(dllexport)
+#  else
+#    define BNK_API
+#  endif
+#elif defined(__GNUC__)
+#  define BNK_API __attribute__((visibility("default")))
+#else
+#  define BNK_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Same type as cudaStream_t, declared here so that this header needs no CUDA header. */
+typedef struct CUstream_st *bnk_stream;
+
+/* ---------------------------------------------------------------------------------------------------
+ * Status codes. The values are stable across releases; new codes are only ever appended.
+ * ------------------------------------------------------------------------------------------------- */
+#define BNK_STATUS_LIST(X)                                                                                  \
+  X(BNK_SUCCESS, 0, "success")                                                                              \
+  X(BNK_ERROR_INVALID_VALUE, 1, "an argument has an invalid value")                                         \
+  X(BNK_ERROR_NOT_SUPPORTED, 2, "the operation is not supported for these arguments or by this build")      \
+  X(BNK_ERROR_WORKSPACE_TOO_SMALL, 3, "the workspace is smaller than the size query returned")              \
+  X(BNK_ERROR_CUDA, 4, "a CUDA runtime call or kernel launch failed")                                       \
+  X(BNK_ERROR_NO_DEVICE, 5, "no CUDA device is available")                                                  \
+  X(BNK_ERROR_CUBLAS, 6, "a cuBLAS call failed")                                                            \
+  X(BNK_ERROR_NCCL, 7, "an NCCL call failed")                                                               \
+  X(BNK_ERROR_INTERNAL, 8, "internal error in bnk (please report it)")
+
+#define BNK_STATUS_ENUMERATOR_(name, value, message) name = value,
+typedef enum bnk_status { BNK_STATUS_LIST(BNK_STATUS_ENUMERATOR_) } bnk_status;
+#undef BNK_STATUS_ENUMERATOR_
+
+/* "BNK_ERROR_INVALID_VALUE"; "BNK_STATUS_UNKNOWN" for a value outside the enum. Never NULL. */
+BNK_API const char *bnk_status_name(bnk_status status);
+/* A one-line description of the status. Never NULL. */
+BNK_API const char *bnk_status_string(bnk_status status);
+/* The detail of the last failure on the calling thread ("C must be > 0, got 0"), or "" if the last
+ * bnk call on this thread succeeded. Valid until the next bnk call on this thread. */
+BNK_API const char *bnk_last_error_message(void);
+
+/* BNK_VERSION_NUMBER of the library actually linked. */
+BNK_API unsigned bnk_version(void);
+BNK_API const char *bnk_version_string(void);
+
+/* ---------------------------------------------------------------------------------------------------
+ * Tensors
+ * ------------------------------------------------------------------------------------------------- */
+typedef enum bnk_dtype {
+  BNK_FLOAT32 = 0,
+  BNK_FLOAT16 = 1,
+  BNK_BFLOAT16 = 2
+} bnk_dtype;
+
+typedef enum bnk_layout {
+  BNK_NCHW = 0, /* channels-first: x[n][c][spatial...] (NCL, NCHW, NCDHW) */
+  BNK_NHWC = 1  /* channels-last:  x[n][spatial...][c] (NLC, NHWC, NDHWC) */
+} bnk_layout;
+
+#define BNK_MAX_SPATIAL_DIMS 3
+
+/* A dense tensor of shape (N, C, spatial...) in the given layout. spatial_dims is 0 for BatchNorm1d on
+ * (N, C), 1 for (N, C, L), 2 for images, 3 for volumes. With no spatial dims both layouts are the same
+ * row-major (N, C) matrix. Fill it with bnk_tensor_desc_init(), which checks it. */
+typedef struct bnk_tensor_desc {
+  bnk_dtype dtype;
+  bnk_layout layout;
+  int spatial_dims;
+  int64_t n;
+  int64_t c;
+  int64_t spatial[BNK_MAX_SPATIAL_DIMS]; /* entries past spatial_dims are ignored and set to 1 */
+} bnk_tensor_desc;
+
+/* Fills *desc and checks it: n >= 0, c > 0, spatial extents >= 0, 0 <= spatial_dims <= 3, a known dtype and
+ * layout, and a byte size that fits in int64. spatial may be NULL when spatial_dims is 0. On failure
+ * *desc is left unchanged. */
+BNK_API bnk_status bnk_tensor_desc_init(bnk_tensor_desc *desc, bnk_dtype dtype, bnk_layout layout, int64_t n,
+                                        int64_t c, int spatial_dims, const int64_t *spatial);
+/* The checks of bnk_tensor_desc_init on a descriptor filled by hand. */
+BNK_API bnk_status bnk_tensor_desc_check(const bnk_tensor_desc *desc);
+/* Number of elements, N * C * product(spatial); 0 for an invalid descriptor. */
+BNK_API int64_t bnk_tensor_desc_elements(const bnk_tensor_desc *desc);
+
+/* ---------------------------------------------------------------------------------------------------
+ * Context: the device, its properties and the stream every compute call is queued on.
+ * ------------------------------------------------------------------------------------------------- */
+typedef struct bnk_context bnk_context;
+
+/* device: a CUDA device ordinal, or -1 for the calling thread's current device. The context starts on the
+ * default (legacy) stream. Fails with BNK_ERROR_NO_DEVICE when no device is present. */
+BNK_API bnk_status bnk_context_create(bnk_context **ctx, int device);
+/* Accepts NULL. Does not synchronize: the caller must not destroy a context with work still in flight. */
+BNK_API void bnk_context_destroy(bnk_context *ctx);
+/* The stream is borrowed, not owned: the caller keeps it alive while the context uses it. */
+BNK_API bnk_status bnk_context_set_stream(bnk_context *ctx, bnk_stream stream);
+BNK_API bnk_status bnk_context_get_stream(const bnk_context *ctx, bnk_stream *stream);
+BNK_API bnk_status bnk_context_get_device(const bnk_context *ctx, int *device);
+BNK_API bnk_status bnk_context_get_sm_count(const bnk_context *ctx, int *sm_count);
+
+/* ---------------------------------------------------------------------------------------------------
+ * Forward
+ * ------------------------------------------------------------------------------------------------- */
+
+/* Pass as momentum for PyTorch's momentum=None: the running statistics become the cumulative average of
+ * all batches seen, with weight 1 / num_batches_tracked (after its increment) on the new batch. */
+#define BNK_MOMENTUM_CUMULATIVE (-1.0)
+
+/* Workspace bytes that bnk_forward_training needs for this shape on this context's device. */
+BNK_API bnk_status bnk_forward_training_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc,
+                                                       size_t *bytes);
+
+/* Training-mode forward: per-channel batch mean and biased variance over N x spatial elements, then
+ *   y = (x - mean) / sqrt(var + eps) * gamma + beta.
+ * x, y:            device tensors described by desc (y may equal x: the op then works in place).
+ * gamma, beta:     length C; NULL gamma means 1 and NULL beta means 0 (both NULL: no affine).
+ * running_mean, running_var: length C, updated in place, or both NULL when not tracked:
+ *                  running_mean = (1 - m) running_mean + m mean, running_var = (1 - m) running_var +
+ *                  m var M / (M - 1), where M = N x spatial and m = momentum.
+ * num_batches_tracked: one device int64, incremented by one on the device, or NULL. Required when
+ *                  momentum is BNK_MOMENTUM_CUMULATIVE and running statistics are tracked.
+ * momentum:        in [0, 1] (the weight of the new batch, PyTorch's convention), or
+ *                  BNK_MOMENTUM_CUMULATIVE. Ignored when running statistics are NULL.
+ * eps:             >= 0 and finite.
+ * save_mean, save_invstd: length C, receive mean and 1 / sqrt(var + eps) for bnk_backward; or NULL.
+ * workspace:       device memory of at least bnk_forward_training_workspace_size() bytes (NULL if 0).
+ * An empty batch (N = 0 or a zero spatial extent) does nothing and succeeds. M == 1 is rejected, as in
+ * PyTorch ("expected more than 1 value per channel when training"). */
+BNK_API bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                        const float *gamma, const float *beta, float *running_mean,
+                                        float *running_var, int64_t *num_batches_tracked, double momentum,
+                                        double eps, float *save_mean, float *save_invstd, void *workspace,
+                                        size_t workspace_bytes);
+
+/* Inference-mode forward with the running statistics:
+ *   y = (x - running_mean) * (gamma / sqrt(running_var + eps)) + beta, in one pass over x.
+ * gamma, beta may be NULL (1 and 0). running_mean and running_var are required. Needs no
+ * workspace. An empty batch does nothing and succeeds. */
+BNK_API bnk_status bnk_forward_inference(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                         const float *gamma, const float *beta, const float *running_mean,
+                                         const float *running_var, double eps);
+
+/* ---------------------------------------------------------------------------------------------------
+ * Backward
+ * ------------------------------------------------------------------------------------------------- */
+
+/* Workspace bytes that bnk_backward and bnk_backward_inference need for this shape on this device. */
+BNK_API bnk_status bnk_backward_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, size_t *bytes);
+
+/* Gradients of bnk_forward_training, from the statistics it saved. With xhat = (x - mean) * invstd and
+ * M = N x spatial, per channel:
+ *   dbeta = sum(dy), dgamma = sum(dy * xhat), dx = gamma * invstd / M * (M dy - dbeta - xhat * dgamma).
+ * x, dy:                  device tensors described by desc (dy may equal dx: the op then works in place).
+ * dx:                     receives the input gradient, or NULL when only dgamma/dbeta are wanted.
+ * gamma:                  length C, or NULL (the forward ran without gamma: 1).
+ * dgamma, dbeta:          length C, receive the parameter gradients (overwritten, not accumulated), or NULL.
+ * save_mean, save_invstd: what bnk_forward_training saved for this batch; required.
+ * An empty batch writes zeros to dgamma and dbeta and nothing else. */
+BNK_API bnk_status bnk_backward(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
+                                void *dx, const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
+                                const float *save_invstd, void *workspace, size_t workspace_bytes);
+
+/* Gradients of bnk_forward_inference (frozen statistics): with invstd = 1 / sqrt(running_var + eps),
+ *   dx = dy * gamma * invstd, dbeta = sum(dy), dgamma = sum(dy * (x - running_mean) * invstd).
+ * x is read only when dgamma is wanted (it may be NULL otherwise); dx, dgamma, dbeta may each be NULL;
+ * the workspace may be NULL (0 bytes) when dgamma and dbeta are both NULL. */
+BNK_API bnk_status bnk_backward_inference(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
+                                          const void *dy, void *dx, const float *gamma, float *dgamma,
+                                          float *dbeta, const float *running_mean, const float *running_var,
+                                          double eps, void *workspace, size_t workspace_bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BNK_H */

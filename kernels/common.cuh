@@ -1,0 +1,107 @@
+// Shared by every kernel file: the CUDA/emulation switch, launch macros, storage-type conversion,
+// 16-byte vector access and division by run-time invariant integers.
+#pragma once
+
+#ifdef BNK_EMULATION
+#include <bnk_emu/device.h>
+#else
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#endif
+
+#include <stdint.h>
+
+#include "bnk.h"
+#include "kernels/launchers.h"
+
+// One macro so that the same launcher source runs on the GPU and on the host emulation.
+#ifdef BNK_EMULATION
+#define BNK_LAUNCH(kernel, grid, block, smem, stream) BNK_EMU_LAUNCH(kernel, grid, block, smem, stream)
+#else
+#define BNK_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#endif
+
+// Threads per block of the streaming kernels: 8 blocks of 256 fill an H100 SM's 2048 thread slots.
+#define BNK_BLOCK_THREADS 256
+#define BNK_WARP 32
+// Loads in flight per thread in the streaming loops: enough independent 16-byte loads to cover latency.
+#define BNK_UNROLL 4
+#define BNK_FULL_MASK 0xffffffffu
+
+// ---- storage types: loads convert to fp32 once, stores round once (to nearest even) ----
+
+static __device__ __forceinline__ float bnk_to_float(float v) { return v; }
+static __device__ __forceinline__ float bnk_to_float(__half v) { return __half2float(v); }
+static __device__ __forceinline__ float bnk_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> static __device__ __forceinline__ T bnk_from_float(float v);
+template <> __device__ __forceinline__ float bnk_from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half bnk_from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 bnk_from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Elements per 16-byte access for a storage type: 4 floats or 8 halves.
+template <typename T> struct bnk_vec_width { static constexpr int value = 16 / (int)sizeof(T); };
+
+// V consecutive elements starting at p. A 16-byte access when V * sizeof(T) == 16 (the caller
+// guarantees 16-byte alignment then); element-wise otherwise, which also serves V == 1. Plain loads, not
+// the read-only path: the elementwise passes may work in place (y == x).
+template <typename T, int V>
+static __device__ __forceinline__ void bnk_load(const T *__restrict__ p, float (&out)[V]) {
+  if constexpr (V * sizeof(T) == 16) {
+    union { uint4 raw; T elem[V]; } u;
+    u.raw = *reinterpret_cast<const uint4 *>(p);
+#pragma unroll
+    for (int i = 0; i < V; ++i) out[i] = bnk_to_float(u.elem[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) out[i] = bnk_to_float(p[i]);
+  }
+}
+
+template <typename T, int V>
+static __device__ __forceinline__ void bnk_store(T *__restrict__ p, const float (&in)[V]) {
+  if constexpr (V * sizeof(T) == 16) {
+    union { uint4 raw; T elem[V]; } u;
+#pragma unroll
+    for (int i = 0; i < V; ++i) u.elem[i] = bnk_from_float<T>(in[i]);
+    *reinterpret_cast<uint4 *>(p) = u.raw;
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) p[i] = bnk_from_float<T>(in[i]);
+  }
+}
+
+// ---- division by a run-time invariant divisor, for index arithmetic in hot loops ----
+// 64-bit integer division is a long subroutine on the GPU; a multiply-high and a shift are not.
+// Valid for dividends below 2^63 and divisors in [1, 2^63) (Granlund & Montgomery, round-up variant).
+typedef struct bnk_fastdiv {
+  uint64_t divisor;
+  uint64_t magic;
+  unsigned shift;
+} bnk_fastdiv;
+
+static __host__ __device__ __forceinline__ uint64_t bnk_div(uint64_t n, const bnk_fastdiv &d) {
+#ifdef __CUDA_ARCH__
+  uint64_t high = __umul64hi(n, d.magic);
+#else
+  uint64_t high = (uint64_t)(((unsigned __int128)n * d.magic) >> 64);
+#endif
+  return (high + n) >> d.shift;
+}
+
+static __host__ __device__ __forceinline__ uint64_t bnk_mod(uint64_t n, const bnk_fastdiv &d) {
+  return n - bnk_div(n, d) * d.divisor;
+}
+
+static inline bnk_fastdiv bnk_fastdiv_make(uint64_t divisor) {
+  bnk_fastdiv d;
+  d.divisor = divisor;
+  d.shift = 0;
+  while (d.shift < 63 && (1ull << d.shift) < divisor) ++d.shift;
+  unsigned __int128 numerator = (unsigned __int128)((1ull << d.shift) - divisor) << 64;
+  d.magic = (uint64_t)(numerator / divisor) + 1;
+  return d;
+}

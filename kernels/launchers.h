@@ -1,0 +1,101 @@
+/* The interface between host/ (C11) and kernels/ (CUDA): plain C types, extern "C" launchers.
+ * Internal to the library: nothing here is installed. */
+#ifndef BNK_KERNELS_LAUNCHERS_H
+#define BNK_KERNELS_LAUNCHERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Threads per block of the streaming kernels. */
+#define BNK_STREAM_THREADS 256
+
+/* A BN tensor reduced to what the kernels need: x[n][c][s] when channels-first, x[n][c] with n = N x
+ * spatial when channels-last (a channels-first tensor with one spatial element is channels-last too).
+ * Each channel has n x s elements. */
+typedef struct bnk_view {
+  int64_t n;
+  int64_t c;
+  int64_t s;
+  int channels_last;
+  int dtype; /* bnk_dtype */
+} bnk_view;
+
+/* How a per-channel reduction (and the channels-last elementwise pass) splits the tensor into blocks.
+ * Every channel's data is cut into `parts` pieces; each block reduces one piece of one channel
+ * (channels-first) or one piece of rows of a tile of channels (channels-last), and writes one partial
+ * result per channel and piece to the workspace. A second kernel merges the pieces in a fixed order. */
+typedef struct bnk_reduce_plan {
+  int vec;               /* elements per access: 16 bytes when alignment allows, else 1 */
+  int threads;           /* per block */
+  int64_t blocks;
+  int64_t parts;         /* pieces per channel = partial results per channel */
+  int64_t chunk;         /* channels-first: elements of one channel per piece (a multiple of vec) */
+  int tile_x;            /* channels-last: threads across channels (each owns vec channels) */
+  int tile_y;            /* channels-last: threads down the rows */
+  int64_t tiles;         /* channels-last: tiles of tile_x * vec channels */
+  int64_t rows_per_part; /* channels-last: rows of one piece */
+} bnk_reduce_plan;
+
+/* Elements per 16-byte access for a dtype. */
+int bnk_dtype_vec(int dtype);
+/* The plan for a view whose tensors allow `vec`-wide access, on a device with sm_count SMs. */
+bnk_reduce_plan bnk_plan_reduce(const bnk_view *view, int vec, int sm_count);
+/* The widest access that every pointer's alignment and the view's contiguous extent allow. */
+int bnk_choose_vec(const bnk_view *view, const void *const *pointers, int count);
+
+/* Workspace of the statistics: per-channel arrays, then per-piece partials; 256-byte aligned arrays.
+ * The per-channel part is the same for every plan of a view, so the normalize pass can find it. */
+typedef struct bnk_stats_workspace {
+  float *shift;  /* K[c]: one sample of the channel, subtracted before accumulating (exactness) */
+  float *dmean;  /* mean[c] - K[c] */
+  float *invstd; /* 1 / sqrt(var[c] + eps) */
+  float *count;  /* [parts][c] */
+  float *mean;   /* [parts][c], relative to shift */
+  float *m2;     /* [parts][c] */
+} bnk_stats_workspace;
+
+size_t bnk_stats_workspace_bytes(const bnk_view *view, int64_t parts);
+bnk_stats_workspace bnk_stats_workspace_carve(void *base, const bnk_view *view, int64_t parts);
+
+/* Running-statistics update of the training forward. */
+typedef struct bnk_running_update {
+  float *running_mean;          /* NULL: not tracked */
+  float *running_var;
+  int64_t *num_batches_tracked; /* incremented when not NULL */
+  float momentum;               /* weight of the batch; ignored when cumulative */
+  int cumulative;               /* weight 1 / num_batches_tracked */
+} bnk_running_update;
+
+/* Batch statistics of x: stats kernel (pieces) then merge kernel. Fills ws.shift/dmean/invstd,
+ * save_mean/save_invstd when not NULL, and applies `running`. */
+cudaError_t bnk_launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+                                   bnk_stats_workspace ws, float eps, bnk_running_update running,
+                                   float *save_mean, float *save_invstd, cudaStream_t stream);
+
+/* Per-channel parameters of the elementwise pass
+ *   y = ((x - shift[c]) - dmean[c]) * invstd[c] * gamma[c] + beta[c],
+ * where invstd[c] = 1 / sqrt(variance[c] + eps) when `variance` is given instead of `invstd`. */
+typedef struct bnk_normalize_params {
+  const float *shift;
+  const float *dmean;    /* NULL: 0 */
+  const float *invstd;   /* exactly one of invstd and variance is not NULL */
+  const float *variance;
+  float eps;
+  const float *gamma;    /* NULL: 1 */
+  const float *beta;     /* NULL: 0 */
+} bnk_normalize_params;
+
+cudaError_t bnk_launch_normalize(const bnk_view *view, int sm_count, const void *x, void *y,
+                                 bnk_normalize_params params, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,140 @@
+// The elementwise pass of the forward: y = ((x - shift) - dmean) * (invstd * gamma) + beta, reading x once
+// and writing y once. Training passes the batch statistics from the workspace (shift = K, dmean =
+// mean - K); inference passes running_mean as shift and running_var, from which invstd is derived.
+// Subtracting the two parts of the mean one after the other keeps y exact when |mean| >> std.
+#include "kernels/common.cuh"
+
+struct bnk_channel_affine {
+  float shift;
+  float dmean;
+  float scale;
+  float beta;
+};
+
+template <bool FROM_VARIANCE>
+static __device__ __forceinline__ bnk_channel_affine channel_affine(const bnk_normalize_params &p, int64_t c) {
+  bnk_channel_affine a;
+  const float invstd = FROM_VARIANCE ? 1.0f / sqrtf(p.variance[c] + p.eps) : p.invstd[c];
+  a.shift = p.shift[c];
+  a.dmean = p.dmean != NULL ? p.dmean[c] : 0.0f;
+  a.scale = p.gamma != NULL ? invstd * p.gamma[c] : invstd;
+  a.beta = p.beta != NULL ? p.beta[c] : 0.0f;
+  return a;
+}
+
+static __device__ __forceinline__ float apply_affine(float x, const bnk_channel_affine &a) {
+  return fmaf((x - a.shift) - a.dmean, a.scale, a.beta);
+}
+
+// Channels-first: the tensor is n * c runs of s elements; vector j lies in run j / (s / V), whose channel
+// is run % c. A grid-stride loop over all vectors.
+template <typename T, int V, bool FROM_VARIANCE>
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    normalize_channels_first(const T *x, T *y, int64_t vecs, bnk_fastdiv vecs_per_run, bnk_fastdiv channels,
+                             bnk_normalize_params p) {
+  const int64_t step = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t j0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j0 < vecs; j0 += BNK_UNROLL * step) {
+    float v[BNK_UNROLL][V];
+#pragma unroll
+    for (int u = 0; u < BNK_UNROLL; ++u) {
+      const int64_t j = j0 + u * step;
+      if (j < vecs) bnk_load<T, V>(x + j * V, v[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < BNK_UNROLL; ++u) {
+      const int64_t j = j0 + u * step;
+      if (j < vecs) {
+        const uint64_t run = bnk_div((uint64_t)j, vecs_per_run);
+        const bnk_channel_affine a = channel_affine<FROM_VARIANCE>(p, (int64_t)bnk_mod(run, channels));
+#pragma unroll
+        for (int i = 0; i < V; ++i) v[u][i] = apply_affine(v[u][i], a);
+        bnk_store<T, V>(y + j * V, v[u]);
+      }
+    }
+  }
+}
+
+// Channels-last: the tiling of bnk_reduce_plan; each thread keeps the affine of its V channels in
+// registers and walks rows ty, ty + tile_y, ... of its piece.
+template <typename T, int V, bool FROM_VARIANCE>
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    normalize_channels_last(const T *x, T *y, int64_t rows, int64_t c, int tile_x, int tile_y, int64_t tiles,
+                            int64_t rows_per_part, bnk_normalize_params p) {
+  const int64_t block = blockIdx.x;
+  const int64_t tile = block % tiles;
+  const int64_t part = block / tiles;
+  const int tx = (int)threadIdx.x % tile_x;
+  const int ty = (int)threadIdx.x / tile_x;
+  const int64_t channel0 = (tile * tile_x + tx) * V;
+  if (channel0 >= c) return;
+  bnk_channel_affine a[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) a[i] = channel_affine<FROM_VARIANCE>(p, channel0 + i);
+  const int64_t row_begin = part * rows_per_part;
+  const int64_t row_end = min(rows, row_begin + rows_per_part);
+  for (int64_t r0 = row_begin + ty; r0 < row_end; r0 += BNK_UNROLL * tile_y) {
+    float v[BNK_UNROLL][V];
+#pragma unroll
+    for (int u = 0; u < BNK_UNROLL; ++u) {
+      const int64_t r = r0 + (int64_t)u * tile_y;
+      if (r < row_end) bnk_load<T, V>(x + r * c + channel0, v[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < BNK_UNROLL; ++u) {
+      const int64_t r = r0 + (int64_t)u * tile_y;
+      if (r < row_end) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) v[u][i] = apply_affine(v[u][i], a[i]);
+        bnk_store<T, V>(y + r * c + channel0, v[u]);
+      }
+    }
+  }
+}
+
+template <typename T, int V, bool FROM_VARIANCE>
+static void launch_normalize_typed(const bnk_view *view, int sm_count, const bnk_reduce_plan *plan, const T *x,
+                                   T *y, const bnk_normalize_params &p, cudaStream_t stream) {
+  if (view->channels_last) {
+    auto kernel = normalize_channels_last<T, V, FROM_VARIANCE>;
+    BNK_LAUNCH(kernel, dim3((unsigned)plan->blocks), dim3((unsigned)plan->threads), 0, stream)(
+        x, y, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles, plan->rows_per_part, p);
+  } else {
+    const int64_t vecs = view->n * view->c * view->s / V;
+    const int64_t wanted = (vecs + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS;
+    const int64_t resident = (int64_t)sm_count * (2048 / BNK_STREAM_THREADS);
+    const unsigned blocks = (unsigned)(wanted < resident ? wanted : resident);
+    auto kernel = normalize_channels_first<T, V, FROM_VARIANCE>;
+    BNK_LAUNCH(kernel, dim3(blocks), dim3(BNK_STREAM_THREADS), 0, stream)(
+        x, y, vecs, bnk_fastdiv_make((uint64_t)(view->s / V)), bnk_fastdiv_make((uint64_t)view->c), p);
+  }
+}
+
+template <typename T>
+static void launch_normalize_dtype(const bnk_view *view, int sm_count, const void *x, void *y,
+                                   const bnk_normalize_params &p, cudaStream_t stream) {
+  constexpr int W = bnk_vec_width<T>::value;
+  const void *pointers[2] = {x, y};
+  const int vec = bnk_choose_vec(view, pointers, 2);
+  const bnk_reduce_plan plan = bnk_plan_reduce(view, vec, sm_count);
+  const T *xt = static_cast<const T *>(x);
+  T *yt = static_cast<T *>(y);
+  const bool from_variance = p.variance != NULL;
+  if (vec == W) {
+    if (from_variance) launch_normalize_typed<T, W, true>(view, sm_count, &plan, xt, yt, p, stream);
+    else launch_normalize_typed<T, W, false>(view, sm_count, &plan, xt, yt, p, stream);
+  } else {
+    if (from_variance) launch_normalize_typed<T, 1, true>(view, sm_count, &plan, xt, yt, p, stream);
+    else launch_normalize_typed<T, 1, false>(view, sm_count, &plan, xt, yt, p, stream);
+  }
+}
+
+extern "C" cudaError_t bnk_launch_normalize(const bnk_view *view, int sm_count, const void *x, void *y,
+                                            bnk_normalize_params params, cudaStream_t stream) {
+  switch (view->dtype) {
+  case BNK_FLOAT32: launch_normalize_dtype<float>(view, sm_count, x, y, params, stream); break;
+  case BNK_FLOAT16: launch_normalize_dtype<__half>(view, sm_count, x, y, params, stream); break;
+  case BNK_BFLOAT16: launch_normalize_dtype<__nv_bfloat16>(view, sm_count, x, y, params, stream); break;
+  default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}

@@ -1,0 +1,61 @@
+/* What every test executable shares: random data, storage conversion, device buffers, schedules and
+ * comparisons. The same test sources build against bnk_emu (BNK_TEST_EMULATION) and against bnk. */
+#ifndef BNK_TESTS_HARNESS_H
+#define BNK_TESTS_HARNESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <criterion/criterion.h>
+
+#include "bnk.h"
+
+/* ---- random data: each test draws a fresh seed (BNK_TEST_SEED overrides it) and logs it ---- */
+typedef struct test_rng {
+  uint64_t state;
+} test_rng;
+test_rng rng_fresh(void);
+double rng_uniform(test_rng *rng, double lo, double hi);
+double rng_normal(test_rng *rng);
+
+/* ---- storage types (round to nearest even) ---- */
+size_t dtype_size(bnk_dtype dtype);
+const char *dtype_name(bnk_dtype dtype);
+double round_to_storage(bnk_dtype dtype, double value);
+void to_storage(bnk_dtype dtype, const double *in, void *out, int64_t count);
+void from_storage(bnk_dtype dtype, const void *in, double *out, int64_t count);
+/* Unit in the last place of the storage type at |value|. */
+double storage_ulp(bnk_dtype dtype, double value);
+
+/* ---- device memory: every allocation starts poisoned (all bits set: NaN in every float type) ---- */
+void *dev_alloc(size_t bytes);
+void dev_free(void *pointer);
+void dev_poison(void *pointer, size_t bytes);
+void dev_upload(void *device, const void *host, size_t bytes);
+void dev_download(void *host, const void *device, size_t bytes);
+/* Uploads doubles as float32; returns a new device array (NULL for NULL values). */
+float *dev_floats(const double *values, int64_t count);
+/* Downloads float32 into doubles. */
+void dev_read_floats(const float *device, double *out, int64_t count);
+/* Host copy of device bytes, for "the call wrote nothing" checks. */
+void *dev_snapshot(const void *device, size_t bytes);
+void expect_unchanged(const char *what, const void *device, const void *snapshot, size_t bytes);
+
+/* ---- the context every test uses: skips the test when no device is present ---- */
+bnk_context *test_context(void);
+
+/* ---- schedules: three in emulation (forward, reverse, random), one on a GPU ---- */
+int schedule_count(void);
+void schedule_use(int index);
+const char *schedule_name(int index);
+
+/* ---- comparisons, each naming the quantity, the index and both values on failure ---- */
+/* |got - want| <= atol + rtol |want| elementwise. */
+void expect_close(const char *what, const double *got, const double *want, int64_t count, double atol, double rtol);
+/* |got - want| <= ulps * ulp(want) of the storage type. */
+void expect_within_ulps(const char *what, bnk_dtype dtype, const double *got, const double *want, int64_t count,
+                        double ulps);
+void expect_bitwise_equal(const char *what, const void *a, const void *b, size_t bytes);
+void expect_status(bnk_status got, bnk_status want, const char *call);
+
+#endif
