@@ -48,6 +48,12 @@ int bnk_dtype_vec(int dtype);
 bnk_reduce_plan bnk_plan_reduce(const bnk_view *view, int vec, int sm_count);
 /* The widest access that every pointer's alignment and the view's contiguous extent allow. */
 int bnk_choose_vec(const bnk_view *view, const void *const *pointers, int count);
+/* Blocks of BNK_STREAM_THREADS for a grid-stride loop over `items`: one per item, at most what the SMs
+ * hold at once. */
+int64_t bnk_plan_grid_stride_blocks(int64_t items, int sm_count);
+/* The most pieces per channel of any plan for this view: the launch picks its vector width from the
+ * pointers' alignment, which a workspace size query cannot know. */
+int64_t bnk_plan_parts_bound(const bnk_view *view, int sm_count);
 
 /* Workspace of the statistics: per-channel arrays, then per-piece partials; 256-byte aligned arrays.
  * The per-channel part is the same for every plan of a view, so the normalize pass can find it. */
@@ -93,6 +99,43 @@ typedef struct bnk_normalize_params {
 
 cudaError_t bnk_launch_normalize(const bnk_view *view, int sm_count, const void *x, void *y,
                                  bnk_normalize_params params, cudaStream_t stream);
+
+/* Workspace of the backward: per-channel coefficients of the dx pass, then per-piece partial sums;
+ * 256-byte aligned arrays. */
+typedef struct bnk_backward_workspace {
+  float *dy_scale;   /* dx = dy * dy_scale[c] + (x - mean[c]) * xmu_scale[c] + bias[c] */
+  float *xmu_scale;
+  float *bias;
+  float *sum_dy;     /* [parts][c] */
+  float *sum_dy_xmu; /* [parts][c]: sum of dy * (x - mean[c]) */
+} bnk_backward_workspace;
+
+size_t bnk_backward_workspace_bytes(const bnk_view *view, int64_t parts);
+bnk_backward_workspace bnk_backward_workspace_carve(void *base, const bnk_view *view, int64_t parts);
+
+/* The per-channel statistics the backward differentiates through: the batch statistics that the training
+ * forward saved, or the running statistics (frozen) of the inference forward. */
+typedef struct bnk_backward_stats {
+  const float *mean;     /* save_mean or running_mean */
+  const float *invstd;   /* save_invstd; NULL: 1 / sqrt(variance[c] + eps) */
+  const float *variance;
+  float eps;
+  const float *gamma;    /* NULL: 1 */
+} bnk_backward_stats;
+
+/* The backward's per-channel sums over (x, dy): reduction kernel (pieces of `plan`) then merge kernel,
+ * which writes dbeta = sum(dy) and dgamma = invstd * sum(dy * (x - mean)) when not NULL, and the dx
+ * coefficients of the training backward to ws. x may be NULL when dgamma is NULL. */
+cudaError_t bnk_launch_backward_reduce(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+                                       const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
+                                       float *dgamma, float *dbeta, cudaStream_t stream);
+
+/* The elementwise pass writing dx. With `coefficients` (training), dx = dy * dy_scale[c] + (x - mean[c]) *
+ * xmu_scale[c] + bias[c] from bnk_launch_backward_reduce; with NULL (frozen statistics),
+ * dx = dy * gamma[c] * invstd[c] and x must be NULL, so that it is not read. dx may equal dy. */
+cudaError_t bnk_launch_backward_dx(const bnk_view *view, int sm_count, const void *x, const void *dy, void *dx,
+                                   bnk_backward_stats stats, const bnk_backward_workspace *coefficients,
+                                   cudaStream_t stream);
 
 #ifdef __cplusplus
 }

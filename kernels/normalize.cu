@@ -34,7 +34,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
                              bnk_normalize_params p) {
   const int64_t step = (int64_t)gridDim.x * blockDim.x;
   for (int64_t j0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j0 < vecs; j0 += BNK_UNROLL * step) {
-    float v[BNK_UNROLL][V];
+    float v[BNK_UNROLL][V] = {};
 #pragma unroll
     for (int u = 0; u < BNK_UNROLL; ++u) {
       const int64_t j = j0 + u * step;
@@ -73,7 +73,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   const int64_t row_begin = part * rows_per_part;
   const int64_t row_end = min(rows, row_begin + rows_per_part);
   for (int64_t r0 = row_begin + ty; r0 < row_end; r0 += BNK_UNROLL * tile_y) {
-    float v[BNK_UNROLL][V];
+    float v[BNK_UNROLL][V] = {};
 #pragma unroll
     for (int u = 0; u < BNK_UNROLL; ++u) {
       const int64_t r = r0 + (int64_t)u * tile_y;

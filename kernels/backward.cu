@@ -1,0 +1,359 @@
+// The backward of batch normalization: one reduction over (x, dy) giving both per-channel sums, then one
+// elementwise pass writing dx.
+//
+// The reduction uses the statistics' machinery (bnk_reduce_plan pieces, partials in the workspace, a
+// merge in fixed order), so dgamma and dbeta are bitwise reproducible. It accumulates dy * (x - mean)
+// rather than dy * xhat: with the saved fp32 mean, x - mean is exact when |mean| >> std (Sterbenz), and
+// invstd is applied once per channel in the merge instead of once per element.
+//
+// x is NULL when only dbeta is wanted of frozen statistics, and in the dx pass of frozen statistics. Its
+// registers then keep their zero initial values, as does the mean beside them, so the absent tensor costs
+// no branch in the arithmetic.
+#include "kernels/reduce.cuh"
+
+// Channels-first: block b sums piece (b % parts) of channel (b / parts), exactly as stats_channels_first
+// walks the channel.
+template <typename T, int V>
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    backward_sums_channels_first(const T *__restrict__ x, const T *__restrict__ dy, int64_t c, int64_t s,
+                                 bnk_fastdiv vecs_per_run, int64_t parts, int64_t chunk, int64_t m,
+                                 const float *__restrict__ mean, bnk_backward_workspace ws) {
+  __shared__ float2 shared[BNK_WARP];
+  const int64_t block = blockIdx.x;
+  const int64_t channel = block / parts;
+  const int64_t part = block - channel * parts;
+  const float channel_mean = x != NULL ? mean[channel] : 0.0f;
+  const int64_t channel_offset = channel * s;
+  const int64_t run_stride = c * s;
+  const int64_t begin = part * chunk / V;
+  const int64_t end = min(m, (part + 1) * chunk) / V;
+  const int64_t step = blockDim.x;
+  float2 acc = make_float2(0.0f, 0.0f); // sum of dy, sum of dy * (x - mean)
+  for (int64_t j0 = begin + threadIdx.x; j0 < end; j0 += BNK_UNROLL * step) {
+    float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
+#pragma unroll
+    for (int u = 0; u < BNK_UNROLL; ++u) {
+      const int64_t j = j0 + u * step;
+      if (j < end) {
+        const int64_t run = (int64_t)bnk_div((uint64_t)j, vecs_per_run);
+        const int64_t within = j - run * (int64_t)vecs_per_run.divisor;
+        const int64_t offset = channel_offset + run * run_stride + within * V;
+        bnk_load<T, V>(dy + offset, vdy[u]);
+        if (x != NULL) bnk_load<T, V>(x + offset, vx[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < BNK_UNROLL; ++u) {
+      if (j0 + u * step < end) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          acc.x += vdy[u][i];
+          acc.y = fmaf(vdy[u][i], vx[u][i] - channel_mean, acc.y);
+        }
+      }
+    }
+  }
+  acc = bnk_block_reduce(acc, shared);
+  if (threadIdx.x == 0) {
+    const int64_t slot = part * c + channel;
+    ws.sum_dy[slot] = acc.x;
+    ws.sum_dy_xmu[slot] = acc.y;
+  }
+}
+
+// Channels-last: the tiling of stats_channels_last. Thread (tx, ty) sums V channels over rows ty,
+// ty + tile_y, ... of its piece; the block merges its tile_y partial sums per channel along a fixed tree.
+template <typename T, int V>
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    backward_sums_channels_last(const T *__restrict__ x, const T *__restrict__ dy, int64_t rows, int64_t c,
+                                int tile_x, int tile_y, int64_t tiles, int64_t rows_per_part,
+                                const float *__restrict__ mean, bnk_backward_workspace ws) {
+  __shared__ float2 shared[BNK_STREAM_THREADS][V];
+  const int64_t block = blockIdx.x;
+  const int64_t tile = block % tiles;
+  const int64_t part = block / tiles;
+  const int tx = (int)threadIdx.x % tile_x;
+  const int ty = (int)threadIdx.x / tile_x;
+  const int64_t channel0 = (tile * tile_x + tx) * V;
+  const bool active = channel0 < c;
+
+  float channel_mean[V];
+  float2 acc[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    channel_mean[i] = active && x != NULL ? mean[channel0 + i] : 0.0f;
+    acc[i] = make_float2(0.0f, 0.0f);
+  }
+  if (active) {
+    const int64_t row_begin = part * rows_per_part;
+    const int64_t row_end = min(rows, row_begin + rows_per_part);
+    for (int64_t r0 = row_begin + ty; r0 < row_end; r0 += BNK_UNROLL * tile_y) {
+      float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
+#pragma unroll
+      for (int u = 0; u < BNK_UNROLL; ++u) {
+        const int64_t r = r0 + (int64_t)u * tile_y;
+        if (r < row_end) {
+          bnk_load<T, V>(dy + r * c + channel0, vdy[u]);
+          if (x != NULL) bnk_load<T, V>(x + r * c + channel0, vx[u]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < BNK_UNROLL; ++u) {
+        if (r0 + (int64_t)u * tile_y < row_end) {
+#pragma unroll
+          for (int i = 0; i < V; ++i) {
+            acc[i].x += vdy[u][i];
+            acc[i].y = fmaf(vdy[u][i], vx[u][i] - channel_mean[i], acc[i].y);
+          }
+        }
+      }
+    }
+  }
+
+  const int slot = (int)threadIdx.x;
+#pragma unroll
+  for (int i = 0; i < V; ++i) shared[slot][i] = acc[i];
+  for (int stride = 1; stride < tile_y; stride *= 2) {
+    __syncthreads();
+    if (active && ty % (2 * stride) == 0 && ty + stride < tile_y) {
+      const int other = slot + stride * tile_x;
+#pragma unroll
+      for (int i = 0; i < V; ++i) shared[slot][i] = bnk_combine(shared[slot][i], shared[other][i]);
+    }
+  }
+  if (active && ty == 0) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int64_t out = part * c + channel0 + i;
+      ws.sum_dy[out] = shared[slot][i].x;
+      ws.sum_dy_xmu[out] = shared[slot][i].y;
+    }
+  }
+}
+
+static __device__ __forceinline__ float channel_invstd(const bnk_backward_stats &stats, int64_t c) {
+  return stats.invstd != NULL ? stats.invstd[c] : 1.0f / sqrtf(stats.variance[c] + stats.eps);
+}
+
+// One warp per channel merges the channel's pieces (lane l takes pieces l, l + 32, ... in order, then a
+// fixed tree across lanes); lane 0 writes the gradients of gamma and beta and the dx coefficients:
+//   dx = k / M (M dy - dbeta - xhat dgamma) = k dy + (x - mean) (-k invstd dgamma / M) + (-k dbeta / M),
+// with k = gamma invstd and xhat = (x - mean) invstd.
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    merge_backward_sums(int64_t c, int64_t parts, int64_t m, bnk_backward_stats stats, bnk_backward_workspace ws,
+                        float *dgamma, float *dbeta) {
+  const int lane = (int)(threadIdx.x % BNK_WARP);
+  const int64_t channel = (int64_t)blockIdx.x * (blockDim.x / BNK_WARP) + threadIdx.x / BNK_WARP;
+  if (channel >= c) return; // the whole warp leaves together
+  float2 acc = make_float2(0.0f, 0.0f);
+  for (int64_t p = lane; p < parts; p += BNK_WARP) {
+    const int64_t slot = p * c + channel;
+    acc = bnk_combine(acc, make_float2(ws.sum_dy[slot], ws.sum_dy_xmu[slot]));
+  }
+  acc = bnk_warp_reduce(acc, BNK_FULL_MASK, BNK_WARP);
+  if (lane != 0) return;
+
+  const float invstd = channel_invstd(stats, channel);
+  const float channel_dbeta = acc.x;
+  const float channel_dgamma = acc.y * invstd;
+  if (dbeta != NULL) dbeta[channel] = channel_dbeta;
+  if (dgamma != NULL) dgamma[channel] = channel_dgamma;
+  const float k = stats.gamma != NULL ? invstd * stats.gamma[channel] : invstd;
+  const float k_over_m = k / (float)m;
+  ws.dy_scale[channel] = k;
+  ws.xmu_scale[channel] = -k_over_m * invstd * channel_dgamma;
+  ws.bias[channel] = -k_over_m * channel_dbeta;
+}
+
+// What the dx pass needs; dy_scale is NULL for frozen statistics.
+struct dx_params {
+  bnk_backward_stats stats;
+  const float *dy_scale;
+  const float *xmu_scale;
+  const float *bias;
+};
+
+struct dx_coefficients {
+  float mean;
+  float dy_scale;
+  float xmu_scale;
+  float bias;
+};
+
+static __device__ __forceinline__ dx_coefficients channel_dx(const dx_params &p, int64_t c) {
+  dx_coefficients k;
+  if (p.dy_scale != NULL) {
+    k.mean = p.stats.mean[c];
+    k.dy_scale = p.dy_scale[c];
+    k.xmu_scale = p.xmu_scale[c];
+    k.bias = p.bias[c];
+  } else {
+    const float invstd = channel_invstd(p.stats, c);
+    k.mean = 0.0f;
+    k.dy_scale = p.stats.gamma != NULL ? invstd * p.stats.gamma[c] : invstd;
+    k.xmu_scale = 0.0f;
+    k.bias = 0.0f;
+  }
+  return k;
+}
+
+// With frozen statistics x is 0 and so are xmu_scale and bias: the result is dy * dy_scale rounded once.
+static __device__ __forceinline__ float apply_dx(float dy, float x, const dx_coefficients &k) {
+  return fmaf(dy, k.dy_scale, fmaf(x - k.mean, k.xmu_scale, k.bias));
+}
+
+// Channels-first: a grid-stride loop over all vectors, as normalize_channels_first. x is NULL for frozen
+// statistics. Not __restrict__: dx may be dy.
+template <typename T, int V>
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    backward_dx_channels_first(const T *x, const T *dy, T *dx, int64_t vecs, bnk_fastdiv vecs_per_run,
+                               bnk_fastdiv channels, dx_params p) {
+  const int64_t step = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t j0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j0 < vecs; j0 += BNK_UNROLL * step) {
+    float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
+#pragma unroll
+    for (int u = 0; u < BNK_UNROLL; ++u) {
+      const int64_t j = j0 + u * step;
+      if (j < vecs) {
+        bnk_load<T, V>(dy + j * V, vdy[u]);
+        if (x != NULL) bnk_load<T, V>(x + j * V, vx[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < BNK_UNROLL; ++u) {
+      const int64_t j = j0 + u * step;
+      if (j < vecs) {
+        const uint64_t run = bnk_div((uint64_t)j, vecs_per_run);
+        const dx_coefficients k = channel_dx(p, (int64_t)bnk_mod(run, channels));
+#pragma unroll
+        for (int i = 0; i < V; ++i) vdy[u][i] = apply_dx(vdy[u][i], vx[u][i], k);
+        bnk_store<T, V>(dx + j * V, vdy[u]);
+      }
+    }
+  }
+}
+
+// Channels-last: the tiling of bnk_reduce_plan, each thread's V channels' coefficients in registers.
+template <typename T, int V>
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    backward_dx_channels_last(const T *x, const T *dy, T *dx, int64_t rows, int64_t c, int tile_x, int tile_y,
+                              int64_t tiles, int64_t rows_per_part, dx_params p) {
+  const int64_t block = blockIdx.x;
+  const int64_t tile = block % tiles;
+  const int64_t part = block / tiles;
+  const int tx = (int)threadIdx.x % tile_x;
+  const int ty = (int)threadIdx.x / tile_x;
+  const int64_t channel0 = (tile * tile_x + tx) * V;
+  if (channel0 >= c) return;
+  dx_coefficients k[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) k[i] = channel_dx(p, channel0 + i);
+  const int64_t row_begin = part * rows_per_part;
+  const int64_t row_end = min(rows, row_begin + rows_per_part);
+  for (int64_t r0 = row_begin + ty; r0 < row_end; r0 += BNK_UNROLL * tile_y) {
+    float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
+#pragma unroll
+    for (int u = 0; u < BNK_UNROLL; ++u) {
+      const int64_t r = r0 + (int64_t)u * tile_y;
+      if (r < row_end) {
+        bnk_load<T, V>(dy + r * c + channel0, vdy[u]);
+        if (x != NULL) bnk_load<T, V>(x + r * c + channel0, vx[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < BNK_UNROLL; ++u) {
+      const int64_t r = r0 + (int64_t)u * tile_y;
+      if (r < row_end) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) vdy[u][i] = apply_dx(vdy[u][i], vx[u][i], k[i]);
+        bnk_store<T, V>(dx + r * c + channel0, vdy[u]);
+      }
+    }
+  }
+}
+
+template <typename T>
+static void launch_sums(const bnk_view *view, const bnk_reduce_plan *plan, const void *x_raw, const void *dy_raw,
+                        const float *mean, bnk_backward_workspace ws, cudaStream_t stream) {
+  constexpr int W = bnk_vec_width<T>::value;
+  const T *x = static_cast<const T *>(x_raw);
+  const T *dy = static_cast<const T *>(dy_raw);
+  const dim3 grid((unsigned)plan->blocks);
+  const dim3 block((unsigned)plan->threads);
+  if (view->channels_last) {
+    auto kernel = plan->vec == W ? backward_sums_channels_last<T, W> : backward_sums_channels_last<T, 1>;
+    BNK_LAUNCH(kernel, grid, block, 0, stream)(x, dy, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
+                                                plan->rows_per_part, mean, ws);
+  } else {
+    const bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / plan->vec));
+    auto kernel = plan->vec == W ? backward_sums_channels_first<T, W> : backward_sums_channels_first<T, 1>;
+    BNK_LAUNCH(kernel, grid, block, 0, stream)(x, dy, view->c, view->s, vecs_per_run, plan->parts, plan->chunk,
+                                                view->n * view->s, mean, ws);
+  }
+}
+
+extern "C" cudaError_t bnk_launch_backward_reduce(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+                                                  const void *dy, bnk_backward_stats stats,
+                                                  bnk_backward_workspace ws, float *dgamma, float *dbeta,
+                                                  cudaStream_t stream) {
+  switch (view->dtype) {
+  case BNK_FLOAT32: launch_sums<float>(view, plan, x, dy, stats.mean, ws, stream); break;
+  case BNK_FLOAT16: launch_sums<__half>(view, plan, x, dy, stats.mean, ws, stream); break;
+  case BNK_BFLOAT16: launch_sums<__nv_bfloat16>(view, plan, x, dy, stats.mean, ws, stream); break;
+  default: return cudaErrorInvalidValue;
+  }
+  cudaError_t status = cudaGetLastError();
+  if (status != cudaSuccess) return status;
+  const int warps_per_block = BNK_STREAM_THREADS / BNK_WARP;
+  const dim3 grid((unsigned)((view->c + warps_per_block - 1) / warps_per_block));
+  BNK_LAUNCH(merge_backward_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream)(
+      view->c, plan->parts, view->n * view->s, stats, ws, dgamma, dbeta);
+  return cudaGetLastError();
+}
+
+template <typename T, int V>
+static void launch_dx_typed(const bnk_view *view, int sm_count, const bnk_reduce_plan *plan, const T *x, const T *dy,
+                            T *dx, const dx_params &p, cudaStream_t stream) {
+  if (view->channels_last) {
+    auto kernel = backward_dx_channels_last<T, V>;
+    BNK_LAUNCH(kernel, dim3((unsigned)plan->blocks), dim3((unsigned)plan->threads), 0, stream)(
+        x, dy, dx, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles, plan->rows_per_part, p);
+  } else {
+    const int64_t vecs = view->n * view->c * view->s / V;
+    const unsigned blocks = (unsigned)bnk_plan_grid_stride_blocks(vecs, sm_count);
+    auto kernel = backward_dx_channels_first<T, V>;
+    BNK_LAUNCH(kernel, dim3(blocks), dim3(BNK_STREAM_THREADS), 0, stream)(
+        x, dy, dx, vecs, bnk_fastdiv_make((uint64_t)(view->s / V)), bnk_fastdiv_make((uint64_t)view->c), p);
+  }
+}
+
+template <typename T>
+static void launch_dx_dtype(const bnk_view *view, int sm_count, const void *x, const void *dy, void *dx,
+                            const dx_params &p, cudaStream_t stream) {
+  constexpr int W = bnk_vec_width<T>::value;
+  const void *pointers[3] = {x, dy, dx};
+  const int vec = bnk_choose_vec(view, pointers, 3);
+  const bnk_reduce_plan plan = bnk_plan_reduce(view, vec, sm_count);
+  const T *xt = static_cast<const T *>(x);
+  const T *dyt = static_cast<const T *>(dy);
+  T *dxt = static_cast<T *>(dx);
+  if (vec == W) launch_dx_typed<T, W>(view, sm_count, &plan, xt, dyt, dxt, p, stream);
+  else launch_dx_typed<T, 1>(view, sm_count, &plan, xt, dyt, dxt, p, stream);
+}
+
+extern "C" cudaError_t bnk_launch_backward_dx(const bnk_view *view, int sm_count, const void *x, const void *dy,
+                                              void *dx, bnk_backward_stats stats,
+                                              const bnk_backward_workspace *coefficients, cudaStream_t stream) {
+  dx_params p;
+  p.stats = stats;
+  p.dy_scale = coefficients != NULL ? coefficients->dy_scale : NULL;
+  p.xmu_scale = coefficients != NULL ? coefficients->xmu_scale : NULL;
+  p.bias = coefficients != NULL ? coefficients->bias : NULL;
+  switch (view->dtype) {
+  case BNK_FLOAT32: launch_dx_dtype<float>(view, sm_count, x, dy, dx, p, stream); break;
+  case BNK_FLOAT16: launch_dx_dtype<__half>(view, sm_count, x, dy, dx, p, stream); break;
+  case BNK_BFLOAT16: launch_dx_dtype<__nv_bfloat16>(view, sm_count, x, dy, dx, p, stream); break;
+  default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
