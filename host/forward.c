@@ -3,22 +3,9 @@
 
 #include "host/internal.h"
 
-/* Pieces of the widest plan the workspace may have to hold: the launch picks its vector width from the
- * pointers' alignment, which the size query cannot know. */
-static int64_t stats_parts_bound(const bnk_view *view, int sm_count) {
-  const bnk_reduce_plan narrow = bnk_plan_reduce(view, 1, sm_count);
-  int64_t parts = narrow.parts;
-  const int vec = bnk_dtype_vec(view->dtype);
-  if ((view->channels_last ? view->c : view->s) % vec == 0) {
-    const bnk_reduce_plan wide = bnk_plan_reduce(view, vec, sm_count);
-    if (wide.parts > parts) parts = wide.parts;
-  }
-  return parts;
-}
-
 static size_t training_workspace_bytes(const bnk_context *ctx, const bnk_view *view) {
   if (bnk_view_per_channel(view) == 0) return 0;
-  return bnk_stats_workspace_bytes(view, stats_parts_bound(view, ctx->sm_count));
+  return bnk_stats_workspace_bytes(view, bnk_plan_parts_bound(view, ctx->sm_count));
 }
 
 static bnk_status check_grid(const bnk_reduce_plan *plan) {
@@ -95,6 +82,7 @@ bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, c
   bnk_device_guard guard;
   status = bnk_device_enter(ctx, &guard);
   if (status != BNK_SUCCESS) return status;
+  bnk_range_push("fwd_train", desc);
   const bnk_stats_workspace ws = bnk_stats_workspace_carve(workspace, &view, plan.parts);
   const bnk_running_update running = {running_mean, running_var, num_batches_tracked, (float)momentum,
                                       momentum == BNK_MOMENTUM_CUMULATIVE};
@@ -106,6 +94,7 @@ bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, c
     status = bnk_check_cuda(bnk_launch_normalize(&view, ctx->sm_count, x, y, params, ctx->stream),
                             "bnk_forward_training: normalize kernel");
   }
+  bnk_range_pop();
   bnk_device_leave(&guard);
   return status;
 }
@@ -133,9 +122,11 @@ bnk_status bnk_forward_inference(bnk_context *ctx, const bnk_tensor_desc *desc, 
   bnk_device_guard guard;
   status = bnk_device_enter(ctx, &guard);
   if (status != BNK_SUCCESS) return status;
+  bnk_range_push("fwd_infer", desc);
   const bnk_normalize_params params = {running_mean, NULL, NULL, running_var, (float)eps, gamma, beta};
   status = bnk_check_cuda(bnk_launch_normalize(&view, ctx->sm_count, x, y, params, ctx->stream),
                           "bnk_forward_inference: normalize kernel");
+  bnk_range_pop();
   bnk_device_leave(&guard);
   return status;
 }

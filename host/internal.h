@@ -28,11 +28,18 @@ bnk_status bnk_check_cuda(cudaError_t error, const char *what);
 bnk_status bnk_require_context(const bnk_context *ctx);
 bnk_status bnk_require_pointer(const void *pointer, const char *name);
 bnk_status bnk_require_eps(double eps);
+/* BNK_ERROR_NOT_SUPPORTED when a plan needs more blocks than a one-dimensional grid holds. */
+bnk_status bnk_require_grid(const bnk_reduce_plan *plan);
 
 /* The kernels' view of a checked descriptor. */
 bnk_view bnk_view_of(const bnk_tensor_desc *desc);
 /* Elements per channel (N x spatial). */
 int64_t bnk_view_per_channel(const bnk_view *view);
+
+/* An NVTX range named by op and shape around a public compute call (no-op without a profiler, or when
+ * built with BNK_NVTX=OFF). Every push is matched by a pop on the same thread. */
+void bnk_range_push(const char *op, const bnk_tensor_desc *desc);
+void bnk_range_pop(void);
 
 /* Makes the context's device current for the duration of a call. */
 typedef struct bnk_device_guard {

@@ -1,0 +1,69 @@
+// Test kernels that drive the shared reduction primitives of kernels/reduce.cuh directly, on one block of
+// any size, and the fast division of kernels/common.cuh. Launched from test_reduce.c.
+#include "kernels/reduce.cuh"
+
+// Each thread folds elements thread, thread + blockDim, ... into a Welford triple (one value at a time,
+// or V consecutive values at a time when chunked), then the block merges them into thread 0.
+template <int V>
+static __global__ void welford_block(const float *x, int64_t count, float *out) {
+  __shared__ bnk_welford shared[BNK_WARP];
+  bnk_welford acc = bnk_welford_empty();
+  for (int64_t i = (int64_t)threadIdx.x * V; i + V <= count; i += (int64_t)blockDim.x * V) {
+    float v[V];
+    for (int k = 0; k < V; ++k) v[k] = x[i + k];
+    acc = bnk_welford_add<V>(acc, v);
+  }
+  acc = bnk_block_reduce(acc, shared);
+  if (threadIdx.x == 0) {
+    out[0] = acc.count;
+    out[1] = acc.mean;
+    out[2] = acc.m2;
+  }
+}
+
+static __global__ void sum_block(const float *x, int64_t count, float *out) {
+  __shared__ float2 shared[BNK_WARP];
+  float2 acc = make_float2(0.0f, 0.0f);
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) acc = bnk_combine(acc, make_float2(x[i], x[i] * x[i]));
+  acc = bnk_block_reduce(acc, shared);
+  if (threadIdx.x == 0) {
+    out[0] = acc.x;
+    out[1] = acc.y;
+  }
+}
+
+// Lanes [0, lanes) of one warp reduce their value; the others take no part, as in a partial warp.
+static __global__ void sum_partial_warp(const float *x, int lanes, float *out) {
+  const int lane = (int)threadIdx.x;
+  if (lane >= lanes) return;
+  const unsigned mask = lanes == BNK_WARP ? BNK_FULL_MASK : (1u << lanes) - 1u;
+  const float total = bnk_warp_reduce(x[lane], mask, lanes);
+  if (lane == 0) out[0] = total;
+}
+
+static __global__ void fast_division(const uint64_t *dividends, int count, bnk_fastdiv divisor, uint64_t *quotients) {
+  const int i = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < count) quotients[i] = bnk_div(dividends[i], divisor);
+}
+
+extern "C" cudaError_t test_welford_block(const float *x, int64_t count, int threads, int chunked, float *out) {
+  auto kernel = chunked ? welford_block<4> : welford_block<1>;
+  BNK_LAUNCH(kernel, dim3(1), dim3((unsigned)threads), 0, 0)(x, count, out);
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t test_sum_block(const float *x, int64_t count, int threads, float *out) {
+  BNK_LAUNCH(sum_block, dim3(1), dim3((unsigned)threads), 0, 0)(x, count, out);
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t test_sum_partial_warp(const float *x, int lanes, float *out) {
+  BNK_LAUNCH(sum_partial_warp, dim3(1), dim3(BNK_WARP), 0, 0)(x, lanes, out);
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t test_fast_division(const uint64_t *dividends, int count, uint64_t divisor, uint64_t *quotients) {
+  BNK_LAUNCH(fast_division, dim3((unsigned)((count + 127) / 128)), dim3(128), 0, 0)(
+      dividends, count, bnk_fastdiv_make(divisor), quotients);
+  return cudaGetLastError();
+}

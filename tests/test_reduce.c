@@ -1,0 +1,169 @@
+/* The shared reduction primitives, run directly on blocks of awkward sizes, against a float64 reference,
+ * under every schedule, with bitwise-equal results across schedules. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "tests/harness.h"
+
+cudaError_t test_welford_block(const float *x, int64_t count, int threads, int chunked, float *out);
+cudaError_t test_sum_block(const float *x, int64_t count, int threads, float *out);
+cudaError_t test_sum_partial_warp(const float *x, int lanes, float *out);
+cudaError_t test_fast_division(const uint64_t *dividends, int count, uint64_t divisor, uint64_t *quotients);
+
+static float *random_data(test_rng *rng, int64_t count, double offset, double spread, double **as_double) {
+  float *host = malloc((size_t)count * sizeof(float));
+  *as_double = malloc((size_t)count * sizeof(double));
+  for (int64_t i = 0; i < count; ++i) {
+    host[i] = (float)(offset + spread * rng_normal(rng));
+    (*as_double)[i] = host[i];
+  }
+  float *device = dev_alloc((size_t)count * sizeof(float));
+  dev_upload(device, host, (size_t)count * sizeof(float));
+  free(host);
+  return device;
+}
+
+/* Block sizes: one thread, partial warps, one warp, a partial last warp, full blocks. Element counts
+ * smaller and larger than the block, prime and not. */
+static const int block_sizes[] = {1, 7, 32, 33, 100, 256, 1000, 1024};
+static const int64_t counts[] = {1, 5, 31, 64, 997, 4096, 10007};
+
+/* Relative 1e-6 against float64: each thread's running sum holds at most ~10^4 / threads values and the
+ * tree adds log2(threads) merges; fp32 Welford/Chan keeps the error near a few ulps of the result. */
+#define REDUCE_TOLERANCE 1e-6
+
+Test(reduce, welford_block_matches_float64, .timeout = 300) {
+  (void)test_context();
+  test_rng rng = rng_fresh();
+  for (size_t b = 0; b < sizeof block_sizes / sizeof block_sizes[0]; ++b) {
+    for (size_t k = 0; k < sizeof counts / sizeof counts[0]; ++k) {
+      for (int chunked = 0; chunked < 2; ++chunked) {
+        const int64_t count = chunked ? counts[k] / 4 * 4 : counts[k];
+        if (count == 0) continue;
+        double *x;
+        float *x_dev = random_data(&rng, count, rng_uniform(&rng, -3.0, 3.0), rng_uniform(&rng, 0.1, 4.0), &x);
+        double mean = 0.0, m2 = 0.0;
+        for (int64_t i = 0; i < count; ++i) mean += x[i];
+        mean /= (double)count;
+        for (int64_t i = 0; i < count; ++i) m2 += (x[i] - mean) * (x[i] - mean);
+        float *out = dev_alloc(3 * sizeof(float));
+        float first[3];
+        for (int schedule = 0; schedule < schedule_count(); ++schedule) {
+          schedule_use(schedule);
+          dev_poison(out, 3 * sizeof(float));
+          cr_assert_eq(test_welford_block(x_dev, count, block_sizes[b], chunked, out), cudaSuccess);
+          float got[3];
+          dev_download(got, out, sizeof got);
+          cr_expect_eq(got[0], (float)count, "count %g, expected %lld (threads %d)", got[0], (long long)count,
+                       block_sizes[b]);
+          const double scale = fabs(mean) + sqrt(m2 / (double)count);
+          cr_expect(fabs(got[1] - mean) <= REDUCE_TOLERANCE * scale,
+                    "mean %.9g, reference %.9g (threads %d, count %lld, %s)", got[1], mean, block_sizes[b],
+                    (long long)count, chunked ? "chunks of 4" : "one at a time");
+          cr_expect(fabs(got[2] - m2) <= REDUCE_TOLERANCE * m2 + 1e-30,
+                    "M2 %.9g, reference %.9g (threads %d, count %lld, %s)", got[2], m2, block_sizes[b],
+                    (long long)count, chunked ? "chunks of 4" : "one at a time");
+          if (schedule == 0) memcpy(first, got, sizeof got);
+          else expect_bitwise_equal("block Welford", first, got, sizeof got);
+        }
+        dev_free(out);
+        dev_free(x_dev);
+        free(x);
+      }
+    }
+  }
+}
+
+Test(reduce, sum_block_matches_float64, .timeout = 300) {
+  (void)test_context();
+  test_rng rng = rng_fresh();
+  for (size_t b = 0; b < sizeof block_sizes / sizeof block_sizes[0]; ++b) {
+    for (size_t k = 0; k < sizeof counts / sizeof counts[0]; ++k) {
+      double *x;
+      float *x_dev = random_data(&rng, counts[k], 0.5, 1.0, &x);
+      double sum = 0.0, squares = 0.0, magnitude = 0.0;
+      for (int64_t i = 0; i < counts[k]; ++i) {
+        sum += x[i];
+        squares += x[i] * x[i];
+        magnitude += fabs(x[i]);
+      }
+      float *out = dev_alloc(2 * sizeof(float));
+      float first[2];
+      for (int schedule = 0; schedule < schedule_count(); ++schedule) {
+        schedule_use(schedule);
+        dev_poison(out, 2 * sizeof(float));
+        cr_assert_eq(test_sum_block(x_dev, counts[k], block_sizes[b], out), cudaSuccess);
+        float got[2];
+        dev_download(got, out, sizeof got);
+        /* A sum can cancel to near zero: bound the error by the sum of magnitudes. */
+        cr_expect(fabs(got[0] - sum) <= REDUCE_TOLERANCE * magnitude, "sum %.9g, reference %.9g (threads %d)",
+                  got[0], sum, block_sizes[b]);
+        cr_expect(fabs(got[1] - squares) <= REDUCE_TOLERANCE * squares, "sum of squares %.9g, reference %.9g",
+                  got[1], squares);
+        if (schedule == 0) memcpy(first, got, sizeof got);
+        else expect_bitwise_equal("block sum", first, got, sizeof got);
+      }
+      dev_free(out);
+      dev_free(x_dev);
+      free(x);
+    }
+  }
+}
+
+Test(reduce, partial_warp_sums_only_its_lanes) {
+  (void)test_context();
+  test_rng rng = rng_fresh();
+  double *x;
+  float *x_dev = random_data(&rng, 32, 0.0, 1.0, &x);
+  float *out = dev_alloc(sizeof(float));
+  for (int lanes = 1; lanes <= 32; ++lanes) {
+    double sum = 0.0, magnitude = 0.0;
+    for (int i = 0; i < lanes; ++i) {
+      sum += x[i];
+      magnitude += fabs(x[i]);
+    }
+    for (int schedule = 0; schedule < schedule_count(); ++schedule) {
+      schedule_use(schedule);
+      dev_poison(out, sizeof(float));
+      cr_assert_eq(test_sum_partial_warp(x_dev, lanes, out), cudaSuccess);
+      float got;
+      dev_download(&got, out, sizeof got);
+      cr_expect(fabs(got - sum) <= REDUCE_TOLERANCE * magnitude, "%d lanes: %.9g, reference %.9g", lanes, got, sum);
+    }
+  }
+  dev_free(out);
+  dev_free(x_dev);
+  free(x);
+}
+
+Test(reduce, fast_division_is_exact) {
+  (void)test_context();
+  test_rng rng = rng_fresh();
+  enum { COUNT = 4096 };
+  uint64_t dividends[COUNT], quotients[COUNT];
+  const uint64_t divisors[] = {1, 2, 3, 7, 49, 64, 196, 3136, 65537, 1000003, 4294967295ull, 4294967297ull,
+                               (1ull << 40) + 15, (1ull << 62) + 1};
+  uint64_t *dividends_dev = dev_alloc(sizeof dividends), *quotients_dev = dev_alloc(sizeof quotients);
+  for (size_t d = 0; d < sizeof divisors / sizeof divisors[0]; ++d) {
+    const uint64_t divisor = divisors[d];
+    for (int i = 0; i < COUNT; ++i) {
+      /* Around multiples of the divisor (where off-by-one errors live), small values, and up to 2^63. */
+      const uint64_t multiple = (uint64_t)rng_uniform(&rng, 0.0, 9.2e18) / divisor;
+      const uint64_t near = multiple * divisor + (uint64_t)(i % 3) - 1u;
+      dividends[i] = i < 64 ? (uint64_t)i : i % 4 == 0 ? (uint64_t)rng_uniform(&rng, 0.0, 9.2e18) : near;
+      if (dividends[i] >= (1ull << 63)) dividends[i] = (1ull << 63) - 1 - (uint64_t)i;
+    }
+    dev_upload(dividends_dev, dividends, sizeof dividends);
+    dev_poison(quotients_dev, sizeof quotients);
+    cr_assert_eq(test_fast_division(dividends_dev, COUNT, divisor, quotients_dev), cudaSuccess);
+    dev_download(quotients, quotients_dev, sizeof quotients);
+    for (int i = 0; i < COUNT; ++i)
+      cr_expect_eq(quotients[i], dividends[i] / divisor, "%llu / %llu gave %llu", (unsigned long long)dividends[i],
+                   (unsigned long long)divisor, (unsigned long long)quotients[i]);
+  }
+  dev_free(dividends_dev);
+  dev_free(quotients_dev);
+}
