@@ -1,0 +1,1215 @@
+/* bnk-bench: runs each batch-normalization op once, validates the result against the float64 reference of
+ * tests/reference.c, and only then times it on the GPU. A case that fails validation is reported and not
+ * timed, because the speed of a wrong kernel means nothing.
+ *
+ * The same source builds twice. bnk-bench links bnk (nvcc, the real CUDA runtime); when it finds no device it
+ * replaces itself with bnk-bench-emu from its own directory. bnk-bench-emu (BNK_BENCH_EMULATION) links
+ * bnk_emu, the kernels on a host emulation of CUDA: it validates small versions of the shapes and contains no
+ * timing code at all, so that nothing it prints can be mistaken for a GPU measurement. docs/benchmarks.md
+ * describes the method and the byte counts. */
+#define _POSIX_C_SOURCE 200809L /* readlink and execv, for the fallback to the emulation build */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cuda_runtime_api.h>
+
+#include "bnk.h"
+#include "benchmarks/storage.h"
+#include "tests/reference.h"
+
+#ifdef BNK_BENCH_EMULATION
+#define PROGRAM "bnk-bench-emu"
+#else
+#define PROGRAM "bnk-bench"
+#define EMULATION_PROGRAM "bnk-bench-emu"
+#endif
+
+#define EXIT_USAGE 2
+#define MAX_SHAPES 64
+#define DEFAULT_RUNS 100
+#define DEFAULT_WARMUP 10
+#define DEFAULT_SEED 20240601u
+
+/* Channels validated per case on the GPU: the reference runs on the CPU and would take longer than the
+ * benchmark for the large ResNet-50 layers. Channel 0 and C - 1 are always among them (the edges of the
+ * channel range are where indexing goes wrong), the rest are drawn at random. */
+#define VALIDATED_CHANNELS 16
+
+/* The op parameters: PyTorch's defaults. */
+#define EPS 1e-5
+#define MOMENTUM 0.1
+
+/* Tolerances against the float64 reference (docs/benchmarks.md explains each).
+ *  - y and dx in float32: absolute, at the unit scale the data are drawn at.
+ *  - y and dx in float16/bfloat16: one unit in the last place of the storage type (the float32 result is
+ *    rounded once) plus a small absolute slack for results that land next to a rounding boundary.
+ *  - per-channel outputs: relative to the quantity's natural scale (see check_channels). */
+#define F32_ELEMENT_TOLERANCE 1e-5
+#define SIXTEEN_BIT_ULPS 1.0
+#define SIXTEEN_BIT_SLACK 1e-5
+#define CHANNEL_TOLERANCE 1e-5
+
+/* Emulation shrinks every shape to at most these extents (same layout and rank). An (N, C) tensor reduces
+ * over N alone, so it keeps more rows than a tensor that also reduces over its spatial positions. */
+#define EMULATION_MAX_N 2
+#define EMULATION_MAX_N_WITHOUT_SPATIAL 64
+#define EMULATION_MAX_C 16
+#define EMULATION_MAX_SPATIAL 8
+/* The bandwidth the emulation's byte floors assume: an H100 SXM's device-to-device copy rate, roughly. It is
+ * a reference point for reading the floors, not a measurement. */
+#define H100_COPY_BYTES_PER_SECOND 3.0e12
+
+#define COPY_BUFFER_BYTES ((size_t)1 << 30)
+#define COPY_RUNS 20
+
+/* ------------------------------------------------------------------------------------------------------
+ * Errors: every failure of a bnk or CUDA call ends the program with the call and the reason.
+ * ---------------------------------------------------------------------------------------------------- */
+
+static void die(const char *format, ...) {
+  va_list args;
+  va_start(args, format);
+  fprintf(stderr, PROGRAM ": ");
+  vfprintf(stderr, format, args);
+  fprintf(stderr, "\n");
+  va_end(args);
+  exit(EXIT_FAILURE);
+}
+
+static void check_bnk(bnk_status status, const char *call) {
+  if (status == BNK_SUCCESS) return;
+  die("%s failed: %s: %s", call, bnk_status_name(status), bnk_last_error_message());
+}
+
+static void check_cuda(cudaError_t error, const char *call) {
+  if (error == cudaSuccess) return;
+  die("%s failed: %s: %s", call, cudaGetErrorName(error), cudaGetErrorString(error));
+}
+
+static void *host_alloc(size_t bytes) {
+  void *pointer = malloc(bytes > 0 ? bytes : 1);
+  if (pointer == NULL) die("out of host memory allocating %zu bytes", bytes);
+  return pointer;
+}
+
+static void *device_alloc(size_t bytes) {
+  void *pointer = NULL;
+  if (bytes == 0) return NULL;
+  check_cuda(cudaMalloc(&pointer, bytes), "cudaMalloc");
+  return pointer;
+}
+
+static void device_free(void *pointer) {
+  if (pointer != NULL) check_cuda(cudaFree(pointer), "cudaFree");
+}
+
+/* Every output is overwritten with all-ones bits (NaN in every float type) before the run that is
+ * validated, so that a kernel that skips an element cannot pass on a previous op's result. */
+static void device_poison(void *pointer, size_t bytes) {
+  if (bytes > 0) check_cuda(cudaMemset(pointer, 0xff, bytes), "cudaMemset");
+}
+
+static void upload(void *device, const void *host, size_t bytes) {
+  if (bytes > 0) check_cuda(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to the device");
+}
+
+static void download(void *host, const void *device, size_t bytes) {
+  check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  if (bytes > 0) check_cuda(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to the host");
+}
+
+static void download_floats(double *host, const float *device, int64_t count) {
+  float *floats = host_alloc((size_t)count * sizeof(float));
+  download(floats, device, (size_t)count * sizeof(float));
+  for (int64_t i = 0; i < count; ++i) host[i] = floats[i];
+  free(floats);
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * Random data: a fixed seed by default, so that two runs validate the same values.
+ * ---------------------------------------------------------------------------------------------------- */
+
+typedef struct bench_rng {
+  uint64_t state;
+} bench_rng;
+
+static uint64_t rng_next(bench_rng *rng) {
+  uint64_t z = (rng->state += 0x9e3779b97f4a7c15ull); /* splitmix64 */
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+static double rng_uniform(bench_rng *rng, double lo, double hi) {
+  return lo + (hi - lo) * ((double)(rng_next(rng) >> 11) * 0x1.0p-53);
+}
+
+/* Zero mean, unit variance, bounded by +-2 sqrt(3): the sum of four uniforms from one 64-bit draw. The
+ * largest default shapes hold 25.7 million elements, and a Box-Muller normal per element would make
+ * generating the data slower than benchmarking it. */
+static float rng_noise(bench_rng *rng) {
+  const uint64_t bits = rng_next(rng);
+  double sum = 0.0;
+  for (int part = 0; part < 4; ++part) sum += (double)((bits >> (16 * part)) & 0xffffu) * (1.0 / 65536.0);
+  return (float)((sum - 2.0) * 1.7320508075688772);
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * Options
+ * ---------------------------------------------------------------------------------------------------- */
+
+typedef enum bench_op { OP_FWD_TRAIN, OP_FWD_INFER, OP_BWD, OP_BWD_INFER, OP_COUNT } bench_op;
+
+static const char *const op_names[OP_COUNT] = {"fwd_train", "fwd_infer", "bwd", "bwd_infer"};
+
+typedef struct bench_shape {
+  int64_t n, c;
+  int spatial_dims;
+  int64_t spatial[BNK_MAX_SPATIAL_DIMS];
+} bench_shape;
+
+typedef struct bench_options {
+  int run_op[OP_COUNT];
+  int run_layout[2]; /* indexed by bnk_layout */
+  bnk_dtype dtype;
+  bench_shape shapes[MAX_SHAPES];
+  int shape_count;
+  int runs, warmup;
+  uint64_t seed;
+  const char *csv_path, *json_path;
+} bench_options;
+
+/* The distinct batch-normalization layers of ResNet-50 at batch 32, the default workload. */
+static const int64_t resnet50_shapes[][4] = {
+    {32, 64, 112, 112}, {32, 64, 56, 56},   {32, 256, 56, 56}, {32, 128, 56, 56},
+    {32, 128, 28, 28},  {32, 512, 28, 28},  {32, 256, 28, 28}, {32, 256, 14, 14},
+    {32, 1024, 14, 14}, {32, 512, 14, 14},  {32, 512, 7, 7},   {32, 2048, 7, 7},
+};
+
+static void print_usage(FILE *out) {
+  fprintf(out,
+          "usage: " PROGRAM " [options]\n"
+          "\n"
+          "Validates each batch-normalization op against a float64 reference, then times it on the GPU.\n"
+          "Without a CUDA device, bnk-bench runs bnk-bench-emu instead: the kernels on the host emulation,\n"
+          "validated on shrunk shapes and not timed.\n"
+          "\n"
+          "  --op LIST        comma-separated ops: fwd_train, fwd_infer, bwd, bwd_infer (default: all)\n"
+          "  --layout L       nchw, nhwc or both (default: both)\n"
+          "  --dtype T        storage type of x, y, dy and dx: f32, f16 or bf16 (default: f32)\n"
+          "  --shape S        N,C or N,C,L or N,C,H,W or N,C,D,H,W; repeatable\n"
+          "                   (default: the 12 distinct batch-norm layers of ResNet-50 at batch 32)\n"
+          "  --runs K         timed runs per case, each after an L2 flush (default: %d)\n"
+          "  --warmup K       untimed runs before them (default: %d)\n"
+          "  --seed S         seed of the random data (default: %u)\n"
+          "  --csv FILE       also write the results as CSV\n"
+          "  --json FILE      also write the results as JSON\n"
+          "  --help           print this and exit\n",
+          DEFAULT_RUNS, DEFAULT_WARMUP, DEFAULT_SEED);
+}
+
+static void usage_error(const char *format, ...) {
+  va_list args;
+  va_start(args, format);
+  fprintf(stderr, PROGRAM ": ");
+  vfprintf(stderr, format, args);
+  fprintf(stderr, "\n(" PROGRAM " --help lists the options)\n");
+  va_end(args);
+  exit(EXIT_USAGE);
+}
+
+static int64_t parse_integer(const char *text, const char *option, int64_t min, int64_t max) {
+  char *end = NULL;
+  errno = 0;
+  const long long value = strtoll(text, &end, 10);
+  if (end == text || *end != '\0' || errno == ERANGE || value < min || value > max)
+    usage_error("%s expects an integer in [%" PRId64 ", %" PRId64 "], got '%s'", option, min, max, text);
+  return (int64_t)value;
+}
+
+static void parse_ops(const char *text, int run_op[OP_COUNT]) {
+  memset(run_op, 0, OP_COUNT * sizeof run_op[0]);
+  const char *start = text;
+  for (;;) {
+    const char *comma = strchr(start, ',');
+    const size_t length = comma ? (size_t)(comma - start) : strlen(start);
+    int found = 0;
+    for (int op = 0; op < OP_COUNT; ++op) {
+      if (strlen(op_names[op]) == length && strncmp(op_names[op], start, length) == 0) {
+        run_op[op] = 1;
+        found = 1;
+      }
+    }
+    if (!found) usage_error("--op: unknown op '%.*s' (ops: fwd_train, fwd_infer, bwd, bwd_infer)", (int)length, start);
+    if (comma == NULL) break;
+    start = comma + 1;
+  }
+}
+
+static bench_shape parse_shape(const char *text) {
+  int64_t extents[2 + BNK_MAX_SPATIAL_DIMS];
+  int count = 0;
+  const char *start = text;
+  for (;;) {
+    if (count == 2 + BNK_MAX_SPATIAL_DIMS)
+      usage_error("--shape takes at most %d extents (N,C,D,H,W), got '%s'", 2 + BNK_MAX_SPATIAL_DIMS, text);
+    char *end = NULL;
+    errno = 0;
+    const long long value = strtoll(start, &end, 10);
+    if (end == start || (*end != ',' && *end != '\0') || errno == ERANGE || value < 1)
+      usage_error("--shape expects positive integers separated by commas (N,C,H,W), got '%s'", text);
+    extents[count++] = value;
+    if (*end == '\0') break;
+    start = end + 1;
+  }
+  if (count < 2) usage_error("--shape needs at least N and C, got '%s'", text);
+  bench_shape shape = {.n = extents[0], .c = extents[1], .spatial_dims = count - 2};
+  int64_t per_channel = shape.n;
+  for (int d = 0; d < BNK_MAX_SPATIAL_DIMS; ++d) {
+    shape.spatial[d] = d < shape.spatial_dims ? extents[2 + d] : 1;
+    per_channel *= shape.spatial[d];
+  }
+  if (per_channel < 2)
+    usage_error("--shape %s has one value per channel; training needs more than one (N x spatial > 1)", text);
+  return shape;
+}
+
+/* Accepts "--name value" and "--name=value"; returns the value, or NULL when argv[*index] is another option. */
+static const char *option_value(int argc, char **argv, int *index, const char *name) {
+  const char *arg = argv[*index];
+  const size_t length = strlen(name);
+  if (strncmp(arg, name, length) != 0) return NULL;
+  if (arg[length] == '=') return arg + length + 1;
+  if (arg[length] != '\0') return NULL;
+  if (*index + 1 >= argc) usage_error("%s needs a value", name);
+  return argv[++*index];
+}
+
+static bench_options parse_options(int argc, char **argv) {
+  bench_options options;
+  memset(&options, 0, sizeof options);
+  for (int op = 0; op < OP_COUNT; ++op) options.run_op[op] = 1;
+  options.run_layout[BNK_NCHW] = options.run_layout[BNK_NHWC] = 1;
+  options.dtype = BNK_FLOAT32;
+  options.runs = DEFAULT_RUNS;
+  options.warmup = DEFAULT_WARMUP;
+  options.seed = DEFAULT_SEED;
+  for (int i = 1; i < argc; ++i) {
+    const char *value;
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      print_usage(stdout);
+      exit(EXIT_SUCCESS);
+    } else if ((value = option_value(argc, argv, &i, "--op")) != NULL) {
+      parse_ops(value, options.run_op);
+    } else if ((value = option_value(argc, argv, &i, "--layout")) != NULL) {
+      options.run_layout[BNK_NCHW] = strcmp(value, "nchw") == 0 || strcmp(value, "both") == 0;
+      options.run_layout[BNK_NHWC] = strcmp(value, "nhwc") == 0 || strcmp(value, "both") == 0;
+      if (!options.run_layout[BNK_NCHW] && !options.run_layout[BNK_NHWC])
+        usage_error("--layout expects nchw, nhwc or both, got '%s'", value);
+    } else if ((value = option_value(argc, argv, &i, "--dtype")) != NULL) {
+      if (strcmp(value, "f32") == 0) options.dtype = BNK_FLOAT32;
+      else if (strcmp(value, "f16") == 0) options.dtype = BNK_FLOAT16;
+      else if (strcmp(value, "bf16") == 0) options.dtype = BNK_BFLOAT16;
+      else usage_error("--dtype expects f32, f16 or bf16, got '%s'", value);
+    } else if ((value = option_value(argc, argv, &i, "--shape")) != NULL) {
+      if (options.shape_count == MAX_SHAPES) usage_error("at most %d --shape options", MAX_SHAPES);
+      options.shapes[options.shape_count++] = parse_shape(value);
+    } else if ((value = option_value(argc, argv, &i, "--runs")) != NULL) {
+      options.runs = (int)parse_integer(value, "--runs", 1, 1000000);
+    } else if ((value = option_value(argc, argv, &i, "--warmup")) != NULL) {
+      options.warmup = (int)parse_integer(value, "--warmup", 0, 1000000);
+    } else if ((value = option_value(argc, argv, &i, "--seed")) != NULL) {
+      options.seed = (uint64_t)parse_integer(value, "--seed", 0, INT64_MAX);
+    } else if ((value = option_value(argc, argv, &i, "--csv")) != NULL) {
+      options.csv_path = value;
+    } else if ((value = option_value(argc, argv, &i, "--json")) != NULL) {
+      options.json_path = value;
+    } else {
+      usage_error("unknown argument '%s'", argv[i]);
+    }
+  }
+  if (options.shape_count == 0) {
+    const int count = (int)(sizeof resnet50_shapes / sizeof resnet50_shapes[0]);
+    for (int i = 0; i < count; ++i) {
+      bench_shape shape = {.n = resnet50_shapes[i][0], .c = resnet50_shapes[i][1], .spatial_dims = 2};
+      shape.spatial[0] = resnet50_shapes[i][2];
+      shape.spatial[1] = resnet50_shapes[i][3];
+      shape.spatial[2] = 1;
+      options.shapes[options.shape_count++] = shape;
+    }
+  }
+  return options;
+}
+
+static void format_shape(const bench_shape *shape, char *out, size_t size) {
+  int written = snprintf(out, size, "%" PRId64 "x%" PRId64, shape->n, shape->c);
+  for (int d = 0; d < shape->spatial_dims && written > 0 && (size_t)written < size; ++d)
+    written += snprintf(out + written, size - (size_t)written, "x%" PRId64, shape->spatial[d]);
+}
+
+static int64_t shape_elements(const bench_shape *shape) {
+  int64_t elements = shape->n * shape->c;
+  for (int d = 0; d < shape->spatial_dims; ++d) elements *= shape->spatial[d];
+  return elements;
+}
+
+static bench_shape emulation_shape(const bench_shape *shape) {
+  bench_shape small = *shape;
+  const int64_t max_n = shape->spatial_dims == 0 ? EMULATION_MAX_N_WITHOUT_SPATIAL : EMULATION_MAX_N;
+  if (small.n > max_n) small.n = max_n;
+  if (small.c > EMULATION_MAX_C) small.c = EMULATION_MAX_C;
+  for (int d = 0; d < shape->spatial_dims; ++d)
+    if (small.spatial[d] > EMULATION_MAX_SPATIAL) small.spatial[d] = EMULATION_MAX_SPATIAL;
+  return small;
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * Bytes each op must move: the tensor passes of the current design plus every per-channel array it reads
+ * or writes (float32, C each). The workspace is scratch of the implementation, not a requirement of the op,
+ * and is not counted. docs/benchmarks.md lists the passes.
+ * ---------------------------------------------------------------------------------------------------- */
+
+static double op_bytes(bench_op op, const bench_shape *shape, bnk_dtype dtype) {
+  const double tensor = (double)shape_elements(shape) * (double)storage_element_bytes(dtype);
+  const double channel_array = (double)shape->c * sizeof(float);
+  switch (op) {
+    case OP_FWD_TRAIN: /* x for statistics, x again to normalize, y; gamma, beta, running mean and var read and
+                          written, saved mean and invstd */
+      return 3.0 * tensor + 8.0 * channel_array;
+    case OP_FWD_INFER: /* x, y; gamma, beta, running mean and var */
+      return 2.0 * tensor + 4.0 * channel_array;
+    case OP_BWD: /* x and dy for the sums, x and dy again for dx, dx; gamma, saved mean and invstd, dgamma,
+                    dbeta */
+      return 5.0 * tensor + 5.0 * channel_array;
+    case OP_BWD_INFER: /* x and dy for the sums, dy again for dx, dx; gamma, running mean and var, dgamma, dbeta */
+      return 4.0 * tensor + 5.0 * channel_array;
+    case OP_COUNT: break;
+  }
+  return 0.0;
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * The run's environment and each case's data
+ * ---------------------------------------------------------------------------------------------------- */
+
+typedef struct bench_env {
+  int emulation;
+  char device_name[256];
+  bnk_context *ctx;
+  cudaStream_t stream;
+  double copy_bytes_per_second; /* measured on the GPU; the H100 reference point in emulation */
+  size_t copy_buffer_bytes;
+  void *flush_buffer;
+  size_t flush_bytes;
+  int l2_bytes;
+} bench_env;
+
+typedef struct case_data {
+  bnk_dtype dtype;
+  bnk_tensor_desc desc;
+  int64_t elements;
+  size_t tensor_bytes;
+  /* Host copies in the storage type, and the per-channel inputs as the float32 the device gets. */
+  void *x_host, *dy_host, *out_host;
+  float *gamma_host, *beta_host, *running_mean_host, *running_var_host;
+  /* Device buffers; out receives y in the forward ops and dx in the backward ops. */
+  void *x, *dy, *out;
+  float *gamma, *beta, *running_mean, *running_var, *save_mean, *save_invstd, *dgamma, *dbeta;
+  void *workspace;
+  size_t workspace_bytes;
+  /* The validated channels, and x and dy restricted to them: a tensor of the same layout with C = count. */
+  int64_t *channels;
+  int64_t channel_count;
+  bnk_tensor_desc sample_desc;
+  int64_t sample_elements;
+  double *x_sample, *dy_sample;
+} case_data;
+
+static void choose_channels(case_data *data, bench_rng *rng, int validate_all) {
+  const int64_t c = data->desc.c;
+  const int64_t count = validate_all || c <= VALIDATED_CHANNELS ? c : VALIDATED_CHANNELS;
+  data->channels = host_alloc((size_t)count * sizeof(int64_t));
+  data->channel_count = count;
+  if (count == c) {
+    for (int64_t i = 0; i < c; ++i) data->channels[i] = i;
+    return;
+  }
+  unsigned char *chosen = calloc((size_t)c, 1);
+  if (chosen == NULL) die("out of host memory choosing channels");
+  chosen[0] = chosen[c - 1] = 1;
+  for (int64_t picked = 2; picked < count;) {
+    const int64_t channel = (int64_t)(rng_next(rng) % (uint64_t)c);
+    if (!chosen[channel]) {
+      chosen[channel] = 1;
+      ++picked;
+    }
+  }
+  int64_t next = 0;
+  for (int64_t i = 0; i < c; ++i)
+    if (chosen[i]) data->channels[next++] = i;
+  free(chosen);
+}
+
+/* Copies the validated channels of a storage-type tensor into a float64 tensor of the sample layout. */
+static void gather_sample(const case_data *data, const void *storage, double *sample) {
+  const int64_t spatial = ref_spatial(&data->desc);
+  for (int64_t j = 0; j < data->channel_count; ++j)
+    for (int64_t n = 0; n < data->desc.n; ++n)
+      for (int64_t s = 0; s < spatial; ++s)
+        sample[ref_offset(&data->sample_desc, n, j, s)] =
+            storage_load(data->dtype, storage, ref_offset(&data->desc, n, data->channels[j], s));
+}
+
+/* Per-channel values at the validated channels, from a full length-C array. */
+static double *sample_channels(const case_data *data, const double *full) {
+  double *sample = host_alloc((size_t)data->channel_count * sizeof(double));
+  for (int64_t j = 0; j < data->channel_count; ++j) sample[j] = full[data->channels[j]];
+  return sample;
+}
+
+static double *sample_floats(const case_data *data, const float *full) {
+  double *sample = host_alloc((size_t)data->channel_count * sizeof(double));
+  for (int64_t j = 0; j < data->channel_count; ++j) sample[j] = full[data->channels[j]];
+  return sample;
+}
+
+static float *device_floats(const float *host, int64_t count) {
+  float *device = device_alloc((size_t)count * sizeof(float));
+  upload(device, host, (size_t)count * sizeof(float));
+  return device;
+}
+
+static case_data make_case(const bench_env *env, const bench_shape *shape, bnk_layout layout, bnk_dtype dtype,
+                           bench_rng *rng) {
+  case_data data;
+  memset(&data, 0, sizeof data);
+  data.dtype = dtype;
+  check_bnk(bnk_tensor_desc_init(&data.desc, dtype, layout, shape->n, shape->c, shape->spatial_dims, shape->spatial),
+            "bnk_tensor_desc_init");
+  data.elements = bnk_tensor_desc_elements(&data.desc);
+  data.tensor_bytes = (size_t)data.elements * storage_element_bytes(dtype);
+  const int64_t c = shape->c;
+  const size_t channel_bytes = (size_t)c * sizeof(float);
+
+  /* Activations after a convolution: each channel has its own mean (around 1, in [-1, 3]) and spread (in
+   * [0.5, 2]), so that a kernel that mixes channels or drops the mean shows. dy is centred with unit spread. */
+  data.gamma_host = host_alloc(channel_bytes);
+  data.beta_host = host_alloc(channel_bytes);
+  data.running_mean_host = host_alloc(channel_bytes);
+  data.running_var_host = host_alloc(channel_bytes);
+  float *channel_mean = host_alloc(channel_bytes), *channel_spread = host_alloc(channel_bytes);
+  float *gradient_mean = host_alloc(channel_bytes);
+  for (int64_t i = 0; i < c; ++i) {
+    channel_mean[i] = (float)rng_uniform(rng, -1.0, 3.0);
+    channel_spread[i] = (float)rng_uniform(rng, 0.5, 2.0);
+    gradient_mean[i] = (float)rng_uniform(rng, -0.2, 0.2);
+    data.gamma_host[i] = (float)rng_uniform(rng, 0.5, 1.5);
+    data.beta_host[i] = (float)rng_uniform(rng, -0.5, 0.5);
+    data.running_mean_host[i] = channel_mean[i] + (float)rng_uniform(rng, -0.5, 0.5);
+    data.running_var_host[i] = channel_spread[i] * channel_spread[i] * (float)rng_uniform(rng, 0.5, 1.5);
+  }
+  data.x_host = host_alloc(data.tensor_bytes);
+  data.dy_host = host_alloc(data.tensor_bytes);
+  data.out_host = host_alloc(data.tensor_bytes);
+  const int64_t spatial = ref_spatial(&data.desc);
+  for (int64_t n = 0; n < shape->n; ++n)
+    for (int64_t i = 0; i < c; ++i)
+      for (int64_t s = 0; s < spatial; ++s) {
+        const int64_t offset = ref_offset(&data.desc, n, i, s);
+        storage_store(dtype, data.x_host, offset, channel_mean[i] + channel_spread[i] * rng_noise(rng));
+        storage_store(dtype, data.dy_host, offset, gradient_mean[i] + rng_noise(rng));
+      }
+  free(channel_mean);
+  free(channel_spread);
+  free(gradient_mean);
+
+  data.x = device_alloc(data.tensor_bytes);
+  data.dy = device_alloc(data.tensor_bytes);
+  data.out = device_alloc(data.tensor_bytes);
+  upload(data.x, data.x_host, data.tensor_bytes);
+  upload(data.dy, data.dy_host, data.tensor_bytes);
+  data.gamma = device_floats(data.gamma_host, c);
+  data.beta = device_floats(data.beta_host, c);
+  data.running_mean = device_alloc(channel_bytes);
+  data.running_var = device_alloc(channel_bytes);
+  data.save_mean = device_alloc(channel_bytes);
+  data.save_invstd = device_alloc(channel_bytes);
+  data.dgamma = device_alloc(channel_bytes);
+  data.dbeta = device_alloc(channel_bytes);
+  size_t forward_bytes = 0, backward_bytes = 0;
+  check_bnk(bnk_forward_training_workspace_size(env->ctx, &data.desc, &forward_bytes),
+            "bnk_forward_training_workspace_size");
+  check_bnk(bnk_backward_workspace_size(env->ctx, &data.desc, &backward_bytes), "bnk_backward_workspace_size");
+  data.workspace_bytes = forward_bytes > backward_bytes ? forward_bytes : backward_bytes;
+  data.workspace = device_alloc(data.workspace_bytes);
+
+  choose_channels(&data, rng, env->emulation);
+  check_bnk(bnk_tensor_desc_init(&data.sample_desc, BNK_FLOAT32, layout, shape->n, data.channel_count,
+                                 shape->spatial_dims, shape->spatial),
+            "bnk_tensor_desc_init");
+  data.sample_elements = bnk_tensor_desc_elements(&data.sample_desc);
+  data.x_sample = host_alloc((size_t)data.sample_elements * sizeof(double));
+  data.dy_sample = host_alloc((size_t)data.sample_elements * sizeof(double));
+  gather_sample(&data, data.x_host, data.x_sample);
+  gather_sample(&data, data.dy_host, data.dy_sample);
+  return data;
+}
+
+static void free_case(case_data *data) {
+  free(data->x_host);
+  free(data->dy_host);
+  free(data->out_host);
+  free(data->gamma_host);
+  free(data->beta_host);
+  free(data->running_mean_host);
+  free(data->running_var_host);
+  free(data->channels);
+  free(data->x_sample);
+  free(data->dy_sample);
+  void *device_buffers[] = {data->x, data->dy, data->out, data->gamma, data->beta, data->running_mean,
+                            data->running_var, data->save_mean, data->save_invstd, data->dgamma, data->dbeta,
+                            data->workspace};
+  for (size_t i = 0; i < sizeof device_buffers / sizeof device_buffers[0]; ++i) device_free(device_buffers[i]);
+  memset(data, 0, sizeof *data);
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * The ops: one function launches exactly what is timed, so that validation and timing see the same call.
+ * ---------------------------------------------------------------------------------------------------- */
+
+static void launch_op(const bench_env *env, case_data *data, bench_op op) {
+  switch (op) {
+    case OP_FWD_TRAIN:
+      check_bnk(bnk_forward_training(env->ctx, &data->desc, data->x, data->out, data->gamma, data->beta,
+                                     data->running_mean, data->running_var, NULL, MOMENTUM, EPS, data->save_mean,
+                                     data->save_invstd, data->workspace, data->workspace_bytes),
+                "bnk_forward_training");
+      return;
+    case OP_FWD_INFER:
+      check_bnk(bnk_forward_inference(env->ctx, &data->desc, data->x, data->out, data->gamma, data->beta,
+                                      data->running_mean, data->running_var, EPS),
+                "bnk_forward_inference");
+      return;
+    case OP_BWD:
+      check_bnk(bnk_backward(env->ctx, &data->desc, data->x, data->dy, data->out, data->gamma, data->dgamma,
+                             data->dbeta, data->save_mean, data->save_invstd, data->workspace, data->workspace_bytes),
+                "bnk_backward");
+      return;
+    case OP_BWD_INFER:
+      check_bnk(bnk_backward_inference(env->ctx, &data->desc, data->x, data->dy, data->out, data->gamma, data->dgamma,
+                                       data->dbeta, data->running_mean, data->running_var, EPS, data->workspace,
+                                       data->workspace_bytes),
+                "bnk_backward_inference");
+      return;
+    case OP_COUNT: break;
+  }
+  die("internal error: unknown op %d", (int)op);
+}
+
+/* Puts the case in the state the op starts from: the initial running statistics (an earlier op's timed runs
+ * moved them), poisoned outputs, and for bwd the saved statistics of a training forward of this x. */
+static void prepare_op(const bench_env *env, case_data *data, bench_op op) {
+  const size_t channel_bytes = (size_t)data->desc.c * sizeof(float);
+  upload(data->running_mean, data->running_mean_host, channel_bytes);
+  upload(data->running_var, data->running_var_host, channel_bytes);
+  if (op == OP_BWD) {
+    check_bnk(bnk_forward_training(env->ctx, &data->desc, data->x, data->out, data->gamma, data->beta, NULL, NULL,
+                                   NULL, MOMENTUM, EPS, data->save_mean, data->save_invstd, data->workspace,
+                                   data->workspace_bytes),
+              "bnk_forward_training (the statistics bnk_backward starts from)");
+  } else {
+    device_poison(data->save_mean, channel_bytes);
+    device_poison(data->save_invstd, channel_bytes);
+  }
+  check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  device_poison(data->out, data->tensor_bytes);
+  device_poison(data->dgamma, channel_bytes);
+  device_poison(data->dbeta, channel_bytes);
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * Validation
+ * ---------------------------------------------------------------------------------------------------- */
+
+typedef struct validation {
+  int passed;
+  double max_error;         /* largest |y - reference| or |dx - reference| over the validated elements */
+  double worst_channel_error; /* largest error / scale over the per-channel outputs; -1 if the op has none */
+  char failure[400];        /* the first quantity out of tolerance, with both values */
+} validation;
+
+static void record_failure(validation *result, const char *format, ...) {
+  if (!result->passed) return; /* the first failure is the one worth reading */
+  result->passed = 0;
+  va_list args;
+  va_start(args, format);
+  vsnprintf(result->failure, sizeof result->failure, format, args);
+  va_end(args);
+}
+
+/* Elements of the sample: float32 to an absolute tolerance, 16-bit storage to one unit in its last place. */
+static void check_elements(validation *result, const case_data *data, const char *what, const double *got,
+                           const double *want) {
+  const int64_t spatial = ref_spatial(&data->sample_desc);
+  for (int64_t i = 0; i < data->sample_elements; ++i) {
+    const double error = fabs(got[i] - want[i]);
+    const double allowed = data->dtype == BNK_FLOAT32
+                               ? F32_ELEMENT_TOLERANCE
+                               : SIXTEEN_BIT_ULPS * storage_ulp(data->dtype, want[i]) + SIXTEEN_BIT_SLACK;
+    if (isnan(error) || error > result->max_error) result->max_error = isnan(error) ? INFINITY : error;
+    if (error <= allowed) continue;
+    /* Name the element by (n, c, spatial index) of the full tensor, not its place in the sample. */
+    const int64_t k = data->channel_count;
+    const int channels_last = data->sample_desc.layout == BNK_NHWC;
+    const int64_t j = channels_last ? i % k : (i / spatial) % k;
+    const int64_t s = channels_last ? (i / k) % spatial : i % spatial;
+    const int64_t n = i / (k * spatial);
+    record_failure(result,
+                   "%s at n=%" PRId64 " c=%" PRId64 " spatial=%" PRId64
+                   " is %.9g, reference %.9g (error %.3g > %.3g allowed)",
+                   what, n, data->channels[j], s, got[i], want[i], error, allowed);
+  }
+}
+
+/* Per-channel outputs, at the validated channels: |got - want| <= CHANNEL_TOLERANCE * scale. The scale is
+ * what the error of the quantity is proportional to: |want| for invstd and variances, |mean| + std for
+ * means (the mean of a centred channel is near 0 but its error scales with the spread), and the sum of the
+ * absolute terms for dgamma and dbeta (a sum that cancels to near 0 has no meaningful relative error; its
+ * rounding error is a fraction of what was added up). */
+static void check_channels(validation *result, const case_data *data, const char *what, const double *got_full,
+                           const double *want, const double *scale) {
+  for (int64_t j = 0; j < data->channel_count; ++j) {
+    const double got = got_full[data->channels[j]];
+    const double relative = fabs(got - want[j]) / scale[j];
+    if (isnan(relative) || relative > result->worst_channel_error)
+      result->worst_channel_error = isnan(relative) ? INFINITY : relative;
+    if (!(relative <= CHANNEL_TOLERANCE))
+      record_failure(result, "%s[%" PRId64 "] is %.9g, reference %.9g (relative error %.3g > %.3g)", what,
+                     data->channels[j], got, want[j], relative, CHANNEL_TOLERANCE);
+  }
+}
+
+/* The op's output tensor (y or dx), at the validated channels. */
+static void check_output_tensor(validation *result, case_data *data, const char *what, const double *want) {
+  download(data->out_host, data->out, data->tensor_bytes);
+  double *got = host_alloc((size_t)data->sample_elements * sizeof(double));
+  gather_sample(data, data->out_host, got);
+  check_elements(result, data, what, got, want);
+  free(got);
+}
+
+static double *download_channel_array(const case_data *data, const float *device) {
+  double *values = host_alloc((size_t)data->desc.c * sizeof(double));
+  download_floats(values, device, data->desc.c);
+  return values;
+}
+
+static void check_channel_output(validation *result, const case_data *data, const char *what, const float *device,
+                                 const double *want, const double *scale) {
+  double *got = download_channel_array(data, device);
+  check_channels(result, data, what, got, want, scale);
+  free(got);
+}
+
+/* The scales of dbeta = sum dy and dgamma = sum dy xhat: the sums of the absolute terms. */
+static void gradient_sum_scales(const case_data *data, const double *mean, const double *invstd,
+                                double *dbeta_scale, double *dgamma_scale) {
+  const int64_t spatial = ref_spatial(&data->sample_desc);
+  for (int64_t j = 0; j < data->channel_count; ++j) {
+    double sum_dy = 0.0, sum_dy_xhat = 0.0;
+    for (int64_t n = 0; n < data->sample_desc.n; ++n)
+      for (int64_t s = 0; s < spatial; ++s) {
+        const int64_t i = ref_offset(&data->sample_desc, n, j, s);
+        sum_dy += fabs(data->dy_sample[i]);
+        sum_dy_xhat += fabs(data->dy_sample[i] * (data->x_sample[i] - mean[j]) * invstd[j]);
+      }
+    /* An all-zero channel of dy has scale 0; any nonzero result is then wrong, which DBL_MIN still says. */
+    dbeta_scale[j] = sum_dy > 0.0 ? sum_dy : 0x1p-1022;
+    dgamma_scale[j] = sum_dy_xhat > 0.0 ? sum_dy_xhat : 0x1p-1022;
+  }
+}
+
+static validation validate_op(const bench_env *env, case_data *data, bench_op op) {
+  validation result = {.passed = 1, .worst_channel_error = -1.0};
+  prepare_op(env, data, op);
+  launch_op(env, data, op);
+  check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize after the validated run");
+
+  const int64_t k = data->channel_count;
+  const size_t channel_doubles = (size_t)k * sizeof(double);
+  double *gamma = sample_floats(data, data->gamma_host), *beta = sample_floats(data, data->beta_host);
+  double *running_mean = sample_floats(data, data->running_mean_host);
+  double *running_var = sample_floats(data, data->running_var_host);
+  double *want = host_alloc((size_t)data->sample_elements * sizeof(double));
+  double *mean = host_alloc(channel_doubles), *var = host_alloc(channel_doubles);
+  double *var_unbiased = host_alloc(channel_doubles), *invstd = host_alloc(channel_doubles);
+  double *scale = host_alloc(channel_doubles), *second_scale = host_alloc(channel_doubles);
+  double *dgamma = host_alloc(channel_doubles), *dbeta = host_alloc(channel_doubles);
+
+  switch (op) {
+    case OP_FWD_TRAIN: {
+      ref_channel_stats(&data->sample_desc, data->x_sample, mean, var, var_unbiased);
+      ref_normalize(&data->sample_desc, data->x_sample, mean, var, EPS, gamma, beta, want);
+      check_output_tensor(&result, data, "y", want);
+      for (int64_t j = 0; j < k; ++j) {
+        invstd[j] = 1.0 / sqrt(var[j] + EPS);
+        scale[j] = fabs(mean[j]) + sqrt(var[j]);
+      }
+      check_channel_output(&result, data, "save_mean", data->save_mean, mean, scale);
+      check_channel_output(&result, data, "save_invstd", data->save_invstd, invstd, invstd);
+      ref_running_update(k, MOMENTUM, mean, var_unbiased, running_mean, running_var);
+      for (int64_t j = 0; j < k; ++j) scale[j] = fabs(running_mean[j]) + sqrt(var[j]);
+      check_channel_output(&result, data, "running_mean", data->running_mean, running_mean, scale);
+      check_channel_output(&result, data, "running_var", data->running_var, running_var, running_var);
+      break;
+    }
+    case OP_FWD_INFER:
+      ref_normalize(&data->sample_desc, data->x_sample, running_mean, running_var, EPS, gamma, beta, want);
+      check_output_tensor(&result, data, "y", want);
+      break;
+    case OP_BWD: {
+      /* From the statistics the device saved, as bnk_backward gets them: this validates the backward on its
+       * own, whatever small error the forward's statistics carry. */
+      double *saved_mean = download_channel_array(data, data->save_mean);
+      double *saved_invstd = download_channel_array(data, data->save_invstd);
+      double *sample_mean = sample_channels(data, saved_mean), *sample_invstd = sample_channels(data, saved_invstd);
+      ref_backward(&data->sample_desc, data->x_sample, data->dy_sample, sample_mean, sample_invstd, gamma, want,
+                   dgamma, dbeta);
+      check_output_tensor(&result, data, "dx", want);
+      gradient_sum_scales(data, sample_mean, sample_invstd, scale, second_scale);
+      check_channel_output(&result, data, "dbeta", data->dbeta, dbeta, scale);
+      check_channel_output(&result, data, "dgamma", data->dgamma, dgamma, second_scale);
+      free(saved_mean);
+      free(saved_invstd);
+      free(sample_mean);
+      free(sample_invstd);
+      break;
+    }
+    case OP_BWD_INFER: {
+      /* The frozen-statistics gradients from the shared reference: dgamma and dbeta are ref_backward's sums
+       * with the running mean and invstd in place of the batch's, and dx = dy gamma invstd is
+       * ref_normalize of dy with mean 0 and the running variance. */
+      double *zeros = calloc((size_t)k, sizeof(double));
+      if (zeros == NULL) die("out of host memory");
+      for (int64_t j = 0; j < k; ++j) invstd[j] = 1.0 / sqrt(running_var[j] + EPS);
+      ref_backward(&data->sample_desc, data->x_sample, data->dy_sample, running_mean, invstd, gamma, NULL, dgamma,
+                   dbeta);
+      ref_normalize(&data->sample_desc, data->dy_sample, zeros, running_var, EPS, gamma, NULL, want);
+      check_output_tensor(&result, data, "dx", want);
+      gradient_sum_scales(data, running_mean, invstd, scale, second_scale);
+      check_channel_output(&result, data, "dbeta", data->dbeta, dbeta, scale);
+      check_channel_output(&result, data, "dgamma", data->dgamma, dgamma, second_scale);
+      free(zeros);
+      break;
+    }
+    case OP_COUNT: break;
+  }
+
+  double *to_free[] = {gamma, beta, running_mean, running_var, want, mean, var, var_unbiased, invstd, scale,
+                       second_scale, dgamma, dbeta};
+  for (size_t i = 0; i < sizeof to_free / sizeof to_free[0]; ++i) free(to_free[i]);
+  return result;
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * Results
+ * ---------------------------------------------------------------------------------------------------- */
+
+typedef struct bench_row {
+  bench_op op;
+  bnk_layout layout;
+  bnk_dtype dtype;
+  bench_shape shape, run_shape; /* run_shape differs from shape only in emulation */
+  int64_t validated_channels;
+  validation check;
+  int timed;
+  double median_us, min_us, p10_us, p90_us;
+  double bytes;    /* what the op must move for `shape` */
+  double floor_us; /* bytes at the copy bandwidth: measured on the GPU, the H100 reference in emulation */
+  double gigabytes_per_second, percent_of_copy;
+} bench_row;
+
+static const char *layout_name(bnk_layout layout) { return layout == BNK_NCHW ? "nchw" : "nhwc"; }
+
+static void print_table_header(const bench_env *env) {
+  if (env->emulation) {
+    printf("%-10s %-6s %-5s %-18s %-12s %-5s %9s %9s  %-17s %s\n", "op", "layout", "dtype", "shape", "run shape",
+           "check", "max err", "chan err", "time", "H100 floor at 3.0 TB/s, not measured (us)");
+  } else {
+    printf("%-10s %-6s %-5s %-18s %-5s %9s %9s %10s %21s %10s %8s %7s %9s\n", "op", "layout", "dtype", "shape",
+           "check", "max err", "chan err", "median us", "p10-p90 us", "min us", "GB/s", "% copy", "floor us");
+  }
+}
+
+/* An error for the table: "-" when the op has no such output, "inf" when the output held a NaN. */
+static void format_error(double error, char *out, size_t size) {
+  if (error < 0.0) snprintf(out, size, "-");
+  else snprintf(out, size, "%.2e", error);
+}
+
+static void print_row(const bench_env *env, const bench_row *row) {
+  char shape[64], run_shape[64], max_error[16], channel_error[16];
+  format_shape(&row->shape, shape, sizeof shape);
+  format_shape(&row->run_shape, run_shape, sizeof run_shape);
+  format_error(row->check.max_error, max_error, sizeof max_error);
+  format_error(row->check.worst_channel_error, channel_error, sizeof channel_error);
+  const char *check = row->check.passed ? "PASS" : "FAIL";
+  if (env->emulation) {
+    printf("%-10s %-6s %-5s %-18s %-12s %-5s %9s %9s  %-17s %.2f\n", op_names[row->op], layout_name(row->layout),
+           storage_name(row->dtype), shape, run_shape, check, max_error, channel_error, "n/a (emulation)",
+           row->floor_us);
+  } else if (row->timed) {
+    char spread[32];
+    snprintf(spread, sizeof spread, "%.1f-%.1f", row->p10_us, row->p90_us);
+    printf("%-10s %-6s %-5s %-18s %-5s %9s %9s %10.1f %21s %10.1f %8.1f %6.1f%% %9.2f\n", op_names[row->op],
+           layout_name(row->layout), storage_name(row->dtype), shape, check, max_error, channel_error,
+           row->median_us, spread, row->min_us, row->gigabytes_per_second, row->percent_of_copy, row->floor_us);
+  } else {
+    printf("%-10s %-6s %-5s %-18s %-5s %9s %9s %10s %21s %10s %8s %7s %9.2f\n", op_names[row->op],
+           layout_name(row->layout), storage_name(row->dtype), shape, check, max_error, channel_error, "not timed", "",
+           "", "", "", row->floor_us);
+  }
+  if (!row->check.passed)
+    printf("    FAIL %s %s %s: %s\n", op_names[row->op], layout_name(row->layout), shape, row->check.failure);
+  fflush(stdout);
+}
+
+static void write_csv(const char *path, const bench_env *env, const bench_row *rows, int count) {
+  FILE *file = fopen(path, "w");
+  if (file == NULL) die("cannot open %s for writing: %s", path, strerror(errno));
+  fprintf(file, "mode,device,op,layout,dtype,shape,run_shape,validated_channels,check,max_error,channel_error,"
+                "median_us,min_us,p10_us,p90_us,bytes,gb_per_s,percent_of_copy,floor_us,floor_bandwidth_gb_per_s,"
+                "floor_basis\n");
+  for (int i = 0; i < count; ++i) {
+    const bench_row *row = &rows[i];
+    char shape[64], run_shape[64];
+    format_shape(&row->shape, shape, sizeof shape);
+    format_shape(&row->run_shape, run_shape, sizeof run_shape);
+    /* The device name is the only free text; quotes in it are doubled, as CSV escapes them. */
+    fprintf(file, "%s,\"", env->emulation ? "emulation" : "gpu");
+    for (const char *p = env->device_name; *p; ++p) fprintf(file, *p == '"' ? "\"\"" : "%c", *p);
+    fprintf(file, "\",%s,%s,%s,%s,%s,%" PRId64 ",%s,%.3e,", op_names[row->op], layout_name(row->layout),
+            storage_name(row->dtype), shape, run_shape, row->validated_channels, row->check.passed ? "PASS" : "FAIL",
+            row->check.max_error);
+    if (row->check.worst_channel_error >= 0.0) fprintf(file, "%.3e,", row->check.worst_channel_error);
+    else fprintf(file, ",");
+    if (row->timed)
+      fprintf(file, "%.3f,%.3f,%.3f,%.3f,", row->median_us, row->min_us, row->p10_us, row->p90_us);
+    else
+      fprintf(file, ",,,,");
+    fprintf(file, "%.0f,", row->bytes);
+    if (row->timed) fprintf(file, "%.1f,%.2f,", row->gigabytes_per_second, row->percent_of_copy);
+    else fprintf(file, ",,");
+    fprintf(file, "%.3f,%.1f,%s\n", row->floor_us, env->copy_bytes_per_second / 1e9,
+            env->emulation ? "H100 at 3.0 TB/s (not measured)" : "copy bandwidth measured in this run");
+  }
+  if (fclose(file) != 0) die("writing %s failed: %s", path, strerror(errno));
+}
+
+static void json_string(FILE *file, const char *text) {
+  fputc('"', file);
+  for (const char *p = text; *p; ++p) {
+    if (*p == '"' || *p == '\\') fprintf(file, "\\%c", *p);
+    else if ((unsigned char)*p < 0x20) fprintf(file, "\\u%04x", (unsigned)(unsigned char)*p);
+    else fputc(*p, file);
+  }
+  fputc('"', file);
+}
+
+/* JSON has no infinity or NaN: a non-finite error (a NaN in the output) is written as null, and so is the
+ * channel error of an op without per-channel outputs (-1). */
+static void json_number(FILE *file, const char *format, double value) {
+  if (isfinite(value) && value >= 0.0) fprintf(file, format, value);
+  else fprintf(file, "null");
+}
+
+static void write_json(const char *path, const bench_env *env, const bench_row *rows, int count) {
+  FILE *file = fopen(path, "w");
+  if (file == NULL) die("cannot open %s for writing: %s", path, strerror(errno));
+  const char *mode = env->emulation ? "emulation" : "gpu";
+  fprintf(file, "{\n  \"bnk_version\": \"%s\",\n  \"mode\": \"%s\",\n  \"device\": ", bnk_version_string(), mode);
+  json_string(file, env->device_name);
+  fprintf(file, ",\n  \"copy_bandwidth_gb_per_s\": ");
+  if (env->emulation) fprintf(file, "null");
+  else fprintf(file, "%.1f", env->copy_bytes_per_second / 1e9);
+  fprintf(file, ",\n  \"floor_bandwidth_gb_per_s\": %.1f,\n  \"floor_basis\": \"%s\",\n  \"rows\": [\n",
+          env->copy_bytes_per_second / 1e9,
+          env->emulation ? "H100 at 3.0 TB/s (not measured)" : "copy bandwidth measured in this run");
+  for (int i = 0; i < count; ++i) {
+    const bench_row *row = &rows[i];
+    char shape[64], run_shape[64];
+    format_shape(&row->shape, shape, sizeof shape);
+    format_shape(&row->run_shape, run_shape, sizeof run_shape);
+    fprintf(file,
+            "    {\"mode\": \"%s\", \"op\": \"%s\", \"layout\": \"%s\", \"dtype\": \"%s\", \"shape\": \"%s\", "
+            "\"run_shape\": \"%s\", \"validated_channels\": %" PRId64 ", \"check\": \"%s\", \"max_error\": ",
+            mode, op_names[row->op], layout_name(row->layout), storage_name(row->dtype), shape, run_shape,
+            row->validated_channels, row->check.passed ? "PASS" : "FAIL");
+    json_number(file, "%.3e", row->check.max_error);
+    fprintf(file, ", \"channel_error\": ");
+    json_number(file, "%.3e", row->check.worst_channel_error);
+    if (!row->check.passed) {
+      fprintf(file, ", \"failure\": ");
+      json_string(file, row->check.failure);
+    }
+    if (row->timed)
+      fprintf(file,
+              ", \"median_us\": %.3f, \"min_us\": %.3f, \"p10_us\": %.3f, \"p90_us\": %.3f, \"gb_per_s\": %.1f, "
+              "\"percent_of_copy\": %.2f",
+              row->median_us, row->min_us, row->p10_us, row->p90_us, row->gigabytes_per_second, row->percent_of_copy);
+    else
+      fprintf(file, ", \"median_us\": null, \"min_us\": null, \"p10_us\": null, \"p90_us\": null, \"gb_per_s\": null, "
+                    "\"percent_of_copy\": null");
+    fprintf(file, ", \"bytes\": %.0f, \"floor_us\": %.3f}%s\n", row->bytes, row->floor_us, i + 1 < count ? "," : "");
+  }
+  fprintf(file, "  ]\n}\n");
+  if (fclose(file) != 0) die("writing %s failed: %s", path, strerror(errno));
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * Timing, on the GPU build only: the emulation binary has no code that could print a time.
+ * ---------------------------------------------------------------------------------------------------- */
+
+#ifndef BNK_BENCH_EMULATION
+
+static int compare_doubles(const void *a, const void *b) {
+  const double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* Linear interpolation between the closest ranks of sorted values. */
+static double percentile(const double *sorted, int count, double fraction) {
+  const double position = fraction * (double)(count - 1);
+  const int below = (int)floor(position);
+  const int above = below + 1 < count ? below + 1 : below;
+  return sorted[below] + (sorted[above] - sorted[below]) * (position - (double)below);
+}
+
+/* Device-to-device copy of as large a buffer as fits (up to 1 GiB), median of COPY_RUNS, counting the bytes
+ * read and written: the practical bandwidth ceiling that the ops' rates are compared with. */
+static void measure_copy_bandwidth(bench_env *env) {
+  size_t free_bytes = 0, total_bytes = 0;
+  check_cuda(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+  size_t bytes = COPY_BUFFER_BYTES;
+  while (bytes > ((size_t)1 << 24) && 2 * bytes > free_bytes / 10 * 9) bytes /= 2;
+  void *source = device_alloc(bytes), *destination = device_alloc(bytes);
+  check_cuda(cudaMemsetAsync(source, 0x3c, bytes, env->stream), "cudaMemsetAsync");
+  cudaEvent_t starts[COPY_RUNS], stops[COPY_RUNS];
+  for (int i = 0; i < COPY_RUNS; ++i) {
+    check_cuda(cudaEventCreate(&starts[i]), "cudaEventCreate");
+    check_cuda(cudaEventCreate(&stops[i]), "cudaEventCreate");
+  }
+  for (int i = 0; i < 3; ++i) /* warm-up: the first copies pay for clocks ramping up */
+    check_cuda(cudaMemcpyAsync(destination, source, bytes, cudaMemcpyDeviceToDevice, env->stream), "cudaMemcpyAsync");
+  for (int i = 0; i < COPY_RUNS; ++i) {
+    check_cuda(cudaEventRecord(starts[i], env->stream), "cudaEventRecord");
+    check_cuda(cudaMemcpyAsync(destination, source, bytes, cudaMemcpyDeviceToDevice, env->stream), "cudaMemcpyAsync");
+    check_cuda(cudaEventRecord(stops[i], env->stream), "cudaEventRecord");
+  }
+  check_cuda(cudaStreamSynchronize(env->stream), "cudaStreamSynchronize after the copy runs");
+  double seconds[COPY_RUNS];
+  for (int i = 0; i < COPY_RUNS; ++i) {
+    float ms = 0.0f;
+    check_cuda(cudaEventElapsedTime(&ms, starts[i], stops[i]), "cudaEventElapsedTime");
+    seconds[i] = ms * 1e-3;
+    check_cuda(cudaEventDestroy(starts[i]), "cudaEventDestroy");
+    check_cuda(cudaEventDestroy(stops[i]), "cudaEventDestroy");
+  }
+  qsort(seconds, COPY_RUNS, sizeof seconds[0], compare_doubles);
+  env->copy_buffer_bytes = bytes;
+  env->copy_bytes_per_second = 2.0 * (double)bytes / percentile(seconds, COPY_RUNS, 0.5);
+  device_free(source);
+  device_free(destination);
+}
+
+/* Each timed run starts with L2 holding none of the op's data, as in a network where the layers between
+ * two batch norms evict it: a memset of twice the L2 size goes first, outside the events. */
+static void time_op(const bench_env *env, case_data *data, bench_op op, int runs, int warmup, bench_row *row) {
+  for (int i = 0; i < warmup; ++i) launch_op(env, data, op);
+  cudaEvent_t *starts = host_alloc((size_t)runs * sizeof(cudaEvent_t));
+  cudaEvent_t *stops = host_alloc((size_t)runs * sizeof(cudaEvent_t));
+  for (int i = 0; i < runs; ++i) {
+    check_cuda(cudaEventCreate(&starts[i]), "cudaEventCreate");
+    check_cuda(cudaEventCreate(&stops[i]), "cudaEventCreate");
+  }
+  /* All runs are queued before any is read back, so that the GPU never waits for the host between them. */
+  for (int i = 0; i < runs; ++i) {
+    check_cuda(cudaMemsetAsync(env->flush_buffer, i & 0xff, env->flush_bytes, env->stream),
+               "cudaMemsetAsync (L2 flush)");
+    check_cuda(cudaEventRecord(starts[i], env->stream), "cudaEventRecord");
+    launch_op(env, data, op);
+    check_cuda(cudaEventRecord(stops[i], env->stream), "cudaEventRecord");
+  }
+  check_cuda(cudaStreamSynchronize(env->stream), "cudaStreamSynchronize after the timed runs");
+  double *microseconds = host_alloc((size_t)runs * sizeof(double));
+  for (int i = 0; i < runs; ++i) {
+    float ms = 0.0f;
+    check_cuda(cudaEventElapsedTime(&ms, starts[i], stops[i]), "cudaEventElapsedTime");
+    microseconds[i] = ms * 1e3;
+    check_cuda(cudaEventDestroy(starts[i]), "cudaEventDestroy");
+    check_cuda(cudaEventDestroy(stops[i]), "cudaEventDestroy");
+  }
+  qsort(microseconds, (size_t)runs, sizeof microseconds[0], compare_doubles);
+  row->timed = 1;
+  row->median_us = percentile(microseconds, runs, 0.5);
+  row->min_us = microseconds[0];
+  row->p10_us = percentile(microseconds, runs, 0.1);
+  row->p90_us = percentile(microseconds, runs, 0.9);
+  row->gigabytes_per_second = row->bytes / (row->median_us * 1e-6) / 1e9;
+  row->percent_of_copy = 100.0 * row->bytes / (row->median_us * 1e-6) / env->copy_bytes_per_second;
+  free(microseconds);
+  free(starts);
+  free(stops);
+}
+
+/* No device: hand over to the emulation build next to this executable, with the same arguments. */
+static void run_emulation_instead(char **argv, const char *reason) {
+  printf(PROGRAM ": no CUDA device (%s).\n" PROGRAM ": running " EMULATION_PROGRAM
+         " instead: the kernels on the host emulation, validated, not timed.\n\n", reason);
+  fflush(stdout);
+  char path[4096];
+  const ssize_t length = readlink("/proc/self/exe", path, sizeof path - 1);
+  if (length < 0) die("cannot locate " EMULATION_PROGRAM ": readlink /proc/self/exe: %s", strerror(errno));
+  path[length] = '\0';
+  char *slash = strrchr(path, '/');
+  const size_t directory_length = slash ? (size_t)(slash - path) + 1 : 0;
+  if (directory_length + sizeof EMULATION_PROGRAM > sizeof path)
+    die("cannot locate " EMULATION_PROGRAM ": the path of this executable is too long");
+  memcpy(path + directory_length, EMULATION_PROGRAM, sizeof EMULATION_PROGRAM);
+  argv[0] = path;
+  execv(path, argv);
+  die("cannot run %s (%s); build it with the target " EMULATION_PROGRAM " (BNK_BUILD_EMULATION=ON)", path,
+      strerror(errno));
+}
+
+#endif /* BNK_BENCH_EMULATION */
+
+/* ------------------------------------------------------------------------------------------------------
+ * Main
+ * ---------------------------------------------------------------------------------------------------- */
+
+static void print_banner(const bench_env *env, const bench_options *options) {
+  printf("bnk-bench: bnk %s, storage %s\n", bnk_version_string(), storage_name(options->dtype));
+  if (env->emulation) {
+    printf("*** HOST EMULATION (bnk_emu): the kernels run on the CPU. Nothing is timed; no figure below is a GPU "
+           "measurement. ***\n"
+           "Shapes are shrunk to N <= %d (%d without spatial dims), C <= %d and each spatial extent <= %d, keeping "
+           "layout and rank ('run shape').\n"
+           "Every channel of the run shape is validated against the float64 reference.\n"
+           "'H100 floor' is the time an H100 would need to move the bytes of the ORIGINAL shape at 3.0 TB/s: "
+           "a bound to read GPU results against, not measured.\n"
+           "(--runs and --warmup do not apply.)\n\n",
+           EMULATION_MAX_N, EMULATION_MAX_N_WITHOUT_SPATIAL, EMULATION_MAX_C, EMULATION_MAX_SPATIAL);
+  } else {
+    printf("device: %s (L2 %.0f MiB)\n", env->device_name, env->l2_bytes / 1048576.0);
+    printf("copy bandwidth: %.1f GB/s (cudaMemcpyAsync device to device of %.0f MiB, median of %d, read + write)\n",
+           env->copy_bytes_per_second / 1e9, env->copy_buffer_bytes / 1048576.0, COPY_RUNS);
+    printf("each case: validated on up to %d channels against the float64 reference, then %d warm-up and %d timed "
+           "runs, each after an L2 flush (%.0f MiB memset); times are per run, from CUDA events around the op.\n"
+           "'floor us' is the op's bytes at the measured copy bandwidth; '%% copy' is the op's rate against it.\n\n",
+           VALIDATED_CHANNELS, options->warmup, options->runs, env->flush_bytes / 1048576.0);
+  }
+}
+
+static void setup_environment(bench_env *env, char **argv) {
+  memset(env, 0, sizeof *env);
+#ifdef BNK_BENCH_EMULATION
+  (void)argv;
+  env->emulation = 1;
+  snprintf(env->device_name, sizeof env->device_name, "host emulation");
+  env->copy_bytes_per_second = H100_COPY_BYTES_PER_SECOND;
+  check_bnk(bnk_context_create(&env->ctx, -1), "bnk_context_create");
+#else
+  int device_count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&device_count);
+  if (error != cudaSuccess || device_count == 0) {
+    cudaGetLastError(); /* the failed query is not sticky; leave the runtime clean */
+    run_emulation_instead(argv, error != cudaSuccess ? cudaGetErrorString(error) : "the device count is 0");
+  }
+  check_bnk(bnk_context_create(&env->ctx, -1), "bnk_context_create");
+  int device = 0;
+  check_bnk(bnk_context_get_device(env->ctx, &device), "bnk_context_get_device");
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  struct cudaDeviceProp properties;
+  check_cuda(cudaGetDeviceProperties(&properties, device), "cudaGetDeviceProperties");
+  snprintf(env->device_name, sizeof env->device_name, "%s", properties.name);
+  /* A blocking stream: the uploads and poisoning (cudaMemcpy, cudaMemset on the legacy default stream) are
+   * then ordered before the ops queued on it, without an explicit synchronization after each. */
+  check_cuda(cudaStreamCreate(&env->stream), "cudaStreamCreate");
+  check_bnk(bnk_context_set_stream(env->ctx, (bnk_stream)env->stream), "bnk_context_set_stream");
+  check_cuda(cudaDeviceGetAttribute(&env->l2_bytes, cudaDevAttrL2CacheSize, device),
+             "cudaDeviceGetAttribute(cudaDevAttrL2CacheSize)");
+  env->flush_bytes = 2 * (size_t)(env->l2_bytes > 0 ? env->l2_bytes : 1 << 20);
+  env->flush_buffer = device_alloc(env->flush_bytes);
+  measure_copy_bandwidth(env);
+#endif
+}
+
+static void teardown_environment(bench_env *env) {
+  device_free(env->flush_buffer);
+  bnk_context_destroy(env->ctx);
+#ifndef BNK_BENCH_EMULATION
+  check_cuda(cudaStreamDestroy(env->stream), "cudaStreamDestroy");
+#endif
+}
+
+int main(int argc, char **argv) {
+  const bench_options options = parse_options(argc, argv);
+  bench_env env;
+  setup_environment(&env, argv);
+  print_banner(&env, &options);
+  print_table_header(&env);
+
+  bench_rng rng = {options.seed};
+  bench_row *rows = host_alloc((size_t)options.shape_count * 2 * OP_COUNT * sizeof(bench_row));
+  int row_count = 0, failures = 0;
+  for (int shape_index = 0; shape_index < options.shape_count; ++shape_index) {
+    const bench_shape *shape = &options.shapes[shape_index];
+    const bench_shape run_shape = env.emulation ? emulation_shape(shape) : *shape;
+    for (int layout = BNK_NCHW; layout <= BNK_NHWC; ++layout) {
+      if (!options.run_layout[layout]) continue;
+      /* Without spatial dims both layouts are the same (N, C) matrix: running it twice measures nothing new. */
+      if (layout == BNK_NHWC && shape->spatial_dims == 0 && options.run_layout[BNK_NCHW]) continue;
+      case_data data = make_case(&env, &run_shape, (bnk_layout)layout, options.dtype, &rng);
+      for (int op = 0; op < OP_COUNT; ++op) {
+        if (!options.run_op[op]) continue;
+        bench_row *row = &rows[row_count++];
+        memset(row, 0, sizeof *row);
+        row->op = (bench_op)op;
+        row->layout = (bnk_layout)layout;
+        row->dtype = options.dtype;
+        row->shape = *shape;
+        row->run_shape = run_shape;
+        row->validated_channels = data.channel_count;
+        row->bytes = op_bytes(row->op, shape, options.dtype);
+        row->floor_us = row->bytes / env.copy_bytes_per_second * 1e6;
+        row->check = validate_op(&env, &data, row->op);
+        if (!row->check.passed) ++failures;
+#ifndef BNK_BENCH_EMULATION
+        if (row->check.passed) time_op(&env, &data, row->op, options.runs, options.warmup, row);
+#endif
+        print_row(&env, row);
+      }
+      free_case(&data);
+    }
+  }
+
+  if (options.csv_path != NULL) write_csv(options.csv_path, &env, rows, row_count);
+  if (options.json_path != NULL) write_json(options.json_path, &env, rows, row_count);
+  free(rows);
+  teardown_environment(&env);
+  if (failures > 0) {
+    fprintf(stderr, PROGRAM ": %d of %d cases failed validation (and were not timed)\n", failures, row_count);
+    return EXIT_FAILURE;
+  }
+  printf("\nall %d cases passed validation%s\n", row_count,
+         env.emulation ? " (host emulation: nothing was timed)" : "");
+  return EXIT_SUCCESS;
+}

@@ -1,0 +1,50 @@
+/*
+ * bnk_emu/control.h - controls of the bnk host emulation of CUDA (plain C).
+ *
+ * Scheduling policy, worker count, and the diagnostic of the last kernel
+ * misuse.  See docs/emulation.md.
+ */
+#ifndef BNK_EMU_CONTROL_H
+#define BNK_EMU_CONTROL_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Order in which the runnable fibers (CUDA threads) of a block are resumed
+ * after every synchronisation point. */
+typedef enum bnk_emu_schedule {
+  BNK_EMU_FORWARD = 0, /* thread 0, 1, ..., n-1 (linear thread index) */
+  BNK_EMU_REVERSE = 1, /* thread n-1, ..., 1, 0 */
+  BNK_EMU_RANDOM = 2   /* a fresh permutation every round, seeded per block */
+} bnk_emu_schedule;
+
+/* Sets the schedule used by subsequent launches.  The seed matters only for
+ * BNK_EMU_RANDOM; block b of a launch uses a stream derived from (seed, b),
+ * so results do not depend on which worker ran the block.
+ * Default: env BNK_EMU_SCHEDULE = forward | reverse | random | random:SEED
+ * (random without a seed uses seed 0), else forward. */
+void bnk_emu_set_schedule(bnk_emu_schedule kind, unsigned long long seed);
+
+/* Returns the current schedule; stores its seed in *seed if seed != NULL. */
+bnk_emu_schedule bnk_emu_get_schedule(unsigned long long *seed);
+
+/* Number of OS worker threads that run blocks (the launching thread is one
+ * of them).  n <= 0 restores the default: env BNK_EMU_WORKERS, else the
+ * number of cores. */
+void bnk_emu_set_workers(int n);
+int bnk_emu_get_workers(void);
+
+/* Message of the last kernel misuse detected (partial barrier, deadlock,
+ * bad warp-collective mask, __trap, ...), as
+ * "file:line: what happened (block (x,y,z), threads ...)", or "" if none
+ * since the last clear.  The pointer stays valid until the next misuse or
+ * clear. */
+const char *bnk_emu_last_diagnostic(void);
+void bnk_emu_clear_diagnostic(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BNK_EMU_CONTROL_H */
