@@ -8,13 +8,6 @@ static size_t training_workspace_bytes(const bnk_context *ctx, const bnk_view *v
   return bnk_stats_workspace_bytes(view, bnk_plan_parts_bound(view, ctx->sm_count));
 }
 
-static bnk_status check_grid(const bnk_reduce_plan *plan) {
-  if (plan->blocks > INT32_MAX)
-    return bnk_fail(BNK_ERROR_NOT_SUPPORTED, "tensor needs %" PRId64 " blocks, more than a grid holds (2^31 - 1)",
-                    plan->blocks);
-  return BNK_SUCCESS;
-}
-
 bnk_status bnk_forward_training_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, size_t *bytes) {
   bnk_clear_error();
   bnk_status status = bnk_require_context(ctx);
@@ -76,7 +69,7 @@ bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, c
 
   const void *stats_pointers[1] = {x};
   const bnk_reduce_plan plan = bnk_plan_reduce(&view, bnk_choose_vec(&view, stats_pointers, 1), ctx->sm_count);
-  status = check_grid(&plan);
+  status = bnk_require_grid(&plan);
   if (status != BNK_SUCCESS) return status;
 
   bnk_device_guard guard;
@@ -116,7 +109,7 @@ bnk_status bnk_forward_inference(bnk_context *ctx, const bnk_tensor_desc *desc, 
   if (status != BNK_SUCCESS) return status;
   const void *pointers[2] = {x, y};
   const bnk_reduce_plan plan = bnk_plan_reduce(&view, bnk_choose_vec(&view, pointers, 2), ctx->sm_count);
-  status = check_grid(&plan);
+  status = bnk_require_grid(&plan);
   if (status != BNK_SUCCESS) return status;
 
   bnk_device_guard guard;

@@ -1,5 +1,6 @@
 /* How the kernels split a tensor over the GPU. Decided on the host from the shape and the SM count, so
  * that the workspace query and the launch agree, and no grid dimension depends on C alone. */
+#include <inttypes.h>
 #include <stdint.h>
 
 #include "host/internal.h"
@@ -54,17 +55,44 @@ bnk_reduce_plan bnk_plan_reduce(const bnk_view *view, int vec, int sm_count) {
   return plan;
 }
 
+int64_t bnk_plan_grid_stride_blocks(int64_t items, int sm_count) {
+  const int64_t wanted = ceil_div(items, BNK_STREAM_THREADS);
+  const int64_t resident = target_blocks(sm_count);
+  return wanted < resident ? wanted : resident;
+}
+
+int64_t bnk_plan_parts_bound(const bnk_view *view, int sm_count) {
+  const bnk_reduce_plan narrow = bnk_plan_reduce(view, 1, sm_count);
+  int64_t parts = narrow.parts;
+  const int vec = bnk_dtype_vec(view->dtype);
+  if ((view->channels_last ? view->c : view->s) % vec == 0) {
+    const bnk_reduce_plan wide = bnk_plan_reduce(view, vec, sm_count);
+    if (wide.parts > parts) parts = wide.parts;
+  }
+  return parts;
+}
+
+bnk_status bnk_require_grid(const bnk_reduce_plan *plan) {
+  if (plan->blocks > INT32_MAX)
+    return bnk_fail(BNK_ERROR_NOT_SUPPORTED, "tensor needs %" PRId64 " blocks, more than a grid holds (2^31 - 1)",
+                    plan->blocks);
+  return BNK_SUCCESS;
+}
+
+/* Workspaces are per-channel arrays followed by per-piece arrays, each 256-byte aligned. */
 static size_t align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+static size_t channel_array_bytes(const bnk_view *view) { return align256((size_t)view->c * sizeof(float)); }
+static size_t piece_array_bytes(const bnk_view *view, int64_t parts) {
+  return align256((size_t)(parts * view->c) * sizeof(float));
+}
 
 size_t bnk_stats_workspace_bytes(const bnk_view *view, int64_t parts) {
-  const size_t channel_array = align256((size_t)view->c * sizeof(float));
-  const size_t piece_array = align256((size_t)(parts * view->c) * sizeof(float));
-  return 3 * channel_array + 3 * piece_array;
+  return 3 * channel_array_bytes(view) + 3 * piece_array_bytes(view, parts);
 }
 
 bnk_stats_workspace bnk_stats_workspace_carve(void *base, const bnk_view *view, int64_t parts) {
-  const size_t channel_array = align256((size_t)view->c * sizeof(float));
-  const size_t piece_array = align256((size_t)(parts * view->c) * sizeof(float));
+  const size_t channel_array = channel_array_bytes(view);
+  const size_t piece_array = piece_array_bytes(view, parts);
   char *p = (char *)base;
   bnk_stats_workspace ws;
   ws.shift = (float *)p;
@@ -73,5 +101,22 @@ bnk_stats_workspace bnk_stats_workspace_carve(void *base, const bnk_view *view, 
   ws.count = (float *)(p + 3 * channel_array);
   ws.mean = (float *)(p + 3 * channel_array + piece_array);
   ws.m2 = (float *)(p + 3 * channel_array + 2 * piece_array);
+  return ws;
+}
+
+size_t bnk_backward_workspace_bytes(const bnk_view *view, int64_t parts) {
+  return 3 * channel_array_bytes(view) + 2 * piece_array_bytes(view, parts);
+}
+
+bnk_backward_workspace bnk_backward_workspace_carve(void *base, const bnk_view *view, int64_t parts) {
+  const size_t channel_array = channel_array_bytes(view);
+  const size_t piece_array = piece_array_bytes(view, parts);
+  char *p = (char *)base;
+  bnk_backward_workspace ws;
+  ws.dy_scale = (float *)p;
+  ws.xmu_scale = (float *)(p + channel_array);
+  ws.bias = (float *)(p + 2 * channel_array);
+  ws.sum_dy = (float *)(p + 3 * channel_array);
+  ws.sum_dy_xmu = (float *)(p + 3 * channel_array + piece_array);
   return ws;
 }

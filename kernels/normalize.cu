@@ -100,9 +100,7 @@ static void launch_normalize_typed(const bnk_view *view, int sm_count, const bnk
         x, y, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles, plan->rows_per_part, p);
   } else {
     const int64_t vecs = view->n * view->c * view->s / V;
-    const int64_t wanted = (vecs + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS;
-    const int64_t resident = (int64_t)sm_count * (2048 / BNK_STREAM_THREADS);
-    const unsigned blocks = (unsigned)(wanted < resident ? wanted : resident);
+    const unsigned blocks = (unsigned)bnk_plan_grid_stride_blocks(vecs, sm_count);
     auto kernel = normalize_channels_first<T, V, FROM_VARIANCE>;
     BNK_LAUNCH(kernel, dim3(blocks), dim3(BNK_STREAM_THREADS), 0, stream)(
         x, y, vecs, bnk_fastdiv_make((uint64_t)(view->s / V)), bnk_fastdiv_make((uint64_t)view->c), p);

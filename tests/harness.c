@@ -270,12 +270,12 @@ void expect_close(const char *what, const double *got, const double *want, int64
 }
 
 void expect_within_ulps(const char *what, bnk_dtype dtype, const double *got, const double *want, int64_t count,
-                        double ulps) {
+                        double ulps, double atol) {
   for (int64_t i = 0; i < count; ++i) {
-    const double allowed = ulps * storage_ulp(dtype, want[i]);
+    const double allowed = ulps * storage_ulp(dtype, want[i]) + atol;
     if (!(fabs(got[i] - want[i]) <= allowed)) {
-      cr_expect(0, "%s[%" PRId64 "] = %.9g, reference %.9g: more than %g %s ulp apart", what, i, got[i], want[i],
-                ulps, dtype_name(dtype));
+      cr_expect(0, "%s[%" PRId64 "] = %.9g, reference %.9g: more than %g %s ulp + %g apart", what, i, got[i],
+                want[i], ulps, dtype_name(dtype), atol);
       return;
     }
   }

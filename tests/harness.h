@@ -52,9 +52,10 @@ const char *schedule_name(int index);
 /* ---- comparisons, each naming the quantity, the index and both values on failure ---- */
 /* |got - want| <= atol + rtol |want| elementwise. */
 void expect_close(const char *what, const double *got, const double *want, int64_t count, double atol, double rtol);
-/* |got - want| <= ulps * ulp(want) of the storage type. */
+/* |got - want| <= ulps * ulp(want) of the storage type + atol (the error of the fp32 result before its
+ * rounding, which only shows where the result cancels to near zero). */
 void expect_within_ulps(const char *what, bnk_dtype dtype, const double *got, const double *want, int64_t count,
-                        double ulps);
+                        double ulps, double atol);
 void expect_bitwise_equal(const char *what, const void *a, const void *b, size_t bytes);
 void expect_status(bnk_status got, bnk_status want, const char *call);
 

@@ -83,3 +83,23 @@ void ref_backward(const bnk_tensor_desc *desc, const double *x, const double *dy
       }
   }
 }
+
+void ref_backward_inference(const bnk_tensor_desc *desc, const double *x, const double *dy,
+                            const double *running_mean, const double *running_var, double eps,
+                            const double *gamma, double *dx, double *dgamma, double *dbeta) {
+  const int64_t spatial = ref_spatial(desc);
+  for (int64_t c = 0; c < desc->c; ++c) {
+    const double invstd = 1.0 / sqrt(running_var[c] + eps);
+    const double g = gamma ? gamma[c] : 1.0;
+    double sum_dy = 0.0, sum_dy_xhat = 0.0;
+    for (int64_t n = 0; n < desc->n; ++n)
+      for (int64_t s = 0; s < spatial; ++s) {
+        const int64_t i = ref_offset(desc, n, c, s);
+        sum_dy += dy[i];
+        if (dgamma) sum_dy_xhat += dy[i] * (x[i] - running_mean[c]) * invstd;
+        if (dx) dx[i] = dy[i] * g * invstd;
+      }
+    if (dbeta) dbeta[c] = sum_dy;
+    if (dgamma) dgamma[c] = sum_dy_xhat;
+  }
+}

@@ -31,4 +31,11 @@ void ref_running_update(int64_t c, double momentum, const double *batch_mean, co
 void ref_backward(const bnk_tensor_desc *desc, const double *x, const double *dy, const double *mean,
                   const double *invstd, const double *gamma, double *dx, double *dgamma, double *dbeta);
 
+/* Gradients of the inference forward (frozen statistics), invstd = 1 / sqrt(running_var + eps):
+ * dx = dy gamma invstd, dgamma = sum dy (x - running_mean) invstd, dbeta = sum dy. Any output may be NULL;
+ * x is read only for dgamma. */
+void ref_backward_inference(const bnk_tensor_desc *desc, const double *x, const double *dy,
+                            const double *running_mean, const double *running_var, double eps,
+                            const double *gamma, double *dx, double *dgamma, double *dbeta);
+
 #endif

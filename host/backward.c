@@ -1,0 +1,122 @@
+#include <stdio.h>
+
+#include "host/internal.h"
+
+static size_t backward_workspace_bytes(const bnk_context *ctx, const bnk_view *view) {
+  if (bnk_view_per_channel(view) == 0) return 0;
+  return bnk_backward_workspace_bytes(view, bnk_plan_parts_bound(view, ctx->sm_count));
+}
+
+bnk_status bnk_backward_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, size_t *bytes) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(bytes, "bytes");
+  if (status != BNK_SUCCESS) return status;
+  const bnk_view view = bnk_view_of(desc);
+  *bytes = backward_workspace_bytes(ctx, &view);
+  return BNK_SUCCESS;
+}
+
+static bnk_status require_workspace(const bnk_context *ctx, const bnk_view *view, const void *workspace,
+                                    size_t workspace_bytes) {
+  const size_t needed = backward_workspace_bytes(ctx, view);
+  if (workspace_bytes < needed)
+    return bnk_fail(BNK_ERROR_WORKSPACE_TOO_SMALL,
+                    "workspace_bytes must be >= %zu (bnk_backward_workspace_size) for this shape, got %zu", needed,
+                    workspace_bytes);
+  return bnk_require_pointer(workspace, "workspace");
+}
+
+/* An empty batch: dgamma and dbeta are sums over no elements. */
+static bnk_status zero_parameter_gradients(const bnk_context *ctx, const bnk_view *view, float *dgamma,
+                                           float *dbeta) {
+  if (dgamma == NULL && dbeta == NULL) return BNK_SUCCESS;
+  bnk_device_guard guard;
+  bnk_status status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  const size_t bytes = (size_t)view->c * sizeof(float);
+  if (dgamma != NULL) status = bnk_check_cuda(cudaMemsetAsync(dgamma, 0, bytes, ctx->stream), "cudaMemsetAsync(dgamma)");
+  if (status == BNK_SUCCESS && dbeta != NULL)
+    status = bnk_check_cuda(cudaMemsetAsync(dbeta, 0, bytes, ctx->stream), "cudaMemsetAsync(dbeta)");
+  bnk_device_leave(&guard);
+  return status;
+}
+
+/* The reduction over (x, dy), when any of its results is wanted, then the dx pass. Frozen statistics need
+ * the sums for dgamma and dbeta only, read x only for dgamma, and never read it for dx. */
+static bnk_status launch_backward(const bnk_context *ctx, const bnk_view *view, const void *x, const void *dy,
+                                  void *dx, bnk_backward_stats stats, int frozen, float *dgamma, float *dbeta,
+                                  void *workspace, const char *caller) {
+  const int sums_wanted = dgamma != NULL || dbeta != NULL || (dx != NULL && !frozen);
+  const void *sums_x = frozen && dgamma == NULL ? NULL : x;
+  const void *dx_x = frozen ? NULL : x;
+  const void *sums_pointers[2] = {sums_x, dy};
+  const bnk_reduce_plan sums_plan = bnk_plan_reduce(view, bnk_choose_vec(view, sums_pointers, 2), ctx->sm_count);
+  const void *dx_pointers[3] = {dx_x, dy, dx};
+  const bnk_reduce_plan dx_plan = bnk_plan_reduce(view, bnk_choose_vec(view, dx_pointers, 3), ctx->sm_count);
+  bnk_status status = sums_wanted ? bnk_require_grid(&sums_plan) : BNK_SUCCESS;
+  if (status == BNK_SUCCESS && dx != NULL) status = bnk_require_grid(&dx_plan);
+  if (status != BNK_SUCCESS) return status;
+
+  bnk_device_guard guard;
+  status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  char what[64];
+  bnk_backward_workspace ws = {0};
+  if (sums_wanted) {
+    ws = bnk_backward_workspace_carve(workspace, view, sums_plan.parts);
+    snprintf(what, sizeof what, "%s: reduction kernels", caller);
+    status = bnk_check_cuda(
+        bnk_launch_backward_reduce(view, &sums_plan, sums_x, dy, stats, ws, dgamma, dbeta, ctx->stream), what);
+  }
+  if (status == BNK_SUCCESS && dx != NULL) {
+    snprintf(what, sizeof what, "%s: dx kernel", caller);
+    status = bnk_check_cuda(
+        bnk_launch_backward_dx(view, ctx->sm_count, dx_x, dy, dx, stats, frozen ? NULL : &ws, ctx->stream), what);
+  }
+  bnk_device_leave(&guard);
+  return status;
+}
+
+bnk_status bnk_backward(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy, void *dx,
+                        const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
+                        const float *save_invstd, void *workspace, size_t workspace_bytes) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(save_mean, "save_mean");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(save_invstd, "save_invstd");
+  if (status != BNK_SUCCESS) return status;
+  const bnk_view view = bnk_view_of(desc);
+  if (bnk_view_per_channel(&view) == 0) return zero_parameter_gradients(ctx, &view, dgamma, dbeta);
+  status = bnk_require_pointer(x, "x");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(dy, "dy");
+  if (status == BNK_SUCCESS) status = require_workspace(ctx, &view, workspace, workspace_bytes);
+  if (status != BNK_SUCCESS) return status;
+  const bnk_backward_stats stats = {save_mean, save_invstd, NULL, 0.0f, gamma};
+  return launch_backward(ctx, &view, x, dy, dx, stats, 0, dgamma, dbeta, workspace, "bnk_backward");
+}
+
+bnk_status bnk_backward_inference(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
+                                  void *dx, const float *gamma, float *dgamma, float *dbeta,
+                                  const float *running_mean, const float *running_var, double eps, void *workspace,
+                                  size_t workspace_bytes) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(running_mean, "running_mean");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(running_var, "running_var");
+  if (status == BNK_SUCCESS) status = bnk_require_eps(eps);
+  if (status != BNK_SUCCESS) return status;
+  const bnk_view view = bnk_view_of(desc);
+  if (bnk_view_per_channel(&view) == 0) return zero_parameter_gradients(ctx, &view, dgamma, dbeta);
+  status = bnk_require_pointer(dy, "dy");
+  if (status == BNK_SUCCESS && dgamma != NULL && x == NULL)
+    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "x must not be NULL when dgamma is wanted");
+  if (status == BNK_SUCCESS && (dgamma != NULL || dbeta != NULL))
+    status = require_workspace(ctx, &view, workspace, workspace_bytes);
+  if (status != BNK_SUCCESS) return status;
+  const bnk_backward_stats stats = {running_mean, NULL, running_var, (float)eps, gamma};
+  return launch_backward(ctx, &view, x, dy, dx, stats, 1, dgamma, dbeta, workspace, "bnk_backward_inference");
+}
