@@ -85,6 +85,14 @@ bnk_status bnk_require_pointer(const void *pointer, const char *name) {
   return pointer == NULL ? bnk_fail(BNK_ERROR_INVALID_VALUE, "%s must not be NULL", name) : BNK_SUCCESS;
 }
 
+bnk_status bnk_require_workspace(const void *workspace, size_t workspace_bytes, size_t needed, const char *query) {
+  if (workspace_bytes < needed)
+    return bnk_fail(BNK_ERROR_WORKSPACE_TOO_SMALL, "workspace_bytes must be >= %zu (%s) for this shape, got %zu",
+                    needed, query, workspace_bytes);
+  if (needed > 0 && workspace == NULL) return bnk_fail(BNK_ERROR_INVALID_VALUE, "workspace must not be NULL");
+  return BNK_SUCCESS;
+}
+
 bnk_status bnk_device_enter(const bnk_context *ctx, bnk_device_guard *guard) {
   guard->switched = 0;
   bnk_status status = bnk_check_cuda(cudaGetDevice(&guard->previous), "cudaGetDevice");

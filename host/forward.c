@@ -19,8 +19,8 @@ bnk_status bnk_forward_training_workspace_size(const bnk_context *ctx, const bnk
   return BNK_SUCCESS;
 }
 
-static bnk_status check_running(const float *running_mean, const float *running_var,
-                                const int64_t *num_batches_tracked, double momentum) {
+bnk_status bnk_require_running(const float *running_mean, const float *running_var,
+                               const int64_t *num_batches_tracked, double momentum) {
   if ((running_mean == NULL) != (running_var == NULL))
     return bnk_fail(BNK_ERROR_INVALID_VALUE,
                     "running_mean and running_var must both be given or both be NULL, got running_mean=%p "
@@ -45,7 +45,7 @@ bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, c
   bnk_clear_error();
   bnk_status status = bnk_require_context(ctx);
   if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = check_running(running_mean, running_var, num_batches_tracked, momentum);
+  if (status == BNK_SUCCESS) status = bnk_require_running(running_mean, running_var, num_batches_tracked, momentum);
   if (status == BNK_SUCCESS) status = bnk_require_eps(eps);
   if (status != BNK_SUCCESS) return status;
   const bnk_view view = bnk_view_of(desc);
@@ -80,7 +80,7 @@ bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, c
   const bnk_running_update running = {running_mean, running_var, num_batches_tracked, (float)momentum,
                                       momentum == BNK_MOMENTUM_CUMULATIVE};
   status = bnk_check_cuda(bnk_launch_batch_stats(&view, &plan, x, ws, (float)eps, running, save_mean, save_invstd,
-                                                 ctx->stream),
+                                                 NULL, ctx->stream),
                           "bnk_forward_training: statistics kernels");
   if (status == BNK_SUCCESS) {
     const bnk_normalize_params params = {ws.shift, ws.dmean, ws.invstd, NULL, (float)eps, gamma, beta};

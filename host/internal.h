@@ -28,6 +28,14 @@ bnk_status bnk_check_cuda(cudaError_t error, const char *what);
 bnk_status bnk_require_context(const bnk_context *ctx);
 bnk_status bnk_require_pointer(const void *pointer, const char *name);
 bnk_status bnk_require_eps(double eps);
+/* running_mean and running_var both or neither; momentum in [0, 1] or BNK_MOMENTUM_CUMULATIVE, which
+ * needs num_batches_tracked when the statistics are tracked. */
+bnk_status bnk_require_running(const float *running_mean, const float *running_var,
+                               const int64_t *num_batches_tracked, double momentum);
+/* workspace_bytes >= needed (naming the query that gives it) and a workspace when needed > 0. */
+bnk_status bnk_require_workspace(const void *workspace, size_t workspace_bytes, size_t needed, const char *query);
+/* Rounds a workspace array up to a multiple of 256 bytes, so every array starts aligned. */
+size_t bnk_align256(size_t bytes);
 /* BNK_ERROR_NOT_SUPPORTED when a plan needs more blocks than a one-dimensional grid holds. */
 bnk_status bnk_require_grid(const bnk_reduce_plan *plan);
 

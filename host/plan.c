@@ -80,10 +80,10 @@ bnk_status bnk_require_grid(const bnk_reduce_plan *plan) {
 }
 
 /* Workspaces are per-channel arrays followed by per-piece arrays, each 256-byte aligned. */
-static size_t align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
-static size_t channel_array_bytes(const bnk_view *view) { return align256((size_t)view->c * sizeof(float)); }
+size_t bnk_align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+static size_t channel_array_bytes(const bnk_view *view) { return bnk_align256((size_t)view->c * sizeof(float)); }
 static size_t piece_array_bytes(const bnk_view *view, int64_t parts) {
-  return align256((size_t)(parts * view->c) * sizeof(float));
+  return bnk_align256((size_t)(parts * view->c) * sizeof(float));
 }
 
 size_t bnk_stats_workspace_bytes(const bnk_view *view, int64_t parts) {

@@ -199,6 +199,81 @@ BNK_API bnk_status bnk_backward_inference(bnk_context *ctx, const bnk_tensor_des
                                           float *dbeta, const float *running_mean, const float *running_var,
                                           double eps, void *workspace, size_t workspace_bytes);
 
+/* ---------------------------------------------------------------------------------------------------
+ * Synchronized batch normalization across GPUs (SyncBatchNorm): docs/distributed.md
+ *
+ * Each rank holds a share of the batch (shares may differ in N, and may be empty). The statistics are those
+ * of the whole batch, so that every rank normalizes as one device holding the whole batch would.
+ *
+ * Split statistics, usable with any communication library:
+ *   forward:  bnk_batch_stats (each rank)          -> 3 x C doubles per rank
+ *             all-gather them rank-major           (what ncclAllGather and MPI_Allgather leave)
+ *             bnk_merge_stats (each rank)          -> mean, invstd, running statistics, the same on every rank
+ *             bnk_normalize (each rank, its share)
+ *   backward: bnk_backward_local_sums (each rank)  -> BNK_BACKWARD_SUMS(C) floats per rank
+ *             all-reduce them with a sum
+ *             bnk_backward_apply (each rank)       -> dgamma, dbeta (of the whole batch), dx of its share
+ * Over NCCL, bnk_forward_training_sync and bnk_backward_sync do all of it on the context's stream.
+ * ------------------------------------------------------------------------------------------------- */
+
+/* Doubles per channel of a rank's partial statistics: [count (C) | mean (C) | M2 (C)], M2 being the sum
+ * of squared deviations from the rank's mean. */
+#define BNK_PARTIALS_PER_CHANNEL 3
+/* Floats of the backward's sums for C channels: [sum dy (C) | sum dy * xhat (C) | count]. */
+#define BNK_BACKWARD_SUMS(c) (2 * (c) + 1)
+
+/* Workspace of bnk_batch_stats (the same as the training forward's). */
+BNK_API bnk_status bnk_batch_stats_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, size_t *bytes);
+/* This rank's partial statistics of x into `partials` (BNK_PARTIALS_PER_CHANNEL x C doubles, device).
+ * An empty share (N = 0) writes zeros, which the merge skips. */
+BNK_API bnk_status bnk_batch_stats(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, double *partials,
+                                   void *workspace, size_t workspace_bytes);
+/* Merges `ranks` partials, gathered rank-major (`gathered` holds ranks x BNK_PARTIALS_PER_CHANNEL x C
+ * doubles), in rank order, so every rank computes the same bits. Writes the whole batch's mean and invstd
+ * to save_mean and save_invstd (required: bnk_normalize and the backward take them) and, as
+ * bnk_forward_training does, updates the running statistics (optional) with the whole batch's count M. With
+ * M < 2 the running statistics are left as they were (the unbiased variance needs two values). */
+BNK_API bnk_status bnk_merge_stats(bnk_context *ctx, int64_t c, int ranks, const double *gathered,
+                                   float *running_mean, float *running_var, int64_t *num_batches_tracked,
+                                   double momentum, double eps, float *save_mean, float *save_invstd);
+/* y = (x - mean) * invstd * gamma + beta with given per-channel statistics (gamma, beta may be NULL). */
+BNK_API bnk_status bnk_normalize(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                 const float *gamma, const float *beta, const float *mean, const float *invstd);
+/* This rank's sums for the backward into `sums` (BNK_BACKWARD_SUMS(C) floats, device), given the merged
+ * statistics. The workspace is bnk_backward_workspace_size()'s. */
+BNK_API bnk_status bnk_backward_local_sums(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
+                                           const void *dy, const float *save_mean, const float *save_invstd,
+                                           float *sums, void *workspace, size_t workspace_bytes);
+/* From the sums added over every rank: dgamma and dbeta of the whole batch (each may be NULL), and dx of
+ * this rank's share (may be NULL). The workspace is bnk_backward_workspace_size()'s. */
+BNK_API bnk_status bnk_backward_apply(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
+                                      void *dx, const float *gamma, float *dgamma, float *dbeta,
+                                      const float *save_mean, const float *save_invstd, const float *sums,
+                                      void *workspace, size_t workspace_bytes);
+
+/* Same type as ncclComm_t, declared here so that this header needs no NCCL header. */
+typedef struct ncclComm *bnk_nccl_comm;
+
+/* Workspace of bnk_forward_training_sync and bnk_backward_sync for a communicator of `ranks` ranks. */
+BNK_API bnk_status bnk_sync_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, int ranks,
+                                           size_t *bytes);
+/* bnk_forward_training over the batch spread across the communicator's ranks: local statistics,
+ * ncclAllGather of BNK_PARTIALS_PER_CHANNEL x C doubles, merge, normalize, all on the context's stream with
+ * no host synchronization. Every rank calls it with its own share (desc may differ in N). save_mean and
+ * save_invstd may be NULL. BNK_ERROR_NOT_SUPPORTED when bnk was built without NCCL. */
+BNK_API bnk_status bnk_forward_training_sync(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                             const float *gamma, const float *beta, float *running_mean,
+                                             float *running_var, int64_t *num_batches_tracked, double momentum,
+                                             double eps, float *save_mean, float *save_invstd,
+                                             bnk_nccl_comm comm, void *workspace, size_t workspace_bytes);
+/* bnk_backward over the batch spread across the ranks: local sums, ncclAllReduce of BNK_BACKWARD_SUMS(C)
+ * floats, then dgamma, dbeta (whole batch) and dx (this share). save_mean and save_invstd are what
+ * bnk_forward_training_sync saved. */
+BNK_API bnk_status bnk_backward_sync(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
+                                     void *dx, const float *gamma, float *dgamma, float *dbeta,
+                                     const float *save_mean, const float *save_invstd, bnk_nccl_comm comm,
+                                     void *workspace, size_t workspace_bytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -135,10 +135,24 @@ static __device__ __forceinline__ float channel_invstd(const bnk_backward_stats 
   return stats.invstd != NULL ? stats.invstd[c] : 1.0f / sqrtf(stats.variance[c] + stats.eps);
 }
 
-// One warp per channel merges the channel's pieces (lane l takes pieces l, l + 32, ... in order, then a
-// fixed tree across lanes); lane 0 writes the gradients of gamma and beta and the dx coefficients:
+// dbeta and dgamma of a channel, and the coefficients of its dx pass:
 //   dx = k / M (M dy - dbeta - xhat dgamma) = k dy + (x - mean) (-k invstd dgamma / M) + (-k dbeta / M),
 // with k = gamma invstd and xhat = (x - mean) invstd.
+static __device__ __forceinline__ void store_gradients(int64_t channel, float channel_dbeta, float channel_dgamma,
+                                                       float m, float invstd, const bnk_backward_stats &stats,
+                                                       const bnk_backward_workspace &ws, float *dgamma,
+                                                       float *dbeta) {
+  if (dbeta != NULL) dbeta[channel] = channel_dbeta;
+  if (dgamma != NULL) dgamma[channel] = channel_dgamma;
+  const float k = stats.gamma != NULL ? invstd * stats.gamma[channel] : invstd;
+  const float k_over_m = k / m;
+  ws.dy_scale[channel] = k;
+  ws.xmu_scale[channel] = -k_over_m * invstd * channel_dgamma;
+  ws.bias[channel] = -k_over_m * channel_dbeta;
+}
+
+// One warp per channel merges the channel's pieces (lane l takes pieces l, l + 32, ... in order, then a
+// fixed tree across lanes); lane 0 stores the gradients of gamma and beta and the dx coefficients.
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     merge_backward_sums(int64_t c, int64_t parts, int64_t m, bnk_backward_stats stats, bnk_backward_workspace ws,
                         float *dgamma, float *dbeta) {
@@ -154,15 +168,18 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   if (lane != 0) return;
 
   const float invstd = channel_invstd(stats, channel);
-  const float channel_dbeta = acc.x;
-  const float channel_dgamma = acc.y * invstd;
-  if (dbeta != NULL) dbeta[channel] = channel_dbeta;
-  if (dgamma != NULL) dgamma[channel] = channel_dgamma;
-  const float k = stats.gamma != NULL ? invstd * stats.gamma[channel] : invstd;
-  const float k_over_m = k / (float)m;
-  ws.dy_scale[channel] = k;
-  ws.xmu_scale[channel] = -k_over_m * invstd * channel_dgamma;
-  ws.bias[channel] = -k_over_m * channel_dbeta;
+  store_gradients(channel, acc.x, acc.y * invstd, (float)m, invstd, stats, ws, dgamma, dbeta);
+}
+
+// Synchronized backward: `sums` holds the sums of every rank added up (sum dy, then sum dy * xhat, C each,
+// then the total count M); one thread per channel derives what merge_backward_sums derives locally.
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    gradients_from_sums(int64_t c, const float *sums, bnk_backward_stats stats, bnk_backward_workspace ws,
+                        float *dgamma, float *dbeta) {
+  const int64_t channel = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (channel >= c) return;
+  store_gradients(channel, sums[channel], sums[c + channel], sums[2 * c], channel_invstd(stats, channel), stats, ws,
+                  dgamma, dbeta);
 }
 
 // What the dx pass needs; dy_scale is NULL for frozen statistics.
@@ -355,5 +372,13 @@ extern "C" cudaError_t bnk_launch_backward_dx(const bnk_view *view, int sm_count
   case BNK_BFLOAT16: launch_dx_dtype<__nv_bfloat16>(view, sm_count, x, dy, dx, p, stream); break;
   default: return cudaErrorInvalidValue;
   }
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t bnk_launch_backward_gradients_from_sums(int64_t c, const float *sums, bnk_backward_stats stats,
+                                                               bnk_backward_workspace ws, float *dgamma,
+                                                               float *dbeta, cudaStream_t stream) {
+  const dim3 grid((unsigned)((c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));
+  BNK_LAUNCH(gradients_from_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream)(c, sums, stats, ws, dgamma, dbeta);
   return cudaGetLastError();
 }

@@ -78,11 +78,10 @@ typedef struct bnk_running_update {
   int cumulative;               /* weight 1 / num_batches_tracked */
 } bnk_running_update;
 
-/* Batch statistics of x: stats kernel (pieces) then merge kernel. Fills ws.shift/dmean/invstd,
- * save_mean/save_invstd when not NULL, and applies `running`. */
 cudaError_t bnk_launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                    bnk_stats_workspace ws, float eps, bnk_running_update running,
-                                   float *save_mean, float *save_invstd, cudaStream_t stream);
+                                   float *save_mean, float *save_invstd, double *rank_partials,
+                                   cudaStream_t stream);
 
 /* Per-channel parameters of the elementwise pass
  *   y = ((x - shift[c]) - dmean[c]) * invstd[c] * gamma[c] + beta[c],
@@ -136,6 +135,22 @@ cudaError_t bnk_launch_backward_reduce(const bnk_view *view, const bnk_reduce_pl
 cudaError_t bnk_launch_backward_dx(const bnk_view *view, int sm_count, const void *x, const void *dy, void *dx,
                                    bnk_backward_stats stats, const bnk_backward_workspace *coefficients,
                                    cudaStream_t stream);
+
+/* ---- synchronized batch normalization (kernels/sync.cu, kernels/backward.cu) ---- */
+
+/* Merges `ranks` partial triples laid out rank-major ([rank][count | mean | m2][c], doubles) in rank order
+ * into mean_out/invstd_out, applies `running` with the total count, and then counts the batch in
+ * running.num_batches_tracked when not NULL. */
+cudaError_t bnk_launch_merge_ranks(int64_t c, int ranks, const double *gathered, float eps,
+                                   bnk_running_update running, float *mean_out, float *invstd_out,
+                                   cudaStream_t stream);
+/* *destination = value, in stream order (graph-capturable, unlike a copy from host memory). */
+cudaError_t bnk_launch_store_value(float *destination, float value, cudaStream_t stream);
+/* The dgamma, dbeta and dx coefficients of the training backward from sums added over every rank:
+ * sums = [sum dy (C) | sum dy * xhat (C) | M]. */
+cudaError_t bnk_launch_backward_gradients_from_sums(int64_t c, const float *sums, bnk_backward_stats stats,
+                                                    bnk_backward_workspace ws, float *dgamma, float *dbeta,
+                                                    cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -154,7 +154,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 // then a fixed tree across lanes) and lane 0 derives everything per-channel.
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     finalize_stats(int64_t c, int64_t parts, int64_t m, bnk_stats_workspace ws, float eps,
-                   bnk_running_update running, float *save_mean, float *save_invstd) {
+                   bnk_running_update running, float *save_mean, float *save_invstd, double *rank_partials) {
   const int lane = (int)(threadIdx.x % BNK_WARP);
   const int64_t channel = (int64_t)blockIdx.x * (blockDim.x / BNK_WARP) + threadIdx.x / BNK_WARP;
   if (channel >= c) return; // the whole warp leaves together
@@ -172,6 +172,12 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   const float mean = ws.shift[channel] + acc.mean;
   ws.dmean[channel] = acc.mean;
   ws.invstd[channel] = invstd;
+  if (rank_partials != NULL) {
+    // In double, the mean keeps K's digits and the residual's: ranks' means merge without rounding.
+    rank_partials[channel] = (double)m;
+    rank_partials[c + channel] = (double)ws.shift[channel] + (double)acc.mean;
+    rank_partials[2 * c + channel] = (double)acc.m2;
+  }
   if (save_mean != NULL) save_mean[channel] = mean;
   if (save_invstd != NULL) save_invstd[channel] = invstd;
   if (running.running_mean != NULL) {
@@ -204,7 +210,8 @@ static void launch_stats_pieces(const bnk_view *view, const bnk_reduce_plan *pla
 
 extern "C" cudaError_t bnk_launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                               bnk_stats_workspace ws, float eps, bnk_running_update running,
-                                              float *save_mean, float *save_invstd, cudaStream_t stream) {
+                                              float *save_mean, float *save_invstd, double *rank_partials,
+                                              cudaStream_t stream) {
   switch (view->dtype) {
   case BNK_FLOAT32: launch_stats_pieces<float>(view, plan, x, ws, running.num_batches_tracked, stream); break;
   case BNK_FLOAT16: launch_stats_pieces<__half>(view, plan, x, ws, running.num_batches_tracked, stream); break;
@@ -218,6 +225,6 @@ extern "C" cudaError_t bnk_launch_batch_stats(const bnk_view *view, const bnk_re
   const int warps_per_block = BNK_STREAM_THREADS / BNK_WARP;
   const dim3 grid((unsigned)((view->c + warps_per_block - 1) / warps_per_block));
   BNK_LAUNCH(finalize_stats, grid, dim3(BNK_STREAM_THREADS), 0, stream)(
-      view->c, plan->parts, view->n * view->s, ws, eps, running, save_mean, save_invstd);
+      view->c, plan->parts, view->n * view->s, ws, eps, running, save_mean, save_invstd, rank_partials);
   return cudaGetLastError();
 }

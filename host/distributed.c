@@ -1,0 +1,421 @@
+/* Synchronized batch normalization: the split-statistics calls, usable with any communication library, and
+ * their composition over NCCL. docs/distributed.md explains the design and the bytes on the wire. */
+#include <inttypes.h>
+
+#include "host/internal.h"
+
+#ifdef BNK_WITH_NCCL
+#include <nccl.h>
+#endif
+
+static size_t partials_bytes(int64_t c) { return (size_t)c * BNK_PARTIALS_PER_CHANNEL * sizeof(double); }
+static size_t sums_bytes(int64_t c) { return (size_t)BNK_BACKWARD_SUMS(c) * sizeof(float); }
+
+/* A descriptor that names a per-channel call in its NVTX range: "<ranks>x<C>". */
+static bnk_tensor_desc channels_desc(int ranks, int64_t c) {
+  bnk_tensor_desc desc = {BNK_FLOAT32, BNK_NCHW, 0, ranks, c, {1, 1, 1}};
+  return desc;
+}
+
+bnk_status bnk_batch_stats_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, size_t *bytes) {
+  return bnk_forward_training_workspace_size(ctx, desc, bytes);
+}
+
+/* The local statistics into `partials`; a zero-filled triple for an empty share. */
+static bnk_status launch_local_stats(const bnk_context *ctx, const bnk_tensor_desc *desc, const bnk_view *view,
+                                     const void *x, double *partials, void *workspace) {
+  if (bnk_view_per_channel(view) == 0)
+    return bnk_check_cuda(cudaMemsetAsync(partials, 0, partials_bytes(view->c), ctx->stream),
+                          "cudaMemsetAsync(partials)");
+  const void *pointers[1] = {x};
+  const bnk_reduce_plan plan = bnk_plan_reduce(view, bnk_choose_vec(view, pointers, 1), ctx->sm_count);
+  bnk_status status = bnk_require_grid(&plan);
+  if (status != BNK_SUCCESS) return status;
+  bnk_range_push("batch_stats", desc);
+  const bnk_stats_workspace ws = bnk_stats_workspace_carve(workspace, view, plan.parts);
+  const bnk_running_update untracked = {NULL, NULL, NULL, 0.0f, 0};
+  status = bnk_check_cuda(
+      bnk_launch_batch_stats(view, &plan, x, ws, 0.0f, untracked, NULL, NULL, partials, ctx->stream),
+      "bnk_batch_stats: statistics kernels");
+  bnk_range_pop();
+  return status;
+}
+
+bnk_status bnk_batch_stats(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, double *partials,
+                           void *workspace, size_t workspace_bytes) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(partials, "partials");
+  if (status != BNK_SUCCESS) return status;
+  const bnk_view view = bnk_view_of(desc);
+  size_t needed = 0;
+  if (bnk_view_per_channel(&view) > 0) {
+    status = bnk_require_pointer(x, "x");
+    if (status == BNK_SUCCESS) status = bnk_forward_training_workspace_size(ctx, desc, &needed);
+    if (status == BNK_SUCCESS)
+      status = bnk_require_workspace(workspace, workspace_bytes, needed, "bnk_batch_stats_workspace_size");
+    if (status != BNK_SUCCESS) return status;
+  }
+  bnk_device_guard guard;
+  status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  status = launch_local_stats(ctx, desc, &view, x, partials, workspace);
+  bnk_device_leave(&guard);
+  return status;
+}
+
+static bnk_status launch_merge(const bnk_context *ctx, int64_t c, int ranks, const double *gathered,
+                               float *running_mean, float *running_var, int64_t *num_batches_tracked,
+                               double momentum, double eps, float *mean, float *invstd) {
+  const bnk_tensor_desc named = channels_desc(ranks, c);
+  bnk_range_push("merge_stats", &named);
+  const bnk_running_update running = {running_mean, running_var, num_batches_tracked, (float)momentum,
+                                      momentum == BNK_MOMENTUM_CUMULATIVE};
+  const bnk_status status =
+      bnk_check_cuda(bnk_launch_merge_ranks(c, ranks, gathered, (float)eps, running, mean, invstd, ctx->stream),
+                     "bnk_merge_stats: merge kernel");
+  bnk_range_pop();
+  return status;
+}
+
+static bnk_status check_merge(int64_t c, int ranks, double eps, const float *running_mean,
+                              const float *running_var, const int64_t *num_batches_tracked, double momentum) {
+  if (c <= 0) return bnk_fail(BNK_ERROR_INVALID_VALUE, "C must be > 0, got %" PRId64, c);
+  if (ranks < 1) return bnk_fail(BNK_ERROR_INVALID_VALUE, "ranks must be >= 1, got %d", ranks);
+  bnk_status status = bnk_require_eps(eps);
+  if (status == BNK_SUCCESS) status = bnk_require_running(running_mean, running_var, num_batches_tracked, momentum);
+  return status;
+}
+
+bnk_status bnk_merge_stats(bnk_context *ctx, int64_t c, int ranks, const double *gathered, float *running_mean,
+                           float *running_var, int64_t *num_batches_tracked, double momentum, double eps,
+                           float *save_mean, float *save_invstd) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS)
+    status = check_merge(c, ranks, eps, running_mean, running_var, num_batches_tracked, momentum);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(gathered, "gathered");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(save_mean, "save_mean");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(save_invstd, "save_invstd");
+  if (status != BNK_SUCCESS) return status;
+  bnk_device_guard guard;
+  status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  status = launch_merge(ctx, c, ranks, gathered, running_mean, running_var, num_batches_tracked, momentum, eps,
+                        save_mean, save_invstd);
+  bnk_device_leave(&guard);
+  return status;
+}
+
+static bnk_status launch_normalize(const bnk_context *ctx, const bnk_tensor_desc *desc, const bnk_view *view,
+                                   const void *x, void *y, const float *gamma, const float *beta, const float *mean,
+                                   const float *invstd) {
+  const void *pointers[2] = {x, y};
+  const bnk_reduce_plan plan = bnk_plan_reduce(view, bnk_choose_vec(view, pointers, 2), ctx->sm_count);
+  bnk_status status = bnk_require_grid(&plan);
+  if (status != BNK_SUCCESS) return status;
+  bnk_range_push("normalize", desc);
+  const bnk_normalize_params params = {mean, NULL, invstd, NULL, 0.0f, gamma, beta};
+  status = bnk_check_cuda(bnk_launch_normalize(view, ctx->sm_count, x, y, params, ctx->stream),
+                          "bnk_normalize: normalize kernel");
+  bnk_range_pop();
+  return status;
+}
+
+bnk_status bnk_normalize(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y, const float *gamma,
+                         const float *beta, const float *mean, const float *invstd) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(mean, "mean");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(invstd, "invstd");
+  if (status != BNK_SUCCESS) return status;
+  const bnk_view view = bnk_view_of(desc);
+  if (bnk_view_per_channel(&view) == 0) return BNK_SUCCESS;
+  status = bnk_require_pointer(x, "x");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(y, "y");
+  if (status != BNK_SUCCESS) return status;
+  bnk_device_guard guard;
+  status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  status = launch_normalize(ctx, desc, &view, x, y, gamma, beta, mean, invstd);
+  bnk_device_leave(&guard);
+  return status;
+}
+
+/* The checks shared by the backward calls: statistics, and x and dy for a non-empty share. */
+static bnk_status check_backward_share(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
+                                       const void *dy, const float *save_mean, const float *save_invstd,
+                                       bnk_view *view) {
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(save_mean, "save_mean");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(save_invstd, "save_invstd");
+  if (status != BNK_SUCCESS) return status;
+  *view = bnk_view_of(desc);
+  if (bnk_view_per_channel(view) == 0) return BNK_SUCCESS;
+  status = bnk_require_pointer(x, "x");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(dy, "dy");
+  return status;
+}
+
+static bnk_status check_backward_workspace(const bnk_context *ctx, const bnk_tensor_desc *desc,
+                                           const void *workspace, size_t workspace_bytes) {
+  size_t needed = 0;
+  bnk_status status = bnk_backward_workspace_size(ctx, desc, &needed);
+  if (status == BNK_SUCCESS)
+    status = bnk_require_workspace(workspace, workspace_bytes, needed, "bnk_backward_workspace_size");
+  return status;
+}
+
+static bnk_status launch_local_sums(const bnk_context *ctx, const bnk_tensor_desc *desc, const bnk_view *view,
+                                    const void *x, const void *dy, const float *save_mean,
+                                    const float *save_invstd, float *sums, void *workspace) {
+  const int64_t m = bnk_view_per_channel(view);
+  if (m == 0)
+    return bnk_check_cuda(cudaMemsetAsync(sums, 0, sums_bytes(view->c), ctx->stream), "cudaMemsetAsync(sums)");
+  const void *pointers[2] = {x, dy};
+  const bnk_reduce_plan plan = bnk_plan_reduce(view, bnk_choose_vec(view, pointers, 2), ctx->sm_count);
+  bnk_status status = bnk_require_grid(&plan);
+  if (status != BNK_SUCCESS) return status;
+  bnk_range_push("backward_local_sums", desc);
+  const bnk_backward_workspace ws = bnk_backward_workspace_carve(workspace, view, plan.parts);
+  const bnk_backward_stats stats = {save_mean, save_invstd, NULL, 0.0f, NULL};
+  /* The merge writes sum(dy) as "dbeta" and sum(dy * xhat) as "dgamma": exactly the two sums wanted. */
+  status = bnk_check_cuda(
+      bnk_launch_backward_reduce(view, &plan, x, dy, stats, ws, sums + view->c, sums, ctx->stream),
+      "bnk_backward_local_sums: reduction kernels");
+  if (status == BNK_SUCCESS)
+    status = bnk_check_cuda(bnk_launch_store_value(sums + 2 * view->c, (float)m, ctx->stream),
+                            "bnk_backward_local_sums: count");
+  bnk_range_pop();
+  return status;
+}
+
+bnk_status bnk_backward_local_sums(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
+                                   const float *save_mean, const float *save_invstd, float *sums, void *workspace,
+                                   size_t workspace_bytes) {
+  bnk_clear_error();
+  bnk_view view;
+  bnk_status status = check_backward_share(ctx, desc, x, dy, save_mean, save_invstd, &view);
+  if (status == BNK_SUCCESS) status = check_backward_workspace(ctx, desc, workspace, workspace_bytes);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(sums, "sums");
+  if (status != BNK_SUCCESS) return status;
+  bnk_device_guard guard;
+  status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  status = launch_local_sums(ctx, desc, &view, x, dy, save_mean, save_invstd, sums, workspace);
+  bnk_device_leave(&guard);
+  return status;
+}
+
+static bnk_status launch_apply(const bnk_context *ctx, const bnk_tensor_desc *desc, const bnk_view *view,
+                               const void *x, const void *dy, void *dx, const float *gamma, float *dgamma,
+                               float *dbeta, const float *save_mean, const float *save_invstd, const float *sums,
+                               void *workspace) {
+  const size_t channel_bytes = (size_t)view->c * sizeof(float);
+  bnk_status status = BNK_SUCCESS;
+  if (bnk_view_per_channel(view) == 0) {
+    /* No dx to compute here, but the gradients of gamma and beta are the whole batch's. */
+    if (dbeta != NULL)
+      status = bnk_check_cuda(cudaMemcpyAsync(dbeta, sums, channel_bytes, cudaMemcpyDeviceToDevice, ctx->stream),
+                              "cudaMemcpyAsync(dbeta)");
+    if (status == BNK_SUCCESS && dgamma != NULL)
+      status = bnk_check_cuda(
+          cudaMemcpyAsync(dgamma, sums + view->c, channel_bytes, cudaMemcpyDeviceToDevice, ctx->stream),
+          "cudaMemcpyAsync(dgamma)");
+    return status;
+  }
+  const void *pointers[3] = {x, dy, dx};
+  const bnk_reduce_plan plan = bnk_plan_reduce(view, bnk_choose_vec(view, pointers, 3), ctx->sm_count);
+  status = bnk_require_grid(&plan);
+  if (status != BNK_SUCCESS) return status;
+  bnk_range_push("backward_apply", desc);
+  /* Only the per-channel coefficient arrays are used, which sit first whatever the number of pieces. */
+  const bnk_backward_workspace ws = bnk_backward_workspace_carve(workspace, view, plan.parts);
+  const bnk_backward_stats stats = {save_mean, save_invstd, NULL, 0.0f, gamma};
+  status = bnk_check_cuda(
+      bnk_launch_backward_gradients_from_sums(view->c, sums, stats, ws, dgamma, dbeta, ctx->stream),
+      "bnk_backward_apply: gradients kernel");
+  if (status == BNK_SUCCESS && dx != NULL)
+    status = bnk_check_cuda(bnk_launch_backward_dx(view, ctx->sm_count, x, dy, dx, stats, &ws, ctx->stream),
+                            "bnk_backward_apply: dx kernel");
+  bnk_range_pop();
+  return status;
+}
+
+bnk_status bnk_backward_apply(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
+                              void *dx, const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
+                              const float *save_invstd, const float *sums, void *workspace,
+                              size_t workspace_bytes) {
+  bnk_clear_error();
+  bnk_view view;
+  bnk_status status = check_backward_share(ctx, desc, x, dy, save_mean, save_invstd, &view);
+  if (status == BNK_SUCCESS) status = check_backward_workspace(ctx, desc, workspace, workspace_bytes);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(sums, "sums");
+  if (status != BNK_SUCCESS) return status;
+  bnk_device_guard guard;
+  status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  status = launch_apply(ctx, desc, &view, x, dy, dx, gamma, dgamma, dbeta, save_mean, save_invstd, sums, workspace);
+  bnk_device_leave(&guard);
+  return status;
+}
+
+/* ---- over NCCL ---- */
+
+/* The sync workspace: the largest of the forward's and the backward's own workspaces, then the gathered
+ * partials of every rank, the merged statistics (when the caller saves none) and the backward's sums. */
+typedef struct sync_workspace {
+  void *local;
+  double *gathered;
+  float *mean;
+  float *invstd;
+  float *sums;
+} sync_workspace;
+
+static bnk_status sync_layout(const bnk_context *ctx, const bnk_tensor_desc *desc, int ranks, void *base,
+                              sync_workspace *ws, size_t *bytes) {
+  size_t forward = 0, backward = 0;
+  bnk_status status = bnk_forward_training_workspace_size(ctx, desc, &forward);
+  if (status == BNK_SUCCESS) status = bnk_backward_workspace_size(ctx, desc, &backward);
+  if (status != BNK_SUCCESS) return status;
+  const size_t c = (size_t)desc->c;
+  const size_t local = bnk_align256(forward > backward ? forward : backward);
+  const size_t gathered = bnk_align256((size_t)ranks * partials_bytes(desc->c));
+  const size_t channel = bnk_align256(c * sizeof(float));
+  char *p = (char *)base;
+  ws->local = p;
+  ws->gathered = (double *)(p + local);
+  ws->mean = (float *)(p + local + gathered);
+  ws->invstd = (float *)(p + local + gathered + channel);
+  ws->sums = (float *)(p + local + gathered + 2 * channel);
+  *bytes = local + gathered + 2 * channel + bnk_align256(sums_bytes(desc->c));
+  return BNK_SUCCESS;
+}
+
+bnk_status bnk_sync_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, int ranks, size_t *bytes) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(bytes, "bytes");
+  if (status == BNK_SUCCESS && ranks < 1) status = bnk_fail(BNK_ERROR_INVALID_VALUE, "ranks must be >= 1, got %d", ranks);
+  if (status != BNK_SUCCESS) return status;
+  sync_workspace ws;
+  return sync_layout(ctx, desc, ranks, NULL, &ws, bytes);
+}
+
+#ifdef BNK_WITH_NCCL
+static bnk_status check_nccl(ncclResult_t result, const char *what) {
+  if (result == ncclSuccess) return BNK_SUCCESS;
+  return bnk_fail(BNK_ERROR_NCCL, "%s: %s", what, ncclGetErrorString(result));
+}
+
+/* The communicator's size and this rank, and the workspace laid out for them. */
+static bnk_status sync_prepare(const bnk_context *ctx, const bnk_tensor_desc *desc, bnk_nccl_comm comm,
+                               void *workspace, size_t workspace_bytes, int *ranks, int *rank, sync_workspace *ws) {
+  bnk_status status = bnk_require_pointer(comm, "comm");
+  if (status == BNK_SUCCESS) status = check_nccl(ncclCommCount(comm, ranks), "ncclCommCount");
+  if (status == BNK_SUCCESS) status = check_nccl(ncclCommUserRank(comm, rank), "ncclCommUserRank");
+  size_t needed = 0;
+  if (status == BNK_SUCCESS) status = sync_layout(ctx, desc, *ranks, workspace, ws, &needed);
+  if (status == BNK_SUCCESS)
+    status = bnk_require_workspace(workspace, workspace_bytes, needed, "bnk_sync_workspace_size");
+  return status;
+}
+
+bnk_status bnk_forward_training_sync(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                     const float *gamma, const float *beta, float *running_mean, float *running_var,
+                                     int64_t *num_batches_tracked, double momentum, double eps, float *save_mean,
+                                     float *save_invstd, bnk_nccl_comm comm, void *workspace,
+                                     size_t workspace_bytes) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
+  if (status == BNK_SUCCESS) status = bnk_require_running(running_mean, running_var, num_batches_tracked, momentum);
+  if (status == BNK_SUCCESS) status = bnk_require_eps(eps);
+  if (status != BNK_SUCCESS) return status;
+  const bnk_view view = bnk_view_of(desc);
+  const int empty = bnk_view_per_channel(&view) == 0;
+  if (!empty) status = bnk_require_pointer(x, "x");
+  if (status == BNK_SUCCESS && !empty) status = bnk_require_pointer(y, "y");
+  int ranks = 0, rank = 0;
+  sync_workspace ws;
+  if (status == BNK_SUCCESS) status = sync_prepare(ctx, desc, comm, workspace, workspace_bytes, &ranks, &rank, &ws);
+  if (status != BNK_SUCCESS) return status;
+  float *mean = save_mean != NULL ? save_mean : ws.mean;
+  float *invstd = save_invstd != NULL ? save_invstd : ws.invstd;
+  const size_t count = (size_t)view.c * BNK_PARTIALS_PER_CHANNEL;
+  double *mine = ws.gathered + (size_t)rank * count;
+
+  bnk_device_guard guard;
+  status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  bnk_range_push("fwd_train_sync", desc);
+  status = launch_local_stats(ctx, desc, &view, x, mine, ws.local);
+  if (status == BNK_SUCCESS)
+    status = check_nccl(ncclAllGather(mine, ws.gathered, count, ncclDouble, comm, ctx->stream), "ncclAllGather");
+  if (status == BNK_SUCCESS)
+    status = launch_merge(ctx, view.c, ranks, ws.gathered, running_mean, running_var, num_batches_tracked, momentum,
+                          eps, mean, invstd);
+  if (status == BNK_SUCCESS && !empty)
+    status = launch_normalize(ctx, desc, &view, x, y, gamma, beta, mean, invstd);
+  bnk_range_pop();
+  bnk_device_leave(&guard);
+  return status;
+}
+
+bnk_status bnk_backward_sync(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy, void *dx,
+                             const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
+                             const float *save_invstd, bnk_nccl_comm comm, void *workspace, size_t workspace_bytes) {
+  bnk_clear_error();
+  bnk_view view;
+  int ranks = 0, rank = 0;
+  sync_workspace ws;
+  bnk_status status = check_backward_share(ctx, desc, x, dy, save_mean, save_invstd, &view);
+  if (status == BNK_SUCCESS) status = sync_prepare(ctx, desc, comm, workspace, workspace_bytes, &ranks, &rank, &ws);
+  if (status != BNK_SUCCESS) return status;
+  bnk_device_guard guard;
+  status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  bnk_range_push("bwd_sync", desc);
+  status = launch_local_sums(ctx, desc, &view, x, dy, save_mean, save_invstd, ws.sums, ws.local);
+  if (status == BNK_SUCCESS)
+    status = check_nccl(ncclAllReduce(ws.sums, ws.sums, (size_t)BNK_BACKWARD_SUMS(view.c), ncclFloat, ncclSum, comm,
+                                      ctx->stream),
+                        "ncclAllReduce");
+  if (status == BNK_SUCCESS)
+    status = launch_apply(ctx, desc, &view, x, dy, dx, gamma, dgamma, dbeta, save_mean, save_invstd, ws.sums,
+                          ws.local);
+  bnk_range_pop();
+  bnk_device_leave(&guard);
+  return status;
+}
+#else
+static bnk_status no_nccl(void) {
+  return bnk_fail(BNK_ERROR_NOT_SUPPORTED, "bnk was built without NCCL: use the split-statistics calls "
+                                           "(bnk_batch_stats, bnk_merge_stats, ...) with your own communication");
+}
+
+bnk_status bnk_forward_training_sync(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                     const float *gamma, const float *beta, float *running_mean, float *running_var,
+                                     int64_t *num_batches_tracked, double momentum, double eps, float *save_mean,
+                                     float *save_invstd, bnk_nccl_comm comm, void *workspace,
+                                     size_t workspace_bytes) {
+  (void)ctx, (void)desc, (void)x, (void)y, (void)gamma, (void)beta, (void)running_mean, (void)running_var;
+  (void)num_batches_tracked, (void)momentum, (void)eps, (void)save_mean, (void)save_invstd, (void)comm;
+  (void)workspace, (void)workspace_bytes;
+  bnk_clear_error();
+  return no_nccl();
+}
+
+bnk_status bnk_backward_sync(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy, void *dx,
+                             const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
+                             const float *save_invstd, bnk_nccl_comm comm, void *workspace, size_t workspace_bytes) {
+  (void)ctx, (void)desc, (void)x, (void)dy, (void)dx, (void)gamma, (void)dgamma, (void)dbeta, (void)save_mean;
+  (void)save_invstd, (void)comm, (void)workspace, (void)workspace_bytes;
+  bnk_clear_error();
+  return no_nccl();
+}
+#endif
