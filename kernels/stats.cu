@@ -29,7 +29,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   const int64_t begin = part * chunk / V;
   const int64_t end = min(m, (part + 1) * chunk) / V;
   const int64_t step = blockDim.x;
-  bnk_welford acc = bnk_welford_empty();
+  bnk_welford_run run = bnk_run_empty();
   for (int64_t j0 = begin + threadIdx.x; j0 < end; j0 += BNK_UNROLL * step) {
     float v[BNK_UNROLL][V] = {};
 #pragma unroll
@@ -46,11 +46,11 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
       if (j0 + u * step < end) {
 #pragma unroll
         for (int i = 0; i < V; ++i) v[u][i] -= shift;
-        acc = bnk_welford_add<V>(acc, v[u]);
+        bnk_run_add(run, bnk_welford_of<V>(v[u]));
       }
     }
   }
-  acc = bnk_block_reduce(acc, shared);
+  const bnk_welford acc = bnk_block_reduce(bnk_run_result(run), shared);
   if (threadIdx.x == 0) {
     const int64_t slot = part * c + channel;
     ws.count[slot] = acc.count;
@@ -87,10 +87,9 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   }
   if (block == 0 && threadIdx.x == 0 && num_batches_tracked != NULL) *num_batches_tracked += 1;
 
-  float count = 0.0f;
-  float mean[V], m2[V];
+  bnk_welford_run run[V];
 #pragma unroll
-  for (int i = 0; i < V; ++i) mean[i] = m2[i] = 0.0f;
+  for (int i = 0; i < V; ++i) run[i] = bnk_run_empty();
   if (active) {
     const int64_t row_begin = part * rows_per_part;
     const int64_t row_end = min(rows, row_begin + rows_per_part);
@@ -104,13 +103,10 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 #pragma unroll
       for (int u = 0; u < BNK_UNROLL; ++u) {
         if (r0 + (int64_t)u * tile_y < row_end) {
-          count += 1.0f;
 #pragma unroll
           for (int i = 0; i < V; ++i) {
-            const float value = v[u][i] - shift[i];
-            const float delta = value - mean[i];
-            mean[i] += delta / count;
-            m2[i] += delta * (value - mean[i]);
+            const bnk_welford one = {1.0f, v[u][i] - shift[i], 0.0f};
+            bnk_run_add(run[i], one);
           }
         }
       }
@@ -118,11 +114,12 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   }
 
   const int slot = (int)threadIdx.x;
-  shared_count[slot] = count;
+  shared_count[slot] = run[0].w.count; // every channel of a thread has seen the same rows
 #pragma unroll
   for (int i = 0; i < V; ++i) {
-    shared_mean[slot][i] = mean[i];
-    shared_m2[slot][i] = m2[i];
+    const bnk_welford w = bnk_run_result(run[i]);
+    shared_mean[slot][i] = w.mean;
+    shared_m2[slot][i] = w.m2;
   }
   for (int stride = 1; stride < tile_y; stride *= 2) {
     __syncthreads();
@@ -158,13 +155,13 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   const int lane = (int)(threadIdx.x % BNK_WARP);
   const int64_t channel = (int64_t)blockIdx.x * (blockDim.x / BNK_WARP) + threadIdx.x / BNK_WARP;
   if (channel >= c) return; // the whole warp leaves together
-  bnk_welford acc = bnk_welford_empty();
+  bnk_welford_run run = bnk_run_empty();
   for (int64_t p = lane; p < parts; p += BNK_WARP) {
     const int64_t slot = p * c + channel;
     const bnk_welford piece = {ws.count[slot], ws.mean[slot], ws.m2[slot]};
-    acc = bnk_combine(acc, piece);
+    bnk_run_add(run, piece);
   }
-  acc = bnk_warp_reduce(acc, BNK_FULL_MASK, BNK_WARP);
+  const bnk_welford acc = bnk_warp_reduce(bnk_run_result(run), BNK_FULL_MASK, BNK_WARP);
   if (lane != 0) return;
 
   const float var = acc.m2 / (float)m;
