@@ -27,7 +27,7 @@
 #include "bnk.h"
 #include "benchmarks/alternatives.h"
 #include "benchmarks/baselines.h"
-#include "benchmarks/storage.h"
+#include "tests/storage.h"
 #include "tests/reference.h"
 
 #ifdef BNK_BENCH_EMULATION

@@ -26,7 +26,7 @@
 
 #include "benchmarks/alternatives.h"
 #include "benchmarks/baselines.h"
-#include "benchmarks/storage.h"
+#include "tests/storage.h"
 
 struct cublas_bench {
   cublasHandle_t handle;

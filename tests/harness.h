@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 
 #include "bnk.h"
+#include "tests/storage.h"
 
 /* ---- random data: each test draws a fresh seed (BNK_TEST_SEED overrides it) and logs it ---- */
 typedef struct test_rng {
@@ -18,14 +19,12 @@ test_rng rng_fresh(void);
 double rng_uniform(test_rng *rng, double lo, double hi);
 double rng_normal(test_rng *rng);
 
-/* ---- storage types (round to nearest even) ---- */
+/* ---- storage types (tests/storage.h), over arrays ---- */
 size_t dtype_size(bnk_dtype dtype);
 const char *dtype_name(bnk_dtype dtype);
 double round_to_storage(bnk_dtype dtype, double value);
 void to_storage(bnk_dtype dtype, const double *in, void *out, int64_t count);
 void from_storage(bnk_dtype dtype, const void *in, double *out, int64_t count);
-/* Unit in the last place of the storage type at |value|. */
-double storage_ulp(bnk_dtype dtype, double value);
 
 /* ---- device memory: every allocation starts poisoned (all bits set: NaN in every float type) ---- */
 void *dev_alloc(size_t bytes);

@@ -1,4 +1,4 @@
-#include "benchmarks/storage.h"
+#include "tests/storage.h"
 
 #include <math.h>
 #include <string.h>
