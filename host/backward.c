@@ -44,19 +44,27 @@ static bnk_status zero_parameter_gradients(const bnk_context *ctx, const bnk_vie
 }
 
 /* The reduction over (x, dy), when any of its results is wanted, then the dx pass. Frozen statistics need
- * the sums for dgamma and dbeta only, read x only for dgamma, and never read it for dx. */
+ * the sums for dgamma and dbeta only, read x only for dgamma, and never read it for dx.
+ * Through an epilogue, the first pass writes dz; when that is the reduction, the dx pass reads dz (the gated
+ * dy already) as a plain dy, and when there is no reduction, the dx pass gates dy itself and writes dz. */
 static bnk_status launch_backward(const bnk_context *ctx, const bnk_view *view, const void *x, const void *dy,
                                   void *dx, bnk_backward_stats stats, int frozen, float *dgamma, float *dbeta,
-                                  void *workspace, const char *caller) {
+                                  void *workspace, const bnk_grad_epilogue_args *fused, const char *caller) {
   const int sums_wanted = dgamma != NULL || dbeta != NULL || (dx != NULL && !frozen);
+  const int dx_pass_wanted = dx != NULL || (fused->dz != NULL && !sums_wanted);
+  const int coefficients = sums_wanted && !frozen;
+  const int dz_first = sums_wanted && fused->dz != NULL;
+  const bnk_grad_epilogue_args plain = {BNK_GRAD_PLAIN, NULL, NULL, NULL};
+  const bnk_grad_epilogue_args *dx_fused = dz_first ? &plain : fused;
+  const void *dx_dy = dz_first ? fused->dz : dy;
   const void *sums_x = frozen && dgamma == NULL ? NULL : x;
-  const void *dx_x = frozen ? NULL : x;
-  const void *sums_pointers[2] = {sums_x, dy};
-  const bnk_reduce_plan sums_plan = bnk_plan_reduce(view, bnk_choose_vec(view, sums_pointers, 2), ctx->sm_count);
-  const void *dx_pointers[3] = {dx_x, dy, dx};
-  const bnk_reduce_plan dx_plan = bnk_plan_reduce(view, bnk_choose_vec(view, dx_pointers, 3), ctx->sm_count);
+  const void *dx_x = coefficients ? x : NULL;
+  const void *sums_pointers[4] = {sums_x, dy, fused->y, fused->dz};
+  const bnk_reduce_plan sums_plan = bnk_plan_reduce(view, bnk_choose_vec(view, sums_pointers, 4), ctx->sm_count);
+  const void *dx_pointers[5] = {dx_x, dx_dy, dx, dx_fused->y, dx_fused->dz};
+  const bnk_reduce_plan dx_plan = bnk_plan_reduce(view, bnk_choose_vec(view, dx_pointers, 5), ctx->sm_count);
   bnk_status status = sums_wanted ? bnk_require_grid(&sums_plan) : BNK_SUCCESS;
-  if (status == BNK_SUCCESS && dx != NULL) status = bnk_require_grid(&dx_plan);
+  if (status == BNK_SUCCESS && dx_pass_wanted) status = bnk_require_grid(&dx_plan);
   if (status != BNK_SUCCESS) return status;
 
   bnk_device_guard guard;
@@ -67,13 +75,15 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_view *view, 
   if (sums_wanted) {
     ws = bnk_backward_workspace_carve(workspace, view, sums_plan.parts);
     snprintf(what, sizeof what, "%s: reduction kernels", caller);
-    status = bnk_check_cuda(
-        bnk_launch_backward_reduce(view, &sums_plan, sums_x, dy, stats, ws, dgamma, dbeta, ctx->stream), what);
+    status = bnk_check_cuda(bnk_launch_backward_reduce_ex(view, &sums_plan, sums_x, dy, stats, ws, dgamma, dbeta,
+                                                          fused, ctx->stream),
+                            what);
   }
-  if (status == BNK_SUCCESS && dx != NULL) {
+  if (status == BNK_SUCCESS && dx_pass_wanted) {
     snprintf(what, sizeof what, "%s: dx kernel", caller);
-    status = bnk_check_cuda(
-        bnk_launch_backward_dx(view, ctx->sm_count, dx_x, dy, dx, stats, frozen ? NULL : &ws, ctx->stream), what);
+    status = bnk_check_cuda(bnk_launch_backward_dx_ex(view, ctx->sm_count, dx_x, dx_dy, dx, stats,
+                                                      coefficients ? &ws : NULL, dx_fused, ctx->stream),
+                            what);
   }
   bnk_device_leave(&guard);
   return status;
@@ -82,6 +92,14 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_view *view, 
 bnk_status bnk_backward(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy, void *dx,
                         const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
                         const float *save_invstd, void *workspace, size_t workspace_bytes) {
+  return bnk_backward_ex(ctx, desc, x, dy, dx, gamma, dgamma, dbeta, save_mean, save_invstd, workspace,
+                         workspace_bytes, NULL);
+}
+
+bnk_status bnk_backward_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy, void *dx,
+                           const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
+                           const float *save_invstd, void *workspace, size_t workspace_bytes,
+                           const bnk_epilogue_grad *epilogue) {
   bnk_clear_error();
   bnk_status status = bnk_require_context(ctx);
   if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
@@ -92,16 +110,26 @@ bnk_status bnk_backward(bnk_context *ctx, const bnk_tensor_desc *desc, const voi
   if (bnk_view_per_channel(&view) == 0) return zero_parameter_gradients(ctx, &view, dgamma, dbeta);
   status = bnk_require_pointer(x, "x");
   if (status == BNK_SUCCESS) status = bnk_require_pointer(dy, "dy");
+  bnk_grad_epilogue_args fused;
+  if (status == BNK_SUCCESS) status = bnk_grad_epilogue_args_of(epilogue, desc, x, dy, dx, &fused);
   if (status == BNK_SUCCESS) status = require_workspace(ctx, &view, workspace, workspace_bytes);
   if (status != BNK_SUCCESS) return status;
   const bnk_backward_stats stats = {save_mean, save_invstd, NULL, 0.0f, gamma};
-  return launch_backward(ctx, &view, x, dy, dx, stats, 0, dgamma, dbeta, workspace, "bnk_backward");
+  return launch_backward(ctx, &view, x, dy, dx, stats, 0, dgamma, dbeta, workspace, &fused, "bnk_backward");
 }
 
 bnk_status bnk_backward_inference(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
                                   void *dx, const float *gamma, float *dgamma, float *dbeta,
                                   const float *running_mean, const float *running_var, double eps, void *workspace,
                                   size_t workspace_bytes) {
+  return bnk_backward_inference_ex(ctx, desc, x, dy, dx, gamma, dgamma, dbeta, running_mean, running_var, eps,
+                                   workspace, workspace_bytes, NULL);
+}
+
+bnk_status bnk_backward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
+                                     void *dx, const float *gamma, float *dgamma, float *dbeta,
+                                     const float *running_mean, const float *running_var, double eps,
+                                     void *workspace, size_t workspace_bytes, const bnk_epilogue_grad *epilogue) {
   bnk_clear_error();
   bnk_status status = bnk_require_context(ctx);
   if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
@@ -114,9 +142,12 @@ bnk_status bnk_backward_inference(bnk_context *ctx, const bnk_tensor_desc *desc,
   status = bnk_require_pointer(dy, "dy");
   if (status == BNK_SUCCESS && dgamma != NULL && x == NULL)
     status = bnk_fail(BNK_ERROR_INVALID_VALUE, "x must not be NULL when dgamma is wanted");
+  bnk_grad_epilogue_args fused;
+  if (status == BNK_SUCCESS) status = bnk_grad_epilogue_args_of(epilogue, desc, x, dy, dx, &fused);
   if (status == BNK_SUCCESS && (dgamma != NULL || dbeta != NULL))
     status = require_workspace(ctx, &view, workspace, workspace_bytes);
   if (status != BNK_SUCCESS) return status;
   const bnk_backward_stats stats = {running_mean, NULL, running_var, (float)eps, gamma};
-  return launch_backward(ctx, &view, x, dy, dx, stats, 1, dgamma, dbeta, workspace, "bnk_backward_inference");
+  return launch_backward(ctx, &view, x, dy, dx, stats, 1, dgamma, dbeta, workspace, &fused,
+                         "bnk_backward_inference");
 }

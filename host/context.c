@@ -33,12 +33,19 @@ bnk_status bnk_context_create(bnk_context **ctx, int device) {
   created->device = device;
   created->sm_count = sm_count;
   created->stream = NULL;
+  /* Here rather than in the first bnk_linear_bn: compute calls allocate nothing. */
+  status = bnk_cublaslt_create(&created->cublaslt);
+  if (status != BNK_SUCCESS) {
+    free(created);
+    return status;
+  }
   *ctx = created;
   return BNK_SUCCESS;
 }
 
 void bnk_context_destroy(bnk_context *ctx) {
   bnk_clear_error();
+  if (ctx != NULL) bnk_cublaslt_destroy(ctx->cublaslt);
   free(ctx);
 }
 

@@ -42,6 +42,15 @@ bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, c
                                 const float *gamma, const float *beta, float *running_mean, float *running_var,
                                 int64_t *num_batches_tracked, double momentum, double eps, float *save_mean,
                                 float *save_invstd, void *workspace, size_t workspace_bytes) {
+  return bnk_forward_training_ex(ctx, desc, x, y, gamma, beta, running_mean, running_var, num_batches_tracked,
+                                 momentum, eps, save_mean, save_invstd, workspace, workspace_bytes, NULL);
+}
+
+bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                   const float *gamma, const float *beta, float *running_mean, float *running_var,
+                                   int64_t *num_batches_tracked, double momentum, double eps, float *save_mean,
+                                   float *save_invstd, void *workspace, size_t workspace_bytes,
+                                   const bnk_epilogue *epilogue) {
   bnk_clear_error();
   bnk_status status = bnk_require_context(ctx);
   if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
@@ -58,6 +67,8 @@ bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, c
                     desc->n, desc->c);
   status = bnk_require_pointer(x, "x");
   if (status == BNK_SUCCESS) status = bnk_require_pointer(y, "y");
+  bnk_epilogue_args fused;
+  if (status == BNK_SUCCESS) status = bnk_epilogue_args_of(epilogue, desc, x, y, &fused);
   if (status != BNK_SUCCESS) return status;
   const size_t needed = training_workspace_bytes(ctx, &view);
   if (workspace_bytes < needed)
@@ -84,9 +95,29 @@ bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, c
                           "bnk_forward_training: statistics kernels");
   if (status == BNK_SUCCESS) {
     const bnk_normalize_params params = {ws.shift, ws.dmean, ws.invstd, NULL, (float)eps, gamma, beta};
-    status = bnk_check_cuda(bnk_launch_normalize(&view, ctx->sm_count, x, y, params, ctx->stream),
+    status = bnk_check_cuda(bnk_launch_normalize_ex(&view, ctx->sm_count, x, y, params, &fused, ctx->stream),
                             "bnk_forward_training: normalize kernel");
   }
+  bnk_range_pop();
+  bnk_device_leave(&guard);
+  return status;
+}
+
+/* The single elementwise pass of the inference forward and of bnk_scale_shift, after their checks. */
+static bnk_status launch_elementwise(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                    bnk_normalize_params params, const bnk_epilogue_args *fused, const char *op,
+                                    const char *what) {
+  const bnk_view view = bnk_view_of(desc);
+  const void *pointers[3] = {x, y, fused->z};
+  const bnk_reduce_plan plan = bnk_plan_reduce(&view, bnk_choose_vec(&view, pointers, 3), ctx->sm_count);
+  bnk_status status = bnk_require_grid(&plan);
+  if (status != BNK_SUCCESS) return status;
+
+  bnk_device_guard guard;
+  status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  bnk_range_push(op, desc);
+  status = bnk_check_cuda(bnk_launch_normalize_ex(&view, ctx->sm_count, x, y, params, fused, ctx->stream), what);
   bnk_range_pop();
   bnk_device_leave(&guard);
   return status;
@@ -95,6 +126,12 @@ bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, c
 bnk_status bnk_forward_inference(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
                                  const float *gamma, const float *beta, const float *running_mean,
                                  const float *running_var, double eps) {
+  return bnk_forward_inference_ex(ctx, desc, x, y, gamma, beta, running_mean, running_var, eps, NULL);
+}
+
+bnk_status bnk_forward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                    const float *gamma, const float *beta, const float *running_mean,
+                                    const float *running_var, double eps, const bnk_epilogue *epilogue) {
   bnk_clear_error();
   bnk_status status = bnk_require_context(ctx);
   if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
@@ -106,20 +143,29 @@ bnk_status bnk_forward_inference(bnk_context *ctx, const bnk_tensor_desc *desc, 
   if (bnk_view_per_channel(&view) == 0) return BNK_SUCCESS;
   status = bnk_require_pointer(x, "x");
   if (status == BNK_SUCCESS) status = bnk_require_pointer(y, "y");
+  bnk_epilogue_args fused;
+  if (status == BNK_SUCCESS) status = bnk_epilogue_args_of(epilogue, desc, x, y, &fused);
   if (status != BNK_SUCCESS) return status;
-  const void *pointers[2] = {x, y};
-  const bnk_reduce_plan plan = bnk_plan_reduce(&view, bnk_choose_vec(&view, pointers, 2), ctx->sm_count);
-  status = bnk_require_grid(&plan);
-  if (status != BNK_SUCCESS) return status;
-
-  bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
-  bnk_range_push("fwd_infer", desc);
   const bnk_normalize_params params = {running_mean, NULL, NULL, running_var, (float)eps, gamma, beta};
-  status = bnk_check_cuda(bnk_launch_normalize(&view, ctx->sm_count, x, y, params, ctx->stream),
-                          "bnk_forward_inference: normalize kernel");
-  bnk_range_pop();
-  bnk_device_leave(&guard);
-  return status;
+  return launch_elementwise(ctx, desc, x, y, params, &fused, "fwd_infer", "bnk_forward_inference: normalize kernel");
+}
+
+bnk_status bnk_scale_shift(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y, const float *scale,
+                           const float *shift, const bnk_epilogue *epilogue) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(scale, "scale");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(shift, "shift");
+  if (status != BNK_SUCCESS) return status;
+  const bnk_view view = bnk_view_of(desc);
+  if (bnk_view_per_channel(&view) == 0) return BNK_SUCCESS;
+  status = bnk_require_pointer(x, "x");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(y, "y");
+  bnk_epilogue_args fused;
+  if (status == BNK_SUCCESS) status = bnk_epilogue_args_of(epilogue, desc, x, y, &fused);
+  if (status != BNK_SUCCESS) return status;
+  /* The normalize pass with nothing to subtract, scale as invstd and shift as beta: y = fma(x, scale, shift). */
+  const bnk_normalize_params params = {NULL, NULL, scale, NULL, 0.0f, NULL, shift};
+  return launch_elementwise(ctx, desc, x, y, params, &fused, "scale_shift", "bnk_scale_shift: normalize kernel");
 }

@@ -11,7 +11,12 @@ struct bnk_context {
   int device;
   int sm_count;
   cudaStream_t stream;
+  void *cublaslt; /* cublasLtHandle_t of bnk_linear_bn in the GPU build (BNK_WITH_CUBLASLT), else NULL */
 };
+
+/* The context's cuBLASLt handle (host/linear.c): created with the context, NULL in builds without cuBLASLt. */
+bnk_status bnk_cublaslt_create(void **handle);
+void bnk_cublaslt_destroy(void *handle);
 
 /* Records the detail message of a failure for bnk_last_error_message() and returns status. */
 bnk_status bnk_fail(bnk_status status, const char *format, ...)
@@ -38,6 +43,14 @@ bnk_status bnk_require_workspace(const void *workspace, size_t workspace_bytes, 
 size_t bnk_align256(size_t bytes);
 /* BNK_ERROR_NOT_SUPPORTED when a plan needs more blocks than a one-dimensional grid holds. */
 bnk_status bnk_require_grid(const bnk_reduce_plan *plan);
+
+/* The kernels' view of a fused epilogue of the forward (NULL: plain), after checking it against the call's
+ * tensors; each failure names the field and its value. */
+bnk_status bnk_epilogue_args_of(const bnk_epilogue *epilogue, const bnk_tensor_desc *desc, const void *x,
+                                const void *y, bnk_epilogue_args *args);
+/* The same for the backward's epilogue, given its x, dy and dx (any may be NULL). */
+bnk_status bnk_grad_epilogue_args_of(const bnk_epilogue_grad *epilogue, const bnk_tensor_desc *desc, const void *x,
+                                     const void *dy, const void *dx, bnk_grad_epilogue_args *args);
 
 /* The kernels' view of a checked descriptor. */
 bnk_view bnk_view_of(const bnk_tensor_desc *desc);

@@ -200,6 +200,122 @@ BNK_API bnk_status bnk_backward_inference(bnk_context *ctx, const bnk_tensor_des
                                           double eps, void *workspace, size_t workspace_bytes);
 
 /* ---------------------------------------------------------------------------------------------------
+ * Fused epilogues: BN + ReLU and BN + add + ReLU (the tail of a ResNet block) in the normalize pass itself,
+ * for every layout, dtype and rank (docs/semantics.md, "Fused epilogues"). The *_ex calls take the
+ * arguments of the plain calls plus an epilogue; a NULL epilogue is the plain call.
+ * ------------------------------------------------------------------------------------------------- */
+typedef enum bnk_epilogue_kind {
+  BNK_EPILOGUE_NONE = 0,    /* y = bn(x) */
+  BNK_EPILOGUE_RELU = 1,    /* y = relu(bn(x)) */
+  BNK_EPILOGUE_ADD_RELU = 2 /* y = relu(bn(x) + z) */
+} bnk_epilogue_kind;
+
+/* What the forward applies to bn(x) before its one rounding to the storage type. relu(v) is 0 for v < 0 and
+ * v otherwise (NaN stays NaN, as in PyTorch). */
+typedef struct bnk_epilogue {
+  bnk_epilogue_kind kind;
+  const void *z;     /* ADD_RELU: the residual, a device tensor of x's descriptor; may be y (y overwrites z) or
+                      * x, must not otherwise overlap y. NULL for the other kinds. */
+  void *mask;        /* RELU, ADD_RELU, optional: receives one bit per element for bnk_backward_ex, bit i of byte
+                      * i / 8 = (y_i > 0) with i the element's index in memory order. 4-byte aligned; must not
+                      * overlap x, y or z. NULL: not written. */
+  size_t mask_bytes; /* size of mask, at least bnk_epilogue_mask_size() */
+} bnk_epilogue;
+
+/* Bytes of the epilogue's mask for tensors of this descriptor: one bit per element, in whole 4-byte words. */
+BNK_API bnk_status bnk_epilogue_mask_size(const bnk_tensor_desc *desc, size_t *bytes);
+
+/* The backward through the forward's epilogue: every gradient is taken with g = (y > 0 ? dy : 0) in place of
+ * dy, deciding from y or from the mask (the same bits either way; docs/performance.md compares the bytes). */
+typedef struct bnk_epilogue_grad {
+  bnk_epilogue_kind kind; /* the forward's */
+  const void *y;          /* the forward's output: for RELU and ADD_RELU exactly one of y and mask is given */
+  const void *mask;       /* the mask the forward wrote (4-byte aligned) */
+  size_t mask_bytes;      /* size of mask, at least bnk_epilogue_mask_size() */
+  void *dz;               /* ADD_RELU, optional: receives the gradient of z, which is g (x's descriptor); must not
+                           * overlap x, dy, dx, y or mask. NULL: not written. */
+} bnk_epilogue_grad;
+
+BNK_API bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                           const float *gamma, const float *beta, float *running_mean,
+                                           float *running_var, int64_t *num_batches_tracked, double momentum,
+                                           double eps, float *save_mean, float *save_invstd, void *workspace,
+                                           size_t workspace_bytes, const bnk_epilogue *epilogue);
+BNK_API bnk_status bnk_forward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                            const float *gamma, const float *beta, const float *running_mean,
+                                            const float *running_var, double eps, const bnk_epilogue *epilogue);
+/* With an epilogue, dx may be NULL when dz is wanted. */
+BNK_API bnk_status bnk_backward_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
+                                   void *dx, const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
+                                   const float *save_invstd, void *workspace, size_t workspace_bytes,
+                                   const bnk_epilogue_grad *epilogue);
+BNK_API bnk_status bnk_backward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
+                                             const void *dy, void *dx, const float *gamma, float *dgamma,
+                                             float *dbeta, const float *running_mean, const float *running_var,
+                                             double eps, void *workspace, size_t workspace_bytes,
+                                             const bnk_epilogue_grad *epilogue);
+
+/* ---------------------------------------------------------------------------------------------------
+ * Inference pipelines: fold the frozen statistics once at load time, then run one cheap pass (or none) per
+ * request (docs/inference-pipeline.md). Every call here is asynchronous on the context's stream.
+ * ------------------------------------------------------------------------------------------------- */
+
+/* Per channel (length c, float32, device): scale = gamma * (1 / sqrt(running_var + eps)) and
+ * shift = beta - running_mean * scale, by a kernel. gamma, beta may be NULL (1 and 0); scale and shift may be
+ * gamma and beta (in place). */
+BNK_API bnk_status bnk_inference_params(bnk_context *ctx, int64_t c, const float *gamma, const float *beta,
+                                        const float *running_mean, const float *running_var, double eps,
+                                        float *scale, float *shift);
+
+/* y = x * scale + shift (one fma per element), then the epilogue (may be NULL), in one pass over x: the
+ * folded form of bnk_forward_inference_ex. It loses |mean| / std digits to cancellation where
+ * bnk_forward_inference does not (docs/semantics.md). y may be x. */
+BNK_API bnk_status bnk_scale_shift(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                   const float *scale, const float *shift, const bnk_epilogue *epilogue);
+
+/* Order of a convolution's weight. Output channel k is outermost in both, so folding treats them alike. */
+typedef enum bnk_weight_layout {
+  BNK_WEIGHTS_KCRS = 0, /* [K][C_in][kernel...] (PyTorch) */
+  BNK_WEIGHTS_KRSC = 1  /* [K][kernel...][C_in] (channels-last, TensorRT/cuDNN NHWC filters) */
+} bnk_weight_layout;
+
+/* Folds a BatchNorm over the K output channels of the convolution before it, with scale = gamma /
+ * sqrt(running_var + eps):
+ *   weight_out[k][...] = weight_in[k][...] * scale[k],
+ *   bias_out[k] = (bias_in[k] - running_mean[k]) * scale[k] + beta[k],
+ * so that conv(x, weight_out) + bias_out = bn(conv(x, weight_in) + bias_in). kernel_dims (1 to 3) extents in
+ * kernel_size (R, S, ... : 1-D to 3-D convolutions; a 1x1 convolution is kernel_dims 2 with {1, 1}). c_in is
+ * the input channels per group for grouped and depthwise convolutions. The weight is of dtype, the
+ * arithmetic fp32; bias_in (NULL: 0), gamma (NULL: 1), beta (NULL: 0), the statistics and bias_out are float32
+ * of length K. weight_out may be weight_in and bias_out bias_in (in place). By a kernel on the device. */
+BNK_API bnk_status bnk_fold_conv(bnk_context *ctx, int64_t k, int64_t c_in, int kernel_dims,
+                                 const int64_t *kernel_size, bnk_weight_layout layout, bnk_dtype dtype,
+                                 const void *weight_in, const float *bias_in, const float *gamma, const float *beta,
+                                 const float *running_mean, const float *running_var, double eps, void *weight_out,
+                                 float *bias_out);
+
+/* bnk_fold_conv for a Linear layer followed by BatchNorm1d: weight is the (out_features, in_features)
+ * row-major matrix of PyTorch's Linear. bias_out is of bias_dtype: BNK_FLOAT32, or dtype itself, which is
+ * what bnk_linear_bn needs for 16-bit storage (cuBLASLt's bias epilogue reads the output's type). */
+BNK_API bnk_status bnk_fold_linear(bnk_context *ctx, int64_t out_features, int64_t in_features, bnk_dtype dtype,
+                                   const void *weight_in, const float *bias_in, const float *gamma,
+                                   const float *beta, const float *running_mean, const float *running_var,
+                                   double eps, void *weight_out, void *bias_out, bnk_dtype bias_dtype);
+
+/* Workspace of bnk_linear_bn on this context's device (cuBLASLt's workspace). */
+BNK_API bnk_status bnk_linear_bn_workspace_size(const bnk_context *ctx, size_t *bytes);
+
+/* Linear + BatchNorm1d (+ ReLU) in inference, in one cublasLtMatmul with the BIAS or RELU_BIAS epilogue:
+ *   y = x * weight^T + bias, then relu when epilogue is BNK_EPILOGUE_RELU,
+ * with weight and bias folded by bnk_fold_linear. x is (batch, in_features) row-major, weight
+ * (out_features, in_features) row-major, y (batch, out_features) row-major, all of dtype; bias is float32 for
+ * BNK_FLOAT32 and dtype for 16-bit storage. fp32 accumulation (no TF32). BNK_ERROR_NOT_SUPPORTED in the
+ * emulation build (it has no cuBLAS) and for BNK_EPILOGUE_ADD_RELU; cuBLASLt failures are BNK_ERROR_CUBLAS. */
+BNK_API bnk_status bnk_linear_bn(bnk_context *ctx, bnk_dtype dtype, int64_t batch, int64_t in_features,
+                                 int64_t out_features, const void *x, const void *weight, const void *bias,
+                                 bnk_epilogue_kind epilogue, void *y, void *workspace, size_t workspace_bytes);
+
+/* ---------------------------------------------------------------------------------------------------
  * Synchronized batch normalization across GPUs (SyncBatchNorm): docs/distributed.md
  *
  * Each rank holds a share of the batch (shares may differ in N, and may be empty). The statistics are those

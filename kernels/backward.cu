@@ -9,15 +9,21 @@
 // x is NULL when only dbeta is wanted of frozen statistics, and in the dx pass of frozen statistics. Its
 // registers then keep their zero initial values, as does the mean beside them, so the absent tensor costs
 // no branch in the arithmetic.
+//
+// Through a fused ReLU epilogue (template parameter GRAD, a bnk_grad_source), both passes read
+// g = (y > 0 ? dy : 0) in place of dy, deciding from y or from the forward's bit mask. The first pass over
+// the tensor also writes g to dz (the residual's gradient of ADD_RELU) when asked, and the host then hands
+// dz to the dx pass as a plain dy: it is g already, and reading it costs less than dy and y again.
 #include "kernels/reduce.cuh"
 
 // Channels-first: block b sums piece (b % parts) of channel (b / parts), exactly as stats_channels_first
 // walks the channel.
-template <typename T, int V>
+template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     backward_sums_channels_first(const T *__restrict__ x, const T *__restrict__ dy, int64_t c, int64_t s,
                                  bnk_fastdiv vecs_per_run, int64_t parts, int64_t chunk, int64_t m,
-                                 const float *__restrict__ mean, bnk_backward_workspace ws) {
+                                 const float *__restrict__ mean, bnk_backward_workspace ws,
+                                 bnk_grad_epilogue_args e) {
   __shared__ float2 shared[BNK_WARP];
   const int64_t block = blockIdx.x;
   const int64_t channel = block / parts;
@@ -31,20 +37,23 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   float2 acc = make_float2(0.0f, 0.0f); // sum of dy, sum of dy * (x - mean)
   for (int64_t j0 = begin + threadIdx.x; j0 < end; j0 += BNK_UNROLL * step) {
     float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
+    int64_t offsets[BNK_UNROLL] = {};
 #pragma unroll
     for (int u = 0; u < BNK_UNROLL; ++u) {
       const int64_t j = j0 + u * step;
       if (j < end) {
         const int64_t run = (int64_t)bnk_div((uint64_t)j, vecs_per_run);
         const int64_t within = j - run * (int64_t)vecs_per_run.divisor;
-        const int64_t offset = channel_offset + run * run_stride + within * V;
-        bnk_load<T, V>(dy + offset, vdy[u]);
-        if (x != NULL) bnk_load<T, V>(x + offset, vx[u]);
+        offsets[u] = channel_offset + run * run_stride + within * V;
+        bnk_load<T, V>(dy + offsets[u], vdy[u]);
+        bnk_gate_gradient<GRAD, T, V>(vdy[u], static_cast<const T *>(e.y), e.mask, offsets[u]);
+        if (x != NULL) bnk_load<T, V>(x + offsets[u], vx[u]);
       }
     }
 #pragma unroll
     for (int u = 0; u < BNK_UNROLL; ++u) {
       if (j0 + u * step < end) {
+        if (GRAD != BNK_GRAD_PLAIN && e.dz != NULL) bnk_store<T, V>(static_cast<T *>(e.dz) + offsets[u], vdy[u]);
 #pragma unroll
         for (int i = 0; i < V; ++i) {
           acc.x += vdy[u][i];
@@ -63,11 +72,12 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 
 // Channels-last: the tiling of stats_channels_last. Thread (tx, ty) sums V channels over rows ty,
 // ty + tile_y, ... of its piece; the block merges its tile_y partial sums per channel along a fixed tree.
-template <typename T, int V>
+template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     backward_sums_channels_last(const T *__restrict__ x, const T *__restrict__ dy, int64_t rows, int64_t c,
                                 int tile_x, int tile_y, int64_t tiles, int64_t rows_per_part,
-                                const float *__restrict__ mean, bnk_backward_workspace ws) {
+                                const float *__restrict__ mean, bnk_backward_workspace ws,
+                                bnk_grad_epilogue_args e) {
   __shared__ float2 shared[BNK_STREAM_THREADS][V];
   const int64_t block = blockIdx.x;
   const int64_t tile = block % tiles;
@@ -94,12 +104,16 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
         const int64_t r = r0 + (int64_t)u * tile_y;
         if (r < row_end) {
           bnk_load<T, V>(dy + r * c + channel0, vdy[u]);
+          bnk_gate_gradient<GRAD, T, V>(vdy[u], static_cast<const T *>(e.y), e.mask, r * c + channel0);
           if (x != NULL) bnk_load<T, V>(x + r * c + channel0, vx[u]);
         }
       }
 #pragma unroll
       for (int u = 0; u < BNK_UNROLL; ++u) {
-        if (r0 + (int64_t)u * tile_y < row_end) {
+        const int64_t r = r0 + (int64_t)u * tile_y;
+        if (r < row_end) {
+          if (GRAD != BNK_GRAD_PLAIN && e.dz != NULL)
+            bnk_store<T, V>(static_cast<T *>(e.dz) + r * c + channel0, vdy[u]);
 #pragma unroll
           for (int i = 0; i < V; ++i) {
             acc[i].x += vdy[u][i];
@@ -220,11 +234,11 @@ static __device__ __forceinline__ float apply_dx(float dy, float x, const dx_coe
 }
 
 // Channels-first: a grid-stride loop over all vectors, as normalize_channels_first. x is NULL for frozen
-// statistics. Not __restrict__: dx may be dy.
-template <typename T, int V>
+// statistics. Not __restrict__: dx may be dy. Through an epilogue, dx may be NULL when only dz is wanted.
+template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     backward_dx_channels_first(const T *x, const T *dy, T *dx, int64_t vecs, bnk_fastdiv vecs_per_run,
-                               bnk_fastdiv channels, dx_params p) {
+                               bnk_fastdiv channels, dx_params p, bnk_grad_epilogue_args e) {
   const int64_t step = (int64_t)gridDim.x * blockDim.x;
   for (int64_t j0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j0 < vecs; j0 += BNK_UNROLL * step) {
     float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
@@ -233,6 +247,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
       const int64_t j = j0 + u * step;
       if (j < vecs) {
         bnk_load<T, V>(dy + j * V, vdy[u]);
+        bnk_gate_gradient<GRAD, T, V>(vdy[u], static_cast<const T *>(e.y), e.mask, j * V);
         if (x != NULL) bnk_load<T, V>(x + j * V, vx[u]);
       }
     }
@@ -242,19 +257,20 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
       if (j < vecs) {
         const uint64_t run = bnk_div((uint64_t)j, vecs_per_run);
         const dx_coefficients k = channel_dx(p, (int64_t)bnk_mod(run, channels));
+        if (GRAD != BNK_GRAD_PLAIN && e.dz != NULL) bnk_store<T, V>(static_cast<T *>(e.dz) + j * V, vdy[u]);
 #pragma unroll
         for (int i = 0; i < V; ++i) vdy[u][i] = apply_dx(vdy[u][i], vx[u][i], k);
-        bnk_store<T, V>(dx + j * V, vdy[u]);
+        if (GRAD == BNK_GRAD_PLAIN || dx != NULL) bnk_store<T, V>(dx + j * V, vdy[u]);
       }
     }
   }
 }
 
 // Channels-last: the tiling of bnk_reduce_plan, each thread's V channels' coefficients in registers.
-template <typename T, int V>
+template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     backward_dx_channels_last(const T *x, const T *dy, T *dx, int64_t rows, int64_t c, int tile_x, int tile_y,
-                              int64_t tiles, int64_t rows_per_part, dx_params p) {
+                              int64_t tiles, int64_t rows_per_part, dx_params p, bnk_grad_epilogue_args e) {
   const int64_t block = blockIdx.x;
   const int64_t tile = block % tiles;
   const int64_t part = block / tiles;
@@ -274,6 +290,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
       const int64_t r = r0 + (int64_t)u * tile_y;
       if (r < row_end) {
         bnk_load<T, V>(dy + r * c + channel0, vdy[u]);
+        bnk_gate_gradient<GRAD, T, V>(vdy[u], static_cast<const T *>(e.y), e.mask, r * c + channel0);
         if (x != NULL) bnk_load<T, V>(x + r * c + channel0, vx[u]);
       }
     }
@@ -281,42 +298,74 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     for (int u = 0; u < BNK_UNROLL; ++u) {
       const int64_t r = r0 + (int64_t)u * tile_y;
       if (r < row_end) {
+        if (GRAD != BNK_GRAD_PLAIN && e.dz != NULL)
+          bnk_store<T, V>(static_cast<T *>(e.dz) + r * c + channel0, vdy[u]);
 #pragma unroll
         for (int i = 0; i < V; ++i) vdy[u][i] = apply_dx(vdy[u][i], vx[u][i], k[i]);
-        bnk_store<T, V>(dx + r * c + channel0, vdy[u]);
+        if (GRAD == BNK_GRAD_PLAIN || dx != NULL) bnk_store<T, V>(dx + r * c + channel0, vdy[u]);
       }
     }
   }
 }
 
-template <typename T>
-static void launch_sums(const bnk_view *view, const bnk_reduce_plan *plan, const void *x_raw, const void *dy_raw,
-                        const float *mean, bnk_backward_workspace ws, cudaStream_t stream) {
-  constexpr int W = bnk_vec_width<T>::value;
-  const T *x = static_cast<const T *>(x_raw);
-  const T *dy = static_cast<const T *>(dy_raw);
+template <typename T, int V, int GRAD>
+static void launch_sums_typed(const bnk_view *view, const bnk_reduce_plan *plan, const T *x, const T *dy,
+                              const float *mean, bnk_backward_workspace ws, const bnk_grad_epilogue_args &e,
+                              cudaStream_t stream) {
   const dim3 grid((unsigned)plan->blocks);
   const dim3 block((unsigned)plan->threads);
   if (view->channels_last) {
-    auto kernel = plan->vec == W ? backward_sums_channels_last<T, W> : backward_sums_channels_last<T, 1>;
+    auto kernel = backward_sums_channels_last<T, V, GRAD>;
     BNK_LAUNCH(kernel, grid, block, 0, stream)(x, dy, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
-                                                plan->rows_per_part, mean, ws);
+                                                plan->rows_per_part, mean, ws, e);
   } else {
-    const bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / plan->vec));
-    auto kernel = plan->vec == W ? backward_sums_channels_first<T, W> : backward_sums_channels_first<T, 1>;
+    const bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / V));
+    auto kernel = backward_sums_channels_first<T, V, GRAD>;
     BNK_LAUNCH(kernel, grid, block, 0, stream)(x, dy, view->c, view->s, vecs_per_run, plan->parts, plan->chunk,
-                                                view->n * view->s, mean, ws);
+                                                view->n * view->s, mean, ws, e);
   }
 }
+
+template <typename T, int V>
+static void launch_sums_source(const bnk_view *view, const bnk_reduce_plan *plan, const T *x, const T *dy,
+                               const float *mean, bnk_backward_workspace ws, const bnk_grad_epilogue_args &e,
+                               cudaStream_t stream) {
+  switch (e.source) {
+  case BNK_GRAD_FROM_Y: launch_sums_typed<T, V, BNK_GRAD_FROM_Y>(view, plan, x, dy, mean, ws, e, stream); break;
+  case BNK_GRAD_FROM_MASK: launch_sums_typed<T, V, BNK_GRAD_FROM_MASK>(view, plan, x, dy, mean, ws, e, stream); break;
+  default: launch_sums_typed<T, V, BNK_GRAD_PLAIN>(view, plan, x, dy, mean, ws, e, stream); break;
+  }
+}
+
+template <typename T>
+static void launch_sums(const bnk_view *view, const bnk_reduce_plan *plan, const void *x_raw, const void *dy_raw,
+                        const float *mean, bnk_backward_workspace ws, const bnk_grad_epilogue_args &e,
+                        cudaStream_t stream) {
+  constexpr int W = bnk_vec_width<T>::value;
+  const T *x = static_cast<const T *>(x_raw);
+  const T *dy = static_cast<const T *>(dy_raw);
+  if (plan->vec == W) launch_sums_source<T, W>(view, plan, x, dy, mean, ws, e, stream);
+  else launch_sums_source<T, 1>(view, plan, x, dy, mean, ws, e, stream);
+}
+
+static const bnk_grad_epilogue_args plain_gradient = {BNK_GRAD_PLAIN, NULL, NULL, NULL};
 
 extern "C" cudaError_t bnk_launch_backward_reduce(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                                   const void *dy, bnk_backward_stats stats,
                                                   bnk_backward_workspace ws, float *dgamma, float *dbeta,
                                                   cudaStream_t stream) {
+  return bnk_launch_backward_reduce_ex(view, plan, x, dy, stats, ws, dgamma, dbeta, NULL, stream);
+}
+
+extern "C" cudaError_t bnk_launch_backward_reduce_ex(const bnk_view *view, const bnk_reduce_plan *plan,
+                                                     const void *x, const void *dy, bnk_backward_stats stats,
+                                                     bnk_backward_workspace ws, float *dgamma, float *dbeta,
+                                                     const bnk_grad_epilogue_args *epilogue, cudaStream_t stream) {
+  const bnk_grad_epilogue_args &e = epilogue != NULL ? *epilogue : plain_gradient;
   switch (view->dtype) {
-  case BNK_FLOAT32: launch_sums<float>(view, plan, x, dy, stats.mean, ws, stream); break;
-  case BNK_FLOAT16: launch_sums<__half>(view, plan, x, dy, stats.mean, ws, stream); break;
-  case BNK_BFLOAT16: launch_sums<__nv_bfloat16>(view, plan, x, dy, stats.mean, ws, stream); break;
+  case BNK_FLOAT32: launch_sums<float>(view, plan, x, dy, stats.mean, ws, e, stream); break;
+  case BNK_FLOAT16: launch_sums<__half>(view, plan, x, dy, stats.mean, ws, e, stream); break;
+  case BNK_BFLOAT16: launch_sums<__nv_bfloat16>(view, plan, x, dy, stats.mean, ws, e, stream); break;
   default: return cudaErrorInvalidValue;
   }
   cudaError_t status = cudaGetLastError();
@@ -328,48 +377,69 @@ extern "C" cudaError_t bnk_launch_backward_reduce(const bnk_view *view, const bn
   return cudaGetLastError();
 }
 
-template <typename T, int V>
+template <typename T, int V, int GRAD>
 static void launch_dx_typed(const bnk_view *view, int sm_count, const bnk_reduce_plan *plan, const T *x, const T *dy,
-                            T *dx, const dx_params &p, cudaStream_t stream) {
+                            T *dx, const dx_params &p, const bnk_grad_epilogue_args &e, cudaStream_t stream) {
   if (view->channels_last) {
-    auto kernel = backward_dx_channels_last<T, V>;
+    auto kernel = backward_dx_channels_last<T, V, GRAD>;
     BNK_LAUNCH(kernel, dim3((unsigned)plan->blocks), dim3((unsigned)plan->threads), 0, stream)(
-        x, dy, dx, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles, plan->rows_per_part, p);
+        x, dy, dx, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles, plan->rows_per_part, p, e);
   } else {
     const int64_t vecs = view->n * view->c * view->s / V;
     const unsigned blocks = (unsigned)bnk_plan_grid_stride_blocks(vecs, sm_count);
-    auto kernel = backward_dx_channels_first<T, V>;
+    auto kernel = backward_dx_channels_first<T, V, GRAD>;
     BNK_LAUNCH(kernel, dim3(blocks), dim3(BNK_STREAM_THREADS), 0, stream)(
-        x, dy, dx, vecs, bnk_fastdiv_make((uint64_t)(view->s / V)), bnk_fastdiv_make((uint64_t)view->c), p);
+        x, dy, dx, vecs, bnk_fastdiv_make((uint64_t)(view->s / V)), bnk_fastdiv_make((uint64_t)view->c), p, e);
+  }
+}
+
+template <typename T, int V>
+static void launch_dx_source(const bnk_view *view, int sm_count, const bnk_reduce_plan *plan, const T *x,
+                             const T *dy, T *dx, const dx_params &p, const bnk_grad_epilogue_args &e,
+                             cudaStream_t stream) {
+  switch (e.source) {
+  case BNK_GRAD_FROM_Y: launch_dx_typed<T, V, BNK_GRAD_FROM_Y>(view, sm_count, plan, x, dy, dx, p, e, stream); break;
+  case BNK_GRAD_FROM_MASK:
+    launch_dx_typed<T, V, BNK_GRAD_FROM_MASK>(view, sm_count, plan, x, dy, dx, p, e, stream);
+    break;
+  default: launch_dx_typed<T, V, BNK_GRAD_PLAIN>(view, sm_count, plan, x, dy, dx, p, e, stream); break;
   }
 }
 
 template <typename T>
 static void launch_dx_dtype(const bnk_view *view, int sm_count, const void *x, const void *dy, void *dx,
-                            const dx_params &p, cudaStream_t stream) {
+                            const dx_params &p, const bnk_grad_epilogue_args &e, cudaStream_t stream) {
   constexpr int W = bnk_vec_width<T>::value;
-  const void *pointers[3] = {x, dy, dx};
-  const int vec = bnk_choose_vec(view, pointers, 3);
+  const void *pointers[5] = {x, dy, dx, e.y, e.dz};
+  const int vec = bnk_choose_vec(view, pointers, 5);
   const bnk_reduce_plan plan = bnk_plan_reduce(view, vec, sm_count);
   const T *xt = static_cast<const T *>(x);
   const T *dyt = static_cast<const T *>(dy);
   T *dxt = static_cast<T *>(dx);
-  if (vec == W) launch_dx_typed<T, W>(view, sm_count, &plan, xt, dyt, dxt, p, stream);
-  else launch_dx_typed<T, 1>(view, sm_count, &plan, xt, dyt, dxt, p, stream);
+  if (vec == W) launch_dx_source<T, W>(view, sm_count, &plan, xt, dyt, dxt, p, e, stream);
+  else launch_dx_source<T, 1>(view, sm_count, &plan, xt, dyt, dxt, p, e, stream);
 }
 
 extern "C" cudaError_t bnk_launch_backward_dx(const bnk_view *view, int sm_count, const void *x, const void *dy,
                                               void *dx, bnk_backward_stats stats,
                                               const bnk_backward_workspace *coefficients, cudaStream_t stream) {
+  return bnk_launch_backward_dx_ex(view, sm_count, x, dy, dx, stats, coefficients, NULL, stream);
+}
+
+extern "C" cudaError_t bnk_launch_backward_dx_ex(const bnk_view *view, int sm_count, const void *x, const void *dy,
+                                                 void *dx, bnk_backward_stats stats,
+                                                 const bnk_backward_workspace *coefficients,
+                                                 const bnk_grad_epilogue_args *epilogue, cudaStream_t stream) {
+  const bnk_grad_epilogue_args &e = epilogue != NULL ? *epilogue : plain_gradient;
   dx_params p;
   p.stats = stats;
   p.dy_scale = coefficients != NULL ? coefficients->dy_scale : NULL;
   p.xmu_scale = coefficients != NULL ? coefficients->xmu_scale : NULL;
   p.bias = coefficients != NULL ? coefficients->bias : NULL;
   switch (view->dtype) {
-  case BNK_FLOAT32: launch_dx_dtype<float>(view, sm_count, x, dy, dx, p, stream); break;
-  case BNK_FLOAT16: launch_dx_dtype<__half>(view, sm_count, x, dy, dx, p, stream); break;
-  case BNK_BFLOAT16: launch_dx_dtype<__nv_bfloat16>(view, sm_count, x, dy, dx, p, stream); break;
+  case BNK_FLOAT32: launch_dx_dtype<float>(view, sm_count, x, dy, dx, p, e, stream); break;
+  case BNK_FLOAT16: launch_dx_dtype<__half>(view, sm_count, x, dy, dx, p, e, stream); break;
+  case BNK_BFLOAT16: launch_dx_dtype<__nv_bfloat16>(view, sm_count, x, dy, dx, p, e, stream); break;
   default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();

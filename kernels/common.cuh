@@ -105,3 +105,54 @@ static inline bnk_fastdiv bnk_fastdiv_make(uint64_t divisor) {
   d.magic = (uint64_t)(numerator / divisor) + 1;
   return d;
 }
+
+// ---- fused epilogues (docs/semantics.md, "Fused epilogues") ----
+// The forward's epilogue kind is a bnk_epilogue_kind; the backward reads the ReLU's decision back from y
+// or from the bit mask the forward wrote (bnk_grad_source, launchers.h), or reads nothing (plain).
+
+// ReLU that lets NaN through, as PyTorch's does (max(NaN, 0) would hide it).
+static __device__ __forceinline__ float bnk_relu(float v) { return v < 0.0f ? 0.0f : v; }
+
+// Bit i is set when element i, as stored in T, is > 0: the decision the backward sees when it reads y, so
+// that the mask path and the y path agree bit for bit (a positive fp32 value may round to 0 in fp16).
+template <typename T, int V>
+static __device__ __forceinline__ unsigned bnk_positive_bits(const float (&v)[V]) {
+  unsigned bits = 0;
+#pragma unroll
+  for (int i = 0; i < V; ++i)
+    if (bnk_to_float(bnk_from_float<T>(v[i])) > 0.0f) bits |= 1u << i;
+  return bits;
+}
+
+// Sets the bits of elements element .. element + V - 1 in a mask the launcher zeroed. V divides 32 and
+// element is a multiple of V, so the bits lie in one word. Threads whose elements share a word (a byte
+// may span rows, warps and blocks in channels-last tiles) combine with an integer OR: the result does not
+// depend on their order.
+template <int V>
+static __device__ __forceinline__ void bnk_mask_set(uint32_t *mask, int64_t element, unsigned bits) {
+  if (bits != 0) atomicOr(mask + element / 32, bits << (element % 32));
+}
+
+template <int V>
+static __device__ __forceinline__ unsigned bnk_mask_get(const uint32_t *mask, int64_t element) {
+  const unsigned word = mask[element / 32] >> (element % 32);
+  return V == 32 ? word : word & ((1u << V) - 1u);
+}
+
+// dy where the forward's ReLU passed its input (y > 0), else 0: from V elements of y or from the mask.
+template <int GRAD, typename T, int V>
+static __device__ __forceinline__ void bnk_gate_gradient(float (&dy)[V], const T *y, const uint32_t *mask,
+                                                         int64_t element) {
+  if constexpr (GRAD == BNK_GRAD_FROM_Y) {
+    float vy[V];
+    bnk_load<T, V>(y + element, vy);
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      if (!(vy[i] > 0.0f)) dy[i] = 0.0f;
+  } else if constexpr (GRAD == BNK_GRAD_FROM_MASK) {
+    const unsigned bits = bnk_mask_get<V>(mask, element);
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      if (!((bits >> i) & 1u)) dy[i] = 0.0f;
+  }
+}

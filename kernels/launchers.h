@@ -78,6 +78,9 @@ typedef struct bnk_running_update {
   int cumulative;               /* weight 1 / num_batches_tracked */
 } bnk_running_update;
 
+/* Batch statistics of x: stats kernel (pieces) then merge kernel. Fills ws.shift/dmean/invstd,
+ * save_mean/save_invstd when not NULL, and applies `running`. rank_partials, when not NULL, receives the
+ * batch's count[c], mean[c], m2[c] (3 x C doubles) for merging across ranks. */
 cudaError_t bnk_launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                    bnk_stats_workspace ws, float eps, bnk_running_update running,
                                    float *save_mean, float *save_invstd, double *rank_partials,
@@ -87,7 +90,7 @@ cudaError_t bnk_launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *
  *   y = ((x - shift[c]) - dmean[c]) * invstd[c] * gamma[c] + beta[c],
  * where invstd[c] = 1 / sqrt(variance[c] + eps) when `variance` is given instead of `invstd`. */
 typedef struct bnk_normalize_params {
-  const float *shift;
+  const float *shift;    /* NULL: 0 */
   const float *dmean;    /* NULL: 0 */
   const float *invstd;   /* exactly one of invstd and variance is not NULL */
   const float *variance;
@@ -135,6 +138,69 @@ cudaError_t bnk_launch_backward_reduce(const bnk_view *view, const bnk_reduce_pl
 cudaError_t bnk_launch_backward_dx(const bnk_view *view, int sm_count, const void *x, const void *dy, void *dx,
                                    bnk_backward_stats stats, const bnk_backward_workspace *coefficients,
                                    cudaStream_t stream);
+
+/* ---- fused epilogues and folding (kernels/normalize.cu, kernels/backward.cu, kernels/fold.cu) ---- */
+
+/* Bytes of the ReLU bit mask of a tensor of `elements` elements: bit i of byte i / 8 is element i in memory
+ * order, in whole 32-bit words (the forward sets bits with word-wide integer ORs). */
+size_t bnk_mask_bytes(int64_t elements);
+
+/* The epilogue of the normalize pass: kind (a bnk_epilogue_kind) gives y = bn(x), relu(bn(x)) or
+ * relu(bn(x) + z). When mask is not NULL, its bit i becomes (y_i > 0) of y as stored; the launcher zeroes it
+ * first, on the stream. */
+typedef struct bnk_epilogue_args {
+  int kind;
+  const void *z;  /* ADD_RELU: the residual, x's view and dtype */
+  uint32_t *mask; /* 4-byte aligned, bnk_mask_bytes() long, or NULL */
+} bnk_epilogue_args;
+
+/* bnk_launch_normalize with a fused epilogue; NULL is the plain pass. */
+cudaError_t bnk_launch_normalize_ex(const bnk_view *view, int sm_count, const void *x, void *y,
+                                    bnk_normalize_params params, const bnk_epilogue_args *epilogue,
+                                    cudaStream_t stream);
+
+/* Where the backward through a ReLU epilogue finds which elements the ReLU passed (y > 0). */
+typedef enum bnk_grad_source { BNK_GRAD_PLAIN = 0, BNK_GRAD_FROM_Y = 1, BNK_GRAD_FROM_MASK = 2 } bnk_grad_source;
+
+/* The backward's view of an epilogue: every pass reads g = (y > 0 ? dy : 0) in place of dy, and the first
+ * pass over the tensor writes g to dz when dz is not NULL (the gradient of the residual of ADD_RELU). */
+typedef struct bnk_grad_epilogue_args {
+  int source;           /* bnk_grad_source */
+  const void *y;        /* FROM_Y: the forward's output */
+  const uint32_t *mask; /* FROM_MASK: the forward's mask */
+  void *dz;             /* NULL: not written */
+} bnk_grad_epilogue_args;
+
+/* bnk_launch_backward_reduce and bnk_launch_backward_dx through an epilogue (NULL: plain). The dx pass may
+ * have dx NULL when it only writes dz. */
+cudaError_t bnk_launch_backward_reduce_ex(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+                                          const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
+                                          float *dgamma, float *dbeta, const bnk_grad_epilogue_args *epilogue,
+                                          cudaStream_t stream);
+cudaError_t bnk_launch_backward_dx_ex(const bnk_view *view, int sm_count, const void *x, const void *dy, void *dx,
+                                      bnk_backward_stats stats, const bnk_backward_workspace *coefficients,
+                                      const bnk_grad_epilogue_args *epilogue, cudaStream_t stream);
+
+/* A batch normalization with frozen statistics, per channel (every array of length C, float32). */
+typedef struct bnk_frozen_bn {
+  const float *gamma; /* NULL: 1 */
+  const float *beta;  /* NULL: 0 */
+  const float *mean;
+  const float *var;
+  float eps;
+} bnk_frozen_bn;
+
+/* scale[c] = gamma[c] * (1 / sqrt(var[c] + eps)), shift[c] = beta[c] - mean[c] * scale[c]. */
+cudaError_t bnk_launch_inference_params(int64_t c, bnk_frozen_bn bn, float *scale, float *shift,
+                                        cudaStream_t stream);
+
+/* Folds bn into the layer before it, whose weight is `rows` output channels of row_elements contiguous
+ * values each (dtype): weight_out[k][i] = weight_in[k][i] * scale[k] and bias_out[k] = (bias_in[k] -
+ * mean[k]) * scale[k] + beta[k], in fp32, bias_in NULL meaning 0 and bias_out of bias_dtype. In place is
+ * allowed (each element is read and written by the same thread). */
+cudaError_t bnk_launch_fold(int64_t rows, int64_t row_elements, int dtype, const void *weight_in, void *weight_out,
+                            const float *bias_in, void *bias_out, int bias_dtype, bnk_frozen_bn bn, int sm_count,
+                            cudaStream_t stream);
 
 /* ---- synchronized batch normalization (kernels/sync.cu, kernels/backward.cu) ---- */
 

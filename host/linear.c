@@ -1,0 +1,185 @@
+/* Linear + BatchNorm1d (+ ReLU) for inference as one cuBLASLt matmul: the BN is folded into the weight and
+ * bias once (bnk_fold_linear), and the bias and the ReLU are cuBLASLt's epilogue. Compiled against cuBLASLt
+ * in the GPU build only (BNK_WITH_CUBLASLT); the emulation has no cuBLAS and reports so. */
+#include <inttypes.h>
+
+#include "host/internal.h"
+
+#ifdef BNK_WITH_CUBLASLT
+#include <cublasLt.h>
+
+static bnk_status check_cublas(cublasStatus_t status, const char *what) {
+  if (status == CUBLAS_STATUS_SUCCESS) return BNK_SUCCESS;
+  return bnk_fail(BNK_ERROR_CUBLAS, "%s: %s: %s", what, cublasLtGetStatusName(status),
+                  cublasLtGetStatusString(status));
+}
+
+bnk_status bnk_cublaslt_create(void **handle) {
+  cublasLtHandle_t created = NULL;
+  const bnk_status status = check_cublas(cublasLtCreate(&created), "cublasLtCreate");
+  *handle = status == BNK_SUCCESS ? (void *)created : NULL;
+  return status;
+}
+
+void bnk_cublaslt_destroy(void *handle) {
+  if (handle != NULL) cublasLtDestroy((cublasLtHandle_t)handle);
+}
+#else
+bnk_status bnk_cublaslt_create(void **handle) {
+  *handle = NULL;
+  return BNK_SUCCESS;
+}
+
+void bnk_cublaslt_destroy(void *handle) { (void)handle; }
+#endif
+
+static bnk_status no_cublas(const char *call) {
+  return bnk_fail(BNK_ERROR_NOT_SUPPORTED,
+                  "%s needs cuBLASLt, and this build has none (the host emulation, bnk_emu, has no cuBLAS)", call);
+}
+
+#ifdef BNK_WITH_CUBLASLT
+/* cuBLAS's guidance for its workspace: 32 MiB on Hopper and newer, 4 MiB before. */
+static bnk_status cublaslt_workspace_bytes(const bnk_context *ctx, size_t *bytes) {
+  int major = 0;
+  const bnk_status status = bnk_check_cuda(
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx->device),
+      "cudaDeviceGetAttribute(cudaDevAttrComputeCapabilityMajor)");
+  *bytes = (size_t)(major >= 9 ? 32 : 4) << 20;
+  return status;
+}
+#endif
+
+bnk_status bnk_linear_bn_workspace_size(const bnk_context *ctx, size_t *bytes) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(bytes, "bytes");
+  if (status != BNK_SUCCESS) return status;
+#ifdef BNK_WITH_CUBLASLT
+  return cublaslt_workspace_bytes(ctx, bytes);
+#else
+  return no_cublas("bnk_linear_bn_workspace_size");
+#endif
+}
+
+#ifdef BNK_WITH_CUBLASLT
+static cudaDataType_t cuda_type(bnk_dtype dtype) {
+  return dtype == BNK_FLOAT32 ? CUDA_R_32F : dtype == BNK_FLOAT16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
+/* Row-major y (batch, out) = x (batch, in) * weight^T + bias is, in cuBLASLt's column-major terms,
+ * y^T (out x batch) = op_T(weight stored as in x out) * x^T (in x batch), bias along D's rows. Descriptors
+ * live on the stack (the *Init calls), so the call allocates nothing. */
+static bnk_status matmul(const bnk_context *ctx, bnk_dtype dtype, int64_t batch, int64_t in_features,
+                         int64_t out_features, const void *x, const void *weight, const void *bias, int relu, void *y,
+                         void *workspace, size_t workspace_bytes) {
+  const cublasLtHandle_t handle = (cublasLtHandle_t)ctx->cublaslt;
+  const cudaDataType_t type = cuda_type(dtype);
+  cublasLtMatmulDescOpaque_t op_storage;
+  cublasLtMatrixLayoutOpaque_t a_storage, b_storage, d_storage;
+  cublasLtMatmulPreferenceOpaque_t preference_storage;
+  const cublasLtMatmulDesc_t op = &op_storage;
+  const cublasLtMatrixLayout_t a = &a_storage, b = &b_storage, d = &d_storage;
+  const cublasLtMatmulPreference_t preference = &preference_storage;
+  const cublasOperation_t transpose = CUBLAS_OP_T, keep = CUBLAS_OP_N;
+  const cublasLtEpilogue_t epilogue = relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
+  const uint64_t max_workspace = workspace_bytes;
+
+  bnk_status status =
+      check_cublas(cublasLtMatmulDescInit(op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescInit");
+  if (status == BNK_SUCCESS)
+    status = check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose),
+                          "cublasLtMatmulDescSetAttribute(TRANSA)");
+  if (status == BNK_SUCCESS)
+    status = check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof keep),
+                          "cublasLtMatmulDescSetAttribute(TRANSB)");
+  if (status == BNK_SUCCESS)
+    status = check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue),
+                          "cublasLtMatmulDescSetAttribute(EPILOGUE)");
+  if (status == BNK_SUCCESS)
+    status = check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
+                          "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
+  if (status == BNK_SUCCESS)
+    status = check_cublas(cublasLtMatrixLayoutInit(a, type, (uint64_t)in_features, (uint64_t)out_features,
+                                                   in_features),
+                          "cublasLtMatrixLayoutInit(weight)");
+  if (status == BNK_SUCCESS)
+    status = check_cublas(cublasLtMatrixLayoutInit(b, type, (uint64_t)in_features, (uint64_t)batch, in_features),
+                          "cublasLtMatrixLayoutInit(x)");
+  if (status == BNK_SUCCESS)
+    status = check_cublas(cublasLtMatrixLayoutInit(d, type, (uint64_t)out_features, (uint64_t)batch, out_features),
+                          "cublasLtMatrixLayoutInit(y)");
+  if (status == BNK_SUCCESS)
+    status = check_cublas(cublasLtMatmulPreferenceInit(preference), "cublasLtMatmulPreferenceInit");
+  if (status == BNK_SUCCESS)
+    status = check_cublas(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                               &max_workspace, sizeof max_workspace),
+                          "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)");
+  cublasLtMatmulHeuristicResult_t result;
+  int found = 0;
+  if (status == BNK_SUCCESS)
+    status = check_cublas(cublasLtMatmulAlgoGetHeuristic(handle, op, a, b, d, d, preference, 1, &result, &found),
+                          "cublasLtMatmulAlgoGetHeuristic");
+  if (status == BNK_SUCCESS && found == 0)
+    status = bnk_fail(BNK_ERROR_CUBLAS,
+                      "cublasLtMatmulAlgoGetHeuristic: CUBLAS_STATUS_NOT_SUPPORTED: no algorithm for %" PRId64
+                      " x %" PRId64 " x %" PRId64 " with a bias epilogue",
+                      batch, in_features, out_features);
+  const float one = 1.0f, zero = 0.0f;
+  if (status == BNK_SUCCESS)
+    status = check_cublas(cublasLtMatmul(handle, op, &one, weight, a, x, b, &zero, y, d, y, d, &result.algo,
+                                         workspace, workspace_bytes, ctx->stream),
+                          "cublasLtMatmul");
+  return status;
+}
+#endif
+
+bnk_status bnk_linear_bn(bnk_context *ctx, bnk_dtype dtype, int64_t batch, int64_t in_features, int64_t out_features,
+                         const void *x, const void *weight, const void *bias, bnk_epilogue_kind epilogue, void *y,
+                         void *workspace, size_t workspace_bytes) {
+  bnk_clear_error();
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS && dtype != BNK_FLOAT32 && dtype != BNK_FLOAT16 && dtype != BNK_BFLOAT16)
+    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "dtype must be BNK_FLOAT32, BNK_FLOAT16 or BNK_BFLOAT16, got %d",
+                      (int)dtype);
+  if (status == BNK_SUCCESS && batch < 0)
+    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "batch must be >= 0, got %" PRId64, batch);
+  if (status == BNK_SUCCESS && in_features <= 0)
+    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "in_features must be > 0, got %" PRId64, in_features);
+  if (status == BNK_SUCCESS && out_features <= 0)
+    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "out_features must be > 0, got %" PRId64, out_features);
+  if (status == BNK_SUCCESS && epilogue == BNK_EPILOGUE_ADD_RELU)
+    status = bnk_fail(BNK_ERROR_NOT_SUPPORTED, "epilogue BNK_EPILOGUE_ADD_RELU is not supported by bnk_linear_bn "
+                                               "(cuBLASLt's bias epilogues add no residual)");
+  if (status == BNK_SUCCESS && epilogue != BNK_EPILOGUE_NONE && epilogue != BNK_EPILOGUE_RELU &&
+      epilogue != BNK_EPILOGUE_ADD_RELU)
+    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "epilogue must be BNK_EPILOGUE_NONE or BNK_EPILOGUE_RELU, got %d",
+                      (int)epilogue);
+  if (status != BNK_SUCCESS || batch == 0) return status;
+  status = bnk_require_pointer(x, "x");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(weight, "weight");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(bias, "bias");
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(y, "y");
+  if (status != BNK_SUCCESS) return status;
+#ifdef BNK_WITH_CUBLASLT
+  size_t needed = 0;
+  status = cublaslt_workspace_bytes(ctx, &needed);
+  if (status == BNK_SUCCESS)
+    status = bnk_require_workspace(workspace, workspace_bytes, needed, "bnk_linear_bn_workspace_size");
+  if (status != BNK_SUCCESS) return status;
+  bnk_device_guard guard;
+  status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  const bnk_tensor_desc shape = {dtype, BNK_NCHW, 0, batch, out_features, {1, 1, 1}};
+  bnk_range_push("linear_bn", &shape);
+  status = matmul(ctx, dtype, batch, in_features, out_features, x, weight, bias, epilogue == BNK_EPILOGUE_RELU, y,
+                  workspace, workspace_bytes);
+  bnk_range_pop();
+  bnk_device_leave(&guard);
+  return status;
+#else
+  (void)workspace;
+  (void)workspace_bytes;
+  return no_cublas("bnk_linear_bn");
+#endif
+}
