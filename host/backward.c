@@ -20,12 +20,8 @@ bnk_status bnk_backward_workspace_size(const bnk_context *ctx, const bnk_tensor_
 
 static bnk_status require_workspace(const bnk_context *ctx, const bnk_view *view, const void *workspace,
                                     size_t workspace_bytes) {
-  const size_t needed = backward_workspace_bytes(ctx, view);
-  if (workspace_bytes < needed)
-    return bnk_fail(BNK_ERROR_WORKSPACE_TOO_SMALL,
-                    "workspace_bytes must be >= %zu (bnk_backward_workspace_size) for this shape, got %zu", needed,
-                    workspace_bytes);
-  return bnk_require_pointer(workspace, "workspace");
+  return bnk_require_workspace(workspace, workspace_bytes, backward_workspace_bytes(ctx, view),
+                               "bnk_backward_workspace_size");
 }
 
 /* An empty batch: dgamma and dbeta are sums over no elements. */
@@ -47,9 +43,10 @@ static bnk_status zero_parameter_gradients(const bnk_context *ctx, const bnk_vie
  * the sums for dgamma and dbeta only, read x only for dgamma, and never read it for dx.
  * Through an epilogue, the first pass writes dz; when that is the reduction, the dx pass reads dz (the gated
  * dy already) as a plain dy, and when there is no reduction, the dx pass gates dy itself and writes dz. */
-static bnk_status launch_backward(const bnk_context *ctx, const bnk_view *view, const void *x, const void *dy,
-                                  void *dx, bnk_backward_stats stats, int frozen, float *dgamma, float *dbeta,
-                                  void *workspace, const bnk_grad_epilogue_args *fused, const char *caller) {
+static bnk_status launch_backward(const bnk_context *ctx, const bnk_tensor_desc *desc, const bnk_view *view,
+                                  const void *x, const void *dy, void *dx, bnk_backward_stats stats, int frozen,
+                                  float *dgamma, float *dbeta, void *workspace, const bnk_grad_epilogue_args *fused,
+                                  const char *caller) {
   const int sums_wanted = dgamma != NULL || dbeta != NULL || (dx != NULL && !frozen);
   const int dx_pass_wanted = dx != NULL || (fused->dz != NULL && !sums_wanted);
   const int coefficients = sums_wanted && !frozen;
@@ -70,6 +67,7 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_view *view, 
   bnk_device_guard guard;
   status = bnk_device_enter(ctx, &guard);
   if (status != BNK_SUCCESS) return status;
+  bnk_range_push(frozen ? "bwd_infer" : "bwd", desc);
   char what[64];
   bnk_backward_workspace ws = {0};
   if (sums_wanted) {
@@ -85,6 +83,7 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_view *view, 
                                                       coefficients ? &ws : NULL, dx_fused, ctx->stream),
                             what);
   }
+  bnk_range_pop();
   bnk_device_leave(&guard);
   return status;
 }
@@ -115,7 +114,7 @@ bnk_status bnk_backward_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const 
   if (status == BNK_SUCCESS) status = require_workspace(ctx, &view, workspace, workspace_bytes);
   if (status != BNK_SUCCESS) return status;
   const bnk_backward_stats stats = {save_mean, save_invstd, NULL, 0.0f, gamma};
-  return launch_backward(ctx, &view, x, dy, dx, stats, 0, dgamma, dbeta, workspace, &fused, "bnk_backward");
+  return launch_backward(ctx, desc, &view, x, dy, dx, stats, 0, dgamma, dbeta, workspace, &fused, "bnk_backward");
 }
 
 bnk_status bnk_backward_inference(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
@@ -148,6 +147,6 @@ bnk_status bnk_backward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *de
     status = require_workspace(ctx, &view, workspace, workspace_bytes);
   if (status != BNK_SUCCESS) return status;
   const bnk_backward_stats stats = {running_mean, NULL, running_var, (float)eps, gamma};
-  return launch_backward(ctx, &view, x, dy, dx, stats, 1, dgamma, dbeta, workspace, &fused,
+  return launch_backward(ctx, desc, &view, x, dy, dx, stats, 1, dgamma, dbeta, workspace, &fused,
                          "bnk_backward_inference");
 }

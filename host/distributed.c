@@ -11,12 +11,6 @@
 static size_t partials_bytes(int64_t c) { return (size_t)c * BNK_PARTIALS_PER_CHANNEL * sizeof(double); }
 static size_t sums_bytes(int64_t c) { return (size_t)BNK_BACKWARD_SUMS(c) * sizeof(float); }
 
-/* A descriptor that names a per-channel call in its NVTX range: "<ranks>x<C>". */
-static bnk_tensor_desc channels_desc(int ranks, int64_t c) {
-  bnk_tensor_desc desc = {BNK_FLOAT32, BNK_NCHW, 0, ranks, c, {1, 1, 1}};
-  return desc;
-}
-
 bnk_status bnk_batch_stats_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, size_t *bytes) {
   return bnk_forward_training_workspace_size(ctx, desc, bytes);
 }
@@ -68,8 +62,7 @@ bnk_status bnk_batch_stats(bnk_context *ctx, const bnk_tensor_desc *desc, const 
 static bnk_status launch_merge(const bnk_context *ctx, int64_t c, int ranks, const double *gathered,
                                float *running_mean, float *running_var, int64_t *num_batches_tracked,
                                double momentum, double eps, float *mean, float *invstd) {
-  const bnk_tensor_desc named = channels_desc(ranks, c);
-  bnk_range_push("merge_stats", &named);
+  bnk_range_push_rows("merge_stats", ranks, c);
   const bnk_running_update running = {running_mean, running_var, num_batches_tracked, (float)momentum,
                                       momentum == BNK_MOMENTUM_CUMULATIVE};
   const bnk_status status =

@@ -70,12 +70,8 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
   bnk_epilogue_args fused;
   if (status == BNK_SUCCESS) status = bnk_epilogue_args_of(epilogue, desc, x, y, &fused);
   if (status != BNK_SUCCESS) return status;
-  const size_t needed = training_workspace_bytes(ctx, &view);
-  if (workspace_bytes < needed)
-    return bnk_fail(BNK_ERROR_WORKSPACE_TOO_SMALL,
-                    "workspace_bytes must be >= %zu (bnk_forward_training_workspace_size) for this shape, got %zu",
-                    needed, workspace_bytes);
-  status = bnk_require_pointer(workspace, "workspace");
+  status = bnk_require_workspace(workspace, workspace_bytes, training_workspace_bytes(ctx, &view),
+                                 "bnk_forward_training_workspace_size");
   if (status != BNK_SUCCESS) return status;
 
   const void *stats_pointers[1] = {x};

@@ -61,6 +61,8 @@ int64_t bnk_view_per_channel(const bnk_view *view);
  * built with BNK_NVTX=OFF). Every push is matched by a pop on the same thread. */
 void bnk_range_push(const char *op, const bnk_tensor_desc *desc);
 void bnk_range_pop(void);
+/* The same for a call on per-channel arrays or weights, named "<rows>x<columns>" (ranks x C, K x C x R x S). */
+void bnk_range_push_rows(const char *op, int64_t rows, int64_t columns);
 
 /* Makes the context's device current for the duration of a call. */
 typedef struct bnk_device_guard {

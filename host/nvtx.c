@@ -55,3 +55,8 @@ void bnk_range_push(const char *op, const bnk_tensor_desc *desc) {
 
 void bnk_range_pop(void) {}
 #endif
+
+void bnk_range_push_rows(const char *op, int64_t rows, int64_t columns) {
+  const bnk_tensor_desc shape = {BNK_FLOAT32, BNK_NCHW, 0, rows, columns, {1, 1, 1}};
+  bnk_range_push(op, &shape);
+}

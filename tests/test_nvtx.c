@@ -25,21 +25,32 @@ Test(nvtx, compute_calls_are_named_ranges) {
   cr_assert_eq(bnk_forward_training_workspace_size(ctx, &desc, &bytes), BNK_SUCCESS);
   void *ws = dev_alloc(bytes);
   cr_assert_eq(bnk_forward_inference(ctx, &desc, x, y, NULL, NULL, stats, stats, 1e-5), BNK_SUCCESS);
-  cr_assert_eq(bnk_forward_training(ctx, &desc, x, y, NULL, NULL, NULL, NULL, NULL, 0.1, 1e-5, NULL, NULL, ws, bytes),
+  float *save = dev_alloc(6 * 4);
+  cr_assert_eq(bnk_forward_training(ctx, &desc, x, y, NULL, NULL, NULL, NULL, NULL, 0.1, 1e-5, save, save + 3, ws, bytes),
                BNK_SUCCESS);
+  size_t backward_bytes = 0;
+  cr_assert_eq(bnk_backward_workspace_size(ctx, &desc, &backward_bytes), BNK_SUCCESS);
+  void *backward_ws = dev_alloc(backward_bytes);
+  cr_assert_eq(bnk_backward(ctx, &desc, x, y, y, NULL, NULL, NULL, save, save + 3, backward_ws, backward_bytes),
+               BNK_SUCCESS, "%s", bnk_last_error_message());
+  cr_assert_eq(bnk_inference_params(ctx, 3, NULL, NULL, stats, stats, 1e-5, save, save + 3), BNK_SUCCESS);
   /* A rejected call opens no range. */
   cr_assert_neq(bnk_forward_inference(ctx, &desc, x, y, NULL, NULL, stats, stats, -1.0), BNK_SUCCESS);
 #ifdef BNK_TEST_NVTX_OFF
   cr_expect_eq(nvtx_recorder_pushes(), 0, "built without NVTX, yet %d ranges were pushed", nvtx_recorder_pushes());
 #else
-  cr_expect_eq(nvtx_recorder_pushes(), 2);
-  cr_expect_eq(nvtx_recorder_pops(), 2);
+  cr_expect_eq(nvtx_recorder_pushes(), 4);
+  cr_expect_eq(nvtx_recorder_pops(), 4);
   cr_expect_str_eq(nvtx_recorder_name(0), "bnk.fwd_infer NHWC f32 2x3x4x5");
   cr_expect_str_eq(nvtx_recorder_name(1), "bnk.fwd_train NHWC f32 2x3x4x5");
+  cr_expect_str_eq(nvtx_recorder_name(2), "bnk.bwd NHWC f32 2x3x4x5");
+  cr_expect_str_eq(nvtx_recorder_name(3), "bnk.inference_params NCHW f32 1x3");
 #endif
   dev_free(x);
   dev_free(y);
   dev_free(stats);
   dev_free(ws);
+  dev_free(save);
+  dev_free(backward_ws);
   bnk_context_destroy(ctx);
 }
