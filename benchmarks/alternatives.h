@@ -10,10 +10,26 @@
 
 #include "bnk.h"
 
-typedef enum bench_op { OP_FWD_TRAIN, OP_FWD_INFER, OP_BWD, OP_BWD_INFER, OP_COUNT } bench_op;
+/* The four batch-normalization ops, which every alternative is measured on; then bnk's fused epilogues and
+ * inference forms, which bnk-bench measures against the unfused sequence they replace (bench.c): the
+ * alternatives never see those. */
+typedef enum bench_op {
+  OP_FWD_TRAIN,
+  OP_FWD_INFER,
+  OP_BWD,
+  OP_BWD_INFER,
+  OP_FWD_INFER_RELU,     /* relu(bn(x)), running statistics */
+  OP_FWD_INFER_ADD_RELU, /* relu(bn(x) + z), running statistics */
+  OP_FWD_TRAIN_ADD_RELU, /* relu(bn(x) + z), batch statistics */
+  OP_BWD_ADD_RELU,       /* the training backward through relu(bn(x) + z), with dz */
+  OP_SCALE_SHIFT,        /* x * scale + shift from precomputed inference parameters */
+  OP_LINEAR_BN,          /* relu(bn(x W^T)), Linear + BatchNorm1d + ReLU at inference */
+  OP_COUNT
+} bench_op;
 
 /* One op's tensors, shared by every implementation. out is y for the forward ops and dx for the backward
- * ops; the backward reads save_mean/save_invstd (bwd) or running_mean/running_var (bwd_infer). */
+ * ops; the backward reads save_mean/save_invstd (bwd) or running_mean/running_var (bwd_infer). The fields
+ * after them serve bnk's epilogue ops only. */
 typedef struct op_arguments {
   const bnk_tensor_desc *desc;
   const void *x, *dy;
@@ -22,6 +38,12 @@ typedef struct op_arguments {
   float *running_mean, *running_var, *save_mean, *save_invstd, *dgamma, *dbeta;
   double momentum, eps;
   cudaStream_t stream;
+  const void *z;              /* the residual of the add + ReLU ops */
+  const void *y;              /* bwd_add_relu: the forward's output, whose sign gates dy */
+  const void *mask;           /* bwd_add_relu: the forward's ReLU mask (mask_bytes) */
+  size_t mask_bytes;
+  void *dz;                   /* bwd_add_relu: receives the gradient of z */
+  const float *scale, *shift; /* scale_shift: bnk_inference_params' output */
 } op_arguments;
 
 /* How a call went: `failed` with the reason (the library's status name and message), and whether the
@@ -53,6 +75,11 @@ void cublas_bench_version(char *out, size_t size);
 call_result cublas_bench_prepare(cublas_bench *bench, const bnk_tensor_desc *desc);
 /* fwd_train, bwd and bwd_infer: per-channel sums by cuBLAS, the rest by baselines.cu's kernels. */
 call_result cublas_bench_run(cublas_bench *bench, bench_op op, const op_arguments *args);
+/* The GEMM of the unfused Linear + BatchNorm1d + ReLU: y (batch x out_features) = x (batch x in_features) *
+ * weight^T, weight (out_features x in_features), all row-major in the storage type, fp32 accumulation (no
+ * TF32), no bias, no epilogue. */
+call_result cublas_bench_linear(cublas_bench *bench, bnk_dtype dtype, int64_t batch, int64_t in_features,
+                                int64_t out_features, const void *x, const void *weight, void *y);
 #endif
 
 #endif

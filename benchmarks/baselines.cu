@@ -188,6 +188,21 @@ static __global__ void backward_dx(const T *x, const T *dy, T *dx, baseline_shap
   }
 }
 
+// y = relu(y + z), z null for relu(y): a separate pass after the BN, as a framework runs it unfused.
+template <typename T>
+static __global__ void add_relu(T *y, const T *z, int64_t total) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const float v = load_float(y, i) + (z != nullptr ? load_float(z, i) : 0.0f);
+    store_float(y, i, v < 0.0f ? 0.0f : v); // NaN compares false and stays NaN
+  }
+}
+
+template <typename T>
+static __global__ void relu_backward(const T *y, const T *dy, T *g, int64_t total) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+    store_float(g, i, load_float(y, i) > 0.0f ? load_float(dy, i) : 0.0f); // exact: dy is widened, then narrowed
+}
+
 // ---- launchers ------------------------------------------------------------------------------------------
 
 static baseline_shape shape_of(const bnk_tensor_desc *desc) {
@@ -316,5 +331,24 @@ extern "C" cudaError_t baseline_backward_dx(const bnk_tensor_desc *desc, const v
     BASELINE_LAUNCH(backward_dx<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream)(
         static_cast<const T *>(x), static_cast<const T *>(dy), static_cast<T *>(dx), shape, gamma, mean, spread,
         frozen, (float)eps, dgamma, dbeta);
+  });
+}
+
+extern "C" cudaError_t baseline_add_relu(const bnk_tensor_desc *desc, void *y, const void *z, cudaStream_t stream) {
+  const baseline_shape shape = shape_of(desc);
+  return by_dtype(desc, [&](auto type) {
+    using T = decltype(type);
+    BASELINE_LAUNCH(add_relu<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream)(
+        static_cast<T *>(y), static_cast<const T *>(z), shape.n * shape.c * shape.s);
+  });
+}
+
+extern "C" cudaError_t baseline_relu_backward(const bnk_tensor_desc *desc, const void *y, const void *dy, void *g,
+                                              cudaStream_t stream) {
+  const baseline_shape shape = shape_of(desc);
+  return by_dtype(desc, [&](auto type) {
+    using T = decltype(type);
+    BASELINE_LAUNCH(relu_backward<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream)(
+        static_cast<const T *>(y), static_cast<const T *>(dy), static_cast<T *>(g), shape.n * shape.c * shape.s);
   });
 }

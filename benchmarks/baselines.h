@@ -3,7 +3,9 @@
  *  - the naive baseline: one kernel reduces each channel's sum and sum of squares (one block per channel)
  *    and derives the statistics from them, E[x^2] - E[x]^2; a second, elementwise kernel normalizes;
  *  - the building blocks that the cuBLAS baseline (benchmarks/vendor_cublas.c) puts around its GEMVs:
- *    statistics from sums that cuBLAS computed, then the same elementwise kernels.
+ *    statistics from sums that cuBLAS computed, then the same elementwise kernels;
+ *  - the separate add + ReLU and ReLU-backward passes of the unfused sequences that bnk's fused epilogues are
+ *    measured against.
  * They share no code with bnk's kernels. Every launcher queues work on `stream` and returns
  * cudaGetLastError(). Compiled by nvcc into bnk-bench and through the host emulation into bnk-bench-emu. */
 #ifndef BNK_BENCHMARKS_BASELINES_H
@@ -52,6 +54,14 @@ cudaError_t baseline_gradients_from_sums(int64_t channels, const float *sum_dy, 
 cudaError_t baseline_backward_dx(const bnk_tensor_desc *desc, const void *x, const void *dy, void *dx,
                                  const float *gamma, const float *mean, const float *spread, int frozen, double eps,
                                  const float *dgamma, const float *dbeta, cudaStream_t stream);
+
+/* The separate elementwise passes of the unfused sequences that bnk's fused epilogues replace (each one read
+ * and one write of the tensor, plus z):
+ * y = relu(y + z) in place, or relu(y) when z is NULL; relu keeps NaN, as PyTorch's does. */
+cudaError_t baseline_add_relu(const bnk_tensor_desc *desc, void *y, const void *z, cudaStream_t stream);
+/* The ReLU's backward: g = dy where y > 0, else 0. */
+cudaError_t baseline_relu_backward(const bnk_tensor_desc *desc, const void *y, const void *dy, void *g,
+                                   cudaStream_t stream);
 
 #ifdef __cplusplus
 }

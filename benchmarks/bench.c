@@ -6,6 +6,12 @@
  * alternative that fails validation is reported with its error and still timed, since it is only there to
  * be compared with.
  *
+ * bnk's fused epilogues (BN + ReLU, BN + add + ReLU, their backward from y or from the ReLU mask), its folded
+ * inference form (precomputed scale and shift) and Linear + BatchNorm1d + ReLU in one cuBLASLt matmul are
+ * measured the same way against the unfused sequence each replaces: bnk's plain op, then a separate elementwise
+ * pass (baselines.cu), or a GEMM by cuBLAS, bnk's inference forward and a ReLU pass. Each row then also gives
+ * its bytes against the unfused sequence's, and on a GPU its speed against it.
+ *
  * The same source builds twice. bnk-bench links bnk (nvcc, the real CUDA runtime); when it finds no device it
  * replaces itself with bnk-bench-emu from its own directory. bnk-bench-emu (BNK_BENCH_EMULATION) links
  * bnk_emu, the kernels on a host emulation of CUDA: it validates small versions of the shapes and contains no
@@ -62,6 +68,9 @@
 #define SIXTEEN_BIT_ULPS 1.0
 #define SIXTEEN_BIT_SLACK 1e-5
 #define CHANNEL_TOLERANCE 1e-5
+/* linear_bn: the float32 accumulation of in_features products, relative to the sum of their magnitudes (as
+ * tests/test_fold.c allows bnk_linear_bn). */
+#define LINEAR_ACCUMULATION_TOLERANCE 1e-5
 
 /* Emulation shrinks every shape to at most these extents (same layout and rank). An (N, C) tensor reduces
  * over N alone, so it keeps more rows than a tensor that also reduces over its spatial positions. */
@@ -76,7 +85,7 @@
 #define COPY_BUFFER_BYTES ((size_t)1 << 30)
 #define COPY_RUNS 20
 
-/* Input rotation: the timed runs cycle through this many copies of x and dy, when they fit in the budget, so
+/* Input rotation: the timed runs cycle through this many copies of x, dy (and z), when they fit in the budget, so
  * that no run finds its inputs where the previous one left them (on top of the L2 flush, which cannot evict
  * what a larger cache level or the TLBs kept). */
 #define MAX_ROTATION 8
@@ -109,6 +118,14 @@ static void check_cuda(cudaError_t error, const char *call) {
 static void *host_alloc(size_t bytes) {
   void *pointer = malloc(bytes > 0 ? bytes : 1);
   if (pointer == NULL) die("out of host memory allocating %zu bytes", bytes);
+  return pointer;
+}
+
+/* Zeroed float64 arrays: per-channel scratch that loops fill, which the compiler then need not suspect of
+ * being read before it is written. */
+static double *host_zeros(int64_t count) {
+  double *pointer = calloc(count > 0 ? (size_t)count : 1, sizeof(double));
+  if (pointer == NULL) die("out of host memory allocating %" PRId64 " doubles", count);
   return pointer;
 }
 
@@ -178,34 +195,84 @@ static float rng_noise(bench_rng *rng) {
  * Options
  * ---------------------------------------------------------------------------------------------------- */
 
-static const char *const op_names[OP_COUNT] = {"fwd_train", "fwd_infer", "bwd", "bwd_infer"};
+static const char *const op_names[OP_COUNT] = {
+    "fwd_train",          "fwd_infer",   "bwd",      "bwd_infer", "fwd_infer_relu", "fwd_infer_add_relu",
+    "fwd_train_add_relu", "bwd_add_relu", "scale_shift", "linear_bn"};
 
-/* What runs each op. The rows of an op are printed in this order. */
-typedef enum bench_impl { IMPL_BNK, IMPL_CUDNN, IMPL_CUDNN_PERSISTENT, IMPL_CUBLAS, IMPL_NAIVE, IMPL_COUNT } bench_impl;
+/* The four batch-normalization ops that bnk is compared with other libraries on. */
+static int is_plain_op(bench_op op) { return op <= OP_BWD_INFER; }
+/* The forward ops whose output goes through a ReLU, and those of them that add the residual z first. */
+static int has_relu(bench_op op) {
+  return op == OP_FWD_INFER_RELU || op == OP_FWD_INFER_ADD_RELU || op == OP_FWD_TRAIN_ADD_RELU;
+}
+static int adds_residual(bench_op op) {
+  return op == OP_FWD_INFER_ADD_RELU || op == OP_FWD_TRAIN_ADD_RELU || op == OP_BWD_ADD_RELU;
+}
+/* Ops on batch statistics, which need more than one value per channel. */
+static int trains(bench_op op) {
+  return op == OP_FWD_TRAIN || op == OP_BWD || op == OP_FWD_TRAIN_ADD_RELU || op == OP_BWD_ADD_RELU;
+}
 
-static const char *const impl_names[IMPL_COUNT] = {"bnk", "cudnn", "cudnn-persistent", "cublas", "naive"};
+/* What runs each op. The rows of an op are printed in this order: the plain ops' bnk and alternatives, then
+ * the variants of bnk's epilogue ops, the unfused sequence last. */
+typedef enum bench_impl {
+  IMPL_BNK,
+  IMPL_CUDNN,
+  IMPL_CUDNN_PERSISTENT,
+  IMPL_CUBLAS,
+  IMPL_NAIVE,
+  IMPL_BNK_FUSED,       /* the epilogue in bnk's pass; bnk_linear_bn for linear_bn */
+  IMPL_BNK_MASK,        /* bwd_add_relu deciding from the forward's 1-bit mask */
+  IMPL_BNK_FROM_Y,      /* bwd_add_relu deciding from the forward's y */
+  IMPL_BNK_SCALE_SHIFT, /* bnk_scale_shift with parameters precomputed by bnk_inference_params */
+  IMPL_BNK_SEPARATE,    /* bnk's plain op and a separate elementwise pass (a GEMM first for linear_bn) */
+  IMPL_BNK_FWD_INFER,   /* bnk_forward_inference, what scale_shift replaces */
+  IMPL_COUNT
+} bench_impl;
+
+static const char *const impl_names[IMPL_COUNT] = {
+    "bnk",        "cudnn",           "cudnn-persistent", "cublas",       "naive",        "bnk-fused",
+    "bnk-mask",   "bnk-from-y",      "bnk-scale-shift",  "bnk+separate", "bnk-fwd-infer"};
 
 /* Whether the implementation has the op at all; only these pairs get a row. cuDNN has no frozen-statistics
  * backward, its persistent mode exists for training and its backward only, and inference has no reduction
- * for cuBLAS to do. */
+ * for cuBLAS to do. The epilogue ops compare bnk with itself. */
 static int impl_has_op(bench_impl impl, bench_op op) {
   switch (impl) {
-    case IMPL_CUDNN: return op != OP_BWD_INFER;
-    case IMPL_CUDNN_PERSISTENT: return op == OP_FWD_TRAIN || op == OP_BWD;
-    case IMPL_CUBLAS: return op != OP_FWD_INFER;
     case IMPL_BNK:
-    case IMPL_NAIVE:
+    case IMPL_NAIVE: return is_plain_op(op);
+    case IMPL_CUDNN: return op == OP_FWD_TRAIN || op == OP_FWD_INFER || op == OP_BWD;
+    case IMPL_CUDNN_PERSISTENT: return op == OP_FWD_TRAIN || op == OP_BWD;
+    case IMPL_CUBLAS: return op == OP_FWD_TRAIN || op == OP_BWD || op == OP_BWD_INFER;
+    case IMPL_BNK_FUSED: return has_relu(op) || op == OP_LINEAR_BN;
+    case IMPL_BNK_MASK:
+    case IMPL_BNK_FROM_Y: return op == OP_BWD_ADD_RELU;
+    case IMPL_BNK_SCALE_SHIFT:
+    case IMPL_BNK_FWD_INFER: return op == OP_SCALE_SHIFT;
+    case IMPL_BNK_SEPARATE: return has_relu(op) || op == OP_BWD_ADD_RELU || op == OP_LINEAR_BN;
     case IMPL_COUNT: break;
   }
-  return 1;
+  return 0;
+}
+
+/* The row an epilogue op's variants are compared with (bytes and speed): the sequence the fused form
+ * replaces. IMPL_COUNT for the plain ops. */
+static bench_impl unfused_impl(bench_op op) {
+  if (op == OP_SCALE_SHIFT) return IMPL_BNK_FWD_INFER;
+  return is_plain_op(op) ? IMPL_COUNT : IMPL_BNK_SEPARATE;
 }
 
 static int is_cudnn(bench_impl impl) { return impl == IMPL_CUDNN || impl == IMPL_CUDNN_PERSISTENT; }
+/* bnk in any form decides the exit status; the other libraries and the naive baseline never do. */
+static int is_bnk(bench_impl impl) { return !is_cudnn(impl) && impl != IMPL_CUBLAS && impl != IMPL_NAIVE; }
 
+/* A tensor (N, C, spatial...), or for linear_bn the Linear layer batch x in_features -> out_features, held as
+ * n = batch, c = out_features (the BatchNorm1d's channels) and in_features > 0. */
 typedef struct bench_shape {
   int64_t n, c;
   int spatial_dims;
   int64_t spatial[BNK_MAX_SPATIAL_DIMS];
+  int64_t in_features; /* 0 for a tensor */
 } bench_shape;
 
 typedef struct bench_options {
@@ -215,6 +282,8 @@ typedef struct bench_options {
   int run_dtype[3];  /* indexed by bnk_dtype */
   bench_shape shapes[MAX_SHAPES];
   int shape_count;
+  bench_shape linear_shapes[MAX_SHAPES];
+  int linear_count;
   int preset_resnet50, preset_bn1d, preset_tiny_spatial;
   int64_t batches[MAX_BATCHES];
   int batch_count;
@@ -241,6 +310,10 @@ static const int64_t tiny_spatial_shapes[][2] = {
     {1, 2048}, {32, 2048}, {256, 2048}, {32, 8192}, {8, 65536}, {2, 131072},
 };
 
+/* linear_bn's default (batch, in_features, out_features): ResNet-50's head (2048 features, 1000 classes) at
+ * batch 32 and 256, and a single request. */
+static const int64_t default_linear_shapes[][3] = {{32, 2048, 1000}, {256, 2048, 1000}, {1, 2048, 1000}};
+
 static void print_usage(FILE *out) {
   fprintf(out,
           "usage: " PROGRAM " [options]\n"
@@ -255,8 +328,14 @@ static void print_usage(FILE *out) {
           "                   (default: resnet50 when no --shape is given)\n"
           "  --batch LIST     batch sizes of the resnet50 preset, e.g. 1,32,256 (default: %d)\n"
           "  --shape S        N,C or N,C,L or N,C,H,W or N,C,D,H,W; repeatable, added to the presets\n"
-          "  --op LIST        fwd_train, fwd_infer, bwd, bwd_infer (default: all)\n"
-          "  --impl LIST      bnk, cudnn, cudnn-persistent, cublas, naive (default: all)\n"
+          "  --op LIST        fwd_train, fwd_infer, bwd, bwd_infer; bnk's epilogue ops, each against the\n"
+          "                   unfused sequence: fwd_infer_relu, fwd_infer_add_relu, fwd_train_add_relu,\n"
+          "                   bwd_add_relu, scale_shift, linear_bn (GPU only); or all (default: all)\n"
+          "  --impl LIST      bnk, cudnn, cudnn-persistent, cublas, naive, and the variants of the epilogue ops:\n"
+          "                   bnk-fused, bnk-mask, bnk-from-y, bnk-scale-shift, bnk+separate, bnk-fwd-infer\n"
+          "                   (default: all)\n"
+          "  --linear B,I,O   linear_bn's batch, in_features, out_features; repeatable (default: 32,2048,1000\n"
+          "                   256,2048,1000 and 1,2048,1000)\n"
           "  --layout L       nchw, nhwc or both (default: both)\n"
           "  --dtype LIST     storage type of x, y, dy and dx: f32, f16, bf16 or all (default: f32)\n"
           "  --runs K         timed runs per case, each after an L2 flush (default: %d)\n"
@@ -345,6 +424,21 @@ static bench_shape parse_shape(const char *text) {
   return shape;
 }
 
+/* --linear B,IN,OUT */
+static bench_shape parse_linear(const char *text) {
+  const bench_shape extents = parse_shape(text);
+  if (extents.spatial_dims != 1)
+    usage_error("--linear expects batch,in_features,out_features (three positive integers), got '%s'", text);
+  bench_shape shape = {.n = extents.n, .c = extents.spatial[0], .spatial_dims = 0, .spatial = {1, 1, 1},
+                       .in_features = extents.c};
+  return shape;
+}
+
+static void add_linear_shape(bench_options *options, bench_shape shape) {
+  if (options->linear_count == MAX_SHAPES) usage_error("at most %d --linear shapes", MAX_SHAPES);
+  options->linear_shapes[options->linear_count++] = shape;
+}
+
 static void add_shape(bench_options *options, bench_shape shape) {
   if (options->shape_count == MAX_SHAPES) usage_error("at most %d shapes (presets and --shape together)", MAX_SHAPES);
   options->shapes[options->shape_count++] = shape;
@@ -402,7 +496,7 @@ static bench_options parse_options(int argc, char **argv) {
       print_usage(stdout);
       exit(EXIT_SUCCESS);
     } else if ((value = option_value(argc, argv, &i, "--op")) != NULL) {
-      parse_name_list(value, "--op", op_names, OP_COUNT, options.run_op, NULL);
+      parse_name_list(value, "--op", op_names, OP_COUNT, options.run_op, "all");
     } else if ((value = option_value(argc, argv, &i, "--impl")) != NULL) {
       parse_name_list(value, "--impl", impl_names, IMPL_COUNT, options.run_impl, NULL);
     } else if ((value = option_value(argc, argv, &i, "--layout")) != NULL) {
@@ -425,6 +519,8 @@ static bench_options parse_options(int argc, char **argv) {
       }
     } else if ((value = option_value(argc, argv, &i, "--shape")) != NULL) {
       add_shape(&options, parse_shape(value));
+    } else if ((value = option_value(argc, argv, &i, "--linear")) != NULL) {
+      add_linear_shape(&options, parse_linear(value));
     } else if ((value = option_value(argc, argv, &i, "--runs")) != NULL) {
       options.runs = (int)parse_integer(value, "--runs", 1, 1000000);
     } else if ((value = option_value(argc, argv, &i, "--warmup")) != NULL) {
@@ -442,10 +538,20 @@ static bench_options parse_options(int argc, char **argv) {
   if (options.batch_count == 0) options.batches[options.batch_count++] = DEFAULT_BATCH;
   if (!any_preset && options.shape_count == 0) options.preset_resnet50 = 1;
   add_presets(&options);
+  if (options.linear_count == 0)
+    for (size_t i = 0; i < sizeof default_linear_shapes / sizeof default_linear_shapes[0]; ++i) {
+      bench_shape shape = {.n = default_linear_shapes[i][0], .c = default_linear_shapes[i][2], .spatial_dims = 0,
+                           .spatial = {1, 1, 1}, .in_features = default_linear_shapes[i][1]};
+      add_linear_shape(&options, shape);
+    }
   return options;
 }
 
 static void format_shape(const bench_shape *shape, char *out, size_t size) {
+  if (shape->in_features > 0) {
+    snprintf(out, size, "%" PRId64 "x%" PRId64 "->%" PRId64, shape->n, shape->in_features, shape->c);
+    return;
+  }
   int written = snprintf(out, size, "%" PRId64 "x%" PRId64, shape->n, shape->c);
   for (int d = 0; d < shape->spatial_dims && written > 0 && (size_t)written < size; ++d)
     written += snprintf(out + written, size - (size_t)written, "x%" PRId64, shape->spatial[d]);
@@ -473,12 +579,28 @@ static int64_t values_per_channel(const bench_shape *shape) { return shape_eleme
 /* ------------------------------------------------------------------------------------------------------
  * Bytes each op must move: the tensor passes of the current design plus every per-channel array it reads
  * or writes (float32, C each). The workspace is scratch of the implementation, not a requirement of the op,
- * and is not counted. docs/benchmarks.md lists the passes.
+ * and is not counted. The plain ops credit every implementation with bnk's passes; the epilogue ops count
+ * each variant's own (docs/performance.md, "Fused epilogues"). docs/benchmarks.md lists the passes.
  * ---------------------------------------------------------------------------------------------------- */
 
-static double op_bytes(bench_op op, const bench_shape *shape, bnk_dtype dtype) {
+/* linear_bn: the GEMM reads x and the weight and writes y; the fused form also reads the folded bias (of the
+ * storage type), the unfused one then reads and writes y for the BN (with its 4 per-channel arrays) and
+ * again for the ReLU. */
+static double linear_bytes(bench_impl impl, const bench_shape *shape, bnk_dtype dtype) {
+  const double element = (double)storage_element_bytes(dtype);
+  const double x = (double)(shape->n * shape->in_features) * element;
+  const double weight = (double)(shape->c * shape->in_features) * element;
+  const double y = (double)(shape->n * shape->c) * element;
+  const double channel_array = (double)shape->c * sizeof(float);
+  if (impl == IMPL_BNK_SEPARATE) return x + weight + y + (2.0 * y + 4.0 * channel_array) + 2.0 * y;
+  return x + weight + (double)shape->c * element + y;
+}
+
+static double op_bytes(bench_op op, bench_impl impl, const bench_shape *shape, bnk_dtype dtype) {
   const double tensor = (double)shape_elements(shape) * (double)storage_element_bytes(dtype);
   const double channel_array = (double)shape->c * sizeof(float);
+  const double mask = (double)shape_elements(shape) / 8.0;
+  const int separate = impl == IMPL_BNK_SEPARATE;
   switch (op) {
     case OP_FWD_TRAIN: /* x for statistics, x again to normalize, y; gamma, beta, running mean and var read and
                           written, saved mean and invstd */
@@ -490,9 +612,30 @@ static double op_bytes(bench_op op, const bench_shape *shape, bnk_dtype dtype) {
       return 5.0 * tensor + 5.0 * channel_array;
     case OP_BWD_INFER: /* x and dy for the sums, dy again for dx, dx; gamma, running mean and var, dgamma, dbeta */
       return 4.0 * tensor + 5.0 * channel_array;
+    case OP_FWD_INFER_RELU: /* fwd_infer; unfused, the ReLU pass reads and writes y again */
+      return (separate ? 4.0 : 2.0) * tensor + 4.0 * channel_array;
+    case OP_FWD_INFER_ADD_RELU: /* fwd_infer and z read; unfused, the add + ReLU pass reads y and z, writes y */
+      return (separate ? 5.0 : 3.0) * tensor + 4.0 * channel_array;
+    case OP_FWD_TRAIN_ADD_RELU: /* fwd_train and z read; unfused, the same add + ReLU pass after it */
+      return (separate ? 6.0 : 4.0) * tensor + 8.0 * channel_array;
+    case OP_BWD_ADD_RELU:
+      /* The sums pass reads x, dy and y (or the mask) and writes dz = g; the dx pass reads x and dz. Unfused:
+       * the ReLU backward reads dy and y and writes g = dz, then bwd on it. Per-channel arrays as bwd. */
+      if (impl == IMPL_BNK_MASK) return 6.0 * tensor + mask + 5.0 * channel_array;
+      return (separate ? 8.0 : 7.0) * tensor + 5.0 * channel_array;
+    case OP_SCALE_SHIFT: /* x, y; scale and shift, against fwd_infer's 4 arrays */
+      return 2.0 * tensor + (impl == IMPL_BNK_SCALE_SHIFT ? 2.0 : 4.0) * channel_array;
+    case OP_LINEAR_BN: return linear_bytes(impl, shape, dtype);
     case OP_COUNT: break;
   }
   return 0.0;
+}
+
+/* This variant's bytes over those of the op's unfused sequence; NAN for the plain ops. */
+static double bytes_ratio_to_unfused(bench_op op, bench_impl impl, const bench_shape *shape, bnk_dtype dtype) {
+  const bench_impl unfused = unfused_impl(op);
+  if (unfused == IMPL_COUNT) return NAN;
+  return op_bytes(op, impl, shape, dtype) / op_bytes(op, unfused, shape, dtype);
 }
 
 /* ------------------------------------------------------------------------------------------------------
@@ -520,19 +663,40 @@ typedef struct bench_env {
 #endif
 } bench_env;
 
+/* linear_bn's own data; the case's desc is then the BatchNorm1d's (batch, out_features) tensor, out its y and
+ * the per-channel arrays the BN's. */
+typedef struct linear_data {
+  int64_t in_features;
+  void *x_host, *weight_host;          /* storage type: x (batch x in), weight (out x in), row-major */
+  void *x, *weight;                    /* device: the unfused GEMM's */
+  void *folded_weight, *folded_bias;   /* device: bnk_fold_linear's, storage type both, for bnk_linear_bn */
+  void *workspace;                     /* bnk_linear_bn's */
+  size_t workspace_bytes;
+  char fused_unavailable[200];         /* why bnk_linear_bn cannot run in this build, or "" */
+  int64_t *rows;                       /* the validated rows of y */
+  int64_t row_count;
+} linear_data;
+
 typedef struct case_data {
   bnk_dtype dtype;
   bnk_tensor_desc desc;
   int64_t elements;
   size_t tensor_bytes;
-  /* Host copies in the storage type, and the per-channel inputs as the float32 the device gets. */
-  void *x_host, *dy_host, *out_host;
+  /* Host copies in the storage type, and the per-channel inputs as the float32 the device gets. z_host is the
+   * residual, made only when an add + ReLU op runs. */
+  void *x_host, *dy_host, *z_host, *out_host;
   float *gamma_host, *beta_host, *running_mean_host, *running_var_host;
-  /* Device buffers; out receives y in the forward ops and dx in the backward ops. x and dy are
-   * x_copies[0] and dy_copies[0]: the timed runs cycle through `rotation` identical copies. */
-  void *x, *dy, *out;
-  void *x_copies[MAX_ROTATION], *dy_copies[MAX_ROTATION];
+  /* Device buffers; out receives y in the forward ops and dx in the backward ops. x, dy and z are
+   * x_copies[0], dy_copies[0] and z_copies[0]: the timed runs cycle through `rotation` identical copies. */
+  void *x, *dy, *z, *out;
+  void *x_copies[MAX_ROTATION], *dy_copies[MAX_ROTATION], *z_copies[MAX_ROTATION];
   int rotation;
+  /* bwd_add_relu: the forward's y and ReLU mask (made once per validation, read by every variant), and dz. */
+  void *forward_y, *mask, *dz;
+  size_t mask_bytes;
+  /* scale_shift: bnk_inference_params' output. */
+  float *scale, *shift;
+  linear_data *linear; /* linear_bn only */
   /* Whether the cuBLAS baseline's scratch for this case could be set up, and if not why. */
   call_result cublas_setup;
   float *gamma, *beta, *running_mean, *running_var, *save_mean, *save_invstd, *dgamma, *dbeta;
@@ -543,32 +707,34 @@ typedef struct case_data {
   int64_t channel_count;
   bnk_tensor_desc sample_desc;
   int64_t sample_elements;
-  double *x_sample, *dy_sample;
+  double *x_sample, *dy_sample, *z_sample;
 } case_data;
 
-static void choose_channels(case_data *data, bench_rng *rng, int validate_all) {
-  const int64_t c = data->desc.c;
-  const int64_t count = validate_all || c <= VALIDATED_CHANNELS ? c : VALIDATED_CHANNELS;
-  data->channels = host_alloc((size_t)count * sizeof(int64_t));
-  data->channel_count = count;
-  if (count == c) {
-    for (int64_t i = 0; i < c; ++i) data->channels[i] = i;
-    return;
+/* Up to VALIDATED_CHANNELS of `total` indices in increasing order (all of them when validate_all): the first
+ * and the last (the edges of a range are where indexing goes wrong), the rest drawn at random. */
+static int64_t *choose_indices(int64_t total, bench_rng *rng, int validate_all, int64_t *count_out) {
+  const int64_t count = validate_all || total <= VALIDATED_CHANNELS ? total : VALIDATED_CHANNELS;
+  int64_t *indices = host_alloc((size_t)count * sizeof(int64_t));
+  *count_out = count;
+  if (count == total) {
+    for (int64_t i = 0; i < total; ++i) indices[i] = i;
+    return indices;
   }
-  unsigned char *chosen = calloc((size_t)c, 1);
-  if (chosen == NULL) die("out of host memory choosing channels");
-  chosen[0] = chosen[c - 1] = 1;
+  unsigned char *chosen = calloc((size_t)total, 1);
+  if (chosen == NULL) die("out of host memory choosing the validated indices");
+  chosen[0] = chosen[total - 1] = 1;
   for (int64_t picked = 2; picked < count;) {
-    const int64_t channel = (int64_t)(rng_next(rng) % (uint64_t)c);
-    if (!chosen[channel]) {
-      chosen[channel] = 1;
+    const int64_t index = (int64_t)(rng_next(rng) % (uint64_t)total);
+    if (!chosen[index]) {
+      chosen[index] = 1;
       ++picked;
     }
   }
   int64_t next = 0;
-  for (int64_t i = 0; i < c; ++i)
-    if (chosen[i]) data->channels[next++] = i;
+  for (int64_t i = 0; i < total; ++i)
+    if (chosen[i]) indices[next++] = i;
   free(chosen);
+  return indices;
 }
 
 /* Copies the validated channels of a storage-type tensor into a float64 tensor of the sample layout. */
@@ -600,8 +766,16 @@ static float *device_floats(const float *host, int64_t count) {
   return device;
 }
 
-static case_data make_case(const bench_env *env, const bench_shape *shape, bnk_layout layout, bnk_dtype dtype,
-                           bench_rng *rng) {
+/* Whether any selected op reads the residual z, and whether bwd_add_relu runs (it needs the forward's y, its
+ * mask and dz): the buffers are made only then. */
+static int needs_residual(const bench_options *options) {
+  for (int op = 0; op < OP_COUNT; ++op)
+    if (options->run_op[op] && adds_residual((bench_op)op)) return 1;
+  return 0;
+}
+
+static case_data make_case(const bench_env *env, const bench_options *options, const bench_shape *shape,
+                           bnk_layout layout, bnk_dtype dtype, bench_rng *rng) {
   case_data data;
   memset(&data, 0, sizeof data);
   data.dtype = dtype;
@@ -629,8 +803,10 @@ static case_data make_case(const bench_env *env, const bench_shape *shape, bnk_l
     data.running_mean_host[i] = channel_mean[i] + (float)rng_uniform(rng, -0.5, 0.5);
     data.running_var_host[i] = channel_spread[i] * channel_spread[i] * (float)rng_uniform(rng, 0.5, 1.5);
   }
+  const int residual = needs_residual(options);
   data.x_host = host_alloc(data.tensor_bytes);
   data.dy_host = host_alloc(data.tensor_bytes);
+  data.z_host = residual ? host_alloc(data.tensor_bytes) : NULL;
   data.out_host = host_alloc(data.tensor_bytes);
   const int64_t spatial = ref_spatial(&data.desc);
   for (int64_t n = 0; n < shape->n; ++n)
@@ -639,33 +815,46 @@ static case_data make_case(const bench_env *env, const bench_shape *shape, bnk_l
         const int64_t offset = ref_offset(&data.desc, n, i, s);
         storage_store(dtype, data.x_host, offset, channel_mean[i] + channel_spread[i] * rng_noise(rng));
         storage_store(dtype, data.dy_host, offset, gradient_mean[i] + rng_noise(rng));
+        /* The residual: centred, unit spread, like bn(x), so that relu(bn(x) + z) cuts about half the values. */
+        if (residual) storage_store(dtype, data.z_host, offset, rng_noise(rng));
       }
   free(channel_mean);
   free(channel_spread);
   free(gradient_mean);
 
-  data.x = device_alloc(data.tensor_bytes);
-  data.dy = device_alloc(data.tensor_bytes);
+  /* The inputs the timed runs rotate through: x and dy, and z when made. */
+  void *const hosts[] = {data.x_host, data.dy_host, data.z_host};
+  void **const copies[] = {data.x_copies, data.dy_copies, data.z_copies};
+  const int inputs = residual ? 3 : 2;
+  for (int k = 0; k < inputs; ++k) {
+    copies[k][0] = device_alloc(data.tensor_bytes);
+    upload(copies[k][0], hosts[k], data.tensor_bytes);
+  }
+  data.x = data.x_copies[0];
+  data.dy = data.dy_copies[0];
+  data.z = data.z_copies[0];
   data.out = device_alloc(data.tensor_bytes);
-  upload(data.x, data.x_host, data.tensor_bytes);
-  upload(data.dy, data.dy_host, data.tensor_bytes);
-  data.x_copies[0] = data.x;
-  data.dy_copies[0] = data.dy;
   data.rotation = 1;
   if (!env->emulation && data.tensor_bytes > 0) {
     /* As many copies as fit in the rotation budget and leave three quarters of the free memory alone. */
     size_t free_bytes = 0, total_bytes = 0;
     check_cuda(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
     size_t budget = free_bytes / 4 < ROTATION_BUDGET_BYTES ? free_bytes / 4 : ROTATION_BUDGET_BYTES;
-    while (data.rotation < MAX_ROTATION && (size_t)(data.rotation + 1) * 2 * data.tensor_bytes <= budget) {
-      data.x_copies[data.rotation] = device_alloc(data.tensor_bytes);
-      data.dy_copies[data.rotation] = device_alloc(data.tensor_bytes);
-      check_cuda(cudaMemcpy(data.x_copies[data.rotation], data.x, data.tensor_bytes, cudaMemcpyDeviceToDevice),
-                 "cudaMemcpy (input rotation)");
-      check_cuda(cudaMemcpy(data.dy_copies[data.rotation], data.dy, data.tensor_bytes, cudaMemcpyDeviceToDevice),
-                 "cudaMemcpy (input rotation)");
+    while (data.rotation < MAX_ROTATION &&
+           (size_t)(data.rotation + 1) * (size_t)inputs * data.tensor_bytes <= budget) {
+      for (int k = 0; k < inputs; ++k) {
+        copies[k][data.rotation] = device_alloc(data.tensor_bytes);
+        check_cuda(cudaMemcpy(copies[k][data.rotation], copies[k][0], data.tensor_bytes, cudaMemcpyDeviceToDevice),
+                   "cudaMemcpy (input rotation)");
+      }
       ++data.rotation;
     }
+  }
+  if (options->run_op[OP_BWD_ADD_RELU]) {
+    check_bnk(bnk_epilogue_mask_size(&data.desc, &data.mask_bytes), "bnk_epilogue_mask_size");
+    data.forward_y = device_alloc(data.tensor_bytes);
+    data.dz = device_alloc(data.tensor_bytes);
+    data.mask = device_alloc(data.mask_bytes);
   }
   data.gamma = device_floats(data.gamma_host, c);
   data.beta = device_floats(data.beta_host, c);
@@ -675,6 +864,8 @@ static case_data make_case(const bench_env *env, const bench_shape *shape, bnk_l
   data.save_invstd = device_alloc(channel_bytes);
   data.dgamma = device_alloc(channel_bytes);
   data.dbeta = device_alloc(channel_bytes);
+  data.scale = device_alloc(channel_bytes);
+  data.shift = device_alloc(channel_bytes);
   size_t forward_bytes = 0, backward_bytes = 0;
   check_bnk(bnk_forward_training_workspace_size(env->ctx, &data.desc, &forward_bytes),
             "bnk_forward_training_workspace_size");
@@ -682,7 +873,7 @@ static case_data make_case(const bench_env *env, const bench_shape *shape, bnk_l
   data.workspace_bytes = forward_bytes > backward_bytes ? forward_bytes : backward_bytes;
   data.workspace = device_alloc(data.workspace_bytes);
 
-  choose_channels(&data, rng, env->emulation);
+  data.channels = choose_indices(c, rng, env->emulation, &data.channel_count);
   check_bnk(bnk_tensor_desc_init(&data.sample_desc, BNK_FLOAT32, layout, shape->n, data.channel_count,
                                  shape->spatial_dims, shape->spatial),
             "bnk_tensor_desc_init");
@@ -691,29 +882,99 @@ static case_data make_case(const bench_env *env, const bench_shape *shape, bnk_l
   data.dy_sample = host_alloc((size_t)data.sample_elements * sizeof(double));
   gather_sample(&data, data.x_host, data.x_sample);
   gather_sample(&data, data.dy_host, data.dy_sample);
+  if (residual) {
+    data.z_sample = host_alloc((size_t)data.sample_elements * sizeof(double));
+    gather_sample(&data, data.z_host, data.z_sample);
+  }
   return data;
 }
 
 static void free_case(case_data *data) {
-  free(data->x_host);
-  free(data->dy_host);
-  free(data->out_host);
-  free(data->gamma_host);
-  free(data->beta_host);
-  free(data->running_mean_host);
-  free(data->running_var_host);
-  free(data->channels);
-  free(data->x_sample);
-  free(data->dy_sample);
-  void *device_buffers[] = {data->x, data->dy, data->out, data->gamma, data->beta, data->running_mean,
-                            data->running_var, data->save_mean, data->save_invstd, data->dgamma, data->dbeta,
-                            data->workspace};
+  void *host_buffers[] = {data->x_host,         data->dy_host,         data->z_host,    data->out_host,
+                          data->gamma_host,     data->beta_host,       data->running_mean_host,
+                          data->running_var_host, data->channels,      data->x_sample,  data->dy_sample,
+                          data->z_sample};
+  for (size_t i = 0; i < sizeof host_buffers / sizeof host_buffers[0]; ++i) free(host_buffers[i]);
+  void *device_buffers[] = {data->out,       data->gamma,  data->beta,   data->running_mean, data->running_var,
+                            data->save_mean, data->save_invstd, data->dgamma, data->dbeta, data->workspace,
+                            data->forward_y, data->mask,   data->dz,     data->scale,        data->shift};
   for (size_t i = 0; i < sizeof device_buffers / sizeof device_buffers[0]; ++i) device_free(device_buffers[i]);
-  for (int i = 1; i < data->rotation; ++i) {
+  for (int i = 0; i < data->rotation; ++i) {
     device_free(data->x_copies[i]);
     device_free(data->dy_copies[i]);
+    device_free(data->z_copies[i]);
+  }
+  linear_data *linear = data->linear;
+  if (linear != NULL) {
+    free(linear->x_host);
+    free(linear->weight_host);
+    free(linear->rows);
+    void *linear_buffers[] = {linear->x, linear->weight, linear->folded_weight, linear->folded_bias,
+                              linear->workspace};
+    for (size_t i = 0; i < sizeof linear_buffers / sizeof linear_buffers[0]; ++i) device_free(linear_buffers[i]);
+    free(linear);
   }
   memset(data, 0, sizeof *data);
+}
+
+/* linear_bn's case: a Linear layer without bias (the BN's shift absorbs one) followed by BatchNorm1d with frozen
+ * statistics. x and the weight are drawn so that x W^T has about unit spread, as bn(x) needs nothing special
+ * there; the BN's parameters spread its output around 0, so that the ReLU cuts. The fold into the weight and
+ * bias is bnk_fold_linear's work at load time: done here, once, not timed. The emulation has no cuBLAS, so it
+ * makes nothing but the descriptor (the rows say n/a). */
+static case_data make_linear_case(const bench_env *env, const bench_shape *shape, bnk_dtype dtype, bench_rng *rng) {
+  case_data data;
+  memset(&data, 0, sizeof data);
+  data.dtype = dtype;
+  check_bnk(bnk_tensor_desc_init(&data.desc, dtype, BNK_NCHW, shape->n, shape->c, 0, NULL), "bnk_tensor_desc_init");
+  data.rotation = 1; /* the timed runs reuse one x: the L2 flush before each leaves nothing of it on chip */
+  if (env->emulation) return data;
+  data.elements = bnk_tensor_desc_elements(&data.desc);
+  data.tensor_bytes = (size_t)data.elements * storage_element_bytes(dtype);
+  const int64_t c = shape->c, in = shape->in_features;
+  const size_t channel_bytes = (size_t)c * sizeof(float), element = storage_element_bytes(dtype);
+  data.gamma_host = host_alloc(channel_bytes);
+  data.beta_host = host_alloc(channel_bytes);
+  data.running_mean_host = host_alloc(channel_bytes);
+  data.running_var_host = host_alloc(channel_bytes);
+  for (int64_t i = 0; i < c; ++i) {
+    data.gamma_host[i] = (float)rng_uniform(rng, 0.5, 1.5);
+    data.beta_host[i] = (float)rng_uniform(rng, -0.5, 0.5);
+    data.running_mean_host[i] = (float)rng_uniform(rng, -0.5, 0.5);
+    data.running_var_host[i] = (float)rng_uniform(rng, 0.5, 1.5);
+  }
+  linear_data *linear = calloc(1, sizeof *linear);
+  if (linear == NULL) die("out of host memory");
+  data.linear = linear;
+  linear->in_features = in;
+  linear->x_host = host_alloc((size_t)(shape->n * in) * element);
+  linear->weight_host = host_alloc((size_t)(c * in) * element);
+  for (int64_t i = 0; i < shape->n * in; ++i) storage_store(dtype, linear->x_host, i, rng_noise(rng));
+  const float weight_spread = (float)(1.0 / sqrt((double)in));
+  for (int64_t i = 0; i < c * in; ++i) storage_store(dtype, linear->weight_host, i, weight_spread * rng_noise(rng));
+  linear->x = device_alloc((size_t)(shape->n * in) * element);
+  linear->weight = device_alloc((size_t)(c * in) * element);
+  linear->folded_weight = device_alloc((size_t)(c * in) * element);
+  linear->folded_bias = device_alloc((size_t)c * element);
+  upload(linear->x, linear->x_host, (size_t)(shape->n * in) * element);
+  upload(linear->weight, linear->weight_host, (size_t)(c * in) * element);
+  data.out = device_alloc(data.tensor_bytes);
+  data.out_host = host_alloc(data.tensor_bytes);
+  data.gamma = device_floats(data.gamma_host, c);
+  data.beta = device_floats(data.beta_host, c);
+  data.running_mean = device_floats(data.running_mean_host, c);
+  data.running_var = device_floats(data.running_var_host, c);
+  check_bnk(bnk_fold_linear(env->ctx, c, in, dtype, linear->weight, NULL, data.gamma, data.beta, data.running_mean,
+                            data.running_var, EPS, linear->folded_weight, linear->folded_bias, dtype),
+            "bnk_fold_linear");
+  const bnk_status available = bnk_linear_bn_workspace_size(env->ctx, &linear->workspace_bytes);
+  if (available == BNK_ERROR_NOT_SUPPORTED)
+    snprintf(linear->fused_unavailable, sizeof linear->fused_unavailable, "%s", bnk_last_error_message());
+  else check_bnk(available, "bnk_linear_bn_workspace_size");
+  linear->workspace = available == BNK_SUCCESS ? device_alloc(linear->workspace_bytes) : NULL;
+  check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize (after the fold)");
+  linear->rows = choose_indices(shape->n, rng, 0, &linear->row_count);
+  return data;
 }
 
 /* ------------------------------------------------------------------------------------------------------
@@ -768,13 +1029,93 @@ static call_result run_bnk(const bench_env *env, case_data *data, const op_argum
                                                a->running_mean, a->running_var, a->eps, data->workspace,
                                                data->workspace_bytes),
                         "bnk_backward_inference");
-    case OP_COUNT: break;
+    default: break;
   }
-  die("internal error: unknown op %d", (int)op);
+  die("internal error: %s is not a plain op", op_names[op]);
   return call_ok();
 }
 
+/* The epilogue ops: each variant queues either bnk's fused call or the unfused sequence it replaces (bnk's
+ * plain op, then the bench's separate elementwise pass); the forwards write y to out, the backward dx. */
+static call_result run_bnk_variant(const bench_env *env, case_data *data, const op_arguments *a, bench_impl impl,
+                                   bench_op op) {
+  const int fused = impl != IMPL_BNK_SEPARATE;
+  switch (op) {
+    case OP_FWD_INFER_RELU:
+    case OP_FWD_INFER_ADD_RELU:
+    case OP_FWD_TRAIN_ADD_RELU: {
+      const int training = op == OP_FWD_TRAIN_ADD_RELU;
+      const void *z = adds_residual(op) ? a->z : NULL;
+      if (!fused) {
+        const call_result plain = run_bnk(env, data, a, training ? OP_FWD_TRAIN : OP_FWD_INFER);
+        if (plain.failed) return plain;
+        return cuda_call_result(baseline_add_relu(a->desc, a->out, z, a->stream), "baseline_add_relu");
+      }
+      const bnk_epilogue epilogue = {z != NULL ? BNK_EPILOGUE_ADD_RELU : BNK_EPILOGUE_RELU, z, NULL, 0};
+      if (training)
+        return bnk_result(bnk_forward_training_ex(env->ctx, a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
+                                                  a->running_var, NULL, a->momentum, a->eps, a->save_mean,
+                                                  a->save_invstd, data->workspace, data->workspace_bytes, &epilogue),
+                          "bnk_forward_training_ex");
+      return bnk_result(bnk_forward_inference_ex(env->ctx, a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
+                                                 a->running_var, a->eps, &epilogue),
+                        "bnk_forward_inference_ex");
+    }
+    case OP_BWD_ADD_RELU: {
+      if (!fused) {
+        /* The ReLU's backward writes g, which is dz; the BN's backward then takes it as its dy. */
+        const call_result relu = cuda_call_result(baseline_relu_backward(a->desc, a->y, a->dy, a->dz, a->stream),
+                                                  "baseline_relu_backward");
+        if (relu.failed) return relu;
+        op_arguments through_relu = *a;
+        through_relu.dy = a->dz;
+        return run_bnk(env, data, &through_relu, OP_BWD);
+      }
+      const int from_mask = impl == IMPL_BNK_MASK;
+      const bnk_epilogue_grad epilogue = {BNK_EPILOGUE_ADD_RELU, from_mask ? NULL : a->y, from_mask ? a->mask : NULL,
+                                          from_mask ? a->mask_bytes : 0, a->dz};
+      return bnk_result(bnk_backward_ex(env->ctx, a->desc, a->x, a->dy, a->out, a->gamma, a->dgamma, a->dbeta,
+                                        a->save_mean, a->save_invstd, data->workspace, data->workspace_bytes,
+                                        &epilogue),
+                        "bnk_backward_ex");
+    }
+    case OP_SCALE_SHIFT:
+      if (impl == IMPL_BNK_FWD_INFER) return run_bnk(env, data, a, OP_FWD_INFER);
+      return bnk_result(bnk_scale_shift(env->ctx, a->desc, a->x, a->out, a->scale, a->shift, NULL), "bnk_scale_shift");
+    default: break;
+  }
+  die("internal error: %s has no variant %s", op_names[op], impl_names[impl]);
+  return call_ok();
+}
+
+/* linear_bn: bnk_linear_bn on the folded weight and bias (one cublasLtMatmul with the RELU_BIAS epilogue), or
+ * the unfused sequence: the GEMM by cuBLAS, bnk's inference forward in place over its output, the ReLU pass. */
+static call_result run_linear(const bench_env *env, case_data *data, bench_impl impl) {
+  const linear_data *linear = data->linear;
+  const int64_t batch = data->desc.n, out_features = data->desc.c;
+  if (impl == IMPL_BNK_FUSED)
+    return bnk_result(bnk_linear_bn(env->ctx, data->dtype, batch, linear->in_features, out_features, linear->x,
+                                    linear->folded_weight, linear->folded_bias, BNK_EPILOGUE_RELU, data->out,
+                                    linear->workspace, linear->workspace_bytes),
+                      "bnk_linear_bn");
+#ifdef BNK_BENCH_WITH_CUBLAS
+  call_result result = cublas_bench_linear(env->cublas, data->dtype, batch, linear->in_features, out_features,
+                                           linear->x, linear->weight, data->out);
+  if (!result.failed)
+    result = bnk_result(bnk_forward_inference(env->ctx, &data->desc, data->out, data->out, data->gamma, data->beta,
+                                              data->running_mean, data->running_var, EPS),
+                        "bnk_forward_inference (over the GEMM's output)");
+  if (!result.failed)
+    result = cuda_call_result(baseline_add_relu(&data->desc, data->out, NULL, env->stream), "baseline_add_relu");
+  return result;
+#else
+  die("internal error: %s cannot run linear_bn in this build", impl_names[impl]);
+  return call_ok();
+#endif
+}
+
 static call_result run_naive(const op_arguments *a, bench_op op) {
+  /* Only the plain ops reach here (impl_has_op). */
   switch (op) {
     case OP_FWD_TRAIN:
       return cuda_call_result(naive_forward_training(a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
@@ -793,7 +1134,7 @@ static call_result run_naive(const op_arguments *a, bench_op op) {
       return cuda_call_result(naive_backward_inference(a->desc, a->x, a->dy, a->out, a->gamma, a->dgamma, a->dbeta,
                                                        a->running_mean, a->running_var, a->eps, a->stream),
                               "naive_backward_inference");
-    case OP_COUNT: break;
+    default: break;
   }
   die("internal error: unknown op %d", (int)op);
   return call_ok();
@@ -816,10 +1157,24 @@ static call_result run_impl(const bench_env *env, case_data *data, bench_impl im
       .momentum = MOMENTUM,
       .eps = EPS,
       .stream = env->stream,
+      .z = data->z_copies[slot],
+      .y = data->forward_y,
+      .mask = data->mask,
+      .mask_bytes = data->mask_bytes,
+      .dz = data->dz,
+      .scale = data->scale,
+      .shift = data->shift,
   };
+  if (op == OP_LINEAR_BN) return run_linear(env, data, impl);
   switch (impl) {
     case IMPL_BNK: return run_bnk(env, data, &arguments, op);
     case IMPL_NAIVE: return run_naive(&arguments, op);
+    case IMPL_BNK_FUSED:
+    case IMPL_BNK_MASK:
+    case IMPL_BNK_FROM_Y:
+    case IMPL_BNK_SCALE_SHIFT:
+    case IMPL_BNK_SEPARATE:
+    case IMPL_BNK_FWD_INFER: return run_bnk_variant(env, data, &arguments, impl, op);
 #ifdef BNK_BENCH_WITH_CUDNN
     case IMPL_CUDNN: return cudnn_bench_run(env->cudnn, 0, op, &arguments);
     case IMPL_CUDNN_PERSISTENT: return cudnn_bench_run(env->cudnn, 1, op, &arguments);
@@ -836,7 +1191,14 @@ static call_result run_impl(const bench_env *env, case_data *data, bench_impl im
 /* Why the implementation cannot run the op on this case, or NULL when it can. */
 static const char *unavailable_reason(const bench_env *env, const case_data *data, bench_impl impl, bench_op op,
                                       const bench_shape *run_shape) {
-  if ((op == OP_FWD_TRAIN || op == OP_BWD) && values_per_channel(run_shape) < 2)
+  if (op == OP_LINEAR_BN) {
+    /* Both variants need cuBLAS: bnk_linear_bn is a cuBLASLt matmul, the unfused GEMM a cuBLAS one. */
+    if (env->emulation) return "needs a GPU (cuBLASLt)";
+    if (impl == IMPL_BNK_FUSED && data->linear->fused_unavailable[0] != '\0') return data->linear->fused_unavailable;
+    if (impl == IMPL_BNK_SEPARATE && env->cublas_unavailable[0] != '\0') return env->cublas_unavailable;
+    return NULL;
+  }
+  if (trains(op) && values_per_channel(run_shape) < 2)
     return "training needs more than one value per channel (N x spatial = 1), as in PyTorch";
   if (is_cudnn(impl) && env->cudnn_unavailable[0] != '\0') return env->cudnn_unavailable;
   if (impl == IMPL_CUBLAS && env->cublas_unavailable[0] != '\0') return env->cublas_unavailable;
@@ -846,7 +1208,9 @@ static const char *unavailable_reason(const bench_env *env, const case_data *dat
 
 
 /* Puts the case in the state the op starts from: the initial running statistics (an earlier op's timed runs
- * moved them), poisoned outputs, and for bwd the saved statistics of a training forward of this x. */
+ * moved them), poisoned outputs, for bwd the saved statistics of a training forward of this x, for
+ * bwd_add_relu also that forward's relu(bn(x) + z) and ReLU mask, and for scale_shift the precomputed
+ * parameters (bnk_inference_params, once, not timed). */
 static void prepare_op(const bench_env *env, case_data *data, bench_op op) {
   const size_t channel_bytes = (size_t)data->desc.c * sizeof(float);
   upload(data->running_mean, data->running_mean_host, channel_bytes);
@@ -856,10 +1220,21 @@ static void prepare_op(const bench_env *env, case_data *data, bench_op op) {
                                    NULL, MOMENTUM, EPS, data->save_mean, data->save_invstd, data->workspace,
                                    data->workspace_bytes),
               "bnk_forward_training (the statistics bnk_backward starts from)");
+  } else if (op == OP_BWD_ADD_RELU) {
+    const bnk_epilogue epilogue = {BNK_EPILOGUE_ADD_RELU, data->z, data->mask, data->mask_bytes};
+    check_bnk(bnk_forward_training_ex(env->ctx, &data->desc, data->x, data->forward_y, data->gamma, data->beta, NULL,
+                                      NULL, NULL, MOMENTUM, EPS, data->save_mean, data->save_invstd, data->workspace,
+                                      data->workspace_bytes, &epilogue),
+              "bnk_forward_training_ex (the y, mask and statistics bnk_backward_ex starts from)");
+    device_poison(data->dz, data->tensor_bytes);
   } else {
     device_poison(data->save_mean, channel_bytes);
     device_poison(data->save_invstd, channel_bytes);
   }
+  if (op == OP_SCALE_SHIFT)
+    check_bnk(bnk_inference_params(env->ctx, data->desc.c, data->gamma, data->beta, data->running_mean,
+                                   data->running_var, EPS, data->scale, data->shift),
+              "bnk_inference_params");
   check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   device_poison(data->out, data->tensor_bytes);
   device_poison(data->dgamma, channel_bytes);
@@ -886,15 +1261,20 @@ static void record_failure(validation *result, const char *format, ...) {
   va_end(args);
 }
 
-/* Elements of the sample: float32 to an absolute tolerance, 16-bit storage to one unit in its last place. */
+/* Elements of the sample: float32 to an absolute tolerance, 16-bit storage to one unit in its last place.
+ * rounded_before, when given, holds values that the implementation rounded to the storage type on the way
+ * (bn(x), which the unfused sequence stores before adding z): 16-bit storage is then allowed half a unit in
+ * the last place of each such value on top. */
 static void check_elements(validation *result, const case_data *data, const char *what, const double *got,
-                           const double *want) {
+                           const double *want, const double *rounded_before) {
   const int64_t spatial = ref_spatial(&data->sample_desc);
   for (int64_t i = 0; i < data->sample_elements; ++i) {
     const double error = fabs(got[i] - want[i]);
-    const double allowed = data->dtype == BNK_FLOAT32
-                               ? F32_ELEMENT_TOLERANCE
-                               : SIXTEEN_BIT_ULPS * storage_ulp(data->dtype, want[i]) + SIXTEEN_BIT_SLACK;
+    double allowed = data->dtype == BNK_FLOAT32
+                         ? F32_ELEMENT_TOLERANCE
+                         : SIXTEEN_BIT_ULPS * storage_ulp(data->dtype, want[i]) + SIXTEEN_BIT_SLACK;
+    if (rounded_before != NULL && data->dtype != BNK_FLOAT32)
+      allowed += 0.5 * storage_ulp(data->dtype, rounded_before[i]);
     if (isnan(error) || error > result->max_error) result->max_error = isnan(error) ? INFINITY : error;
     if (error <= allowed) continue;
     /* Name the element by (n, c, spatial index) of the full tensor, not its place in the sample. */
@@ -928,13 +1308,37 @@ static void check_channels(validation *result, const case_data *data, const char
   }
 }
 
-/* The op's output tensor (y or dx), at the validated channels. */
-static void check_output_tensor(validation *result, case_data *data, const char *what, const double *want) {
-  download(data->out_host, data->out, data->tensor_bytes);
-  double *got = host_alloc((size_t)data->sample_elements * sizeof(double));
-  gather_sample(data, data->out_host, got);
-  check_elements(result, data, what, got, want);
+/* A device tensor of the case's descriptor at the validated channels, as float64 (the caller frees it). */
+static double *download_sample(case_data *data, const void *device) {
+  download(data->out_host, device, data->tensor_bytes); /* out_host is the download scratch */
+  double *sample = host_alloc((size_t)data->sample_elements * sizeof(double));
+  gather_sample(data, data->out_host, sample);
+  return sample;
+}
+
+/* An output tensor (y, dx or dz), at the validated channels; rounded_before as in check_elements. */
+static void check_tensor(validation *result, case_data *data, const char *what, const void *device,
+                         const double *want, const double *rounded_before) {
+  double *got = download_sample(data, device);
+  check_elements(result, data, what, got, want, rounded_before);
   free(got);
+}
+
+/* y of a forward op: want holds bn(x) on entry and becomes the op's epilogue of it, relu(bn(x) + z) or
+ * relu(bn(x)) (relu keeps NaN). The unfused add + ReLU stores bn(x) before adding z, one more rounding. */
+static void check_forward_output(validation *result, case_data *data, bench_impl impl, bench_op op, double *want) {
+  double *rounded_bn = NULL;
+  if (impl == IMPL_BNK_SEPARATE && adds_residual(op)) {
+    rounded_bn = host_alloc((size_t)data->sample_elements * sizeof(double));
+    memcpy(rounded_bn, want, (size_t)data->sample_elements * sizeof(double));
+  }
+  if (has_relu(op))
+    for (int64_t i = 0; i < data->sample_elements; ++i) {
+      const double v = want[i] + (adds_residual(op) ? data->z_sample[i] : 0.0);
+      want[i] = v < 0.0 ? 0.0 : v;
+    }
+  check_tensor(result, data, "y", data->out, want, rounded_bn);
+  free(rounded_bn);
 }
 
 static double *download_channel_array(const case_data *data, const float *device) {
@@ -951,7 +1355,7 @@ static void check_channel_output(validation *result, const case_data *data, cons
 }
 
 /* The scales of dbeta = sum dy and dgamma = sum dy xhat: the sums of the absolute terms. */
-static void gradient_sum_scales(const case_data *data, const double *mean, const double *invstd,
+static void gradient_sum_scales(const case_data *data, const double *dy, const double *mean, const double *invstd,
                                 double *dbeta_scale, double *dgamma_scale) {
   const int64_t spatial = ref_spatial(&data->sample_desc);
   for (int64_t j = 0; j < data->channel_count; ++j) {
@@ -959,13 +1363,102 @@ static void gradient_sum_scales(const case_data *data, const double *mean, const
     for (int64_t n = 0; n < data->sample_desc.n; ++n)
       for (int64_t s = 0; s < spatial; ++s) {
         const int64_t i = ref_offset(&data->sample_desc, n, j, s);
-        sum_dy += fabs(data->dy_sample[i]);
-        sum_dy_xhat += fabs(data->dy_sample[i] * (data->x_sample[i] - mean[j]) * invstd[j]);
+        sum_dy += fabs(dy[i]);
+        sum_dy_xhat += fabs(dy[i] * (data->x_sample[i] - mean[j]) * invstd[j]);
       }
     /* An all-zero channel of dy has scale 0; any nonzero result is then wrong, which DBL_MIN still says. */
     dbeta_scale[j] = sum_dy > 0.0 ? sum_dy : 0x1p-1022;
     dgamma_scale[j] = sum_dy_xhat > 0.0 ? sum_dy_xhat : 0x1p-1022;
   }
+}
+
+/* scale_shift: bnk_inference_params' scale and shift against float64 (scale = gamma / sqrt(running_var + eps),
+ * relative; shift = beta - running_mean scale, relative to the size of its terms), then want = x scale + shift
+ * in float64 from the parameters as the device stored them: the pass is validated on its own, and the
+ * digits the folded form loses to cancellation (docs/semantics.md) are not charged to it. */
+static void check_scale_shift(validation *result, case_data *data, const double *gamma, const double *beta,
+                              const double *running_mean, const double *running_var, double *want) {
+  const int64_t k = data->channel_count;
+  double *scale_want = host_alloc((size_t)k * sizeof(double)), *shift_want = host_alloc((size_t)k * sizeof(double));
+  double *scale_size = host_alloc((size_t)k * sizeof(double)), *shift_size = host_alloc((size_t)k * sizeof(double));
+  for (int64_t j = 0; j < k; ++j) {
+    scale_want[j] = gamma[j] / sqrt(running_var[j] + EPS);
+    shift_want[j] = beta[j] - running_mean[j] * scale_want[j];
+    scale_size[j] = fabs(scale_want[j]);
+    shift_size[j] = fabs(beta[j]) + fabs(running_mean[j] * scale_want[j]);
+  }
+  double *scale_got = download_channel_array(data, data->scale), *shift_got = download_channel_array(data, data->shift);
+  check_channels(result, data, "scale", scale_got, scale_want, scale_size);
+  check_channels(result, data, "shift", shift_got, shift_want, shift_size);
+  const int64_t spatial = ref_spatial(&data->sample_desc);
+  for (int64_t n = 0; n < data->sample_desc.n; ++n)
+    for (int64_t j = 0; j < k; ++j)
+      for (int64_t s = 0; s < spatial; ++s) {
+        const int64_t i = ref_offset(&data->sample_desc, n, j, s);
+        want[i] = data->x_sample[i] * scale_got[data->channels[j]] + shift_got[data->channels[j]];
+      }
+  double *to_free[] = {scale_want, shift_want, scale_size, shift_size, scale_got, shift_got};
+  for (size_t i = 0; i < sizeof to_free / sizeof to_free[0]; ++i) free(to_free[i]);
+}
+
+/* Storage-type values as float64. */
+static double *load_all(bnk_dtype dtype, const void *storage, int64_t count) {
+  double *values = host_alloc((size_t)count * sizeof(double));
+  for (int64_t i = 0; i < count; ++i) values[i] = storage_load(dtype, storage, i);
+  return values;
+}
+
+/* linear_bn against float64: y = relu((x W^T - running_mean) gamma / sqrt(running_var + eps) + beta) from the
+ * stored x and the original weight, on the validated rows (every output feature of each). Both variants round
+ * on the way, the fused one the folded weight and bias to the storage type, the unfused one the GEMM's output:
+ * each is allowed the storage type's unit roundoff, plus LINEAR_ACCUMULATION_TOLERANCE, of the size of the
+ * terms (scale times the sum of |x w|, plus |scale running_mean| and |beta|), and in 16-bit storage one unit
+ * in the last place of the result. */
+static validation validate_linear(const bench_env *env, case_data *data, bench_impl impl, call_result *call) {
+  validation result = {.passed = 1, .worst_channel_error = -1.0};
+  device_poison(data->out, data->tensor_bytes);
+  *call = run_impl(env, data, impl, OP_LINEAR_BN, 0);
+  if (!call->failed)
+    *call = cuda_call_result(cudaDeviceSynchronize(), "the kernels of the validated run (cudaDeviceSynchronize)");
+  if (call->failed) {
+    cudaGetLastError();
+    result.passed = 0;
+    return result;
+  }
+  download(data->out_host, data->out, data->tensor_bytes);
+  const linear_data *linear = data->linear;
+  const bnk_dtype dtype = data->dtype;
+  const int64_t in = linear->in_features, out_features = data->desc.c;
+  const double roundoff = 0.5 * storage_ulp(dtype, 1.0);
+  double *weight = load_all(dtype, linear->weight_host, out_features * in);
+  for (int64_t r = 0; r < linear->row_count; ++r) {
+    const int64_t row = linear->rows[r];
+    double *x = load_all(dtype, (const char *)linear->x_host + (size_t)(row * in) * storage_element_bytes(dtype), in);
+    for (int64_t o = 0; o < out_features; ++o) {
+      double sum = 0.0, size = 0.0;
+      for (int64_t i = 0; i < in; ++i) {
+        const double product = x[i] * weight[o * in + i];
+        sum += product;
+        size += fabs(product);
+      }
+      const double mean = data->running_mean_host[o], beta = data->beta_host[o];
+      const double scale = data->gamma_host[o] / sqrt((double)data->running_var_host[o] + EPS);
+      const double normalized = (sum - mean) * scale + beta;
+      const double want = normalized < 0.0 ? 0.0 : normalized;
+      double allowed = (roundoff + LINEAR_ACCUMULATION_TOLERANCE) * (scale * size + fabs(scale * mean) + fabs(beta));
+      if (dtype != BNK_FLOAT32) allowed += SIXTEEN_BIT_ULPS * storage_ulp(dtype, want);
+      const double got = storage_load(dtype, data->out_host, row * out_features + o);
+      const double error = fabs(got - want);
+      if (isnan(error) || error > result.max_error) result.max_error = isnan(error) ? INFINITY : error;
+      if (!(error <= allowed))
+        record_failure(&result,
+                       "y at row=%" PRId64 " feature=%" PRId64 " is %.9g, reference %.9g (error %.3g > %.3g allowed)",
+                       row, o, got, want, error, allowed);
+    }
+    free(x);
+  }
+  free(weight);
+  return result;
 }
 
 /* Runs the implementation once on poisoned outputs and checks what it wrote. *call says whether the call
@@ -984,21 +1477,19 @@ static validation validate_op(const bench_env *env, case_data *data, bench_impl 
   }
 
   const int64_t k = data->channel_count;
-  const size_t channel_doubles = (size_t)k * sizeof(double);
   double *gamma = sample_floats(data, data->gamma_host), *beta = sample_floats(data, data->beta_host);
   double *running_mean = sample_floats(data, data->running_mean_host);
   double *running_var = sample_floats(data, data->running_var_host);
   double *want = host_alloc((size_t)data->sample_elements * sizeof(double));
-  double *mean = host_alloc(channel_doubles), *var = host_alloc(channel_doubles);
-  double *var_unbiased = host_alloc(channel_doubles), *invstd = host_alloc(channel_doubles);
-  double *scale = host_alloc(channel_doubles), *second_scale = host_alloc(channel_doubles);
-  double *dgamma = host_alloc(channel_doubles), *dbeta = host_alloc(channel_doubles);
+  double *mean = host_zeros(k), *var = host_zeros(k), *var_unbiased = host_zeros(k), *invstd = host_zeros(k);
+  double *scale = host_zeros(k), *second_scale = host_zeros(k), *dgamma = host_zeros(k), *dbeta = host_zeros(k);
 
   switch (op) {
-    case OP_FWD_TRAIN: {
+    case OP_FWD_TRAIN:
+    case OP_FWD_TRAIN_ADD_RELU: {
       ref_channel_stats(&data->sample_desc, data->x_sample, mean, var, var_unbiased);
       ref_normalize(&data->sample_desc, data->x_sample, mean, var, EPS, gamma, beta, want);
-      check_output_tensor(&result, data, "y", want);
+      check_forward_output(&result, data, impl, op, want);
       for (int64_t j = 0; j < k; ++j) {
         invstd[j] = 1.0 / sqrt(var[j] + EPS);
         scale[j] = fabs(mean[j]) + sqrt(var[j]);
@@ -1012,21 +1503,34 @@ static validation validate_op(const bench_env *env, case_data *data, bench_impl 
       break;
     }
     case OP_FWD_INFER:
+    case OP_FWD_INFER_RELU:
+    case OP_FWD_INFER_ADD_RELU:
       ref_normalize(&data->sample_desc, data->x_sample, running_mean, running_var, EPS, gamma, beta, want);
-      check_output_tensor(&result, data, "y", want);
+      check_forward_output(&result, data, impl, op, want);
       break;
-    case OP_BWD: {
+    case OP_SCALE_SHIFT:
+      if (impl == IMPL_BNK_SCALE_SHIFT) check_scale_shift(&result, data, gamma, beta, running_mean, running_var, want);
+      else ref_normalize(&data->sample_desc, data->x_sample, running_mean, running_var, EPS, gamma, beta, want);
+      check_tensor(&result, data, "y", data->out, want, NULL);
+      break;
+    case OP_BWD:
+    case OP_BWD_ADD_RELU: {
       /* From the statistics the device saved, as bnk_backward gets them: this validates the backward on its
-       * own, whatever small error the forward's statistics carry. */
+       * own, whatever small error the forward's statistics carry. Through the ReLU, the gradient that reaches
+       * the BN is g = dy where the forward's stored y > 0 (else 0), which is also dz. */
+      double *g = op == OP_BWD_ADD_RELU ? download_sample(data, data->forward_y) : NULL;
+      for (int64_t i = 0; g != NULL && i < data->sample_elements; ++i) g[i] = g[i] > 0.0 ? data->dy_sample[i] : 0.0;
+      const double *dy = g != NULL ? g : data->dy_sample;
       double *saved_mean = download_channel_array(data, data->save_mean);
       double *saved_invstd = download_channel_array(data, data->save_invstd);
       double *sample_mean = sample_channels(data, saved_mean), *sample_invstd = sample_channels(data, saved_invstd);
-      ref_backward(&data->sample_desc, data->x_sample, data->dy_sample, sample_mean, sample_invstd, gamma, want,
-                   dgamma, dbeta);
-      check_output_tensor(&result, data, "dx", want);
-      gradient_sum_scales(data, sample_mean, sample_invstd, scale, second_scale);
+      ref_backward(&data->sample_desc, data->x_sample, dy, sample_mean, sample_invstd, gamma, want, dgamma, dbeta);
+      check_tensor(&result, data, "dx", data->out, want, NULL);
+      if (g != NULL) check_tensor(&result, data, "dz", data->dz, g, NULL);
+      gradient_sum_scales(data, dy, sample_mean, sample_invstd, scale, second_scale);
       check_channel_output(&result, data, "dbeta", data->dbeta, dbeta, scale);
       check_channel_output(&result, data, "dgamma", data->dgamma, dgamma, second_scale);
+      free(g);
       free(saved_mean);
       free(saved_invstd);
       free(sample_mean);
@@ -1037,19 +1541,19 @@ static validation validate_op(const bench_env *env, case_data *data, bench_impl 
       /* The frozen-statistics gradients from the shared reference: dgamma and dbeta are ref_backward's sums
        * with the running mean and invstd in place of the batch's, and dx = dy gamma invstd is
        * ref_normalize of dy with mean 0 and the running variance. */
-      double *zeros = calloc((size_t)k, sizeof(double));
-      if (zeros == NULL) die("out of host memory");
+      double *zeros = host_zeros(k);
       for (int64_t j = 0; j < k; ++j) invstd[j] = 1.0 / sqrt(running_var[j] + EPS);
       ref_backward(&data->sample_desc, data->x_sample, data->dy_sample, running_mean, invstd, gamma, NULL, dgamma,
                    dbeta);
       ref_normalize(&data->sample_desc, data->dy_sample, zeros, running_var, EPS, gamma, NULL, want);
-      check_output_tensor(&result, data, "dx", want);
-      gradient_sum_scales(data, running_mean, invstd, scale, second_scale);
+      check_tensor(&result, data, "dx", data->out, want, NULL);
+      gradient_sum_scales(data, data->dy_sample, running_mean, invstd, scale, second_scale);
       check_channel_output(&result, data, "dbeta", data->dbeta, dbeta, scale);
       check_channel_output(&result, data, "dgamma", data->dgamma, dgamma, second_scale);
       free(zeros);
       break;
     }
+    case OP_LINEAR_BN: /* validate_linear's */
     case OP_COUNT: break;
   }
 
@@ -1082,33 +1586,50 @@ typedef struct bench_row {
   char note[400]; /* why n/a, the failed call, or the first value out of tolerance */
   int timed;
   double median_us, min_us, p10_us, p90_us;
-  double bytes;    /* what the op must move for `shape` (the same for every implementation) */
+  double bytes;    /* what the op must move for `shape`: the same for every implementation of a plain op, each
+                    * variant's own for the epilogue ops */
+  double bytes_ratio_to_unfused; /* bytes / the unfused sequence's bytes; NAN for the plain ops */
   double floor_us; /* bytes at the copy bandwidth: measured on the GPU, the H100 reference in emulation */
   double gigabytes_per_second, percent_of_copy;
-  double ratio_to_cudnn; /* the fastest validated cuDNN mode's median / this median; NAN without one */
+  double ratio_to_cudnn;   /* the fastest validated cuDNN mode's median / this median; NAN without one */
+  double ratio_to_unfused; /* the validated unfused sequence's median / this median; NAN without one */
 } bench_row;
 
-static const char *layout_name(bnk_layout layout) { return layout == BNK_NCHW ? "nchw" : "nhwc"; }
-
-/* The rows of one op on one case, once every implementation ran: the reference is the fastest cuDNN mode
- * that passed validation, so that a ratio never flatters bnk by comparing with cuDNN's slower mode. */
-static void set_ratios_to_cudnn(bench_row *rows, int count) {
-  double reference = NAN;
-  for (int i = 0; i < count; ++i)
-    if (is_cudnn(rows[i].impl) && rows[i].timed && rows[i].status == ROW_PASS &&
-        (isnan(reference) || rows[i].median_us < reference))
-      reference = rows[i].median_us;
-  for (int i = 0; i < count; ++i) rows[i].ratio_to_cudnn = rows[i].timed ? reference / rows[i].median_us : NAN;
+/* linear_bn's matrices have no layout. */
+static const char *row_layout_name(const bench_row *row) {
+  if (row->op == OP_LINEAR_BN) return "-";
+  return row->layout == BNK_NCHW ? "nchw" : "nhwc";
 }
+
+/* The rows of one op on one case, once every implementation ran. x cuDNN: against the fastest cuDNN mode that
+ * passed validation, so that a ratio never flatters bnk by comparing with cuDNN's slower mode. x unfused:
+ * against the op's unfused sequence, when it passed validation. */
+static void set_ratios(bench_row *rows, int count) {
+  double cudnn = NAN, unfused = NAN;
+  for (int i = 0; i < count; ++i) {
+    if (!rows[i].timed || rows[i].status != ROW_PASS) continue;
+    if (is_cudnn(rows[i].impl) && (isnan(cudnn) || rows[i].median_us < cudnn)) cudnn = rows[i].median_us;
+    if (rows[i].impl == unfused_impl(rows[i].op)) unfused = rows[i].median_us;
+  }
+  for (int i = 0; i < count; ++i) {
+    rows[i].ratio_to_cudnn = rows[i].timed ? cudnn / rows[i].median_us : NAN;
+    rows[i].ratio_to_unfused = rows[i].timed ? unfused / rows[i].median_us : NAN;
+  }
+}
+
+/* The bytes columns, in both modes: the op's bytes in MB (10^6) and, for the epilogue ops, the ratio to the
+ * unfused sequence's bytes ("B/unfused"). */
+#define BYTES_HEADER_FORMAT "%10s %9s"
 
 static void print_table_header(const bench_env *env) {
   if (env->emulation) {
-    printf("%-10s %-6s %-5s %-18s %-12s %-16s %-5s %9s %9s %14s  %s\n", "op", "layout", "dtype", "shape",
-           "run shape", "impl", "check", "max err", "chan err", "H100 floor us", "time (the floor: at 3.0 TB/s, not measured)");
+    printf("%-18s %-6s %-5s %-18s %-14s %-16s %-5s %9s %9s " BYTES_HEADER_FORMAT " %14s  %s\n", "op", "layout",
+           "dtype", "shape", "run shape", "impl", "check", "max err", "chan err", "MB", "B/unfused", "H100 floor us",
+           "time (the floor: at 3.0 TB/s, not measured)");
   } else {
-    printf("%-10s %-6s %-5s %-18s %-16s %-5s %9s %9s %10s %19s %9s %8s %7s %9s %8s\n", "op", "layout", "dtype",
-           "shape", "impl", "check", "max err", "chan err", "median us", "p10-p90 us", "min us", "GB/s", "% copy",
-           "floor us", "x cuDNN");
+    printf("%-18s %-6s %-5s %-18s %-16s %-5s %9s %9s %10s %19s %9s %8s %7s %9s " BYTES_HEADER_FORMAT " %9s %8s\n",
+           "op", "layout", "dtype", "shape", "impl", "check", "max err", "chan err", "median us", "p10-p90 us",
+           "min us", "GB/s", "% copy", "floor us", "MB", "B/unfused", "x unfused", "x cuDNN");
   }
 }
 
@@ -1118,38 +1639,50 @@ static void format_error(const bench_row *row, double error, char *out, size_t s
   else snprintf(out, size, "%.2e", error);
 }
 
+/* A ratio for the table, "-" when there is none. */
+static void format_ratio(double ratio, char *out, size_t size) {
+  if (isnan(ratio)) snprintf(out, size, "-");
+  else snprintf(out, size, "%.2f", ratio);
+}
+
 static void print_row(const bench_env *env, const bench_row *row) {
-  char shape[64], run_shape[64], max_error[16], channel_error[16];
+  char shape[64], run_shape[64], max_error[16], channel_error[16], megabytes[24], bytes_ratio[16];
   format_shape(&row->shape, shape, sizeof shape);
   format_shape(&row->run_shape, run_shape, sizeof run_shape);
   format_error(row, row->check.max_error, max_error, sizeof max_error);
   format_error(row, row->check.worst_channel_error, channel_error, sizeof channel_error);
+  snprintf(megabytes, sizeof megabytes, "%.3f", row->bytes / 1e6);
+  format_ratio(row->bytes_ratio_to_unfused, bytes_ratio, sizeof bytes_ratio);
   const char *check = status_names[row->status];
   const char *impl = impl_names[row->impl];
+  const char *layout = row_layout_name(row);
   if (env->emulation) {
     /* No time in emulation; a row that did not run says why in its place ("n/a: needs a GPU"). */
-    printf("%-10s %-6s %-5s %-18s %-12s %-16s %-5s %9s %9s %14.3f  %s%s\n", op_names[row->op],
-           layout_name(row->layout), storage_name(row->dtype), shape, run_shape, impl, check, max_error,
-           channel_error, row->floor_us, row->status == ROW_NOT_RUN ? "n/a: " : "n/a (emulation)",
+    printf("%-18s %-6s %-5s %-18s %-14s %-16s %-5s %9s %9s " BYTES_HEADER_FORMAT " %14.3f  %s%s\n", op_names[row->op],
+           layout, storage_name(row->dtype), shape, run_shape, impl, check, max_error, channel_error, megabytes,
+           bytes_ratio, row->floor_us, row->status == ROW_NOT_RUN ? "n/a: " : "n/a (emulation)",
            row->status == ROW_NOT_RUN ? row->note : "");
   } else if (row->timed) {
-    char spread[32], ratio[16];
+    char spread[32], cudnn_ratio[16], unfused_ratio[16];
     snprintf(spread, sizeof spread, "%.1f-%.1f", row->p10_us, row->p90_us);
-    if (isnan(row->ratio_to_cudnn)) snprintf(ratio, sizeof ratio, "-");
-    else snprintf(ratio, sizeof ratio, "%.2f", row->ratio_to_cudnn);
-    printf("%-10s %-6s %-5s %-18s %-16s %-5s %9s %9s %10.1f %19s %9.1f %8.1f %6.1f%% %9.3f %8s\n", op_names[row->op],
-           layout_name(row->layout), storage_name(row->dtype), shape, impl, check, max_error, channel_error,
-           row->median_us, spread, row->min_us, row->gigabytes_per_second, row->percent_of_copy, row->floor_us, ratio);
+    format_ratio(row->ratio_to_cudnn, cudnn_ratio, sizeof cudnn_ratio);
+    format_ratio(row->ratio_to_unfused, unfused_ratio, sizeof unfused_ratio);
+    printf("%-18s %-6s %-5s %-18s %-16s %-5s %9s %9s %10.1f %19s %9.1f %8.1f %6.1f%% %9.3f " BYTES_HEADER_FORMAT
+           " %9s %8s\n",
+           op_names[row->op], layout, storage_name(row->dtype), shape, impl, check, max_error, channel_error,
+           row->median_us, spread, row->min_us, row->gigabytes_per_second, row->percent_of_copy, row->floor_us,
+           megabytes, bytes_ratio, unfused_ratio, cudnn_ratio);
   } else {
-    printf("%-10s %-6s %-5s %-18s %-16s %-5s %9s %9s %10s %19s %9s %8s %7s %9.3f %8s\n", op_names[row->op],
-           layout_name(row->layout), storage_name(row->dtype), shape, impl, check, max_error, channel_error,
-           row->status == ROW_NOT_RUN ? "n/a" : "not timed", "", "", "", "", row->floor_us, "-");
+    printf("%-18s %-6s %-5s %-18s %-16s %-5s %9s %9s %10s %19s %9s %8s %7s %9.3f " BYTES_HEADER_FORMAT " %9s %8s\n",
+           op_names[row->op], layout, storage_name(row->dtype), shape, impl, check, max_error, channel_error,
+           row->status == ROW_NOT_RUN ? "n/a" : "not timed", "", "", "", "", row->floor_us, megabytes, bytes_ratio,
+           "-", "-");
   }
   if (row->status == ROW_NOT_RUN && !env->emulation)
-    printf("    n/a %s %s %s %s: %s\n", impl, op_names[row->op], layout_name(row->layout), shape, row->note);
+    printf("    n/a %s %s %s %s: %s\n", impl, op_names[row->op], layout, shape, row->note);
   if (row->status == ROW_FAIL || row->status == ROW_ERROR)
-    printf("    %s %s %s %s %s: %s%s\n", check, impl, op_names[row->op], layout_name(row->layout), shape, row->note,
-           row->impl != IMPL_BNK && row->status == ROW_FAIL && row->timed ? " (timed anyway: a baseline)" : "");
+    printf("    %s %s %s %s %s: %s%s\n", check, impl, op_names[row->op], layout, shape, row->note,
+           !is_bnk(row->impl) && row->status == ROW_FAIL && row->timed ? " (timed anyway: a baseline)" : "");
   fflush(stdout);
 }
 
@@ -1179,8 +1712,8 @@ static void write_csv(const char *path, const bench_env *env, const bench_row *r
   FILE *file = fopen(path, "w");
   if (file == NULL) die("cannot open %s for writing: %s", path, strerror(errno));
   fprintf(file, "mode,device,implementation,op,layout,dtype,shape,run_shape,validated_channels,check,max_error,"
-                "channel_error,median_us,min_us,p10_us,p90_us,bytes,gb_per_s,percent_of_copy,ratio_to_cudnn,floor_us,"
-                "floor_bandwidth_gb_per_s,floor_basis,error\n");
+                "channel_error,median_us,min_us,p10_us,p90_us,bytes,bytes_ratio_to_unfused,gb_per_s,percent_of_copy,"
+                "ratio_to_cudnn,ratio_to_unfused,floor_us,floor_bandwidth_gb_per_s,floor_basis,error\n");
   for (int i = 0; i < count; ++i) {
     const bench_row *row = &rows[i];
     char shape[64], run_shape[64];
@@ -1189,7 +1722,7 @@ static void write_csv(const char *path, const bench_env *env, const bench_row *r
     fprintf(file, "%s,", env->emulation ? "emulation" : "gpu");
     csv_text(file, env->device_name);
     fprintf(file, ",%s,%s,%s,%s,%s,%s,%" PRId64 ",%s,", impl_names[row->impl], op_names[row->op],
-            layout_name(row->layout), storage_name(row->dtype), shape, run_shape, row->validated_channels,
+            row_layout_name(row), storage_name(row->dtype), shape, run_shape, row->validated_channels,
             status_names[row->status]);
     /* A NaN in the output makes the error infinite: written as "inf", which every CSV reader takes. */
     if (row_ran(row)) fprintf(file, isinf(row->check.max_error) ? "inf," : "%.3e,", row->check.max_error);
@@ -1200,9 +1733,11 @@ static void write_csv(const char *path, const bench_env *env, const bench_row *r
     csv_number(file, "%.3f", row->p10_us, row->timed);
     csv_number(file, "%.3f", row->p90_us, row->timed);
     fprintf(file, "%.0f,", row->bytes);
+    csv_number(file, "%.4f", row->bytes_ratio_to_unfused, 1);
     csv_number(file, "%.1f", row->gigabytes_per_second, row->timed);
     csv_number(file, "%.2f", row->percent_of_copy, row->timed);
     csv_number(file, "%.4f", row->ratio_to_cudnn, row->timed);
+    csv_number(file, "%.4f", row->ratio_to_unfused, row->timed);
     fprintf(file, "%.3f,%.1f,%s,", row->floor_us, env->copy_bytes_per_second / 1e9, floor_basis(env));
     csv_text(file, row->status == ROW_PASS ? "" : row->note);
     fputc('\n', file);
@@ -1249,19 +1784,22 @@ static void write_json(const char *path, const bench_env *env, const bench_row *
             "    {\"mode\": \"%s\", \"implementation\": \"%s\", \"op\": \"%s\", \"layout\": \"%s\", \"dtype\": \"%s\", "
             "\"shape\": \"%s\", \"run_shape\": \"%s\", \"validated_channels\": %" PRId64 ", \"check\": \"%s\", "
             "\"max_error\": ",
-            mode, impl_names[row->impl], op_names[row->op], layout_name(row->layout), storage_name(row->dtype), shape,
+            mode, impl_names[row->impl], op_names[row->op], row_layout_name(row), storage_name(row->dtype), shape,
             run_shape, row->validated_channels, status_names[row->status]);
     json_number(file, "%.3e", row->check.max_error, row_ran(row));
     fprintf(file, ", \"channel_error\": ");
     json_number(file, "%.3e", row->check.worst_channel_error, row_ran(row) && row->check.worst_channel_error >= 0.0);
-    const char *names[] = {"median_us", "min_us", "p10_us", "p90_us", "gb_per_s", "percent_of_copy", "ratio_to_cudnn"};
-    const double values[] = {row->median_us, row->min_us, row->p10_us, row->p90_us, row->gigabytes_per_second,
-                             row->percent_of_copy, row->ratio_to_cudnn};
+    const char *names[] = {"median_us",       "min_us",         "p10_us",          "p90_us",
+                           "gb_per_s",        "percent_of_copy", "ratio_to_cudnn", "ratio_to_unfused"};
+    const double values[] = {row->median_us,           row->min_us,          row->p10_us,         row->p90_us,
+                             row->gigabytes_per_second, row->percent_of_copy, row->ratio_to_cudnn, row->ratio_to_unfused};
     for (size_t k = 0; k < sizeof values / sizeof values[0]; ++k) {
       fprintf(file, ", \"%s\": ", names[k]);
       json_number(file, "%.4f", values[k], row->timed);
     }
-    fprintf(file, ", \"bytes\": %.0f, \"floor_us\": %.3f, \"error\": ", row->bytes, row->floor_us);
+    fprintf(file, ", \"bytes\": %.0f, \"bytes_ratio_to_unfused\": ", row->bytes);
+    json_number(file, "%.4f", row->bytes_ratio_to_unfused, 1);
+    fprintf(file, ", \"floor_us\": %.3f, \"error\": ", row->floor_us);
     if (row->status == ROW_PASS) fprintf(file, "null");
     else json_string(file, row->note);
     fprintf(file, "}%s\n", i + 1 < count ? "," : "");
@@ -1418,6 +1956,12 @@ static void print_banner(const bench_env *env, const bench_options *options) {
          env->cudnn_unavailable[0] ? env->cudnn_unavailable : env->cudnn_version);
   printf("cuBLAS sums by GEMV, then the naive elementwise kernels (%s)\n",
          env->cublas_unavailable[0] ? env->cublas_unavailable : env->cublas_version);
+  printf("epilogue ops, each against the unfused sequence it replaces: bnk-fused (one pass) vs bnk+separate (bnk's "
+         "plain op, then a separate add+ReLU pass); bwd_add_relu from the mask, from y, and bnk+separate (a ReLU "
+         "backward pass, then bwd); scale_shift vs bnk-fwd-infer; linear_bn (GPU only): bnk_linear_bn vs "
+         "bnk+separate (cuBLAS GEMM, bnk_forward_inference, ReLU pass). 'B/unfused': the row's bytes over the unfused "
+         "sequence's%s\n",
+         env->emulation ? "" : "; 'x unfused': the unfused sequence's median over this median (> 1: faster)");
   if (env->emulation) {
     printf("*** HOST EMULATION (bnk_emu): the kernels run on the CPU. Nothing is timed; no figure below is a GPU "
            "measurement. ***\n"
@@ -1531,11 +2075,14 @@ static int run_op_rows(const bench_env *env, const bench_options *options, case_
     row->dtype = data->dtype;
     row->shape = *shape;
     row->run_shape = *run_shape;
-    row->validated_channels = data->channel_count;
-    row->bytes = op_bytes(op, shape, data->dtype);
+    row->validated_channels = op == OP_LINEAR_BN ? (data->linear != NULL ? data->linear->row_count : 0)
+                                                 : data->channel_count;
+    row->bytes = op_bytes(op, impl, shape, data->dtype);
+    row->bytes_ratio_to_unfused = bytes_ratio_to_unfused(op, impl, shape, data->dtype);
     row->floor_us = row->bytes / env->copy_bytes_per_second * 1e6;
     row->check.worst_channel_error = -1.0;
     row->ratio_to_cudnn = NAN;
+    row->ratio_to_unfused = NAN;
     const char *reason = unavailable_reason(env, data, impl, op, run_shape);
     if (reason != NULL) {
       row->status = ROW_NOT_RUN;
@@ -1543,10 +2090,10 @@ static int run_op_rows(const bench_env *env, const bench_options *options, case_
       continue;
     }
     call_result call;
-    row->check = validate_op(env, data, impl, op, &call);
+    row->check = op == OP_LINEAR_BN ? validate_linear(env, data, impl, &call) : validate_op(env, data, impl, op, &call);
     if (call.failed) {
       /* A library that declines a case has not failed: cuDNN's NOT_SUPPORTED is a fact about cuDNN. */
-      row->status = call.not_supported && impl != IMPL_BNK ? ROW_NOT_RUN : ROW_ERROR;
+      row->status = call.not_supported && !is_bnk(impl) ? ROW_NOT_RUN : ROW_ERROR;
       snprintf(row->note, sizeof row->note, "%s", call.message);
       continue;
     }
@@ -1554,10 +2101,10 @@ static int run_op_rows(const bench_env *env, const bench_options *options, case_
     if (!row->check.passed) snprintf(row->note, sizeof row->note, "%s", row->check.failure);
 #ifndef BNK_BENCH_EMULATION
     /* bnk is timed only when right; an alternative is timed either way, its row saying FAIL with the error. */
-    if (row->check.passed || impl != IMPL_BNK) time_op(env, data, impl, op, options->runs, options->warmup, row);
+    if (row->check.passed || !is_bnk(impl)) time_op(env, data, impl, op, options->runs, options->warmup, row);
 #endif
   }
-  set_ratios_to_cudnn(rows, count);
+  set_ratios(rows, count);
   for (int i = 0; i < count; ++i) print_row(env, &rows[i]);
   return count;
 }
@@ -1570,29 +2117,39 @@ int main(int argc, char **argv) {
   print_table_header(&env);
 
   bench_rng rng = {options.seed};
-  const size_t capacity = (size_t)3 * (size_t)options.shape_count * 2 * OP_COUNT * IMPL_COUNT;
+  const size_t capacity =
+      (size_t)3 * ((size_t)options.shape_count * 2 * OP_COUNT + (size_t)options.linear_count) * IMPL_COUNT;
   bench_row *rows = host_alloc(capacity * sizeof(bench_row));
   int row_count = 0;
+  int any_tensor_op = 0; /* an op on the --shape / --preset tensors, i.e. other than linear_bn */
+  for (int op = 0; op < OP_COUNT; ++op) any_tensor_op |= options.run_op[op] && op != OP_LINEAR_BN;
   for (int dtype = 0; dtype < 3; ++dtype) {
     if (!options.run_dtype[dtype]) continue;
-    for (int shape_index = 0; shape_index < options.shape_count; ++shape_index) {
+    for (int shape_index = 0; shape_index < options.shape_count && any_tensor_op; ++shape_index) {
       const bench_shape *shape = &options.shapes[shape_index];
       const bench_shape run_shape = env.emulation ? emulation_shape(shape) : *shape;
       for (int layout = BNK_NCHW; layout <= BNK_NHWC; ++layout) {
         if (!options.run_layout[layout]) continue;
         /* Without spatial dims both layouts are the same (N, C) matrix: running it twice measures nothing new. */
         if (layout == BNK_NHWC && shape->spatial_dims == 0 && options.run_layout[BNK_NCHW]) continue;
-        case_data data = make_case(&env, &run_shape, (bnk_layout)layout, (bnk_dtype)dtype, &rng);
+        case_data data = make_case(&env, &options, &run_shape, (bnk_layout)layout, (bnk_dtype)dtype, &rng);
         data.cublas_setup = call_ok();
 #ifdef BNK_BENCH_WITH_CUBLAS
         if (env.cublas != NULL && options.run_impl[IMPL_CUBLAS])
           data.cublas_setup = cublas_bench_prepare(env.cublas, &data.desc);
 #endif
         for (int op = 0; op < OP_COUNT; ++op)
-          if (options.run_op[op])
+          if (options.run_op[op] && op != OP_LINEAR_BN)
             row_count += run_op_rows(&env, &options, &data, (bench_op)op, shape, &run_shape, &rows[row_count]);
         free_case(&data);
       }
+    }
+    /* linear_bn has shapes of its own (--linear): a Linear layer, not a BN tensor. */
+    for (int i = 0; i < options.linear_count && options.run_op[OP_LINEAR_BN]; ++i) {
+      const bench_shape *shape = &options.linear_shapes[i];
+      case_data data = make_linear_case(&env, shape, (bnk_dtype)dtype, &rng);
+      row_count += run_op_rows(&env, &options, &data, OP_LINEAR_BN, shape, shape, &rows[row_count]);
+      free_case(&data);
     }
   }
 
@@ -1606,11 +2163,14 @@ int main(int argc, char **argv) {
   for (int i = 0; i < row_count; ++i) ++counts[rows[i].impl][rows[i].status];
   free(rows);
   printf("\n%-17s %6s %6s %6s %6s\n", "implementation", "PASS", "FAIL", "n/a", "ERROR");
-  for (int impl = 0; impl < IMPL_COUNT; ++impl)
-    if (options.run_impl[impl])
-      printf("%-17s %6d %6d %6d %6d\n", impl_names[impl], counts[impl][ROW_PASS], counts[impl][ROW_FAIL],
-             counts[impl][ROW_NOT_RUN], counts[impl][ROW_ERROR]);
-  const int bnk_failures = counts[IMPL_BNK][ROW_FAIL] + counts[IMPL_BNK][ROW_ERROR];
+  int bnk_failures = 0;
+  for (int impl = 0; impl < IMPL_COUNT; ++impl) {
+    const int *mine = counts[impl];
+    if (mine[ROW_PASS] + mine[ROW_FAIL] + mine[ROW_NOT_RUN] + mine[ROW_ERROR] == 0) continue; /* no op of its ran */
+    printf("%-17s %6d %6d %6d %6d\n", impl_names[impl], mine[ROW_PASS], mine[ROW_FAIL], mine[ROW_NOT_RUN],
+           mine[ROW_ERROR]);
+    if (is_bnk((bench_impl)impl)) bnk_failures += mine[ROW_FAIL] + mine[ROW_ERROR];
+  }
   if (bnk_failures > 0) {
     fprintf(stderr, PROGRAM ": %d bnk case(s) failed (and were not timed)\n", bnk_failures);
     return EXIT_FAILURE;

@@ -3,7 +3,8 @@
 
 GPU results: for every op, the speed of each implementation relative to cuDNN per case (cuDNN's median over
 the implementation's median, so above 1 is faster than cuDNN), and each implementation's rate as a
-percentage of the copy bandwidth measured in the same run.
+percentage of the copy bandwidth measured in the same run. bnk's epilogue ops (fused BN + ReLU and the like)
+are drawn relative to the unfused sequence they replace instead of cuDNN, which has no such op.
 
 Emulation results have no timings, and the chart does not invent any: it shows the byte floors a GPU run
 would be held to (an H100 at 3.0 TB/s, not measured) and the validation error of every implementation that
@@ -25,12 +26,19 @@ import matplotlib
 matplotlib.use("Agg")  # no display: the bench runs on headless machines
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 
-OPS = ["fwd_train", "fwd_infer", "bwd", "bwd_infer"]
-IMPLEMENTATIONS = ["bnk", "cudnn", "cudnn-persistent", "cublas", "naive"]
+PLAIN_OPS = ["fwd_train", "fwd_infer", "bwd", "bwd_infer"]
+# Compared with the unfused sequence (bnk+separate, or bnk-fwd-infer for scale_shift), not with cuDNN.
+EPILOGUE_OPS = ["fwd_infer_relu", "fwd_infer_add_relu", "fwd_train_add_relu", "bwd_add_relu", "scale_shift",
+                "linear_bn"]
+OPS = PLAIN_OPS + EPILOGUE_OPS
+IMPLEMENTATIONS = ["bnk", "cudnn", "cudnn-persistent", "cublas", "naive", "bnk-fused", "bnk-mask", "bnk-from-y",
+                   "bnk-scale-shift", "bnk+separate", "bnk-fwd-infer"]
 COLORS = {"bnk": "#1f77b4", "cudnn": "#d62728", "cudnn-persistent": "#ff9896", "cublas": "#2ca02c",
-          "naive": "#7f7f7f"}
-NUMERIC = ["max_error", "channel_error", "median_us", "min_us", "p10_us", "p90_us", "bytes", "gb_per_s",
-           "percent_of_copy", "ratio_to_cudnn", "floor_us", "floor_bandwidth_gb_per_s"]
+          "naive": "#7f7f7f", "bnk-fused": "#1f77b4", "bnk-mask": "#1f77b4", "bnk-from-y": "#aec7e8",
+          "bnk-scale-shift": "#1f77b4", "bnk+separate": "#ff7f0e", "bnk-fwd-infer": "#ff7f0e"}
+NUMERIC = ["max_error", "channel_error", "median_us", "min_us", "p10_us", "p90_us", "bytes",
+           "bytes_ratio_to_unfused", "gb_per_s", "percent_of_copy", "ratio_to_cudnn", "ratio_to_unfused", "floor_us",
+           "floor_bandwidth_gb_per_s"]
 # Errors are drawn on a log axis; an exact result (error 0) sits on this floor instead of vanishing.
 ERROR_FLOOR = 1e-12
 
@@ -140,21 +148,28 @@ def plot(header, rows, output):
     for line, op in enumerate(ops):
         cases = cases_of(rows, op)
         left, right = axes[line][0], axes[line][1]
+        epilogue = op in EPILOGUE_OPS
         if timed:
-            grouped_bars(left, rows, op, cases, lambda row: row["ratio_to_cudnn"], implementations)
+            reference = "unfused" if epilogue else "cuDNN"
+            grouped_bars(left, rows, op, cases, lambda row: row["ratio_to_unfused" if epilogue else "ratio_to_cudnn"],
+                         implementations)
             left.axhline(1.0, color="black", linewidth=0.8)
             left.set_yscale("log")
-            left.set_ylabel("cuDNN time / time")
-            left.set_title("{}: ratio to cuDNN per shape".format(op))
+            left.set_ylabel("{} time / time".format(reference))
+            left.set_title("{}: ratio to {} per shape".format(op, reference))
             grouped_bars(right, rows, op, cases, lambda row: row["percent_of_copy"], implementations)
             right.axhline(100.0, color="black", linewidth=0.8)
             right.set_ylabel("% of copy bandwidth")
             right.set_title("{}: % of the measured copy bandwidth".format(op))
+        elif epilogue:
+            # Each variant moves its own bytes: one floor per variant.
+            grouped_bars(left, rows, op, cases, lambda row: row["floor_us"], implementations)
         else:
             # The floor depends on the op and the shape only: one bar per case.
-            first = rows[0]["implementation"]
+            first = next(row["implementation"] for row in rows if row["op"] == op)
             grouped_bars(left, [row for row in rows if row["implementation"] == first], op, cases,
                          lambda row: row["floor_us"], [first], {first: "floor (the same for every implementation)"})
+        if not timed:
             left.set_yscale("log")
             left.set_ylabel("floor (us), not measured")
             left.set_title("{}: time to move the op's bytes at the reference bandwidth".format(op))

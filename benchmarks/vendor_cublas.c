@@ -16,7 +16,9 @@
  *    partials, then one cublasSgemv against ones(N). Two calls whatever N is; the alternative, N GEMVs that
  *    accumulate into the result (beta = 1), costs N launches, 256 of them at batch 256.
  * The sums of squares give the variance as E[x^2] - E[x]^2, the textbook formula, which cancels when the
- * mean is large against the spread; the validation reports what that costs. */
+ * mean is large against the spread; the validation reports what that costs.
+ *
+ * Also here: the plain GEMM of linear_bn's unfused sequence (cublas_bench_linear), on the same handle. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -253,8 +255,23 @@ call_result cublas_bench_run(cublas_bench *bench, bench_op op, const op_argument
                                               args->eps, args->dgamma, args->dbeta, args->stream),
                          "the dx kernel");
     }
-    case OP_FWD_INFER:
-    case OP_COUNT: break;
+    case OP_FWD_INFER: break;
+    default: /* bnk's epilogue ops are measured against bnk's own unfused sequence: never routed here */
+      return failure(1, "%s", "the cuBLAS baseline has no counterpart of this op");
   }
   return failure(1, "%s", "the cuBLAS baseline has no reduction to do in inference");
+}
+
+/* Row-major y = x weight^T is, in cuBLAS's column-major terms, y^T (out x batch) = weight^T (the row-major
+ * out x in weight read as a column-major in x out matrix, transposed) times x^T (in x batch). */
+call_result cublas_bench_linear(cublas_bench *bench, bnk_dtype dtype, int64_t batch, int64_t in_features,
+                                int64_t out_features, const void *x, const void *weight, void *y) {
+  if (batch > INT_MAX || in_features > INT_MAX || out_features > INT_MAX)
+    return failure(1, "%s", "an extent exceeds the int range of cuBLAS's 32-bit API");
+  const cudaDataType_t type = data_type(dtype);
+  const float one = 1.0f, zero = 0.0f;
+  return cublas_result(cublasGemmEx(bench->handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)out_features, (int)batch,
+                                    (int)in_features, &one, weight, type, (int)in_features, x, type, (int)in_features,
+                                    &zero, y, type, (int)out_features, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                       "cublasGemmEx (the Linear layer's GEMM)");
 }
