@@ -221,7 +221,9 @@ void expect_bitwise_equal(const char *what, const void *a, const void *b, size_t
   }
 }
 
-void expect_status(bnk_status got, bnk_status want, const char *call) {
-  cr_expect(got == want, "%s returned %s (%s), expected %s", call, bnk_status_name(got), bnk_last_error_message(),
-            bnk_status_name(want));
+void expect_rejection(bnk_status got, bnk_status want, const char *needle) {
+  cr_expect_eq(got, want, "expected %s, got %s (%s)", bnk_status_name(want), bnk_status_name(got),
+               bnk_last_error_message());
+  cr_expect(strstr(bnk_last_error_message(), needle) != NULL, "message \"%s\" does not contain \"%s\"",
+            bnk_last_error_message(), needle);
 }

@@ -56,6 +56,7 @@ void expect_close(const char *what, const double *got, const double *want, int64
 void expect_within_ulps(const char *what, bnk_dtype dtype, const double *got, const double *want, int64_t count,
                         double ulps, double atol);
 void expect_bitwise_equal(const char *what, const void *a, const void *b, size_t bytes);
-void expect_status(bnk_status got, bnk_status want, const char *call);
+/* A rejected call: the status, and a message (bnk_last_error_message) that contains `needle`. */
+void expect_rejection(bnk_status got, bnk_status want, const char *needle);
 
 #endif

@@ -286,13 +286,6 @@ Test(fold, linear_matches_batch_norm_of_linear) {
 
 /* ---- argument rules ---- */
 
-static void expect_rejection(bnk_status got, bnk_status want, const char *needle) {
-  cr_expect_eq(got, want, "expected %s, got %s (%s)", bnk_status_name(want), bnk_status_name(got),
-               bnk_last_error_message());
-  cr_expect(strstr(bnk_last_error_message(), needle) != NULL, "message \"%s\" does not contain \"%s\"",
-            bnk_last_error_message(), needle);
-}
-
 Test(fold, rejections_write_nothing) {
   bnk_context *ctx = test_context();
   test_rng rng = rng_fresh();

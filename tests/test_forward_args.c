@@ -99,13 +99,6 @@ static void free_outputs(outputs *o) {
   free(o->num_batches_tracked);
 }
 
-static void expect_rejection(bnk_status got, bnk_status want, const char *needle) {
-  cr_expect_eq(got, want, "expected %s, got %s (%s)", bnk_status_name(want), bnk_status_name(got),
-               bnk_last_error_message());
-  cr_expect(strstr(bnk_last_error_message(), needle) != NULL, "message \"%s\" does not contain \"%s\"",
-            bnk_last_error_message(), needle);
-}
-
 #define TRAIN(s, ...) bnk_forward_training((s).ctx, __VA_ARGS__)
 
 Test(forward_args, rejections_write_nothing) {
