@@ -79,12 +79,9 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
                                 const float *__restrict__ mean, bnk_backward_workspace ws,
                                 bnk_grad_epilogue_args e) {
   __shared__ float2 shared[BNK_STREAM_THREADS][V];
-  const int64_t block = blockIdx.x;
-  const int64_t tile = block % tiles;
-  const int64_t part = block / tiles;
-  const int tx = (int)threadIdx.x % tile_x;
-  const int ty = (int)threadIdx.x / tile_x;
-  const int64_t channel0 = (tile * tile_x + tx) * V;
+  int64_t part, channel0;
+  int ty;
+  bnk_tile_position<V>(tile_x, tiles, &part, &ty, &channel0);
   const bool active = channel0 < c;
 
   float channel_mean[V];
@@ -271,12 +268,9 @@ template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     backward_dx_channels_last(const T *x, const T *dy, T *dx, int64_t rows, int64_t c, int tile_x, int tile_y,
                               int64_t tiles, int64_t rows_per_part, dx_params p, bnk_grad_epilogue_args e) {
-  const int64_t block = blockIdx.x;
-  const int64_t tile = block % tiles;
-  const int64_t part = block / tiles;
-  const int tx = (int)threadIdx.x % tile_x;
-  const int ty = (int)threadIdx.x / tile_x;
-  const int64_t channel0 = (tile * tile_x + tx) * V;
+  int64_t part, channel0;
+  int ty;
+  bnk_tile_position<V>(tile_x, tiles, &part, &ty, &channel0);
   if (channel0 >= c) return;
   dx_coefficients k[V];
 #pragma unroll

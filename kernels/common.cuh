@@ -74,6 +74,19 @@ static __device__ __forceinline__ void bnk_store(T *__restrict__ p, const float 
   }
 }
 
+// ---- the channels-last tiling of bnk_reduce_plan ----
+// Block b covers tile (b % tiles) of tile_x * V channels over the rows of piece (b / tiles); thread
+// (tx, ty) owns V channels, from *channel0 (>= C for the idle threads of the last tile), and walks rows
+// ty, ty + tile_y, ... of the piece.
+template <int V>
+static __device__ __forceinline__ void bnk_tile_position(int tile_x, int64_t tiles, int64_t *part, int *ty,
+                                                         int64_t *channel0) {
+  const int64_t block = blockIdx.x;
+  *part = block / tiles;
+  *ty = (int)threadIdx.x / tile_x;
+  *channel0 = ((block % tiles) * tile_x + (int)threadIdx.x % tile_x) * V;
+}
+
 // ---- division by a run-time invariant divisor, for index arithmetic in hot loops ----
 // 64-bit integer division is a long subroutine on the GPU; a multiply-high and a shift are not.
 // Valid for dividends below 2^63 and divisors in [1, 2^63) (Granlund & Montgomery, round-up variant).

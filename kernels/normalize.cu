@@ -75,12 +75,9 @@ template <typename T, int V, bool FROM_VARIANCE, int EPILOGUE>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     normalize_channels_last(const T *x, const T *z, T *y, uint32_t *mask, int64_t rows, int64_t c, int tile_x,
                             int tile_y, int64_t tiles, int64_t rows_per_part, bnk_normalize_params p) {
-  const int64_t block = blockIdx.x;
-  const int64_t tile = block % tiles;
-  const int64_t part = block / tiles;
-  const int tx = (int)threadIdx.x % tile_x;
-  const int ty = (int)threadIdx.x / tile_x;
-  const int64_t channel0 = (tile * tile_x + tx) * V;
+  int64_t part, channel0;
+  int ty;
+  bnk_tile_position<V>(tile_x, tiles, &part, &ty, &channel0);
   if (channel0 >= c) return;
   bnk_channel_affine a[V];
 #pragma unroll

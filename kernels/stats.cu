@@ -71,12 +71,9 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   __shared__ float shared_count[BNK_STREAM_THREADS];
   __shared__ float shared_mean[BNK_STREAM_THREADS][V];
   __shared__ float shared_m2[BNK_STREAM_THREADS][V];
-  const int64_t block = blockIdx.x;
-  const int64_t tile = block % tiles;
-  const int64_t part = block / tiles;
-  const int tx = (int)threadIdx.x % tile_x;
-  const int ty = (int)threadIdx.x / tile_x;
-  const int64_t channel0 = (tile * tile_x + tx) * V;
+  int64_t part, channel0;
+  int ty;
+  bnk_tile_position<V>(tile_x, tiles, &part, &ty, &channel0);
   const bool active = channel0 < c;
 
   float shift[V] = {};
@@ -85,7 +82,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 #pragma unroll
     for (int i = 0; i < V; ++i) ws.shift[channel0 + i] = shift[i];
   }
-  if (block == 0 && threadIdx.x == 0 && num_batches_tracked != NULL) *num_batches_tracked += 1;
+  if (blockIdx.x == 0 && threadIdx.x == 0 && num_batches_tracked != NULL) *num_batches_tracked += 1;
 
   bnk_welford_run run[V];
 #pragma unroll
