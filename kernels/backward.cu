@@ -18,6 +18,23 @@
 
 // Channels-first: block b sums piece (b % parts) of channel (b / parts), exactly as stats_channels_first
 // walks the channel.
+// One vector of the gradient a pass reads: dy gated by the epilogue (g = y > 0 ? dy : 0), and x when the
+// pass needs it (x NULL: left 0).
+template <int GRAD, typename T, int V>
+static __device__ __forceinline__ void load_gradient(const T *x, const T *dy, const bnk_grad_epilogue_args &e,
+                                                     int64_t offset, float (&g)[V], float (&vx)[V]) {
+  bnk_load<T, V>(dy + offset, g);
+  bnk_gate_gradient<GRAD, T, V>(g, static_cast<const T *>(e.y), e.mask, offset);
+  if (x != NULL) bnk_load<T, V>(x + offset, vx);
+}
+
+// The gated gradient is also the gradient of the residual z of ADD_RELU: the first pass writes it.
+template <int GRAD, typename T, int V>
+static __device__ __forceinline__ void store_residual_gradient(const bnk_grad_epilogue_args &e, int64_t offset,
+                                                               const float (&g)[V]) {
+  if (GRAD != BNK_GRAD_PLAIN && e.dz != NULL) bnk_store<T, V>(static_cast<T *>(e.dz) + offset, g);
+}
+
 template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     backward_sums_channels_first(const T *__restrict__ x, const T *__restrict__ dy, int64_t c, int64_t s,
@@ -45,15 +62,13 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
         const int64_t run = (int64_t)bnk_div((uint64_t)j, vecs_per_run);
         const int64_t within = j - run * (int64_t)vecs_per_run.divisor;
         offsets[u] = channel_offset + run * run_stride + within * V;
-        bnk_load<T, V>(dy + offsets[u], vdy[u]);
-        bnk_gate_gradient<GRAD, T, V>(vdy[u], static_cast<const T *>(e.y), e.mask, offsets[u]);
-        if (x != NULL) bnk_load<T, V>(x + offsets[u], vx[u]);
+        load_gradient<GRAD, T, V>(x, dy, e, offsets[u], vdy[u], vx[u]);
       }
     }
 #pragma unroll
     for (int u = 0; u < BNK_UNROLL; ++u) {
       if (j0 + u * step < end) {
-        if (GRAD != BNK_GRAD_PLAIN && e.dz != NULL) bnk_store<T, V>(static_cast<T *>(e.dz) + offsets[u], vdy[u]);
+        store_residual_gradient<GRAD, T, V>(e, offsets[u], vdy[u]);
 #pragma unroll
         for (int i = 0; i < V; ++i) {
           acc.x += vdy[u][i];
@@ -100,17 +115,14 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
       for (int u = 0; u < BNK_UNROLL; ++u) {
         const int64_t r = r0 + (int64_t)u * tile_y;
         if (r < row_end) {
-          bnk_load<T, V>(dy + r * c + channel0, vdy[u]);
-          bnk_gate_gradient<GRAD, T, V>(vdy[u], static_cast<const T *>(e.y), e.mask, r * c + channel0);
-          if (x != NULL) bnk_load<T, V>(x + r * c + channel0, vx[u]);
+          load_gradient<GRAD, T, V>(x, dy, e, r * c + channel0, vdy[u], vx[u]);
         }
       }
 #pragma unroll
       for (int u = 0; u < BNK_UNROLL; ++u) {
         const int64_t r = r0 + (int64_t)u * tile_y;
         if (r < row_end) {
-          if (GRAD != BNK_GRAD_PLAIN && e.dz != NULL)
-            bnk_store<T, V>(static_cast<T *>(e.dz) + r * c + channel0, vdy[u]);
+          store_residual_gradient<GRAD, T, V>(e, r * c + channel0, vdy[u]);
 #pragma unroll
           for (int i = 0; i < V; ++i) {
             acc[i].x += vdy[u][i];
@@ -243,9 +255,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     for (int u = 0; u < BNK_UNROLL; ++u) {
       const int64_t j = j0 + u * step;
       if (j < vecs) {
-        bnk_load<T, V>(dy + j * V, vdy[u]);
-        bnk_gate_gradient<GRAD, T, V>(vdy[u], static_cast<const T *>(e.y), e.mask, j * V);
-        if (x != NULL) bnk_load<T, V>(x + j * V, vx[u]);
+        load_gradient<GRAD, T, V>(x, dy, e, j * V, vdy[u], vx[u]);
       }
     }
 #pragma unroll
@@ -254,7 +264,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
       if (j < vecs) {
         const uint64_t run = bnk_div((uint64_t)j, vecs_per_run);
         const dx_coefficients k = channel_dx(p, (int64_t)bnk_mod(run, channels));
-        if (GRAD != BNK_GRAD_PLAIN && e.dz != NULL) bnk_store<T, V>(static_cast<T *>(e.dz) + j * V, vdy[u]);
+        store_residual_gradient<GRAD, T, V>(e, j * V, vdy[u]);
 #pragma unroll
         for (int i = 0; i < V; ++i) vdy[u][i] = apply_dx(vdy[u][i], vx[u][i], k);
         if (GRAD == BNK_GRAD_PLAIN || dx != NULL) bnk_store<T, V>(dx + j * V, vdy[u]);
@@ -283,17 +293,14 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     for (int u = 0; u < BNK_UNROLL; ++u) {
       const int64_t r = r0 + (int64_t)u * tile_y;
       if (r < row_end) {
-        bnk_load<T, V>(dy + r * c + channel0, vdy[u]);
-        bnk_gate_gradient<GRAD, T, V>(vdy[u], static_cast<const T *>(e.y), e.mask, r * c + channel0);
-        if (x != NULL) bnk_load<T, V>(x + r * c + channel0, vx[u]);
+        load_gradient<GRAD, T, V>(x, dy, e, r * c + channel0, vdy[u], vx[u]);
       }
     }
 #pragma unroll
     for (int u = 0; u < BNK_UNROLL; ++u) {
       const int64_t r = r0 + (int64_t)u * tile_y;
       if (r < row_end) {
-        if (GRAD != BNK_GRAD_PLAIN && e.dz != NULL)
-          bnk_store<T, V>(static_cast<T *>(e.dz) + r * c + channel0, vdy[u]);
+        store_residual_gradient<GRAD, T, V>(e, r * c + channel0, vdy[u]);
 #pragma unroll
         for (int i = 0; i < V; ++i) vdy[u][i] = apply_dx(vdy[u][i], vx[u][i], k[i]);
         if (GRAD == BNK_GRAD_PLAIN || dx != NULL) bnk_store<T, V>(dx + r * c + channel0, vdy[u]);
