@@ -46,6 +46,20 @@ static __global__ void fast_division(const uint64_t *dividends, int count, bnk_f
   if (i < count) quotients[i] = bnk_div(dividends[i], divisor);
 }
 
+// Each thread stores its value in dynamic shared memory; after the barrier it reads its mirror's.
+static __global__ void reverse_in_shared(const float *x, float *out) {
+  BNK_DYNAMIC_SHARED(float, values);
+  const int n = (int)blockDim.x;
+  values[threadIdx.x] = x[threadIdx.x];
+  __syncthreads();
+  out[threadIdx.x] = values[n - 1 - (int)threadIdx.x];
+}
+
+extern "C" cudaError_t test_reverse_in_shared(const float *x, int threads, float *out) {
+  BNK_LAUNCH(reverse_in_shared, dim3(1), dim3((unsigned)threads), (size_t)threads * sizeof(float), 0)(x, out);
+  return cudaGetLastError();
+}
+
 extern "C" cudaError_t test_welford_block(const float *x, int64_t count, int threads, int chunked, float *out) {
   auto kernel = chunked ? welford_block<4> : welford_block<1>;
   BNK_LAUNCH(kernel, dim3(1), dim3((unsigned)threads), 0, 0)(x, count, out);

@@ -11,6 +11,7 @@
 cudaError_t test_welford_block(const float *x, int64_t count, int threads, int chunked, float *out);
 cudaError_t test_sum_block(const float *x, int64_t count, int threads, float *out);
 cudaError_t test_sum_partial_warp(const float *x, int lanes, float *out);
+cudaError_t test_reverse_in_shared(const float *x, int threads, float *out);
 cudaError_t test_fast_division(const uint64_t *dividends, int count, uint64_t divisor, uint64_t *quotients);
 
 static float *random_data(test_rng *rng, int64_t count, double offset, double spread, double **as_double) {
@@ -174,4 +175,24 @@ Test(reduce, fast_division_is_exact) {
   }
   dev_free(dividends_dev);
   dev_free(quotients_dev);
+}
+
+/* BNK_DYNAMIC_SHARED: the launch's dynamic shared memory, shared by the block, across a barrier. */
+Test(reduce, dynamic_shared_memory) {
+  (void)test_context();
+  enum { THREADS = 1000 };
+  float host[THREADS], got[THREADS];
+  for (int i = 0; i < THREADS; ++i) host[i] = (float)(i * 3 + 1);
+  float *x = dev_alloc(sizeof host), *out = dev_alloc(sizeof got);
+  dev_upload(x, host, sizeof host);
+  for (int schedule = 0; schedule < schedule_count(); ++schedule) {
+    schedule_use(schedule);
+    dev_poison(out, sizeof got);
+    cr_assert_eq(test_reverse_in_shared(x, THREADS, out), cudaSuccess);
+    dev_download(got, out, sizeof got);
+    for (int i = 0; i < THREADS; ++i)
+      cr_expect_eq(got[i], host[THREADS - 1 - i], "[%s] out[%d] = %g", schedule_name(schedule), i, got[i]);
+  }
+  dev_free(x);
+  dev_free(out);
 }
