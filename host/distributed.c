@@ -101,19 +101,12 @@ bnk_status bnk_merge_stats(bnk_context *ctx, int64_t c, int ranks, const double 
   return status;
 }
 
-static bnk_status launch_normalize(const bnk_context *ctx, const bnk_tensor_desc *desc, const bnk_view *view,
-                                   const void *x, void *y, const float *gamma, const float *beta, const float *mean,
-                                   const float *invstd) {
-  const void *pointers[2] = {x, y};
-  const bnk_reduce_plan plan = bnk_plan_reduce(view, bnk_choose_vec(view, pointers, 2), ctx->sm_count);
-  bnk_status status = bnk_require_grid(&plan);
-  if (status != BNK_SUCCESS) return status;
-  bnk_range_push("normalize", desc);
+/* The plain normalize pass with given statistics. */
+static bnk_status launch_normalize(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                   const float *gamma, const float *beta, const float *mean, const float *invstd) {
   const bnk_normalize_params params = {mean, NULL, invstd, NULL, 0.0f, gamma, beta};
-  status = bnk_check_cuda(bnk_launch_normalize(view, ctx->sm_count, x, y, params, ctx->stream),
-                          "bnk_normalize: normalize kernel");
-  bnk_range_pop();
-  return status;
+  const bnk_epilogue_args plain = {BNK_EPILOGUE_NONE, NULL, NULL};
+  return bnk_launch_elementwise(ctx, desc, x, y, params, &plain, "normalize", "bnk_normalize: normalize kernel");
 }
 
 bnk_status bnk_normalize(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y, const float *gamma,
@@ -129,12 +122,7 @@ bnk_status bnk_normalize(bnk_context *ctx, const bnk_tensor_desc *desc, const vo
   status = bnk_require_pointer(x, "x");
   if (status == BNK_SUCCESS) status = bnk_require_pointer(y, "y");
   if (status != BNK_SUCCESS) return status;
-  bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
-  status = launch_normalize(ctx, desc, &view, x, y, gamma, beta, mean, invstd);
-  bnk_device_leave(&guard);
-  return status;
+  return launch_normalize(ctx, desc, x, y, gamma, beta, mean, invstd);
 }
 
 /* The checks shared by the backward calls: statistics, and x and dy for a non-empty share. */
@@ -293,7 +281,8 @@ bnk_status bnk_sync_workspace_size(const bnk_context *ctx, const bnk_tensor_desc
   bnk_status status = bnk_require_context(ctx);
   if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
   if (status == BNK_SUCCESS) status = bnk_require_pointer(bytes, "bytes");
-  if (status == BNK_SUCCESS && ranks < 1) status = bnk_fail(BNK_ERROR_INVALID_VALUE, "ranks must be >= 1, got %d", ranks);
+  if (status == BNK_SUCCESS && ranks < 1)
+    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "ranks must be >= 1, got %d", ranks);
   if (status != BNK_SUCCESS) return status;
   sync_workspace ws;
   return sync_layout(ctx, desc, ranks, NULL, &ws, bytes);
@@ -353,7 +342,7 @@ bnk_status bnk_forward_training_sync(bnk_context *ctx, const bnk_tensor_desc *de
     status = launch_merge(ctx, view.c, ranks, ws.gathered, running_mean, running_var, num_batches_tracked, momentum,
                           eps, mean, invstd);
   if (status == BNK_SUCCESS && !empty)
-    status = launch_normalize(ctx, desc, &view, x, y, gamma, beta, mean, invstd);
+    status = launch_normalize(ctx, desc, x, y, gamma, beta, mean, invstd);
   bnk_range_pop();
   bnk_device_leave(&guard);
   return status;

@@ -99,10 +99,9 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
   return status;
 }
 
-/* The single elementwise pass of the inference forward and of bnk_scale_shift, after their checks. */
-static bnk_status launch_elementwise(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
-                                    bnk_normalize_params params, const bnk_epilogue_args *fused, const char *op,
-                                    const char *what) {
+bnk_status bnk_launch_elementwise(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                  bnk_normalize_params params, const bnk_epilogue_args *fused, const char *op,
+                                  const char *what) {
   const bnk_view view = bnk_view_of(desc);
   const void *pointers[3] = {x, y, fused->z};
   const bnk_reduce_plan plan = bnk_plan_reduce(&view, bnk_choose_vec(&view, pointers, 3), ctx->sm_count);
@@ -143,7 +142,8 @@ bnk_status bnk_forward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *des
   if (status == BNK_SUCCESS) status = bnk_epilogue_args_of(epilogue, desc, x, y, &fused);
   if (status != BNK_SUCCESS) return status;
   const bnk_normalize_params params = {running_mean, NULL, NULL, running_var, (float)eps, gamma, beta};
-  return launch_elementwise(ctx, desc, x, y, params, &fused, "fwd_infer", "bnk_forward_inference: normalize kernel");
+  return bnk_launch_elementwise(ctx, desc, x, y, params, &fused, "fwd_infer",
+                                "bnk_forward_inference: normalize kernel");
 }
 
 bnk_status bnk_scale_shift(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y, const float *scale,
@@ -163,5 +163,5 @@ bnk_status bnk_scale_shift(bnk_context *ctx, const bnk_tensor_desc *desc, const 
   if (status != BNK_SUCCESS) return status;
   /* The normalize pass with nothing to subtract, scale as invstd and shift as beta: y = fma(x, scale, shift). */
   const bnk_normalize_params params = {NULL, NULL, scale, NULL, 0.0f, NULL, shift};
-  return launch_elementwise(ctx, desc, x, y, params, &fused, "scale_shift", "bnk_scale_shift: normalize kernel");
+  return bnk_launch_elementwise(ctx, desc, x, y, params, &fused, "scale_shift", "bnk_scale_shift: normalize kernel");
 }

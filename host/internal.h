@@ -64,6 +64,12 @@ void bnk_range_pop(void);
 /* The same for a call on per-channel arrays or weights, named "<rows>x<columns>" (ranks x C, K x C x R x S). */
 void bnk_range_push_rows(const char *op, int64_t rows, int64_t columns);
 
+/* The one elementwise pass (inference forward, bnk_scale_shift, bnk_normalize), after the caller's checks:
+ * plan, device, NVTX range `op`, launch; `what` names the launch in a failure message. */
+bnk_status bnk_launch_elementwise(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+                                  bnk_normalize_params params, const bnk_epilogue_args *fused, const char *op,
+                                  const char *what);
+
 /* Makes the context's device current for the duration of a call. */
 typedef struct bnk_device_guard {
   int previous;

@@ -2,6 +2,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -68,6 +69,14 @@ double round_to_storage(bnk_dtype dtype, double value) {
   unsigned char stored[4];
   storage_store(dtype, stored, 0, (float)value);
   return storage_load(dtype, stored, 0);
+}
+
+void format_shape(char *out, size_t size, bnk_layout layout, bnk_dtype dtype, int64_t n, int64_t c, int spatial_dims,
+                  const int64_t *spatial) {
+  int used = snprintf(out, size, "%s %s %lldx%lld", layout == BNK_NCHW ? "NCHW" : "NHWC", dtype_name(dtype),
+                      (long long)n, (long long)c);
+  for (int d = 0; d < spatial_dims && used > 0 && (size_t)used < size; ++d)
+    used += snprintf(out + used, size - (size_t)used, "x%lld", (long long)spatial[d]);
 }
 
 /* ---- device memory ---- */

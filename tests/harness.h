@@ -25,6 +25,9 @@ const char *dtype_name(bnk_dtype dtype);
 double round_to_storage(bnk_dtype dtype, double value);
 void to_storage(bnk_dtype dtype, const double *in, void *out, int64_t count);
 void from_storage(bnk_dtype dtype, const void *in, double *out, int64_t count);
+/* "NCHW f32 2x3x5x7": how failure messages name a case's tensor. */
+void format_shape(char *out, size_t size, bnk_layout layout, bnk_dtype dtype, int64_t n, int64_t c, int spatial_dims,
+                  const int64_t *spatial);
 
 /* ---- device memory: every allocation starts poisoned (all bits set: NaN in every float type) ---- */
 void *dev_alloc(size_t bytes);

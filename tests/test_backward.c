@@ -43,15 +43,10 @@ typedef struct backward_case {
 #define INFERENCE_DX_TOLERANCE 1e-6
 
 static void describe(const backward_case *bc, char *out, size_t size) {
-  char spatial[64] = "";
-  for (int d = 0; d < bc->spatial_dims; ++d) {
-    char part[24];
-    snprintf(part, sizeof part, "x%lld", (long long)bc->spatial[d]);
-    strncat(spatial, part, sizeof spatial - strlen(spatial) - 1);
-  }
-  snprintf(out, size, "%s %s %lldx%lld%s offset %g spread %g%s%s", bc->layout == BNK_NCHW ? "NCHW" : "NHWC",
-           dtype_name(bc->dtype), (long long)bc->n, (long long)bc->c, spatial, bc->offset, bc->spread,
-           bc->misalign ? " misaligned" : "", bc->affine ? "" : " no gamma");
+  char shape[96];
+  format_shape(shape, sizeof shape, bc->layout, bc->dtype, bc->n, bc->c, bc->spatial_dims, bc->spatial);
+  snprintf(out, size, "%s offset %g spread %g%s%s", shape, bc->offset, bc->spread, bc->misalign ? " misaligned" : "",
+           bc->affine ? "" : " no gamma");
 }
 
 typedef struct backward_data {

@@ -50,14 +50,9 @@ static const epilogue_case cases[] = {
 };
 
 static void describe(const epilogue_case *ec, char *out, size_t size) {
-  char spatial[64] = "";
-  for (int d = 0; d < ec->spatial_dims; ++d) {
-    char part[24];
-    snprintf(part, sizeof part, "x%lld", (long long)ec->spatial[d]);
-    strncat(spatial, part, sizeof spatial - strlen(spatial) - 1);
-  }
-  snprintf(out, size, "%s %s %lldx%lld%s%s", ec->layout == BNK_NCHW ? "NCHW" : "NHWC", dtype_name(ec->dtype),
-           (long long)ec->n, (long long)ec->c, spatial, ec->misalign ? " misaligned" : "");
+  char shape[96];
+  format_shape(shape, sizeof shape, ec->layout, ec->dtype, ec->n, ec->c, ec->spatial_dims, ec->spatial);
+  snprintf(out, size, "%s%s", shape, ec->misalign ? " misaligned" : "");
 }
 
 /* A device tensor of the case's descriptor and its stored values as doubles. */

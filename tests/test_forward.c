@@ -38,14 +38,9 @@ typedef struct forward_case {
 #define RUNNING_TOLERANCE 2e-6
 
 static void describe(const forward_case *fc, char *out, size_t size) {
-  char spatial[64] = "";
-  for (int d = 0; d < fc->spatial_dims; ++d) {
-    char part[24];
-    snprintf(part, sizeof part, "x%lld", (long long)fc->spatial[d]);
-    strncat(spatial, part, sizeof spatial - strlen(spatial) - 1);
-  }
-  snprintf(out, size, "%s %s %lldx%lld%s offset %g spread %g%s eps %g", fc->layout == BNK_NCHW ? "NCHW" : "NHWC",
-           dtype_name(fc->dtype), (long long)fc->n, (long long)fc->c, spatial, fc->offset, fc->spread,
+  char shape[96];
+  format_shape(shape, sizeof shape, fc->layout, fc->dtype, fc->n, fc->c, fc->spatial_dims, fc->spatial);
+  snprintf(out, size, "%s offset %g spread %g%s eps %g", shape, fc->offset, fc->spread,
            fc->misalign ? " misaligned" : "", fc->eps);
 }
 
