@@ -92,6 +92,13 @@ bnk_status bnk_require_pointer(const void *pointer, const char *name) {
   return pointer == NULL ? bnk_fail(BNK_ERROR_INVALID_VALUE, "%s must not be NULL", name) : BNK_SUCCESS;
 }
 
+bnk_status bnk_require_query(const bnk_context *ctx, const bnk_tensor_desc *desc, const size_t *bytes) {
+  bnk_status status = bnk_require_context(ctx);
+  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
+  if (status == BNK_SUCCESS) status = bnk_require_pointer(bytes, "bytes");
+  return status;
+}
+
 bnk_status bnk_require_workspace(const void *workspace, size_t workspace_bytes, size_t needed, const char *query) {
   if (workspace_bytes < needed)
     return bnk_fail(BNK_ERROR_WORKSPACE_TOO_SMALL, "workspace_bytes must be >= %zu (%s) for this shape, got %zu",

@@ -278,9 +278,7 @@ static bnk_status sync_layout(const bnk_context *ctx, const bnk_tensor_desc *des
 
 bnk_status bnk_sync_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, int ranks, size_t *bytes) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(bytes, "bytes");
+  bnk_status status = bnk_require_query(ctx, desc, bytes);
   if (status == BNK_SUCCESS && ranks < 1)
     status = bnk_fail(BNK_ERROR_INVALID_VALUE, "ranks must be >= 1, got %d", ranks);
   if (status != BNK_SUCCESS) return status;

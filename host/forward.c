@@ -10,9 +10,7 @@ static size_t training_workspace_bytes(const bnk_context *ctx, const bnk_view *v
 
 bnk_status bnk_forward_training_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, size_t *bytes) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(bytes, "bytes");
+  bnk_status status = bnk_require_query(ctx, desc, bytes);
   if (status != BNK_SUCCESS) return status;
   const bnk_view view = bnk_view_of(desc);
   *bytes = training_workspace_bytes(ctx, &view);

@@ -37,6 +37,8 @@ bnk_status bnk_require_eps(double eps);
  * needs num_batches_tracked when the statistics are tracked. */
 bnk_status bnk_require_running(const float *running_mean, const float *running_var,
                                const int64_t *num_batches_tracked, double momentum);
+/* The arguments of a workspace-size query: a context, a valid descriptor, somewhere to write. */
+bnk_status bnk_require_query(const bnk_context *ctx, const bnk_tensor_desc *desc, const size_t *bytes);
 /* workspace_bytes >= needed (naming the query that gives it) and a workspace when needed > 0. */
 bnk_status bnk_require_workspace(const void *workspace, size_t workspace_bytes, size_t needed, const char *query);
 /* Rounds a workspace array up to a multiple of 256 bytes, so every array starts aligned. */

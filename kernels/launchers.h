@@ -99,9 +99,6 @@ typedef struct bnk_normalize_params {
   const float *beta;     /* NULL: 0 */
 } bnk_normalize_params;
 
-cudaError_t bnk_launch_normalize(const bnk_view *view, int sm_count, const void *x, void *y,
-                                 bnk_normalize_params params, cudaStream_t stream);
-
 /* Workspace of the backward: per-channel coefficients of the dx pass, then per-piece partial sums;
  * 256-byte aligned arrays. */
 typedef struct bnk_backward_workspace {
@@ -154,7 +151,7 @@ typedef struct bnk_epilogue_args {
   uint32_t *mask; /* 4-byte aligned, bnk_mask_bytes() long, or NULL */
 } bnk_epilogue_args;
 
-/* bnk_launch_normalize with a fused epilogue; NULL is the plain pass. */
+/* The elementwise pass with bnk_normalize_params, through a fused epilogue (NULL: the plain pass). */
 cudaError_t bnk_launch_normalize_ex(const bnk_view *view, int sm_count, const void *x, void *y,
                                     bnk_normalize_params params, const bnk_epilogue_args *epilogue,
                                     cudaStream_t stream);

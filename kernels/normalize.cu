@@ -163,11 +163,6 @@ static void launch_normalize_dtype(const bnk_view *view, int sm_count, const voi
   }
 }
 
-extern "C" cudaError_t bnk_launch_normalize(const bnk_view *view, int sm_count, const void *x, void *y,
-                                            bnk_normalize_params params, cudaStream_t stream) {
-  return bnk_launch_normalize_ex(view, sm_count, x, y, params, NULL, stream);
-}
-
 extern "C" cudaError_t bnk_launch_normalize_ex(const bnk_view *view, int sm_count, const void *x, void *y,
                                                bnk_normalize_params params, const bnk_epilogue_args *epilogue,
                                                cudaStream_t stream) {
