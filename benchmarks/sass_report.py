@@ -273,7 +273,8 @@ def streaming_figures(name, instructions, stream, loops_by_name, model):
     demand = {device: issue_demand(per_element, bytes_per_element, bandwidth, model)
               for device, bandwidth in model["bandwidth"].items()}
     return {"vec": vec, "vector_bytes": vec * dtype_bytes, "elements_per_iteration": elements,
-            "elements_source": source, "loop_instructions": loop["instructions"],
+            "elements_source": source, "loop_instructions": loop["instructions"], "data_loads": loop["data_loads"],
+            "reads": stream["reads"],
             "instructions_per_element": per_element, "mufu_per_element": loop["mufu"] / elements,
             "bytes_per_element": bytes_per_element, "demand": demand}
 
@@ -399,7 +400,7 @@ def main():
             print(f"    {name}: recorded {known_constant[name]}, now " + (f"{now}" if now else "none"))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"library": os.path.abspath(args.library), "issue_model": model, "kernels": figures}, f,
+            json.dump({"library": os.path.basename(args.library), "issue_model": model, "kernels": figures}, f,
                       indent=1, sort_keys=True)
     if failures:
         print("\nBUDGET FAILURES:")

@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""A MODEL of bnk's op times on an H100 and an H200, from the plan and the machine code. Not a measurement.
+
+For every shape of the chosen presets and every op (fwd_train, fwd_infer, bwd), bnk-plan (plan_dump.c,
+built against bnk_emu) prints the launches the library's own planning code picks: kernel, grid, block.
+The kernels' resources (registers, shared memory -> resident blocks per SM) and hot-loop figures
+(instructions per element, bytes in flight) come from `sass_report.py --json` (default: the committed
+snapshot benchmarks/sass_figures.json). Each launch's time is then modelled as printed by --assumptions
+(and at the top of every run), and each op's total is set against its byte floor (docs/performance.md).
+
+    python3 benchmarks/perf_model.py --plan-tool build/benchmarks/bnk-plan [--preset all] [--batch 1,32,256]
+                                     [--csv FILE] [--sass FILE]
+
+Imports no GPU library and runs nothing on a GPU.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sass_report import occupancy_blocks  # noqa: E402  (the SASS report's own occupancy rule)
+
+DEVICES = {  # SMs, clock, copy bandwidth
+    "H100": {"sms": 132, "clock_hz": 1.755e9, "bandwidth": 3.0e12},
+    "H200": {"sms": 132, "clock_hz": 1.755e9, "bandwidth": 4.8e12},
+}
+ISSUE_EFFICIENCY = 0.8       # of the 4 x 32 lanes x clock issue slots per SM that a streaming loop achieves
+LAUNCH_US = 2.0              # per kernel launch, back to back on a stream
+MEMORY_LATENCY_S = 0.6e-6    # DRAM latency, for the bytes in flight that a grid needs to reach the bandwidth
+MERGE_STEP_S = 0.25e-6       # one step of a merge loop: an L2 load of a piece just written, then its merge
+SCHEDULERS, LANES = 4, 32
+
+# ResNet-50 v1.5's 53 BN layers as (C, H, W): count.
+RESNET50_LAYERS = {
+    (64, 112, 112): 1, (64, 56, 56): 6, (256, 56, 56): 4, (128, 56, 56): 1, (128, 28, 28): 7,
+    (512, 28, 28): 5, (256, 28, 28): 1, (256, 14, 14): 11, (1024, 14, 14): 7, (512, 14, 14): 1,
+    (512, 7, 7): 5, (2048, 7, 7): 4,
+}
+# benchmarks/bench.c's presets: bn1d (N, C) and tiny-spatial (N, C) at 7 x 7.
+BN1D_SHAPES = [(1, 256), (32, 256), (256, 4096), (4096, 1024), (65535, 256), (65536, 256), (1000000, 128)]
+TINY_SPATIAL_SHAPES = [(1, 2048), (32, 2048), (256, 2048), (32, 8192), (8, 65536), (2, 131072)]
+
+OPS = ("fwd_train", "fwd_infer", "bwd")
+FLOOR_PASSES = {"fwd_train": 3, "fwd_infer": 2, "bwd": 5}  # tensor-sized reads + writes (docs/performance.md)
+# Per-channel bytes of the finalize / merge kernel beyond the tensor passes, by pieces per channel P
+# (docs/performance.md): (6 + 3 P) C 4 for the forward, (12 + 4 P) C 4 for the backward.
+PER_CHANNEL_FLOATS = {"fwd_train": (6, 3), "bwd": (12, 4)}
+TARGETS = {"fwd_train": 0.85, "fwd_infer": 0.90, "bwd": 0.88}  # fraction of the floor, ResNet-50 batch 32, H100
+MAX_TRAINING_LAUNCHES = 2
+DTYPES = {"f32": 4, "f16": 2, "bf16": 2}
+CSV_COLUMNS = ["device", "preset", "batch", "layout", "dtype", "op", "launches", "floor_us", "model_us"]
+
+
+def assumptions():
+    lines = ["MODEL, not a measurement: every time below is computed from the plan and the SASS, no GPU ran.",
+             "Assumptions:"]
+    for name, d in DEVICES.items():
+        lines.append(f"  {name}: {d['sms']} SMs, {d['clock_hz'] / 1e9:g} GHz, {d['bandwidth'] / 1e12:g} TB/s copy"
+                     f" bandwidth, {SCHEDULERS} schedulers x {LANES} lanes per SM")
+    lines += [
+        f"  floor = tensor bytes / bandwidth: fwd_train 3 E b, fwd_infer 2 E b, bwd 5 E b (E elements of b bytes)",
+        f"  each launch costs {LAUNCH_US:g} us on top of its work",
+        "  a streaming launch (statistics, normalize, backward sums, dx) moves its share of the tensor bytes;",
+        "    its blocks run in waves of (blocks per SM from registers, shared memory, threads) x SMs; each wave",
+        "    takes max(bytes / achieved bandwidth, elements x instructions per element / issue rate), where",
+        f"    achieved bandwidth = min(bandwidth, bytes in flight / {MEMORY_LATENCY_S * 1e6:g} us) (Little's law:"
+        " resident threads x one hot-loop iteration's loads)",
+        f"    and issue rate = SMs in use x {SCHEDULERS} x {LANES} x clock x {ISSUE_EFFICIENCY:g};",
+        "    instructions per element are the hot loop's upper bound from sass_report.py",
+        "  a finalize / merge launch moves (6 + 3 P) C 4 (forward) or (12 + 4 P) C 4 (backward) bytes, P pieces per"
+        f" channel,\n    and takes at least {MERGE_STEP_S * 1e6:g} us (an L2 load and a merge) per 32 pieces plus one"
+        f" ({MEMORY_LATENCY_S * 1e6:g} us) DRAM latency: one warp per channel merges its pieces in order",
+        "  blocks of a launch carry equal work; launches do not overlap",
+    ]
+    return "\n".join(lines)
+
+
+def run_plan_tool(tool, shapes, sm_count):
+    text = subprocess.run([tool, "--sm-count", str(sm_count)] + shapes, capture_output=True, text=True,
+                          check=True).stdout
+    return {entry["shape"]: entry for entry in json.loads(text)["shapes"]}
+
+
+def kernel_figures(sass, name):
+    kernel = sass["kernels"].get(name)
+    if kernel is None:
+        sys.exit(f"perf_model: the plan launches '{name}', which the SASS figures do not list"
+                 " (regenerate them with sass_report.py --json, or adapt plan_of_op in plan_dump.c)")
+    return kernel
+
+
+def streaming_launch_seconds(launch, kernel, elements, device):
+    loop = kernel["hot_loop"]
+    dtype_bytes = loop["vector_bytes"] / loop["vec"]
+    total_bytes = elements * loop["bytes_per_element"]
+    blocks, threads = launch["blocks"], launch["threads"]
+    per_sm = max(1, occupancy_blocks(kernel["registers"], kernel["shared"], threads))
+    capacity = per_sm * device["sms"]
+    in_flight_per_thread = loop["elements_per_iteration"] * loop["reads"] * dtype_bytes
+
+    def wave(n):
+        bandwidth = min(device["bandwidth"], n * threads * in_flight_per_thread / MEMORY_LATENCY_S)
+        issue_rate = min(device["sms"], n) * SCHEDULERS * LANES * device["clock_hz"] * ISSUE_EFFICIENCY
+        return max(n * total_bytes / blocks / bandwidth,
+                   n * elements / blocks * loop["instructions_per_element"] / issue_rate)
+
+    full, tail = divmod(blocks, capacity)
+    seconds = full * wave(capacity) + (wave(tail) if tail else 0.0)
+    return seconds, total_bytes, blocks / capacity, per_sm
+
+
+def merge_launch_seconds(op, plan, channels, device):
+    fixed, per_part = PER_CHANNEL_FLOATS[op]
+    total_bytes = (fixed + per_part * plan["parts"]) * channels * 4
+    latency = MEMORY_LATENCY_S + MERGE_STEP_S * math.ceil(plan["parts"] / 32)
+    return max(total_bytes / device["bandwidth"], latency), total_bytes
+
+
+def model_op(op, entry, sass, device):
+    """(floor seconds, model seconds, launches, details) of one op on one shape."""
+    plan = entry["ops"][op]
+    elements = entry["elements"]
+    dtype_bytes = DTYPES[entry["shape"].split(":")[1]]
+    floor = FLOOR_PASSES[op] * elements * dtype_bytes / device["bandwidth"]
+    seconds = 0.0
+    details = []
+    for launch in plan["launches"]:
+        kernel = kernel_figures(sass, launch["kernel"])
+        if kernel["hot_loop"] is not None:
+            t, _, waves, per_sm = streaming_launch_seconds(launch, kernel, elements, device)
+            details.append(f"{launch['kernel']} grid {launch['blocks']}x{launch['threads']}, {per_sm}/SM,"
+                           f" {waves:.2f} waves, {t * 1e6:.2f} us")
+        else:
+            t, _ = merge_launch_seconds(op, plan, entry["c"], device)
+            details.append(f"{launch['kernel']} grid {launch['blocks']}x{launch['threads']}, {t * 1e6:.2f} us")
+        seconds += t + LAUNCH_US * 1e-6
+    return floor, seconds, len(plan["launches"]), details
+
+
+def shape_key(layout, dtype, dims):
+    return f"{layout}:{dtype}:" + ",".join(str(d) for d in dims)
+
+
+def preset_cases(presets, batches):
+    """(preset row name, batch, dims, count) for every shape; the ResNet-50 layers also add up into one row."""
+    cases = []
+    if "resnet50" in presets:
+        for batch in batches:
+            for (c, h, w), count in RESNET50_LAYERS.items():
+                cases.append(("resnet50", batch, (batch, c, h, w), count))
+    if "bn1d" in presets:
+        cases += [("bn1d", n, (n, c), 1) for n, c in BN1D_SHAPES]
+    if "tiny-spatial" in presets:
+        cases += [("tiny-spatial", n, (n, c, 7, 7), 1) for n, c in TINY_SPATIAL_SHAPES]
+    return cases
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser.add_argument("--plan-tool", required=True, help="the bnk-plan executable (benchmarks/plan_dump.c)")
+    parser.add_argument("--sass", default=os.path.join(here, "sass_figures.json"),
+                        help="kernel figures from sass_report.py --json")
+    parser.add_argument("--preset", default="all", help="resnet50,bn1d,tiny-spatial or all")
+    parser.add_argument("--batch", default="1,32,256", help="batch sizes of the resnet50 preset")
+    parser.add_argument("--dtype", default="f32,f16,bf16")
+    parser.add_argument("--layout", default="nchw,nhwc")
+    parser.add_argument("--csv", default=None, help="write device,preset,batch,layout,dtype,op,launches,floor_us,"
+                        "model_us rows: one per shape (preset:NxCx...) and the 53-layer ResNet-50 totals (preset resnet50);"
+                        " launches is per call of the op")
+    parser.add_argument("--detail", action="store_true", help="print every launch of every shape")
+    args = parser.parse_args()
+
+    presets = ["resnet50", "bn1d", "tiny-spatial"] if args.preset == "all" else args.preset.split(",")
+    batches = [int(b) for b in args.batch.split(",")]
+    dtypes, layouts = args.dtype.split(","), args.layout.split(",")
+    for name, allowed, values in (("--preset", ("resnet50", "bn1d", "tiny-spatial"), presets),
+                                  ("--dtype", DTYPES, dtypes), ("--layout", ("nchw", "nhwc"), layouts)):
+        for value in values:
+            if value not in allowed:
+                parser.error(f"{name}: unknown '{value}' (choose from {', '.join(allowed)})")
+    with open(args.sass) as f:
+        sass = json.load(f)
+
+    print(assumptions())
+    print(f"  kernel figures: {args.sass}\n")
+    cases = preset_cases(presets, batches)
+    shapes = sorted({shape_key(layout, dtype, dims) for _, _, dims, _ in cases for layout in layouts
+                     for dtype in dtypes})
+    sm_counts = {d["sms"] for d in DEVICES.values()}
+    plans = {sms: run_plan_tool(args.plan_tool, shapes, sms) for sms in sm_counts}
+
+    rows = []
+    totals = {}  # (device, batch, layout, dtype, op) -> [floor, model, launches per call]
+    for device_name, device in DEVICES.items():
+        for preset, batch, dims, count in cases:
+            for layout in layouts:
+                for dtype in dtypes:
+                    entry = plans[device["sms"]][shape_key(layout, dtype, dims)]
+                    for op in OPS:
+                        if op != "fwd_infer" and entry["n"] * entry["s"] < 2:
+                            continue  # training needs two values per channel (bench.c's bn1d N = 1)
+                        floor, model, launches, details = model_op(op, entry, sass, device)
+                        name = preset + ":" + "x".join(str(d) for d in dims)
+                        rows.append([device_name, name, batch, layout, dtype, op, launches,
+                                     f"{floor * 1e6:.6g}", f"{model * 1e6:.6g}"])
+                        if args.detail:
+                            print(f"{device_name} {name} {layout} {dtype} {op}: floor {floor * 1e6:.2f} us, model"
+                                  f" {model * 1e6:.2f} us\n    " + "\n    ".join(details))
+                        if preset == "resnet50":
+                            total = totals.setdefault((device_name, batch, layout, dtype, op), [0.0, 0.0, 0])
+                            total[0] += count * floor
+                            total[1] += count * model
+                            total[2] = max(total[2], launches)
+    for (device_name, batch, layout, dtype, op), (floor, model, launches) in totals.items():
+        rows.append([device_name, "resnet50", batch, layout, dtype, op, launches, f"{floor * 1e6:.6g}",
+                     f"{model * 1e6:.6g}"])
+
+    if totals:
+        print_resnet_summary(totals, batches, layouts, dtypes)
+    for preset in ("bn1d", "tiny-spatial"):
+        if preset in presets:
+            print_preset(rows, preset, layouts, dtypes)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(CSV_COLUMNS)
+            writer.writerows(rows)
+        print(f"\nwrote {len(rows)} rows to {args.csv}")
+    return 0
+
+
+def print_resnet_summary(totals, batches, layouts, dtypes):
+    print("ResNet-50, 53 BN layers: fraction of the byte floor (floor / model time) per op, MODEL")
+    for device_name in DEVICES:
+        for batch in batches:
+            print(f"\n  {device_name}, batch {batch}:   fwd_train  fwd_infer        bwd   (floor us / model us,"
+                  " launches per call)")
+            for layout in layouts:
+                for dtype in dtypes:
+                    cells = []
+                    for op in OPS:
+                        floor, model, launches = totals[(device_name, batch, layout, dtype, op)]
+                        cells.append(f"{floor / model:>9.1%}")
+                    detail = "  ".join(f"{op} {totals[(device_name, batch, layout, dtype, op)][0] * 1e6:.0f}/"
+                                       f"{totals[(device_name, batch, layout, dtype, op)][1] * 1e6:.0f}"
+                                       f" x{totals[(device_name, batch, layout, dtype, op)][2]}"
+                                       for op in OPS)
+                    print(f"    {layout} {dtype:<4}           " + "  ".join(cells) + f"   ({detail})")
+    if 32 in batches and "H100" in DEVICES:
+        print("\nIssue 12's targets (H100, batch 32): fwd_train >= 85%, fwd_infer >= 90%, bwd >= 88% of the floor,"
+              f" <= {MAX_TRAINING_LAUNCHES} launches per training op")
+        for layout in layouts:
+            for dtype in dtypes:
+                verdicts = []
+                for op in OPS:
+                    floor, model, launches = totals[("H100", 32, layout, dtype, op)]
+                    met = floor / model >= TARGETS[op]
+                    if op != "fwd_infer":
+                        met = met and launches <= MAX_TRAINING_LAUNCHES
+                    verdicts.append(f"{op} {'met' if met else 'NOT met'} ({floor / model:.1%}, {launches} launches)")
+                print(f"  {layout} {dtype:<4} " + ", ".join(verdicts))
+    print()
+
+
+def print_preset(rows, preset, layouts, dtypes):
+    print(f"{preset}: floor us / model us (fraction of the floor) per shape and op, MODEL")
+    by_key = {(r[0], r[1], r[3], r[4], r[5]): r for r in rows if r[1].startswith(preset + ":")}
+    names = sorted({r[1] for r in rows if r[1].startswith(preset + ":")},
+                   key=lambda n: [int(x) for x in n.split(":")[1].split("x")])
+    for device_name in DEVICES:
+        for name in names:
+            for layout in layouts:
+                for dtype in dtypes:
+                    cells = []
+                    for op in OPS:
+                        r = by_key.get((device_name, name, layout, dtype, op))
+                        cells.append(f"{op} " + (f"{float(r[7]):.2f}/{float(r[8]):.2f} ({float(r[7]) / float(r[8]):.0%})"
+                                                 if r else "-"))
+                    print(f"  {device_name} {name:<26} {layout} {dtype:<4} " + "  ".join(f"{c:<30}" for c in cells))
+    print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
