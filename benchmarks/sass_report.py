@@ -110,9 +110,13 @@ def resource_usage(cuobjdump, library):
 
 
 def disassemble(cuobjdump, library):
-    """Every function's instructions in address order, as (address, text without its guard, guarded)."""
     text = subprocess.run([cuobjdump, "-arch", "sm_90", "-sass", library], capture_output=True, text=True,
                           check=True).stdout
+    return parse_sass(text)
+
+
+def parse_sass(text):
+    """Every function's instructions in address order, as (address, text without its guard, guarded)."""
     functions = {}
     current = None
     for line in text.splitlines():
@@ -252,7 +256,7 @@ def issue_demand(instructions_per_element, bytes_per_element, bandwidth, model):
     return instructions_per_element * elements_per_second / issue_per_second
 
 
-def streaming_figures(name, instructions, stream, loops_by_name, model):
+def streaming_figures(name, stream, loops_by_name, model):
     """Hot-loop figures of a streaming kernel, or None when its loop has no data load."""
     arguments = template_arguments(name)
     dtype_bytes = DTYPE_BYTES[arguments[0]]
@@ -332,7 +336,7 @@ def main():
         occ = occupancy(u["registers"], u["shared"], limits["threads"])
         stream = None
         if name in streams:
-            stream = streaming_figures(name, code.get(mangled, []), streams[name], loops_by_name, model)
+            stream = streaming_figures(name, streams[name], loops_by_name, model)
             if stream is None:
                 failures.append(f"{name}: streaming kernel without a loop that loads its data")
         figures[name] = dict(u, threads=limits["threads"], occupancy=occ,
