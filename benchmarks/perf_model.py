@@ -110,14 +110,15 @@ def streaming_launch_seconds(launch, kernel, elements, device):
 
     full, tail = divmod(blocks, capacity)
     seconds = full * wave(capacity) + (wave(tail) if tail else 0.0)
-    return seconds, total_bytes, blocks / capacity, per_sm
+    return seconds, blocks / capacity, per_sm
 
 
 def merge_launch_seconds(op, plan, channels, device):
-    fixed, per_part = PER_CHANNEL_FLOATS[op]
+    # A per-channel kernel in an op without a reduction (none today) reads and writes a few arrays of C floats.
+    fixed, per_part = PER_CHANNEL_FLOATS.get(op, (4, 0))
     total_bytes = (fixed + per_part * plan["parts"]) * channels * 4
     latency = MEMORY_LATENCY_S + MERGE_STEP_S * math.ceil(plan["parts"] / 32)
-    return max(total_bytes / device["bandwidth"], latency), total_bytes
+    return max(total_bytes / device["bandwidth"], latency)
 
 
 def model_op(op, entry, sass, device):
@@ -131,11 +132,11 @@ def model_op(op, entry, sass, device):
     for launch in plan["launches"]:
         kernel = kernel_figures(sass, launch["kernel"])
         if kernel["hot_loop"] is not None:
-            t, _, waves, per_sm = streaming_launch_seconds(launch, kernel, elements, device)
+            t, waves, per_sm = streaming_launch_seconds(launch, kernel, elements, device)
             details.append(f"{launch['kernel']} grid {launch['blocks']}x{launch['threads']}, {per_sm}/SM,"
                            f" {waves:.2f} waves, {t * 1e6:.2f} us")
         else:
-            t, _ = merge_launch_seconds(op, plan, entry["c"], device)
+            t = merge_launch_seconds(op, plan, entry["c"], device)
             details.append(f"{launch['kernel']} grid {launch['blocks']}x{launch['threads']}, {t * 1e6:.2f} us")
         seconds += t + LAUNCH_US * 1e-6
     return floor, seconds, len(plan["launches"]), details

@@ -158,7 +158,7 @@ BRANCH = re.compile(r"(BRA(?:\.\w+)*)\s+(?:!?U?P\w+\s*,\s*)?(0x[0-9a-f]+)")
 
 def successors(instructions, i, index_of):
     """Indices that may run after instruction i (a guarded instruction may also fall through)."""
-    address, text, guarded = instructions[i]
+    _, text, guarded = instructions[i]
     following = [i + 1] if i + 1 < len(instructions) else []
     m = BRANCH.match(text)
     if m:
