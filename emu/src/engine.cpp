@@ -195,6 +195,7 @@ struct Job {
   std::mutex mu;
   bool failed = false;
   std::string msg;
+  GridBarrier *grid = nullptr; /* a cooperative launch's */
 };
 
 struct BlockCtx {
@@ -276,6 +277,7 @@ const char *barrier_name(int k) {
     case BAR_COUNT: return "__syncthreads_count";
     case BAR_AND: return "__syncthreads_and";
     case BAR_OR: return "__syncthreads_or";
+    case BAR_GRID: return "this_grid().sync()";
     default: return "__syncthreads";
   }
 }
@@ -336,6 +338,15 @@ void on_thread_exit(BlockCtx &B, ThreadRec &t) {
   WarpState &W = B.warps[t.linear >> 5];
   W.exited |= 1u << lane;
   if (B.failed) return;
+  if (B.live == 0 && B.job->grid) {
+    const char *file;
+    int line;
+    if (const unsigned long long waiting = B.job->grid->block_exited(&file, &line))
+      set_failure(B, fmt("%s:%d: this_grid().sync() reached by only part of the grid: %s exited while %llu blocks "
+                         "wait (thread %s exited last)",
+                         file, line, block_str(B).c_str(), waiting, tid_str(t).c_str()));
+    return;
+  }
   for (int g = 0; g < W.ngroups; ++g) {
     const WarpGroup &G = W.groups[g];
     if (G.mask & (1u << lane)) {
@@ -542,6 +553,7 @@ void run_block(WorkerCtx &w, Job &j, unsigned long long lin) {
       j.msg = B.msg;
     }
     j.abort.store(true);
+    if (j.grid) j.grid->abort(); /* wakes the blocks that wait at this_grid().sync() */
   }
 }
 
@@ -584,6 +596,20 @@ class Engine {
       done_.wait(lk, [&] { return pending_ == 0; });
       job_ = nullptr;
     }
+  }
+
+  /* A cooperative launch: every block on its own OS thread, all at once, as
+   * the GPU keeps every block of a cooperative grid resident. */
+  void run_coresident(Job &j) {
+    std::vector<std::thread> others;
+    others.reserve(size_t(j.nblocks - 1));
+    for (unsigned long long b = 1; b < j.nblocks; ++b)
+      others.emplace_back([&j, b] {
+        WorkerCtx w;
+        run_block(w, j, b);
+      });
+    run_block(caller_worker(), j, 0);
+    for (auto &t : others) t.join();
   }
 
   int workers() const { return int(helpers_.size()) + 1; }
@@ -652,6 +678,36 @@ Engine &engine() {
 /* Entry points from kernel code                                             */
 /* ------------------------------------------------------------------------ */
 
+namespace {
+
+/* The block's last thread at this_grid().sync() waits for the other blocks. */
+void grid_rendezvous(BlockCtx &B, const char *file, int line) {
+  GridBarrier &g = *B.job->grid;
+  switch (g.arrive_and_wait(file, line)) {
+    case GridBarrier::RELEASED: return;
+    case GridBarrier::BLOCKS_EXITED:
+      fail_current(B, fmt("%s:%d: this_grid().sync() reached by only part of the grid: %llu blocks exited before it "
+                          "(%s arrived)",
+                          file, line, g.exited_blocks(), block_str(B).c_str()));
+    case GridBarrier::ABORTED:
+      fail_current(B, fmt("%s:%d: launch aborted while waiting at this_grid().sync() (%s)", file, line,
+                          block_str(B).c_str()));
+  }
+}
+
+}  // namespace
+
+void grid_barrier(const char *file, int line) {
+  BlockCtx &B = current_block("this_grid().sync()");
+  if (!B.job->grid)
+    fail_current(B, fmt("%s:%d: this_grid().sync() in a kernel not launched cooperatively (launch it with "
+                        "cudaLaunchCooperativeKernel or cudaLaunchAttributeCooperative) (%s, thread %s)",
+                        file, line, block_str(B).c_str(), tid_str(*B.cur).c_str()));
+  (void)block_barrier(BAR_GRID, 1, file, line);
+}
+
+bool launch_is_cooperative() { return current_block("grid_group::is_valid()").job->grid != nullptr; }
+
 int block_barrier(int kind, int pred, const char *file, int line) {
   BlockCtx &B = current_block("__syncthreads");
   ThreadRec &t = *B.cur;
@@ -681,6 +737,7 @@ int block_barrier(int kind, int pred, const char *file, int line) {
     B.bar_accum &= p;
   else
     B.bar_accum |= p;
+  if (kind == BAR_GRID && B.bar_arrived + 1 == B.n) grid_rendezvous(B, file, line);
   if (B.n == 1) {
     B.bar_result = B.bar_accum;
     return B.bar_result;
@@ -910,6 +967,10 @@ cudaError_t run_launch(const launch_desc &d) {
     return record_error(cudaErrorInvalidConfiguration);
   if (d.smem > size_t(kernel_max_dynamic_smem(d.kernel))) return record_error(cudaErrorInvalidValue);
   if (!stream_is_valid(d.stream)) return record_error(cudaErrorInvalidResourceHandle);
+  if (d.cooperative && blocks > (unsigned long long)blocks_per_sm(d.kernel, int(threads), d.smem) * sm_count())
+    return record_error(cudaErrorCooperativeLaunchTooLarge);
+  cudaError_t captured;
+  if (capture_launch(d, &captured)) return record_error(captured);
 
   Settings &st = settings();
   Job j;
@@ -921,7 +982,14 @@ cudaError_t run_launch(const launch_desc &d) {
   Engine &e = engine();
   {
     std::lock_guard<std::mutex> lk(e.launch_mu);
-    e.run(j);
+    if (d.cooperative) {
+      GridBarrier grid(blocks);
+      j.grid = &grid;
+      e.run_coresident(j);
+      j.grid = nullptr;
+    } else {
+      e.run(j);
+    }
   }
   if (j.failed) {
     std::string m = j.msg + fmt(" [kernel launched at %s:%d]", d.file, d.line);

@@ -91,7 +91,7 @@ namespace bnk_emu {
 namespace detail {
 
 /* Kinds of block barrier (one hardware barrier; the kinds must not mix). */
-enum barrier_kind : int { BAR_SYNC = 0, BAR_COUNT, BAR_AND, BAR_OR };
+enum barrier_kind : int { BAR_SYNC = 0, BAR_COUNT, BAR_AND, BAR_OR, BAR_GRID /* this_grid().sync() */ };
 
 /* Kinds of warp collective. */
 enum collective_kind : int {
@@ -192,9 +192,15 @@ struct launch_desc {
   cudaStream_t stream;
   const char *file;
   int line;
+  bool cooperative = false; /* every block co-resident, this_grid().sync() allowed */
+  /* A heap copy of ctx that owns the arguments, and its destructor: how a
+   * stream capture keeps a launch to replay it (emu/src/graph.cpp). */
+  void *(*clone_ctx)(const void *ctx) = nullptr;
+  void (*destroy_ctx)(void *ctx) = nullptr;
 };
 
-/* Checks the configuration, runs the grid, records the last error. */
+/* Checks the configuration, runs the grid (or records it into a capturing
+ * stream), records the last error. */
 cudaError_t run_launch(const launch_desc &d);
 
 template <class P, class A>
@@ -205,13 +211,30 @@ inline P convert_arg(A &&a) {
 template <class Fn, class Tuple>
 struct invocation {
   Fn fn;
-  Tuple *args;
+  Tuple args;
   static void run(void *self) {
     invocation *inv = static_cast<invocation *>(self);
     /* Every CUDA thread receives its own by-value copy of each parameter. */
-    std::apply(inv->fn, *inv->args);
+    std::apply(inv->fn, inv->args);
   }
+  static void *clone(const void *self) { return new invocation(*static_cast<const invocation *>(self)); }
+  static void destroy(void *self) { delete static_cast<invocation *>(self); }
 };
+
+/* Launches kernel with arguments already converted to its parameter types. */
+template <class... P>
+inline cudaError_t launch_converted(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                                    const char *file, int line, bool cooperative,
+                                    std::tuple<std::decay_t<P>...> &&args) {
+  using tuple_type = std::tuple<std::decay_t<P>...>;
+  using inv_type = invocation<void (*)(P...), tuple_type>;
+  inv_type inv{kernel, std::move(args)};
+  launch_desc d{&inv_type::run, &inv, reinterpret_cast<const void *>(kernel), grid, block, smem, stream, file, line};
+  d.cooperative = cooperative;
+  d.clone_ctx = &inv_type::clone;
+  d.destroy_ctx = &inv_type::destroy;
+  return run_launch(d);
+}
 
 }  // namespace detail
 
@@ -226,19 +249,9 @@ class launcher {
   template <class... A>
   void operator()(A &&...a) const {
     static_assert(sizeof...(A) == sizeof...(P), "BNK_EMU_LAUNCH: wrong number of kernel arguments");
-    using tuple_type = std::tuple<std::decay_t<P>...>;
-    tuple_type args(detail::convert_arg<std::decay_t<P>>(std::forward<A>(a))...);
-    detail::invocation<kernel_type, tuple_type> inv{k_, &args};
-    detail::launch_desc d{&detail::invocation<kernel_type, tuple_type>::run,
-                          &inv,
-                          reinterpret_cast<const void *>(k_),
-                          grid_,
-                          block_,
-                          smem_,
-                          stream_,
-                          file_,
-                          line_};
-    (void)detail::run_launch(d);
+    (void)detail::launch_converted(
+        k_, grid_, block_, smem_, stream_, file_, line_, false,
+        std::tuple<std::decay_t<P>...>(detail::convert_arg<std::decay_t<P>>(std::forward<A>(a))...));
   }
 
  private:
@@ -650,6 +663,8 @@ inline float max(float a, float b) { return std::fmax(a, b); }
 inline double max(double a, double b) { return std::fmax(a, b); }
 inline double max(float a, double b) { return std::fmax(double(a), b); }
 inline double max(double a, float b) { return std::fmax(a, double(b)); }
+
+#include <bnk_emu/cooperative.h>
 
 /* Last: libstdc++ spells __attribute__((__noinline__)), which this macro
  * would break; <memory> (the only user in C++17) is included above. */
