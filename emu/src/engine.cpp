@@ -287,7 +287,7 @@ const char *collective_name(int k) {
       "__shfl_sync",       "__shfl_up_sync",    "__shfl_down_sync",  "__shfl_xor_sync",   "__ballot_sync",
       "__any_sync",        "__all_sync",        "__syncwarp",        "__match_any_sync",  "__match_all_sync",
       "__reduce_add_sync", "__reduce_min_sync", "__reduce_max_sync", "__reduce_min_sync", "__reduce_max_sync",
-      "__reduce_and_sync", "__reduce_or_sync",  "__reduce_xor_sync"};
+      "__reduce_and_sync", "__reduce_or_sync",  "__reduce_xor_sync", "__activemask"};
   return (k >= 0 && k < COLL_KIND_COUNT) ? names[k] : "collective";
 }
 
@@ -329,6 +329,15 @@ BlockCtx &current_block(const char *what) {
 
 /* --- thread exit ----------------------------------------------------------- */
 
+void complete_collective(BlockCtx &B, uint32_t warp, const WarpGroup &G);
+void settle_activemask(BlockCtx &B, uint32_t warp);
+
+/* PTX: vote.sync and bar.warp.sync wait for the non-exited lanes of the mask
+ * only; the other collectives read every lane of the mask. */
+bool waits_for_live_lanes_only(int kind) {
+  return kind == COLL_BALLOT || kind == COLL_ANY || kind == COLL_ALL || kind == COLL_SYNCWARP;
+}
+
 void on_thread_exit(BlockCtx &B, ThreadRec &t) {
   t.state = ST_EXITED;
   t.wait = WAIT_NONE;
@@ -350,6 +359,13 @@ void on_thread_exit(BlockCtx &B, ThreadRec &t) {
   for (int g = 0; g < W.ngroups; ++g) {
     const WarpGroup &G = W.groups[g];
     if (G.mask & (1u << lane)) {
+      if (waits_for_live_lanes_only(G.kind)) {
+        if (G.arrived == (G.mask & ~W.exited)) {
+          complete_collective(B, t.linear >> 5, G);
+          W.groups[g--] = W.groups[--W.ngroups];
+        }
+        continue;
+      }
       std::vector<uint32_t> waiting;
       for (uint32_t l = 0; l < 32; ++l)
         if (G.arrived & (1u << l)) waiting.push_back((t.linear & ~31u) + l);
@@ -360,6 +376,7 @@ void on_thread_exit(BlockCtx &B, ThreadRec &t) {
       return;
     }
   }
+  settle_activemask(B, t.linear >> 5);
   if (B.bar_arrived > 0) {
     std::vector<uint32_t> waiting;
     for (uint32_t i = 0; i < B.n; ++i)
@@ -748,6 +765,7 @@ int block_barrier(int kind, int pred, const char *file, int line) {
   t.mask = 0;
   t.file = file;
   t.line = line;
+  settle_activemask(B, t.linear >> 5);
   if (++B.bar_arrived == B.n) {
     B.bar_result = B.bar_accum;
     B.bar_arrived = 0;
@@ -764,7 +782,7 @@ namespace {
 
 void complete_collective(BlockCtx &B, uint32_t warp, const WarpGroup &G) {
   ThreadRec *base = &B.threads[warp * 32];
-  const unsigned mask = G.mask;
+  const unsigned mask = G.kind == COLL_ACTIVEMASK ? G.arrived : G.mask & ~B.warps[warp].exited;
   unsigned long long res[32];
   switch (G.kind) {
     case COLL_SHFL_IDX:
@@ -839,6 +857,9 @@ void complete_collective(BlockCtx &B, uint32_t warp, const WarpGroup &G) {
     case COLL_SYNCWARP:
       for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = 0;
       break;
+    case COLL_ACTIVEMASK:
+      for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = mask;
+      break;
     default: { /* __reduce_*_sync */
       const int first = __builtin_ctz(mask);
       uint32_t acc = uint32_t(base[first].value);
@@ -893,13 +914,18 @@ unsigned long long warp_collective(int kind, unsigned mask, unsigned long long v
                         "threads) (%s, thread %s)",
                         file, line, name, mask, lanes_str(mask & ~W.exists).c_str(), warp, B.n,
                         block_str(B).c_str(), tid_str(t).c_str()));
-  if (mask & W.exited)
+  if ((mask & W.exited) && !waits_for_live_lanes_only(kind))
     fail_current(B, fmt("%s:%d: %s(mask 0x%08x) names lanes %s of warp %u, which have exited (%s, thread %s)", file,
                         line, name, mask, lanes_str(mask & W.exited).c_str(), warp, block_str(B).c_str(),
                         tid_str(t).c_str()));
+  /* Lanes join the group of exactly their mask.  Groups of different,
+   * overlapping masks coexist: `if (lane < 16) shfl(0xffff); shfl(~0u);` is
+   * legal, and lanes 16-31 may wait at the second while 0-15 do the first.
+   * A mask that never completes is reported when a named lane exits or the
+   * block deadlocks. */
   WarpGroup *G = nullptr;
   for (int g = 0; g < W.ngroups; ++g)
-    if (W.groups[g].mask & mask) {
+    if (W.groups[g].mask == mask) {
       G = &W.groups[g];
       break;
     }
@@ -929,18 +955,62 @@ unsigned long long warp_collective(int kind, unsigned mask, unsigned long long v
   t.file = file;
   t.line = line;
   G->arrived |= bit;
-  if (G->arrived == mask) {
+  if (G->arrived == (mask & ~W.exited)) {
     complete_collective(B, warp, *G);
     *G = W.groups[--W.ngroups];
   }
+  settle_activemask(B, warp);
   yield(B);
   return t.value;
 }
 
-unsigned active_mask() {
+namespace {
+
+/* __activemask() waiters of a warp learn their mask once no lane of the warp
+ * can run: every lane has exited or waits somewhere, so the lanes waiting at
+ * the same call site are exactly those that got there together. */
+void settle_activemask(BlockCtx &B, uint32_t warp) {
+  WarpState &W = B.warps[warp];
+  bool pending = false;
+  for (int g = 0; g < W.ngroups && !pending; ++g) pending = W.groups[g].kind == COLL_ACTIVEMASK;
+  if (!pending) return;
+  const ThreadRec *base = &B.threads[warp * 32];
+  for (unsigned m = W.exists & ~W.exited; m; m &= m - 1)
+    if (base[__builtin_ctz(m)].state == ST_RUNNABLE) return;
+  for (int g = 0; g < W.ngroups; ++g)
+    if (W.groups[g].kind == COLL_ACTIVEMASK) {
+      complete_collective(B, warp, W.groups[g]);
+      W.groups[g--] = W.groups[--W.ngroups];
+    }
+}
+
+}  // namespace
+
+unsigned active_mask(const char *file, int line) {
   BlockCtx &B = current_block("__activemask");
-  const WarpState &W = B.warps[B.cur->linear >> 5];
-  return W.exists & ~W.exited;
+  ThreadRec &t = *B.cur;
+  const uint32_t warp = t.linear >> 5;
+  WarpState &W = B.warps[warp];
+  WarpGroup *G = nullptr;
+  for (int g = 0; g < W.ngroups; ++g)
+    if (W.groups[g].kind == COLL_ACTIVEMASK && same_site(file, line, W.groups[g].file, W.groups[g].line)) {
+      G = &W.groups[g];
+      break;
+    }
+  if (!G) {
+    G = &W.groups[W.ngroups++];
+    *G = WarpGroup{0, 0, COLL_ACTIVEMASK, 0, file, line};
+  }
+  G->arrived |= 1u << (t.linear & 31);
+  t.state = ST_BLOCKED;
+  t.wait = WAIT_WARP;
+  t.kind = int16_t(COLL_ACTIVEMASK);
+  t.mask = 0;
+  t.file = file;
+  t.line = line;
+  settle_activemask(B, warp);
+  yield(B);
+  return unsigned(t.value);
 }
 
 void trap(const char *file, int line) {
