@@ -52,6 +52,14 @@ __global__ void activemask_divergent(unsigned *inside, unsigned *other, unsigned
     other[threadIdx.x] = __activemask();
 }
 
+/* The documented limit: no reconvergence after the if. */
+__global__ void activemask_no_reconvergence(unsigned *after_if) {
+  const unsigned lane = threadIdx.x & 31;
+  unsigned a = 0;
+  if (lane < 8) a = __activemask();
+  after_if[threadIdx.x] = __activemask() | (a & 0u);
+}
+
 __global__ void activemask_after_exit(unsigned *out) {
   const unsigned lane = threadIdx.x & 31;
   if (lane % 3 == 0) return;
@@ -153,6 +161,10 @@ Test(conformance, activemask_is_the_lanes_that_arrive_together) {
       else
         cr_assert_eq(ot[t], live & ~0xffu, "thread %u: 0x%08x", t, ot[t]);
     }
+    BNK_EMU_LAUNCH(activemask_no_reconvergence, 1, 32, 0, 0)(after.p);
+    EXPECT_LAUNCH_OK();
+    const auto nr = after.download();
+    for (unsigned l = 0; l < 32; ++l) cr_assert_eq(nr[l], l < 8 ? 0x000000ffu : 0xffffff00u, "lane %u: 0x%08x", l, nr[l]);
     BNK_EMU_LAUNCH(activemask_after_exit, 1, 32, 0, 0)(after.p);
     EXPECT_LAUNCH_OK();
     const auto af = after.download();
