@@ -195,6 +195,7 @@ struct Job {
   std::mutex mu;
   bool failed = false;
   std::string msg;
+  GridBarrier *grid = nullptr; /* a cooperative launch's */
 };
 
 struct BlockCtx {
@@ -276,6 +277,7 @@ const char *barrier_name(int k) {
     case BAR_COUNT: return "__syncthreads_count";
     case BAR_AND: return "__syncthreads_and";
     case BAR_OR: return "__syncthreads_or";
+    case BAR_GRID: return "this_grid().sync()";
     default: return "__syncthreads";
   }
 }
@@ -285,7 +287,7 @@ const char *collective_name(int k) {
       "__shfl_sync",       "__shfl_up_sync",    "__shfl_down_sync",  "__shfl_xor_sync",   "__ballot_sync",
       "__any_sync",        "__all_sync",        "__syncwarp",        "__match_any_sync",  "__match_all_sync",
       "__reduce_add_sync", "__reduce_min_sync", "__reduce_max_sync", "__reduce_min_sync", "__reduce_max_sync",
-      "__reduce_and_sync", "__reduce_or_sync",  "__reduce_xor_sync"};
+      "__reduce_and_sync", "__reduce_or_sync",  "__reduce_xor_sync", "__activemask"};
   return (k >= 0 && k < COLL_KIND_COUNT) ? names[k] : "collective";
 }
 
@@ -327,6 +329,15 @@ BlockCtx &current_block(const char *what) {
 
 /* --- thread exit ----------------------------------------------------------- */
 
+void complete_collective(BlockCtx &B, uint32_t warp, const WarpGroup &G);
+void settle_activemask(BlockCtx &B, uint32_t warp);
+
+/* PTX: vote.sync and bar.warp.sync wait for the non-exited lanes of the mask
+ * only; the other collectives read every lane of the mask. */
+bool waits_for_live_lanes_only(int kind) {
+  return kind == COLL_BALLOT || kind == COLL_ANY || kind == COLL_ALL || kind == COLL_SYNCWARP;
+}
+
 void on_thread_exit(BlockCtx &B, ThreadRec &t) {
   t.state = ST_EXITED;
   t.wait = WAIT_NONE;
@@ -336,9 +347,25 @@ void on_thread_exit(BlockCtx &B, ThreadRec &t) {
   WarpState &W = B.warps[t.linear >> 5];
   W.exited |= 1u << lane;
   if (B.failed) return;
+  if (B.live == 0 && B.job->grid) {
+    const char *file;
+    int line;
+    if (const unsigned long long waiting = B.job->grid->block_exited(&file, &line))
+      set_failure(B, fmt("%s:%d: this_grid().sync() reached by only part of the grid: %s exited while %llu blocks "
+                         "wait (thread %s exited last)",
+                         file, line, block_str(B).c_str(), waiting, tid_str(t).c_str()));
+    return;
+  }
   for (int g = 0; g < W.ngroups; ++g) {
     const WarpGroup &G = W.groups[g];
     if (G.mask & (1u << lane)) {
+      if (waits_for_live_lanes_only(G.kind)) {
+        if (G.arrived == (G.mask & ~W.exited)) {
+          complete_collective(B, t.linear >> 5, G);
+          W.groups[g--] = W.groups[--W.ngroups];
+        }
+        continue;
+      }
       std::vector<uint32_t> waiting;
       for (uint32_t l = 0; l < 32; ++l)
         if (G.arrived & (1u << l)) waiting.push_back((t.linear & ~31u) + l);
@@ -349,6 +376,7 @@ void on_thread_exit(BlockCtx &B, ThreadRec &t) {
       return;
     }
   }
+  settle_activemask(B, t.linear >> 5);
   if (B.bar_arrived > 0) {
     std::vector<uint32_t> waiting;
     for (uint32_t i = 0; i < B.n; ++i)
@@ -542,6 +570,7 @@ void run_block(WorkerCtx &w, Job &j, unsigned long long lin) {
       j.msg = B.msg;
     }
     j.abort.store(true);
+    if (j.grid) j.grid->abort(); /* wakes the blocks that wait at this_grid().sync() */
   }
 }
 
@@ -584,6 +613,20 @@ class Engine {
       done_.wait(lk, [&] { return pending_ == 0; });
       job_ = nullptr;
     }
+  }
+
+  /* A cooperative launch: every block on its own OS thread, all at once, as
+   * the GPU keeps every block of a cooperative grid resident. */
+  void run_coresident(Job &j) {
+    std::vector<std::thread> others;
+    others.reserve(size_t(j.nblocks - 1));
+    for (unsigned long long b = 1; b < j.nblocks; ++b)
+      others.emplace_back([&j, b] {
+        WorkerCtx w;
+        run_block(w, j, b);
+      });
+    run_block(caller_worker(), j, 0);
+    for (auto &t : others) t.join();
   }
 
   int workers() const { return int(helpers_.size()) + 1; }
@@ -652,6 +695,36 @@ Engine &engine() {
 /* Entry points from kernel code                                             */
 /* ------------------------------------------------------------------------ */
 
+namespace {
+
+/* The block's last thread at this_grid().sync() waits for the other blocks. */
+void grid_rendezvous(BlockCtx &B, const char *file, int line) {
+  GridBarrier &g = *B.job->grid;
+  switch (g.arrive_and_wait(file, line)) {
+    case GridBarrier::RELEASED: return;
+    case GridBarrier::BLOCKS_EXITED:
+      fail_current(B, fmt("%s:%d: this_grid().sync() reached by only part of the grid: %llu blocks exited before it "
+                          "(%s arrived)",
+                          file, line, g.exited_blocks(), block_str(B).c_str()));
+    case GridBarrier::ABORTED:
+      fail_current(B, fmt("%s:%d: launch aborted while waiting at this_grid().sync() (%s)", file, line,
+                          block_str(B).c_str()));
+  }
+}
+
+}  // namespace
+
+void grid_barrier(const char *file, int line) {
+  BlockCtx &B = current_block("this_grid().sync()");
+  if (!B.job->grid)
+    fail_current(B, fmt("%s:%d: this_grid().sync() in a kernel not launched cooperatively (launch it with "
+                        "cudaLaunchCooperativeKernel or cudaLaunchAttributeCooperative) (%s, thread %s)",
+                        file, line, block_str(B).c_str(), tid_str(*B.cur).c_str()));
+  (void)block_barrier(BAR_GRID, 1, file, line);
+}
+
+bool launch_is_cooperative() { return current_block("grid_group::is_valid()").job->grid != nullptr; }
+
 int block_barrier(int kind, int pred, const char *file, int line) {
   BlockCtx &B = current_block("__syncthreads");
   ThreadRec &t = *B.cur;
@@ -681,6 +754,7 @@ int block_barrier(int kind, int pred, const char *file, int line) {
     B.bar_accum &= p;
   else
     B.bar_accum |= p;
+  if (kind == BAR_GRID && B.bar_arrived + 1 == B.n) grid_rendezvous(B, file, line);
   if (B.n == 1) {
     B.bar_result = B.bar_accum;
     return B.bar_result;
@@ -691,6 +765,7 @@ int block_barrier(int kind, int pred, const char *file, int line) {
   t.mask = 0;
   t.file = file;
   t.line = line;
+  settle_activemask(B, t.linear >> 5);
   if (++B.bar_arrived == B.n) {
     B.bar_result = B.bar_accum;
     B.bar_arrived = 0;
@@ -707,7 +782,7 @@ namespace {
 
 void complete_collective(BlockCtx &B, uint32_t warp, const WarpGroup &G) {
   ThreadRec *base = &B.threads[warp * 32];
-  const unsigned mask = G.mask;
+  const unsigned mask = G.kind == COLL_ACTIVEMASK ? G.arrived : G.mask & ~B.warps[warp].exited;
   unsigned long long res[32];
   switch (G.kind) {
     case COLL_SHFL_IDX:
@@ -782,6 +857,9 @@ void complete_collective(BlockCtx &B, uint32_t warp, const WarpGroup &G) {
     case COLL_SYNCWARP:
       for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = 0;
       break;
+    case COLL_ACTIVEMASK:
+      for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = mask;
+      break;
     default: { /* __reduce_*_sync */
       const int first = __builtin_ctz(mask);
       uint32_t acc = uint32_t(base[first].value);
@@ -836,13 +914,18 @@ unsigned long long warp_collective(int kind, unsigned mask, unsigned long long v
                         "threads) (%s, thread %s)",
                         file, line, name, mask, lanes_str(mask & ~W.exists).c_str(), warp, B.n,
                         block_str(B).c_str(), tid_str(t).c_str()));
-  if (mask & W.exited)
+  if ((mask & W.exited) && !waits_for_live_lanes_only(kind))
     fail_current(B, fmt("%s:%d: %s(mask 0x%08x) names lanes %s of warp %u, which have exited (%s, thread %s)", file,
                         line, name, mask, lanes_str(mask & W.exited).c_str(), warp, block_str(B).c_str(),
                         tid_str(t).c_str()));
+  /* Lanes join the group of exactly their mask.  Groups of different,
+   * overlapping masks coexist: `if (lane < 16) shfl(0xffff); shfl(~0u);` is
+   * legal, and lanes 16-31 may wait at the second while 0-15 do the first.
+   * A mask that never completes is reported when a named lane exits or the
+   * block deadlocks. */
   WarpGroup *G = nullptr;
   for (int g = 0; g < W.ngroups; ++g)
-    if (W.groups[g].mask & mask) {
+    if (W.groups[g].mask == mask) {
       G = &W.groups[g];
       break;
     }
@@ -872,18 +955,62 @@ unsigned long long warp_collective(int kind, unsigned mask, unsigned long long v
   t.file = file;
   t.line = line;
   G->arrived |= bit;
-  if (G->arrived == mask) {
+  if (G->arrived == (mask & ~W.exited)) {
     complete_collective(B, warp, *G);
     *G = W.groups[--W.ngroups];
   }
+  settle_activemask(B, warp);
   yield(B);
   return t.value;
 }
 
-unsigned active_mask() {
+namespace {
+
+/* __activemask() waiters of a warp learn their mask once no lane of the warp
+ * can run: every lane has exited or waits somewhere, so the lanes waiting at
+ * the same call site are exactly those that got there together. */
+void settle_activemask(BlockCtx &B, uint32_t warp) {
+  WarpState &W = B.warps[warp];
+  bool pending = false;
+  for (int g = 0; g < W.ngroups && !pending; ++g) pending = W.groups[g].kind == COLL_ACTIVEMASK;
+  if (!pending) return;
+  const ThreadRec *base = &B.threads[warp * 32];
+  for (unsigned m = W.exists & ~W.exited; m; m &= m - 1)
+    if (base[__builtin_ctz(m)].state == ST_RUNNABLE) return;
+  for (int g = 0; g < W.ngroups; ++g)
+    if (W.groups[g].kind == COLL_ACTIVEMASK) {
+      complete_collective(B, warp, W.groups[g]);
+      W.groups[g--] = W.groups[--W.ngroups];
+    }
+}
+
+}  // namespace
+
+unsigned active_mask(const char *file, int line) {
   BlockCtx &B = current_block("__activemask");
-  const WarpState &W = B.warps[B.cur->linear >> 5];
-  return W.exists & ~W.exited;
+  ThreadRec &t = *B.cur;
+  const uint32_t warp = t.linear >> 5;
+  WarpState &W = B.warps[warp];
+  WarpGroup *G = nullptr;
+  for (int g = 0; g < W.ngroups; ++g)
+    if (W.groups[g].kind == COLL_ACTIVEMASK && same_site(file, line, W.groups[g].file, W.groups[g].line)) {
+      G = &W.groups[g];
+      break;
+    }
+  if (!G) {
+    G = &W.groups[W.ngroups++];
+    *G = WarpGroup{0, 0, COLL_ACTIVEMASK, 0, file, line};
+  }
+  G->arrived |= 1u << (t.linear & 31);
+  t.state = ST_BLOCKED;
+  t.wait = WAIT_WARP;
+  t.kind = int16_t(COLL_ACTIVEMASK);
+  t.mask = 0;
+  t.file = file;
+  t.line = line;
+  settle_activemask(B, warp);
+  yield(B);
+  return unsigned(t.value);
 }
 
 void trap(const char *file, int line) {
@@ -910,6 +1037,10 @@ cudaError_t run_launch(const launch_desc &d) {
     return record_error(cudaErrorInvalidConfiguration);
   if (d.smem > size_t(kernel_max_dynamic_smem(d.kernel))) return record_error(cudaErrorInvalidValue);
   if (!stream_is_valid(d.stream)) return record_error(cudaErrorInvalidResourceHandle);
+  if (d.cooperative && blocks > (unsigned long long)blocks_per_sm(d.kernel, int(threads), d.smem) * sm_count())
+    return record_error(cudaErrorCooperativeLaunchTooLarge);
+  cudaError_t captured;
+  if (capture_launch(d, &captured)) return record_error(captured);
 
   Settings &st = settings();
   Job j;
@@ -921,7 +1052,14 @@ cudaError_t run_launch(const launch_desc &d) {
   Engine &e = engine();
   {
     std::lock_guard<std::mutex> lk(e.launch_mu);
-    e.run(j);
+    if (d.cooperative) {
+      GridBarrier grid(blocks);
+      j.grid = &grid;
+      e.run_coresident(j);
+      j.grid = nullptr;
+    } else {
+      e.run(j);
+    }
   }
   if (j.failed) {
     std::string m = j.msg + fmt(" [kernel launched at %s:%d]", d.file, d.line);

@@ -83,6 +83,13 @@ bool stream_is_valid(cudaStream_t s) {
   return r.streams.count(s) != 0;
 }
 
+bool stream_is_blocking(cudaStream_t s) {
+  if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread) return s != cudaStreamPerThread;
+  Registry &r = reg();
+  std::lock_guard<std::mutex> lk(r.mu);
+  return r.streams.count(s) != 0 && !(s->flags & cudaStreamNonBlocking);
+}
+
 void set_diagnostic(const std::string &msg) {
   Registry &r = reg();
   std::lock_guard<std::mutex> lk(r.mu);
@@ -140,7 +147,13 @@ cudaError_t cudaPeekAtLastError(void) { return tl_last_error; }
   X(cudaErrorLaunchFailure, "unspecified launch failure")                              \
   X(cudaErrorInvalidDeviceFunction, "invalid device function")                         \
   X(cudaErrorNotSupported, "operation not supported")                                  \
-  X(cudaErrorIllegalState, "operation not permitted when stream is capturing")         \
+  X(cudaErrorIllegalState, "the operation cannot be performed in the present state")   \
+  X(cudaErrorCooperativeLaunchTooLarge, "too many blocks in cooperative launch")       \
+  X(cudaErrorStreamCaptureUnsupported, "operation not permitted when stream is capturing") \
+  X(cudaErrorStreamCaptureInvalidated, "operation failed due to a previous error during capture") \
+  X(cudaErrorStreamCaptureUnmatched, "capture was not initiated in this stream")       \
+  X(cudaErrorStreamCaptureImplicit, "operation would make the legacy stream depend on a capturing blocking stream") \
+  X(cudaErrorStreamCaptureWrongThread, "attempt to terminate a thread-local capture sequence from another thread") \
   X(cudaErrorUnknown, "unknown error")
 
 const char *cudaGetErrorString(cudaError_t error) {
@@ -179,7 +192,10 @@ cudaError_t cudaGetDevice(int *device) {
 
 cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : ret(cudaErrorInvalidDevice); }
 
-cudaError_t cudaDeviceSynchronize(void) { return sync_point(); }
+cudaError_t cudaDeviceSynchronize(void) {
+  const cudaError_t refused = capture_refuses(CAPTURE_DEVICE_SYNC, nullptr);
+  return refused != cudaSuccess ? ret(refused) : sync_point();
+}
 
 cudaError_t cudaDeviceReset(void) { return cudaSuccess; }
 
@@ -223,7 +239,7 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
     case cudaDevAttrTexturePitchAlignment: v = 32; break;
     case cudaDevAttrSurfaceAlignment: v = 512; break;
     case cudaDevAttrGpuOverlap: v = 1; break;
-    case cudaDevAttrMultiProcessorCount: v = kNumSMs; break;
+    case cudaDevAttrMultiProcessorCount: v = sm_count(); break;
     case cudaDevAttrKernelExecTimeout: v = 0; break;
     case cudaDevAttrIntegrated: v = 0; break;
     case cudaDevAttrCanMapHostMemory: v = 1; break;
@@ -255,7 +271,7 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
     case cudaDevAttrConcurrentManagedAccess: v = 1; break;
     case cudaDevAttrComputePreemptionSupported: v = 1; break;
     case cudaDevAttrCanUseHostPointerForRegisteredMem: v = 1; break;
-    case cudaDevAttrCooperativeLaunch: v = 0; break; /* grid sync is not emulated */
+    case cudaDevAttrCooperativeLaunch: v = 1; break;
     case cudaDevAttrMemoryPoolsSupported: v = 1; break;
     case cudaDevAttrClusterLaunch: v = 0; break; /* clusters are not emulated */
     default: return ret(cudaErrorInvalidValue);
@@ -286,7 +302,8 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device) {
   prop->minor = 0;
   prop->textureAlignment = 512;
   prop->texturePitchAlignment = 32;
-  prop->multiProcessorCount = kNumSMs;
+  prop->multiProcessorCount = sm_count();
+  prop->cooperativeLaunch = 1;
   prop->canMapHostMemory = 1;
   prop->concurrentKernels = 1;
   prop->ECCEnabled = 1;
@@ -324,6 +341,8 @@ cudaError_t cudaMemGetInfo(size_t *free, size_t *total) {
 cudaError_t cudaMalloc(void **devPtr, size_t size) {
   if (!devPtr) return ret(cudaErrorInvalidValue);
   *devPtr = nullptr;
+  const cudaError_t refused = capture_refuses(CAPTURE_UNSAFE_CALL, nullptr);
+  if (refused != cudaSuccess) return ret(refused);
   if (size == 0) return cudaSuccess;
   if (size > kTotalGlobalMem) return ret(cudaErrorMemoryAllocation);
   const size_t rounded = (size + 255) / 256 * 256;
@@ -349,6 +368,8 @@ cudaError_t cudaMallocAsync(void **devPtr, size_t size, cudaStream_t hStream) {
 }
 
 cudaError_t cudaFree(void *devPtr) {
+  const cudaError_t refused = capture_refuses(CAPTURE_UNSAFE_CALL, nullptr);
+  if (refused != cudaSuccess) return ret(refused);
   if (!devPtr) return cudaSuccess;
   Registry &r = reg();
   {
@@ -399,6 +420,8 @@ cudaError_t cudaFreeHost(void *ptr) {
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind) {
   if (!kind_valid(kind)) return ret(cudaErrorInvalidMemcpyDirection);
   if (count && (!dst || !src)) return ret(cudaErrorInvalidValue);
+  const cudaError_t refused = capture_refuses(CAPTURE_UNSAFE_CALL, cudaStreamLegacy);
+  if (refused != cudaSuccess) return ret(refused);
   const cudaError_t pending = sync_point(); /* a synchronous copy waits for prior work */
   if (pending != cudaSuccess) return pending;
   if (count) std::memmove(dst, src, count);
@@ -409,19 +432,27 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, enum cudaM
   if (!kind_valid(kind)) return ret(cudaErrorInvalidMemcpyDirection);
   if (count && (!dst || !src)) return ret(cudaErrorInvalidValue);
   if (!stream_is_valid(stream)) return ret(cudaErrorInvalidResourceHandle);
+  cudaError_t captured;
+  if (capture_memcpy(dst, src, count, stream, &captured)) return ret(captured);
   if (count) std::memmove(dst, src, count);
   return cudaSuccess;
 }
 
 cudaError_t cudaMemset(void *devPtr, int value, size_t count) {
   if (count && !devPtr) return ret(cudaErrorInvalidValue);
+  const cudaError_t refused = capture_refuses(CAPTURE_UNSAFE_CALL, cudaStreamLegacy);
+  if (refused != cudaSuccess) return ret(refused);
   if (count) std::memset(devPtr, value, count);
   return cudaSuccess;
 }
 
 cudaError_t cudaMemsetAsync(void *devPtr, int value, size_t count, cudaStream_t stream) {
+  if (count && !devPtr) return ret(cudaErrorInvalidValue);
   if (!stream_is_valid(stream)) return ret(cudaErrorInvalidResourceHandle);
-  return cudaMemset(devPtr, value, count);
+  cudaError_t captured;
+  if (capture_memset(devPtr, value, count, stream, &captured)) return ret(captured);
+  if (count) std::memset(devPtr, value, count);
+  return cudaSuccess;
 }
 
 /* --- streams ------------------------------------------------------------ */
@@ -463,11 +494,14 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   if (!stream_is_valid(stream)) return ret(cudaErrorInvalidResourceHandle);
-  return sync_point();
+  const cudaError_t refused = capture_refuses(CAPTURE_STREAM_SYNC, stream);
+  return refused != cudaSuccess ? ret(refused) : sync_point();
 }
 
 cudaError_t cudaStreamQuery(cudaStream_t stream) {
   if (!stream_is_valid(stream)) return ret(cudaErrorInvalidResourceHandle);
+  const cudaError_t refused = capture_refuses(CAPTURE_STREAM_SYNC, stream);
+  if (refused != cudaSuccess) return ret(refused);
   return cudaSuccess; /* all work is already complete */
 }
 
@@ -562,37 +596,6 @@ cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, 
     default:
       return cudaSuccess; /* accepted, no effect in the emulation */
   }
-}
-
-cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *attr, const void *func) {
-  if (!attr) return ret(cudaErrorInvalidValue);
-  if (!func) return ret(cudaErrorInvalidDeviceFunction);
-  std::memset(attr, 0, sizeof *attr);
-  attr->maxThreadsPerBlock = kMaxThreadsPerBlock;
-  attr->numRegs = 32;
-  attr->ptxVersion = 90;
-  attr->binaryVersion = 90;
-  attr->maxDynamicSharedSizeBytes = kernel_max_dynamic_smem(func);
-  attr->preferredShmemCarveout = -1;
-  return cudaSuccess;
-}
-
-cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, const void *func, int blockSize,
-                                                          size_t dynamicSMemSize) {
-  if (!numBlocks || blockSize <= 0) return ret(cudaErrorInvalidValue);
-  if (!func) return ret(cudaErrorInvalidDeviceFunction);
-  if (blockSize > kMaxThreadsPerBlock || dynamicSMemSize > size_t(kernel_max_dynamic_smem(func))) {
-    *numBlocks = 0;
-    return cudaSuccess;
-  }
-  const int warps = (blockSize + 31) / 32;
-  int blocks = std::min(kMaxBlocksPerSM, (kMaxThreadsPerSM / 32) / warps);
-  /* 32 registers per thread assumed: the register file allows as many
-   * threads as the thread limit does. */
-  const size_t per_block = dynamicSMemSize + size_t(kReservedSmemPerBlock);
-  blocks = std::min<int>(blocks, int(size_t(kSmemPerSM) / per_block));
-  *numBlocks = blocks;
-  return cudaSuccess;
 }
 
 /* --- control API (bnk_emu/control.h) -------------------------------------- */

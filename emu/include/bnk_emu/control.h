@@ -35,6 +35,14 @@ bnk_emu_schedule bnk_emu_get_schedule(unsigned long long *seed);
 void bnk_emu_set_workers(int n);
 int bnk_emu_get_workers(void);
 
+/* Number of SMs of the emulated device (1 to 132): what
+ * cudaDevAttrMultiProcessorCount reports and what limits a cooperative
+ * launch (blocks per SM x SMs).  Fewer SMs keep a full co-resident grid
+ * small in tests.  n outside 1..132 restores the default: env BNK_EMU_SMS,
+ * else 132. */
+void bnk_emu_set_sm_count(int n);
+int bnk_emu_get_sm_count(void);
+
 /* Message of the last kernel misuse detected (partial barrier, deadlock,
  * bad warp-collective mask, __trap, ...), as
  * "file:line: what happened (block (x,y,z), threads ...)", or "" if none

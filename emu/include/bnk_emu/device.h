@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <tuple>
 #include <type_traits>
@@ -91,7 +92,7 @@ namespace bnk_emu {
 namespace detail {
 
 /* Kinds of block barrier (one hardware barrier; the kinds must not mix). */
-enum barrier_kind : int { BAR_SYNC = 0, BAR_COUNT, BAR_AND, BAR_OR };
+enum barrier_kind : int { BAR_SYNC = 0, BAR_COUNT, BAR_AND, BAR_OR, BAR_GRID /* this_grid().sync() */ };
 
 /* Kinds of warp collective. */
 enum collective_kind : int {
@@ -113,6 +114,7 @@ enum collective_kind : int {
   COLL_REDUCE_AND,
   COLL_REDUCE_OR,
   COLL_REDUCE_XOR,
+  COLL_ACTIVEMASK, /* not a collective on the GPU: how the emulation finds the lanes that arrive together */
   COLL_KIND_COUNT
 };
 
@@ -123,7 +125,7 @@ int block_barrier(int kind, int pred, const char *file, int line);
  * by match).  Returns the caller's result. */
 unsigned long long warp_collective(int kind, unsigned mask, unsigned long long value, int b, int c,
                                    int size, const char *file, int line);
-unsigned active_mask();
+unsigned active_mask(const char *file, int line);
 [[noreturn]] void trap(const char *file, int line);
 
 extern __thread void *dynamic_shared_base;
@@ -155,6 +157,21 @@ inline T unpack_bits(U bits) {
   T r;
   std::memcpy(static_cast<void *>(&r), &bits, sizeof(T));
   return r;
+}
+
+inline float flush_subnormal(float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0.0f, x) : x; }
+
+/* The GPU's float-to-integer conversions (cvt.rni/rzi/rmi/rpi.s32.f32 ...)
+ * saturate to the destination's range and turn NaN into 0, where a C++ cast
+ * is undefined.  r is already rounded to an integer value. */
+template <class I, class F>
+inline I saturate_to(F r) {
+  static_assert(std::is_integral<I>::value && std::is_floating_point<F>::value, "saturate_to<integer>(floating)");
+  if (std::isnan(r)) return 0;
+  if (r <= F(std::numeric_limits<I>::min())) return std::numeric_limits<I>::min();
+  /* max() + 1 is a power of two, exactly representable; max() itself may round up to it. */
+  if (r >= F(2) * F(std::numeric_limits<I>::max() / 2 + 1)) return std::numeric_limits<I>::max();
+  return I(r);
 }
 
 template <class T, class F>
@@ -192,9 +209,15 @@ struct launch_desc {
   cudaStream_t stream;
   const char *file;
   int line;
+  bool cooperative = false; /* every block co-resident, this_grid().sync() allowed */
+  /* A heap copy of ctx that owns the arguments, and its destructor: how a
+   * stream capture keeps a launch to replay it (emu/src/graph.cpp). */
+  void *(*clone_ctx)(const void *ctx) = nullptr;
+  void (*destroy_ctx)(void *ctx) = nullptr;
 };
 
-/* Checks the configuration, runs the grid, records the last error. */
+/* Checks the configuration, runs the grid (or records it into a capturing
+ * stream), records the last error. */
 cudaError_t run_launch(const launch_desc &d);
 
 template <class P, class A>
@@ -205,13 +228,30 @@ inline P convert_arg(A &&a) {
 template <class Fn, class Tuple>
 struct invocation {
   Fn fn;
-  Tuple *args;
+  Tuple args;
   static void run(void *self) {
     invocation *inv = static_cast<invocation *>(self);
     /* Every CUDA thread receives its own by-value copy of each parameter. */
-    std::apply(inv->fn, *inv->args);
+    std::apply(inv->fn, inv->args);
   }
+  static void *clone(const void *self) { return new invocation(*static_cast<const invocation *>(self)); }
+  static void destroy(void *self) { delete static_cast<invocation *>(self); }
 };
+
+/* Launches kernel with arguments already converted to its parameter types. */
+template <class... P>
+inline cudaError_t launch_converted(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                                    const char *file, int line, bool cooperative,
+                                    std::tuple<std::decay_t<P>...> &&args) {
+  using tuple_type = std::tuple<std::decay_t<P>...>;
+  using inv_type = invocation<void (*)(P...), tuple_type>;
+  inv_type inv{kernel, std::move(args)};
+  launch_desc d{&inv_type::run, &inv, reinterpret_cast<const void *>(kernel), grid, block, smem, stream, file, line};
+  d.cooperative = cooperative;
+  d.clone_ctx = &inv_type::clone;
+  d.destroy_ctx = &inv_type::destroy;
+  return run_launch(d);
+}
 
 }  // namespace detail
 
@@ -226,19 +266,9 @@ class launcher {
   template <class... A>
   void operator()(A &&...a) const {
     static_assert(sizeof...(A) == sizeof...(P), "BNK_EMU_LAUNCH: wrong number of kernel arguments");
-    using tuple_type = std::tuple<std::decay_t<P>...>;
-    tuple_type args(detail::convert_arg<std::decay_t<P>>(std::forward<A>(a))...);
-    detail::invocation<kernel_type, tuple_type> inv{k_, &args};
-    detail::launch_desc d{&detail::invocation<kernel_type, tuple_type>::run,
-                          &inv,
-                          reinterpret_cast<const void *>(k_),
-                          grid_,
-                          block_,
-                          smem_,
-                          stream_,
-                          file_,
-                          line_};
-    (void)detail::run_launch(d);
+    (void)detail::launch_converted(
+        k_, grid_, block_, smem_, stream_, file_, line_, false,
+        std::tuple<std::decay_t<P>...>(detail::convert_arg<std::decay_t<P>>(std::forward<A>(a))...));
   }
 
  private:
@@ -343,9 +373,11 @@ inline int __all_sync(unsigned mask, int pred, const char *file = __builtin_FILE
   namespace d = ::bnk_emu::detail;
   return int(d::warp_collective(d::COLL_ALL, mask, pred != 0, 0, 0, 4, file, line));
 }
-/* No convergence tracking: the lanes of the caller's warp that have not
- * exited (see docs/emulation.md). */
-inline unsigned __activemask() { return ::bnk_emu::detail::active_mask(); }
+/* The lanes of the caller's warp that reach this call site together with it
+ * (docs/emulation.md, "Conformance choices"). */
+inline unsigned __activemask(const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
+  return ::bnk_emu::detail::active_mask(file, line);
+}
 
 template <class T>
 inline unsigned __match_any_sync(unsigned mask, T value, const char *file = __builtin_FILE(),
@@ -437,8 +469,11 @@ inline unsigned int atomicInc(unsigned int *a, unsigned int v) {
 inline unsigned int atomicDec(unsigned int *a, unsigned int v) {
   return ::bnk_emu::detail::cas_loop(a, [v](unsigned int old) { return (old == 0u || old > v) ? v : old - 1u; });
 }
+/* PTX atom.add.f32 flushes subnormal inputs and results to sign-preserving
+ * zero; the f64 and 16-bit additions do not. */
 inline float atomicAdd(float *a, float v) {
-  return ::bnk_emu::detail::cas_loop(a, [v](float old) { return old + v; });
+  namespace d = ::bnk_emu::detail;
+  return d::cas_loop(a, [v](float old) { return d::flush_subnormal(d::flush_subnormal(old) + d::flush_subnormal(v)); });
 }
 inline double atomicAdd(double *a, double v) {
   return ::bnk_emu::detail::cas_loop(a, [v](double old) { return old + v; });
@@ -530,18 +565,22 @@ inline void __sincosf(float x, float *s, float *c) {
 inline float __saturatef(float x) { return x >= 1.0f ? 1.0f : (x > 0.0f ? x : 0.0f); }
 inline float saturate(float x) { return __saturatef(x); }
 
-inline int __float2int_rn(float x) { return int(std::nearbyint(x)); }
-inline int __float2int_rz(float x) { return int(std::trunc(x)); }
-inline int __float2int_rd(float x) { return int(std::floor(x)); }
-inline int __float2int_ru(float x) { return int(std::ceil(x)); }
-inline unsigned __float2uint_rn(float x) { return unsigned(std::nearbyint(x)); }
-inline unsigned __float2uint_rz(float x) { return unsigned(std::trunc(x)); }
+/* Saturating, NaN -> 0, as on the GPU (bnk_emu::detail::saturate_to). */
+inline int __float2int_rn(float x) { return ::bnk_emu::detail::saturate_to<int>(std::nearbyint(x)); }
+inline int __float2int_rz(float x) { return ::bnk_emu::detail::saturate_to<int>(std::trunc(x)); }
+inline int __float2int_rd(float x) { return ::bnk_emu::detail::saturate_to<int>(std::floor(x)); }
+inline int __float2int_ru(float x) { return ::bnk_emu::detail::saturate_to<int>(std::ceil(x)); }
+inline unsigned __float2uint_rn(float x) { return ::bnk_emu::detail::saturate_to<unsigned>(std::nearbyint(x)); }
+inline unsigned __float2uint_rz(float x) { return ::bnk_emu::detail::saturate_to<unsigned>(std::trunc(x)); }
+inline unsigned __float2uint_rd(float x) { return ::bnk_emu::detail::saturate_to<unsigned>(std::floor(x)); }
+inline unsigned __float2uint_ru(float x) { return ::bnk_emu::detail::saturate_to<unsigned>(std::ceil(x)); }
 inline float __int2float_rn(int x) { return float(x); }
 inline float __uint2float_rn(unsigned x) { return float(x); }
 inline float __double2float_rn(double x) { return float(x); }
-inline long long __float2ll_rn(float x) { return (long long)std::nearbyint(x); }
-inline long long __double2ll_rn(double x) { return (long long)std::nearbyint(x); }
-inline int __double2int_rn(double x) { return int(std::nearbyint(x)); }
+inline long long __float2ll_rn(float x) { return ::bnk_emu::detail::saturate_to<long long>(std::nearbyint(x)); }
+inline long long __double2ll_rn(double x) { return ::bnk_emu::detail::saturate_to<long long>(std::nearbyint(x)); }
+inline int __double2int_rn(double x) { return ::bnk_emu::detail::saturate_to<int>(std::nearbyint(x)); }
+inline int __double2int_rz(double x) { return ::bnk_emu::detail::saturate_to<int>(std::trunc(x)); }
 
 inline float __int_as_float(int x) {
   float f;
@@ -650,6 +689,8 @@ inline float max(float a, float b) { return std::fmax(a, b); }
 inline double max(double a, double b) { return std::fmax(a, b); }
 inline double max(float a, double b) { return std::fmax(double(a), b); }
 inline double max(double a, float b) { return std::fmax(a, double(b)); }
+
+#include <bnk_emu/cooperative.h>
 
 /* Last: libstdc++ spells __attribute__((__noinline__)), which this macro
  * would break; <memory> (the only user in C++17) is included above. */

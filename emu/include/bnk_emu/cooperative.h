@@ -1,0 +1,75 @@
+/*
+ * bnk_emu/cooperative.h - cooperative launches in the bnk host emulation of CUDA.
+ *
+ * Included by <bnk_emu/device.h>.  The runtime's cooperative launch calls
+ * take the kernel as `const void *` and its arguments as `void **`; the
+ * emulation needs the kernel's parameter types to call it, so these are
+ * templates on the kernel's type (the plain C symbols exist too, and fail
+ * with cudaErrorInvalidDeviceFunction: see docs/emulation.md).  A call
+ * written for nvcc, cudaLaunchCooperativeKernel(k, grid, block, args, smem,
+ * stream) or cudaLaunchKernelEx(&config, k, args...), compiles unchanged.
+ */
+#ifndef BNK_EMU_COOPERATIVE_H
+#define BNK_EMU_COOPERATIVE_H
+
+#include <cstddef>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace bnk_emu {
+namespace detail {
+
+/* this_grid().sync(): a block barrier followed by a rendezvous of every
+ * block of a cooperative launch (emu/src/engine.cpp). */
+void grid_barrier(const char *file, int line);
+/* Whether the running launch is cooperative (grid_group::is_valid()). */
+bool launch_is_cooperative();
+
+template <class... P, size_t... I>
+inline std::tuple<std::decay_t<P>...> args_from_pointers(void **args, std::index_sequence<I...>) {
+  return std::tuple<std::decay_t<P>...>(*static_cast<std::decay_t<P> *>(args[I])...);
+}
+
+/* cudaLaunchConfig_t plus the caller's source line (a variadic call cannot
+ * take it as a trailing default argument). */
+struct launch_config_site {
+  const cudaLaunchConfig_t *config;
+  const char *file;
+  int line;
+  launch_config_site(const cudaLaunchConfig_t *c, const char *f = __builtin_FILE(), int l = __builtin_LINE())
+      : config(c), file(f), line(l) {}
+};
+
+inline bool config_is_cooperative(const cudaLaunchConfig_t &c) {
+  for (unsigned i = 0; i < c.numAttrs; ++i)
+    if (c.attrs[i].id == cudaLaunchAttributeCooperative && c.attrs[i].val.cooperative) return true;
+  return false;
+}
+
+}  // namespace detail
+}  // namespace bnk_emu
+
+template <class... P>
+inline cudaError_t cudaLaunchCooperativeKernel(void (*kernel)(P...), dim3 gridDim, dim3 blockDim, void **args,
+                                               size_t sharedMem = 0, cudaStream_t stream = nullptr,
+                                               const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
+  namespace d = ::bnk_emu::detail;
+  if (sizeof...(P) > 0 && !args) return cudaErrorInvalidValue;
+  return d::launch_converted(kernel, gridDim, blockDim, sharedMem, stream, file, line, true,
+                             d::args_from_pointers<P...>(args, std::index_sequence_for<P...>{}));
+}
+
+template <class... P, class... A>
+inline cudaError_t cudaLaunchKernelEx(::bnk_emu::detail::launch_config_site site, void (*kernel)(P...), A &&...args) {
+  namespace d = ::bnk_emu::detail;
+  static_assert(sizeof...(A) == sizeof...(P), "cudaLaunchKernelEx: wrong number of kernel arguments");
+  if (!site.config) return cudaErrorInvalidValue;
+  const cudaLaunchConfig_t &c = *site.config;
+  if (c.numAttrs && !c.attrs) return cudaErrorInvalidValue;
+  return d::launch_converted(kernel, c.gridDim, c.blockDim, c.dynamicSmemBytes, c.stream, site.file, site.line,
+                             d::config_is_cooperative(c),
+                             std::tuple<std::decay_t<P>...>(d::convert_arg<std::decay_t<P>>(std::forward<A>(args))...));
+}
+
+#endif /* BNK_EMU_COOPERATIVE_H */
