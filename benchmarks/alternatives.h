@@ -11,7 +11,7 @@
 #include "bnk.h"
 
 /* The four batch-normalization ops, which every alternative is measured on; then bnk's fused epilogues and
- * inference forms, which bnk-bench measures against the unfused sequence they replace (bench.c): the
+ * inference forms, which bnk-bench measures against the unfused sequence they replace (implementations.c): the
  * alternatives never see those. */
 typedef enum bench_op {
   OP_FWD_TRAIN,
