@@ -72,6 +72,7 @@ typedef enum bench_impl {
   IMPL_BNK,
   IMPL_CUDNN,
   IMPL_CUDNN_PERSISTENT,
+  IMPL_CUDNN_PERSISTENT_EX, /* the *Ex calls in SPATIAL_PERSISTENT, NHWC only (PyTorch's channels-last training) */
   IMPL_CUBLAS,
   IMPL_NAIVE,
   IMPL_BNK_FUSED,       /* the epilogue in bnk's pass; bnk_linear_bn for linear_bn */
@@ -263,6 +264,9 @@ call_result cuda_call_result(cudaError_t error, const char *call);
 call_result run_impl(const bench_env *env, case_data *data, bench_impl impl, bench_op op, int slot);
 const char *unavailable_reason(const bench_env *env, const case_data *data, bench_impl impl, bench_op op, const bench_shape *run_shape);
 void prepare_op(const bench_env *env, case_data *data, bench_op op);
+/* An error the implementation reports only when asked after its work completed (cuDNN's persistent mode:
+ * cudnnQueryRuntimeError); blocking, so validation asks, the timed runs never do. */
+call_result runtime_error(const bench_env *env, bench_impl impl);
 
 /* ---- validation.c ---- */
 validation validate_linear(const bench_env *env, case_data *data, bench_impl impl, call_result *call);

@@ -199,8 +199,9 @@ call_result run_impl(const bench_env *env, case_data *data, bench_impl impl, ben
     case IMPL_BNK_SEPARATE:
     case IMPL_BNK_FWD_INFER: return run_bnk_variant(env, data, &arguments, impl, op);
 #ifdef BNK_BENCH_WITH_CUDNN
-    case IMPL_CUDNN: return cudnn_bench_run(env->cudnn, 0, op, &arguments);
-    case IMPL_CUDNN_PERSISTENT: return cudnn_bench_run(env->cudnn, 1, op, &arguments);
+    case IMPL_CUDNN: return cudnn_bench_run(env->cudnn, CUDNN_BENCH_SPATIAL, op, &arguments);
+    case IMPL_CUDNN_PERSISTENT: return cudnn_bench_run(env->cudnn, CUDNN_BENCH_PERSISTENT, op, &arguments);
+    case IMPL_CUDNN_PERSISTENT_EX: return cudnn_bench_run(env->cudnn, CUDNN_BENCH_PERSISTENT_EX, op, &arguments);
 #endif
 #ifdef BNK_BENCH_WITH_CUBLAS
     case IMPL_CUBLAS: return cublas_bench_run(env->cublas, op, &arguments);
@@ -208,6 +209,16 @@ call_result run_impl(const bench_env *env, case_data *data, bench_impl impl, ben
     default: break;
   }
   die("internal error: implementation %d cannot run in this build", (int)impl);
+  return call_ok();
+}
+
+call_result runtime_error(const bench_env *env, bench_impl impl) {
+#ifdef BNK_BENCH_WITH_CUDNN
+  if (impl == IMPL_CUDNN_PERSISTENT || impl == IMPL_CUDNN_PERSISTENT_EX) return cudnn_bench_runtime_error(env->cudnn);
+#else
+  (void)env;
+  (void)impl;
+#endif
   return call_ok();
 }
 
@@ -224,6 +235,8 @@ const char *unavailable_reason(const bench_env *env, const case_data *data, benc
   if (trains(op) && values_per_channel(run_shape) < 2)
     return "training needs more than one value per channel (N x spatial = 1), as in PyTorch";
   if (is_cudnn(impl) && env->cudnn_unavailable[0] != '\0') return env->cudnn_unavailable;
+  if (impl == IMPL_CUDNN_PERSISTENT_EX && data->desc.layout != BNK_NHWC)
+    return "measured on NHWC only, where PyTorch makes these calls (channels-last training)";
   if (impl == IMPL_CUBLAS && env->cublas_unavailable[0] != '\0') return env->cublas_unavailable;
   if (impl == IMPL_CUBLAS && data->cublas_setup.failed) return data->cublas_setup.message;
   return NULL;

@@ -22,8 +22,8 @@ int trains(bench_op op) {
 
 
 const char *const impl_names[IMPL_COUNT] = {
-    "bnk",        "cudnn",           "cudnn-persistent", "cublas",       "naive",        "bnk-fused",
-    "bnk-mask",   "bnk-from-y",      "bnk-scale-shift",  "bnk+separate", "bnk-fwd-infer"};
+    "bnk",        "cudnn",           "cudnn-persistent", "cudnn-persistent-ex", "cublas",       "naive",
+    "bnk-fused",  "bnk-mask",        "bnk-from-y",       "bnk-scale-shift",     "bnk+separate", "bnk-fwd-infer"};
 
 /* Whether the implementation has the op at all; only these pairs get a row. cuDNN has no frozen-statistics
  * backward, its persistent mode exists for training and its backward only, and inference has no reduction
@@ -33,7 +33,8 @@ int impl_has_op(bench_impl impl, bench_op op) {
     case IMPL_BNK:
     case IMPL_NAIVE: return is_plain_op(op);
     case IMPL_CUDNN: return op == OP_FWD_TRAIN || op == OP_FWD_INFER || op == OP_BWD;
-    case IMPL_CUDNN_PERSISTENT: return op == OP_FWD_TRAIN || op == OP_BWD;
+    case IMPL_CUDNN_PERSISTENT:
+    case IMPL_CUDNN_PERSISTENT_EX: return op == OP_FWD_TRAIN || op == OP_BWD;
     case IMPL_CUBLAS: return op == OP_FWD_TRAIN || op == OP_BWD || op == OP_BWD_INFER;
     case IMPL_BNK_FUSED: return has_relu(op) || op == OP_LINEAR_BN;
     case IMPL_BNK_MASK:
@@ -53,6 +54,8 @@ bench_impl unfused_impl(bench_op op) {
   return is_plain_op(op) ? IMPL_COUNT : IMPL_BNK_SEPARATE;
 }
 
-int is_cudnn(bench_impl impl) { return impl == IMPL_CUDNN || impl == IMPL_CUDNN_PERSISTENT; }
+int is_cudnn(bench_impl impl) {
+  return impl == IMPL_CUDNN || impl == IMPL_CUDNN_PERSISTENT || impl == IMPL_CUDNN_PERSISTENT_EX;
+}
 /* bnk in any form decides the exit status; the other libraries and the naive baseline never do. */
 int is_bnk(bench_impl impl) { return !is_cudnn(impl) && impl != IMPL_CUBLAS && impl != IMPL_NAIVE; }

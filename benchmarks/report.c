@@ -37,11 +37,11 @@ void set_ratios(bench_row *rows, int count) {
 
 void print_table_header(const bench_env *env) {
   if (env->emulation) {
-    printf("%-18s %-6s %-5s %-18s %-14s %-16s %-5s %9s %9s " BYTES_HEADER_FORMAT " %14s  %s\n", "op", "layout",
+    printf("%-18s %-6s %-5s %-18s %-14s %-19s %-5s %9s %9s " BYTES_HEADER_FORMAT " %14s  %s\n", "op", "layout",
            "dtype", "shape", "run shape", "impl", "check", "max err", "chan err", "MB", "B/unfused", "H100 floor us",
            "time (the floor: at 3.0 TB/s, not measured)");
   } else {
-    printf("%-18s %-6s %-5s %-18s %-16s %-5s %9s %9s %10s %19s %9s %8s %7s %9s " BYTES_HEADER_FORMAT " %9s %8s\n",
+    printf("%-18s %-6s %-5s %-18s %-19s %-5s %9s %9s %10s %19s %9s %8s %7s %9s " BYTES_HEADER_FORMAT " %9s %8s\n",
            "op", "layout", "dtype", "shape", "impl", "check", "max err", "chan err", "median us", "p10-p90 us",
            "min us", "GB/s", "% copy", "floor us", "MB", "B/unfused", "x unfused", "x cuDNN");
   }
@@ -72,7 +72,7 @@ void print_row(const bench_env *env, const bench_row *row) {
   const char *layout = row_layout_name(row);
   if (env->emulation) {
     /* No time in emulation; a row that did not run says why in its place ("n/a: needs a GPU"). */
-    printf("%-18s %-6s %-5s %-18s %-14s %-16s %-5s %9s %9s " BYTES_HEADER_FORMAT " %14.3f  %s%s\n", op_names[row->op],
+    printf("%-18s %-6s %-5s %-18s %-14s %-19s %-5s %9s %9s " BYTES_HEADER_FORMAT " %14.3f  %s%s\n", op_names[row->op],
            layout, storage_name(row->dtype), shape, run_shape, impl, check, max_error, channel_error, megabytes,
            bytes_ratio, row->floor_us, row->status == ROW_NOT_RUN ? "n/a: " : "n/a (emulation)",
            row->status == ROW_NOT_RUN ? row->note : "");
@@ -81,13 +81,13 @@ void print_row(const bench_env *env, const bench_row *row) {
     snprintf(spread, sizeof spread, "%.1f-%.1f", row->p10_us, row->p90_us);
     format_ratio(row->ratio_to_cudnn, cudnn_ratio, sizeof cudnn_ratio);
     format_ratio(row->ratio_to_unfused, unfused_ratio, sizeof unfused_ratio);
-    printf("%-18s %-6s %-5s %-18s %-16s %-5s %9s %9s %10.1f %19s %9.1f %8.1f %6.1f%% %9.3f " BYTES_HEADER_FORMAT
+    printf("%-18s %-6s %-5s %-18s %-19s %-5s %9s %9s %10.1f %19s %9.1f %8.1f %6.1f%% %9.3f " BYTES_HEADER_FORMAT
            " %9s %8s\n",
            op_names[row->op], layout, storage_name(row->dtype), shape, impl, check, max_error, channel_error,
            row->median_us, spread, row->min_us, row->gigabytes_per_second, row->percent_of_copy, row->floor_us,
            megabytes, bytes_ratio, unfused_ratio, cudnn_ratio);
   } else {
-    printf("%-18s %-6s %-5s %-18s %-16s %-5s %9s %9s %10s %19s %9s %8s %7s %9.3f " BYTES_HEADER_FORMAT " %9s %8s\n",
+    printf("%-18s %-6s %-5s %-18s %-19s %-5s %9s %9s %10s %19s %9s %8s %7s %9.3f " BYTES_HEADER_FORMAT " %9s %8s\n",
            op_names[row->op], layout, storage_name(row->dtype), shape, impl, check, max_error, channel_error,
            row->status == ROW_NOT_RUN ? "n/a" : "not timed", "", "", "", "", row->floor_us, megabytes, bytes_ratio,
            "-", "-");
@@ -229,12 +229,12 @@ int print_summary(const bench_row *rows, int count) {
   int counts[IMPL_COUNT][4];
   memset(counts, 0, sizeof counts);
   for (int i = 0; i < count; ++i) ++counts[rows[i].impl][rows[i].status];
-  printf("\n%-17s %6s %6s %6s %6s\n", "implementation", "PASS", "FAIL", "n/a", "ERROR");
+  printf("\n%-20s %6s %6s %6s %6s\n", "implementation", "PASS", "FAIL", "n/a", "ERROR");
   int bnk_failures = 0;
   for (int impl = 0; impl < IMPL_COUNT; ++impl) {
     const int *mine = counts[impl];
     if (mine[ROW_PASS] + mine[ROW_FAIL] + mine[ROW_NOT_RUN] + mine[ROW_ERROR] == 0) continue; /* no op of its ran */
-    printf("%-17s %6d %6d %6d %6d\n", impl_names[impl], mine[ROW_PASS], mine[ROW_FAIL], mine[ROW_NOT_RUN],
+    printf("%-20s %6d %6d %6d %6d\n", impl_names[impl], mine[ROW_PASS], mine[ROW_FAIL], mine[ROW_NOT_RUN],
            mine[ROW_ERROR]);
     if (is_bnk((bench_impl)impl)) bnk_failures += mine[ROW_FAIL] + mine[ROW_ERROR];
   }

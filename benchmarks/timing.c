@@ -4,7 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <nvtx3/nvToolsExt.h>
+
 #include "benchmarks/bench.h"
+#include "tests/storage.h"
 
 static int compare_doubles(const void *a, const void *b) {
   const double x = *(const double *)a, y = *(const double *)b;
@@ -70,6 +73,15 @@ void time_op(const bench_env *env, case_data *data, bench_impl impl, bench_op op
     check_cuda(cudaEventCreate(&starts[i]), "cudaEventCreate");
     check_cuda(cudaEventCreate(&stops[i]), "cudaEventCreate");
   }
+  /* Two NVTX ranges around the timed runs, for Nsight Compute (benchmarks/gpu-run): "bnk-bench timed" selects
+   * the timed kernels (--nvtx-include), the inner one names the row, so that the byte counts of a kernel can
+   * be matched with the row's documented bytes (benchmarks/ncu_bytes.py). No-ops without a tool. */
+  char shape[64], range[160];
+  format_shape(&row->shape, shape, sizeof shape);
+  snprintf(range, sizeof range, "bnk-bench %s %s %s %s %s", impl_names[impl], op_names[op],
+           data->desc.layout == BNK_NHWC ? "nhwc" : "nchw", storage_name(data->dtype), shape);
+  nvtxRangePushA("bnk-bench timed");
+  nvtxRangePushA(range);
   /* All runs are queued before any is read back, so that the GPU never waits for the host between them. */
   for (int i = 0; i < runs && !call.failed; ++i) {
     check_cuda(cudaMemsetAsync(env->flush_buffer, i & 0xff, env->flush_bytes, env->stream),
@@ -79,6 +91,8 @@ void time_op(const bench_env *env, case_data *data, bench_impl impl, bench_op op
     check_cuda(cudaEventRecord(stops[i], env->stream), "cudaEventRecord");
   }
   if (!call.failed) call = cuda_call_result(cudaStreamSynchronize(env->stream), "the timed runs");
+  nvtxRangePop();
+  nvtxRangePop();
   if (call.failed) {
     cudaGetLastError();
     cudaStreamSynchronize(env->stream);
