@@ -11,7 +11,7 @@
 #include "bnk.h"
 
 /* The four batch-normalization ops, which every alternative is measured on; then bnk's fused epilogues and
- * inference forms, which bnk-bench measures against the unfused sequence they replace (bench.c): the
+ * inference forms, which bnk-bench measures against the unfused sequence they replace (implementations.c): the
  * alternatives never see those. */
 typedef enum bench_op {
   OP_FWD_TRAIN,
@@ -61,9 +61,19 @@ cudnn_bench *cudnn_bench_create(cudaStream_t stream, char *why, size_t why_size)
 void cudnn_bench_destroy(cudnn_bench *bench);
 /* "cuDNN 9.x.y" */
 void cudnn_bench_version(char *out, size_t size);
-/* Queues the op with mode CUDNN_BATCHNORM_SPATIAL, or SPATIAL_PERSISTENT when `persistent`. bwd_infer has no
- * cuDNN counterpart; fwd_infer is SPATIAL only. */
-call_result cudnn_bench_run(cudnn_bench *bench, int persistent, bench_op op, const op_arguments *args);
+/* How cuDNN is called: the legacy calls in CUDNN_BATCHNORM_SPATIAL or SPATIAL_PERSISTENT, or the *Ex calls
+ * (with workspace and reserve space) in SPATIAL_PERSISTENT, as PyTorch calls them for channels-last training. */
+typedef enum cudnn_bench_mode {
+  CUDNN_BENCH_SPATIAL,
+  CUDNN_BENCH_PERSISTENT,
+  CUDNN_BENCH_PERSISTENT_EX
+} cudnn_bench_mode;
+/* Queues the op. bwd_infer has no cuDNN counterpart; fwd_infer is SPATIAL only. */
+call_result cudnn_bench_run(cudnn_bench *bench, cudnn_bench_mode mode, bench_op op, const op_arguments *args);
+/* After a persistent-mode call completed: cudnnQueryRuntimeError, which is how cuDNN reports that the
+ * persistent kernels' reduced-precision accumulation overflowed (CUDNN_STATUS_RUNTIME_FP_OVERFLOW): failed,
+ * with the status, when it reports anything. Blocking, so never called between timed runs. */
+call_result cudnn_bench_runtime_error(cudnn_bench *bench);
 #endif
 
 #ifdef BNK_BENCH_WITH_CUBLAS

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Turns a bnk-bench results file (--csv or --json) into one PNG chart.
+"""Turns bnk-bench results files (--csv or --json) into one PNG chart.
 
 GPU results: for every op, the speed of each implementation relative to cuDNN per case (cuDNN's median over
 the implementation's median, so above 1 is faster than cuDNN), and each implementation's rate as a
@@ -11,6 +11,10 @@ would be held to (an H100 at 3.0 TB/s, not measured) and the validation error of
 ran, and says in its title that no GPU timings exist.
 
     python3 benchmarks/plot_results.py results.csv -o results.png
+    python3 benchmarks/plot_results.py results.json torch.json -o results.png   # with the PyTorch peer's rows
+
+Several files are drawn as one: the first one's header (device, mode, floor) titles the chart, and every file's
+rows join it, case by case (benchmarks/torch_peer.py writes rows of the same schema, implementation "torch").
 
 Needs matplotlib (Debian: python3-matplotlib, which ./dev installs).
 """
@@ -31,9 +35,10 @@ PLAIN_OPS = ["fwd_train", "fwd_infer", "bwd", "bwd_infer"]
 EPILOGUE_OPS = ["fwd_infer_relu", "fwd_infer_add_relu", "fwd_train_add_relu", "bwd_add_relu", "scale_shift",
                 "linear_bn"]
 OPS = PLAIN_OPS + EPILOGUE_OPS
-IMPLEMENTATIONS = ["bnk", "cudnn", "cudnn-persistent", "cublas", "naive", "bnk-fused", "bnk-mask", "bnk-from-y",
-                   "bnk-scale-shift", "bnk+separate", "bnk-fwd-infer"]
-COLORS = {"bnk": "#1f77b4", "cudnn": "#d62728", "cudnn-persistent": "#ff9896", "cublas": "#2ca02c",
+IMPLEMENTATIONS = ["bnk", "cudnn", "cudnn-persistent", "cudnn-persistent-ex", "torch", "cublas", "naive",
+                   "bnk-fused", "bnk-mask", "bnk-from-y", "bnk-scale-shift", "bnk+separate", "bnk-fwd-infer"]
+COLORS = {"bnk": "#1f77b4", "cudnn": "#d62728", "cudnn-persistent": "#ff9896", "cudnn-persistent-ex": "#8c564b",
+          "torch": "#9467bd", "cublas": "#2ca02c",
           "naive": "#7f7f7f", "bnk-fused": "#1f77b4", "bnk-mask": "#1f77b4", "bnk-from-y": "#aec7e8",
           "bnk-scale-shift": "#1f77b4", "bnk+separate": "#ff7f0e", "bnk-fwd-infer": "#ff7f0e"}
 NUMERIC = ["max_error", "channel_error", "median_us", "min_us", "p10_us", "p90_us", "bytes",
@@ -193,11 +198,14 @@ def plot(header, rows, output):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", help="a results file written by bnk-bench --csv or --json")
-    parser.add_argument("-o", "--output", help="the PNG to write (default: the results file's name, .png)")
+    parser.add_argument("results", nargs="+",
+                        help="results files written by bnk-bench (or torch_peer.py) with --csv or --json")
+    parser.add_argument("-o", "--output", help="the PNG to write (default: the first results file's name, .png)")
     arguments = parser.parse_args()
-    output = arguments.output or os.path.splitext(arguments.results)[0] + ".png"
-    header, rows = read_results(arguments.results)
+    output = arguments.output or os.path.splitext(arguments.results[0])[0] + ".png"
+    header, rows = read_results(arguments.results[0])
+    for path in arguments.results[1:]:
+        rows += read_results(path)[1]
     plot(header, rows, output)
     print("plot_results.py: wrote {}".format(output))
 

@@ -1,5 +1,7 @@
 #include "tests/harness.h"
 
+#include "tests/shape_text.h"
+
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -15,13 +17,6 @@
 
 /* ---- random ---- */
 
-static uint64_t splitmix64(uint64_t *state) {
-  uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 test_rng rng_fresh(void) {
   static uint64_t draws;
   const char *fixed = getenv("BNK_TEST_SEED");
@@ -31,18 +26,13 @@ test_rng rng_fresh(void) {
   } else {
     struct timespec now;
     timespec_get(&now, TIME_UTC);
-    uint64_t mix = (uint64_t)now.tv_sec * 1000000007ull + (uint64_t)now.tv_nsec + draws * 7919u;
-    seed = splitmix64(&mix);
+    rng_state mix = {(uint64_t)now.tv_sec * 1000000007ull + (uint64_t)now.tv_nsec + draws * 7919u};
+    seed = rng_next(&mix);
   }
   ++draws;
   cr_log_info("random seed %" PRIu64 " (set BNK_TEST_SEED to repeat)", seed);
   test_rng rng = {seed};
   return rng;
-}
-
-double rng_uniform(test_rng *rng, double lo, double hi) {
-  const double unit = (double)(splitmix64(&rng->state) >> 11) * 0x1.0p-53;
-  return lo + (hi - lo) * unit;
 }
 
 double rng_normal(test_rng *rng) {
@@ -73,10 +63,8 @@ double round_to_storage(bnk_dtype dtype, double value) {
 
 void format_shape(char *out, size_t size, bnk_layout layout, bnk_dtype dtype, int64_t n, int64_t c, int spatial_dims,
                   const int64_t *spatial) {
-  int used = snprintf(out, size, "%s %s %lldx%lld", layout == BNK_NCHW ? "NCHW" : "NHWC", dtype_name(dtype),
-                      (long long)n, (long long)c);
-  for (int d = 0; d < spatial_dims && used > 0 && (size_t)used < size; ++d)
-    used += snprintf(out + used, size - (size_t)used, "x%lld", (long long)spatial[d]);
+  const int used = snprintf(out, size, "%s %s ", layout == BNK_NCHW ? "NCHW" : "NHWC", dtype_name(dtype));
+  if (used >= 0 && (size_t)used < size) format_extents(out + used, size - (size_t)used, n, c, spatial_dims, spatial);
 }
 
 /* ---- device memory ---- */

@@ -9,14 +9,12 @@
 #include <criterion/criterion.h>
 
 #include "bnk.h"
+#include "tests/random.h"
 #include "tests/storage.h"
 
-/* ---- random data: each test draws a fresh seed (BNK_TEST_SEED overrides it) and logs it ---- */
-typedef struct test_rng {
-  uint64_t state;
-} test_rng;
+/* ---- random data (tests/random.h): each test draws a fresh seed (BNK_TEST_SEED overrides it) and logs it ---- */
+typedef rng_state test_rng;
 test_rng rng_fresh(void);
-double rng_uniform(test_rng *rng, double lo, double hi);
 double rng_normal(test_rng *rng);
 
 /* ---- storage types (tests/storage.h), over arrays ---- */
