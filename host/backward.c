@@ -144,7 +144,7 @@ bnk_status bnk_backward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *de
   if (status == BNK_SUCCESS && (dgamma != NULL || dbeta != NULL))
     status = require_workspace(ctx, &view, workspace, workspace_bytes);
   if (status != BNK_SUCCESS) return status;
-  const bnk_backward_stats stats = {running_mean, NULL, running_var, (float)eps, gamma};
+  const bnk_backward_stats stats = {running_mean, NULL, running_var, bnk_eps_to_float(eps), gamma};
   return launch_backward(ctx, desc, &view, x, dy, dx, stats, 1, dgamma, dbeta, workspace, &fused,
                          "bnk_backward_inference");
 }

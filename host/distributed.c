@@ -66,7 +66,8 @@ static bnk_status launch_merge(const bnk_context *ctx, int64_t c, int ranks, con
   const bnk_running_update running = {running_mean, running_var, num_batches_tracked, (float)momentum,
                                       momentum == BNK_MOMENTUM_CUMULATIVE};
   const bnk_status status =
-      bnk_check_cuda(bnk_launch_merge_ranks(c, ranks, gathered, (float)eps, running, mean, invstd, ctx->stream),
+      bnk_check_cuda(bnk_launch_merge_ranks(c, ranks, gathered, bnk_eps_to_float(eps), running, mean, invstd,
+                                            ctx->stream),
                      "bnk_merge_stats: merge kernel");
   bnk_range_pop();
   return status;

@@ -1,5 +1,4 @@
 #include <inttypes.h>
-#include <math.h>
 
 #include "host/internal.h"
 
@@ -17,23 +16,17 @@ bnk_status bnk_forward_training_workspace_size(const bnk_context *ctx, const bnk
   return BNK_SUCCESS;
 }
 
-bnk_status bnk_require_running(const float *running_mean, const float *running_var,
-                               const int64_t *num_batches_tracked, double momentum) {
-  if ((running_mean == NULL) != (running_var == NULL))
-    return bnk_fail(BNK_ERROR_INVALID_VALUE,
-                    "running_mean and running_var must both be given or both be NULL, got running_mean=%p "
-                    "and running_var=%p",
-                    (const void *)running_mean, (const void *)running_var);
-  if (momentum == BNK_MOMENTUM_CUMULATIVE) {
-    if (running_mean != NULL && num_batches_tracked == NULL)
-      return bnk_fail(BNK_ERROR_INVALID_VALUE,
-                      "num_batches_tracked must not be NULL when momentum is BNK_MOMENTUM_CUMULATIVE");
-    return BNK_SUCCESS;
-  }
-  if (!(momentum >= 0.0 && momentum <= 1.0))
-    return bnk_fail(BNK_ERROR_INVALID_VALUE, "momentum must be in [0, 1] or BNK_MOMENTUM_CUMULATIVE, got %g",
-                    momentum);
-  return BNK_SUCCESS;
+/* An empty batch normalizes nothing and leaves the running statistics as they are, but nn.BatchNorm still
+ * counts it in num_batches_tracked, which weighs the next batch when momentum is cumulative. */
+static bnk_status count_empty_batch(const bnk_context *ctx, int64_t *num_batches_tracked) {
+  if (num_batches_tracked == NULL) return BNK_SUCCESS;
+  bnk_device_guard guard;
+  bnk_status status = bnk_device_enter(ctx, &guard);
+  if (status != BNK_SUCCESS) return status;
+  status = bnk_check_cuda(bnk_launch_count_batch(num_batches_tracked, ctx->stream),
+                          "bnk_forward_training: counting an empty batch");
+  bnk_device_leave(&guard);
+  return status;
 }
 
 bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
@@ -57,7 +50,7 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
   if (status != BNK_SUCCESS) return status;
   const bnk_view view = bnk_view_of(desc);
   const int64_t per_channel = bnk_view_per_channel(&view);
-  if (per_channel == 0) return BNK_SUCCESS;
+  if (per_channel == 0) return count_empty_batch(ctx, num_batches_tracked);
   if (per_channel == 1)
     return bnk_fail(BNK_ERROR_INVALID_VALUE,
                     "expected more than 1 value per channel when training, got N=%" PRId64
@@ -84,11 +77,12 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
   const bnk_stats_workspace ws = bnk_stats_workspace_carve(workspace, &view, plan.parts);
   const bnk_running_update running = {running_mean, running_var, num_batches_tracked, (float)momentum,
                                       momentum == BNK_MOMENTUM_CUMULATIVE};
-  status = bnk_check_cuda(bnk_launch_batch_stats(&view, &plan, x, ws, (float)eps, running, save_mean, save_invstd,
-                                                 NULL, ctx->stream),
+  status = bnk_check_cuda(bnk_launch_batch_stats(&view, &plan, x, ws, bnk_eps_to_float(eps), running, save_mean,
+                                                 save_invstd, NULL, ctx->stream),
                           "bnk_forward_training: statistics kernels");
   if (status == BNK_SUCCESS) {
-    const bnk_normalize_params params = {ws.shift, ws.dmean, ws.invstd, NULL, (float)eps, gamma, beta};
+    const bnk_normalize_params params = {ws.shift, ws.dmean, ws.invstd, NULL, bnk_eps_to_float(eps),
+                                         gamma, beta};
     status = bnk_check_cuda(bnk_launch_normalize_ex(&view, ctx->sm_count, x, y, params, &fused, ctx->stream),
                             "bnk_forward_training: normalize kernel");
   }
@@ -139,7 +133,8 @@ bnk_status bnk_forward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *des
   bnk_epilogue_args fused;
   if (status == BNK_SUCCESS) status = bnk_epilogue_args_of(epilogue, desc, x, y, &fused);
   if (status != BNK_SUCCESS) return status;
-  const bnk_normalize_params params = {running_mean, NULL, NULL, running_var, (float)eps, gamma, beta};
+  const bnk_normalize_params params = {running_mean, NULL, NULL, running_var, bnk_eps_to_float(eps), gamma,
+                                       beta};
   return bnk_launch_elementwise(ctx, desc, x, y, params, &fused, "fwd_infer",
                                 "bnk_forward_inference: normalize kernel");
 }

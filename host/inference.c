@@ -51,7 +51,7 @@ bnk_status bnk_inference_params(bnk_context *ctx, int64_t c, const float *gamma,
   status = bnk_device_enter(ctx, &guard);
   if (status != BNK_SUCCESS) return status;
   bnk_range_push_rows("inference_params", 1, c);
-  const bnk_frozen_bn bn = {gamma, beta, running_mean, running_var, (float)eps};
+  const bnk_frozen_bn bn = {gamma, beta, running_mean, running_var, bnk_eps_to_float(eps)};
   status = bnk_check_cuda(bnk_launch_inference_params(c, bn, scale, shift, ctx->stream),
                           "bnk_inference_params: kernel");
   bnk_range_pop();
@@ -90,7 +90,7 @@ static bnk_status fold(const bnk_context *ctx, int64_t rows, int64_t row_element
   status = bnk_device_enter(ctx, &guard);
   if (status != BNK_SUCCESS) return status;
   bnk_range_push_rows("fold", rows, row_elements);
-  const bnk_frozen_bn bn = {gamma, beta, running_mean, running_var, (float)eps};
+  const bnk_frozen_bn bn = {gamma, beta, running_mean, running_var, bnk_eps_to_float(eps)};
   status = bnk_check_cuda(bnk_launch_fold(rows, row_elements, (int)dtype, weight_in, weight_out, bias_in, bias_out,
                                           (int)bias_dtype, bn, ctx->sm_count, ctx->stream),
                           "folding kernel");

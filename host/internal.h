@@ -18,6 +18,13 @@ struct bnk_context {
 bnk_status bnk_cublaslt_create(void **handle);
 void bnk_cublaslt_destroy(void *handle);
 
+/* A double as the shortest text that reads back as the same value ("-1.0000001", "1e-05", "nan"), for
+ * messages: bnk_double_text_of(x).text lives until the end of the full expression. */
+typedef struct bnk_double_text {
+  char text[32];
+} bnk_double_text;
+bnk_double_text bnk_double_text_of(double value);
+
 /* Records the detail message of a failure for bnk_last_error_message() and returns status. */
 bnk_status bnk_fail(bnk_status status, const char *format, ...)
 #if defined(__GNUC__)
@@ -32,9 +39,13 @@ bnk_status bnk_check_cuda(cudaError_t error, const char *what);
 /* Argument checks shared by the entry points; each names the argument in its message. */
 bnk_status bnk_require_context(const bnk_context *ctx);
 bnk_status bnk_require_pointer(const void *pointer, const char *name);
+/* eps finite, >= 0 and at most FLT_MAX. */
 bnk_status bnk_require_eps(double eps);
-/* running_mean and running_var both or neither; momentum in [0, 1] or BNK_MOMENTUM_CUMULATIVE, which
- * needs num_batches_tracked when the statistics are tracked. */
+/* The float32 eps the kernels add to a variance: eps rounded to nearest, except that a positive eps stays
+ * positive (FLT_TRUE_MIN where it would round to 0), so that only eps = 0 takes the zero-variance rule. */
+float bnk_eps_to_float(double eps);
+/* running_mean and running_var both or neither; with them, momentum in [0, 1] or BNK_MOMENTUM_CUMULATIVE,
+ * which needs num_batches_tracked. Without them momentum is ignored. */
 bnk_status bnk_require_running(const float *running_mean, const float *running_var,
                                const int64_t *num_batches_tracked, double momentum);
 /* The arguments of a workspace-size query: a context, a valid descriptor, somewhere to write. */

@@ -1,5 +1,4 @@
 #include <inttypes.h>
-#include <math.h>
 
 #include "host/internal.h"
 
@@ -66,9 +65,3 @@ bnk_view bnk_view_of(const bnk_tensor_desc *desc) {
 }
 
 int64_t bnk_view_per_channel(const bnk_view *view) { return view->n * view->s; }
-
-bnk_status bnk_require_eps(double eps) {
-  if (!(eps >= 0.0) || isinf(eps))
-    return bnk_fail(BNK_ERROR_INVALID_VALUE, "eps must be finite and >= 0, got %g", eps);
-  return BNK_SUCCESS;
-}

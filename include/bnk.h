@@ -67,7 +67,8 @@ BNK_API const char *bnk_status_name(bnk_status status);
 /* A one-line description of the status. Never NULL. */
 BNK_API const char *bnk_status_string(bnk_status status);
 /* The detail of the last failure on the calling thread ("C must be > 0, got 0"), or "" if the last
- * bnk call on this thread succeeded. Valid until the next bnk call on this thread. */
+ * bnk call on this thread succeeded. Valid until the next bnk call on this thread. A double in it is printed
+ * in the shortest form that reads back as the same value ("got -1.0000001", never "got -1"). */
 BNK_API const char *bnk_last_error_message(void);
 
 /* BNK_VERSION_NUMBER of the library actually linked. */
@@ -147,15 +148,20 @@ BNK_API bnk_status bnk_forward_training_workspace_size(const bnk_context *ctx, c
  * running_mean, running_var: length C, updated in place, or both NULL when not tracked:
  *                  running_mean = (1 - m) running_mean + m mean, running_var = (1 - m) running_var +
  *                  m var M / (M - 1), where M = N x spatial and m = momentum.
- * num_batches_tracked: one device int64, incremented by one on the device, or NULL. Required when
- *                  momentum is BNK_MOMENTUM_CUMULATIVE and running statistics are tracked.
+ * num_batches_tracked: one device int64, incremented by one on the device (even for an empty batch, as
+ *                  nn.BatchNorm does), or NULL. Required when momentum is BNK_MOMENTUM_CUMULATIVE and
+ *                  running statistics are tracked.
  * momentum:        in [0, 1] (the weight of the new batch, PyTorch's convention), or
- *                  BNK_MOMENTUM_CUMULATIVE. Ignored when running statistics are NULL.
- * eps:             >= 0 and finite.
+ *                  BNK_MOMENTUM_CUMULATIVE. Ignored (any value, NaN included) when running statistics are NULL.
+ * eps:             >= 0, finite and at most FLT_MAX. Rounded to float32, except that a positive eps below
+ *                  FLT_TRUE_MIN becomes FLT_TRUE_MIN (a positive eps stays positive).
  * save_mean, save_invstd: length C, receive mean and 1 / sqrt(var + eps) for bnk_backward; or NULL.
  * workspace:       device memory of at least bnk_forward_training_workspace_size() bytes (NULL if 0).
- * An empty batch (N = 0 or a zero spatial extent) does nothing and succeeds. M == 1 is rejected, as in
- * PyTorch ("expected more than 1 value per channel when training"). */
+ * Zero variance: with eps = 0, a channel whose variance is 0 gets invstd = 0 (PyTorch's rule), so y = beta
+ * there and the backward gives dx = 0 and dgamma = 0. This holds wherever bnk derives invstd (the merge, the
+ * inference calls with running_var = 0, the folding calls). docs/semantics.md.
+ * An empty batch (N = 0 or a zero spatial extent) writes nothing but num_batches_tracked and succeeds. M == 1
+ * is rejected, as in PyTorch ("expected more than 1 value per channel when training"). */
 BNK_API bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
                                         const float *gamma, const float *beta, float *running_mean,
                                         float *running_var, int64_t *num_batches_tracked, double momentum,
@@ -348,7 +354,8 @@ BNK_API bnk_status bnk_batch_stats(bnk_context *ctx, const bnk_tensor_desc *desc
  * doubles), in rank order, so every rank computes the same bits. Writes the whole batch's mean and invstd
  * to save_mean and save_invstd (required: bnk_normalize and the backward take them) and, as
  * bnk_forward_training does, updates the running statistics (optional) with the whole batch's count M. With
- * M < 2 the running statistics are left as they were (the unbiased variance needs two values). */
+ * M < 2 the running statistics are left as they were (the unbiased variance needs two values); eps, momentum
+ * and num_batches_tracked follow bnk_forward_training's rules (zero variance with eps = 0 gives invstd 0). */
 BNK_API bnk_status bnk_merge_stats(bnk_context *ctx, int64_t c, int ranks, const double *gathered,
                                    float *running_mean, float *running_var, int64_t *num_batches_tracked,
                                    double momentum, double eps, float *save_mean, float *save_invstd);

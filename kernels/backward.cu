@@ -155,7 +155,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 }
 
 static __device__ __forceinline__ float channel_invstd(const bnk_backward_stats &stats, int64_t c) {
-  return stats.invstd != NULL ? stats.invstd[c] : 1.0f / sqrtf(stats.variance[c] + stats.eps);
+  return stats.invstd != NULL ? stats.invstd[c] : bnk_invstd_of(stats.variance[c], stats.eps);
 }
 
 // dbeta and dgamma of a channel, and the coefficients of its dx pass:

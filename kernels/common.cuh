@@ -79,6 +79,13 @@ static __device__ __forceinline__ void bnk_store(T *__restrict__ p, const float 
   }
 }
 
+// ---- the inverse standard deviation: every kernel derives invstd here and nowhere else ----
+// 1 / sqrt(var + eps), except that a zero variance with eps = 0 gives 0 rather than inf: PyTorch's rule,
+// under which a constant channel normalizes to beta and passes no gradient (docs/semantics.md).
+static __host__ __device__ __forceinline__ float bnk_invstd_of(float var, float eps) {
+  return var != 0.0f || eps != 0.0f ? 1.0f / sqrtf(var + eps) : 0.0f;
+}
+
 // ---- the channels-last tiling of bnk_reduce_plan ----
 // Block b covers tile (b % tiles) of tile_x * V channels over the rows of piece (b / tiles); thread
 // (tx, ty) owns V channels, from *channel0 (>= C for the idle threads of the last tile), and walks rows

@@ -6,7 +6,7 @@
 // gamma / sqrt(var + eps), rounded as the normalize pass rounds it (invstd first, then the product), so
 // that bnk_scale_shift with these parameters and bnk_forward_inference scale by the same float.
 static __device__ __forceinline__ float frozen_scale(const bnk_frozen_bn &bn, int64_t c) {
-  const float invstd = 1.0f / sqrtf(bn.var[c] + bn.eps);
+  const float invstd = bnk_invstd_of(bn.var[c], bn.eps);
   return bn.gamma != NULL ? invstd * bn.gamma[c] : invstd;
 }
 

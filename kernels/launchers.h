@@ -60,7 +60,7 @@ int64_t bnk_plan_parts_bound(const bnk_view *view, int sm_count);
 typedef struct bnk_stats_workspace {
   float *shift;  /* K[c]: one sample of the channel, subtracted before accumulating (exactness) */
   float *dmean;  /* mean[c] - K[c] */
-  float *invstd; /* 1 / sqrt(var[c] + eps) */
+  float *invstd; /* bnk_invstd_of(var[c], eps) */
   float *count;  /* [parts][c] */
   float *mean;   /* [parts][c], relative to shift */
   float *m2;     /* [parts][c] */
@@ -88,7 +88,7 @@ cudaError_t bnk_launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *
 
 /* Per-channel parameters of the elementwise pass
  *   y = ((x - shift[c]) - dmean[c]) * invstd[c] * gamma[c] + beta[c],
- * where invstd[c] = 1 / sqrt(variance[c] + eps) when `variance` is given instead of `invstd`. */
+ * where invstd[c] = bnk_invstd_of(variance[c], eps) when `variance` is given instead of `invstd`. */
 typedef struct bnk_normalize_params {
   const float *shift;    /* NULL: 0 */
   const float *dmean;    /* NULL: 0 */
@@ -116,7 +116,7 @@ bnk_backward_workspace bnk_backward_workspace_carve(void *base, const bnk_view *
  * forward saved, or the running statistics (frozen) of the inference forward. */
 typedef struct bnk_backward_stats {
   const float *mean;     /* save_mean or running_mean */
-  const float *invstd;   /* save_invstd; NULL: 1 / sqrt(variance[c] + eps) */
+  const float *invstd;   /* save_invstd; NULL: bnk_invstd_of(variance[c], eps) */
   const float *variance;
   float eps;
   const float *gamma;    /* NULL: 1 */
@@ -187,7 +187,7 @@ typedef struct bnk_frozen_bn {
   float eps;
 } bnk_frozen_bn;
 
-/* scale[c] = gamma[c] * (1 / sqrt(var[c] + eps)), shift[c] = beta[c] - mean[c] * scale[c]. */
+/* scale[c] = gamma[c] * bnk_invstd_of(var[c], eps), shift[c] = beta[c] - mean[c] * scale[c]. */
 cudaError_t bnk_launch_inference_params(int64_t c, bnk_frozen_bn bn, float *scale, float *shift,
                                         cudaStream_t stream);
 
@@ -209,6 +209,8 @@ cudaError_t bnk_launch_merge_ranks(int64_t c, int ranks, const double *gathered,
                                    cudaStream_t stream);
 /* *destination = value, in stream order (graph-capturable, unlike a copy from host memory). */
 cudaError_t bnk_launch_store_value(float *destination, float value, cudaStream_t stream);
+/* *num_batches_tracked += 1, in stream order: how the training forward counts an empty batch. */
+cudaError_t bnk_launch_count_batch(int64_t *num_batches_tracked, cudaStream_t stream);
 /* The dgamma, dbeta and dx coefficients of the training backward from sums added over every rank:
  * sums = [sum dy (C) | sum dy * xhat (C) | M]. */
 cudaError_t bnk_launch_backward_gradients_from_sums(int64_t c, const float *sums, bnk_backward_stats stats,

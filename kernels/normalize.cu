@@ -18,7 +18,7 @@ struct bnk_channel_affine {
 template <bool FROM_VARIANCE>
 static __device__ __forceinline__ bnk_channel_affine channel_affine(const bnk_normalize_params &p, int64_t c) {
   bnk_channel_affine a;
-  const float invstd = FROM_VARIANCE ? 1.0f / sqrtf(p.variance[c] + p.eps) : p.invstd[c];
+  const float invstd = FROM_VARIANCE ? bnk_invstd_of(p.variance[c], p.eps) : p.invstd[c];
   a.shift = p.shift != NULL ? p.shift[c] : 0.0f;
   a.dmean = p.dmean != NULL ? p.dmean[c] : 0.0f;
   a.scale = p.gamma != NULL ? invstd * p.gamma[c] : invstd;

@@ -162,7 +162,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   if (lane != 0) return;
 
   const float var = acc.m2 / (float)m;
-  const float invstd = 1.0f / sqrtf(var + eps);
+  const float invstd = bnk_invstd_of(var, eps);
   const float mean = ws.shift[channel] + acc.mean;
   ws.dmean[channel] = acc.mean;
   ws.invstd[channel] = invstd;

@@ -23,7 +23,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     count = total;
   }
   const float var = count > 0.0 ? (float)(m2 / count) : 0.0f;
-  const float invstd = 1.0f / sqrtf(var + eps);
+  const float invstd = bnk_invstd_of(var, eps);
   mean_out[channel] = (float)mean;
   invstd_out[channel] = invstd;
   // The unbiased variance needs two values; with fewer the running statistics stay as they were.
@@ -49,11 +49,15 @@ extern "C" cudaError_t bnk_launch_merge_ranks(int64_t c, int ranks, const double
                                                                           mean_out, invstd_out);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess || running.num_batches_tracked == NULL) return status;
-  BNK_LAUNCH(count_batch, dim3(1), dim3(1), 0, stream)(running.num_batches_tracked);
-  return cudaGetLastError();
+  return bnk_launch_count_batch(running.num_batches_tracked, stream);
 }
 
 extern "C" cudaError_t bnk_launch_store_value(float *destination, float value, cudaStream_t stream) {
   BNK_LAUNCH(store_value, dim3(1), dim3(1), 0, stream)(destination, value);
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t bnk_launch_count_batch(int64_t *num_batches_tracked, cudaStream_t stream) {
+  BNK_LAUNCH(count_batch, dim3(1), dim3(1), 0, stream)(num_batches_tracked);
   return cudaGetLastError();
 }

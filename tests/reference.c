@@ -36,11 +36,13 @@ void ref_channel_stats(const bnk_tensor_desc *desc, const double *x, double *mea
   }
 }
 
+double ref_invstd(double var, double eps) { return var == 0.0 && eps == 0.0 ? 0.0 : 1.0 / sqrt(var + eps); }
+
 void ref_normalize(const bnk_tensor_desc *desc, const double *x, const double *mean, const double *var, double eps,
                    const double *gamma, const double *beta, double *y) {
   const int64_t spatial = ref_spatial(desc);
   for (int64_t c = 0; c < desc->c; ++c) {
-    const double invstd = 1.0 / sqrt(var[c] + eps);
+    const double invstd = ref_invstd(var[c], eps);
     const double g = gamma ? gamma[c] : 1.0;
     const double b = beta ? beta[c] : 0.0;
     for (int64_t n = 0; n < desc->n; ++n)
@@ -89,7 +91,7 @@ void ref_backward_inference(const bnk_tensor_desc *desc, const double *x, const 
                             const double *gamma, double *dx, double *dgamma, double *dbeta) {
   const int64_t spatial = ref_spatial(desc);
   for (int64_t c = 0; c < desc->c; ++c) {
-    const double invstd = 1.0 / sqrt(running_var[c] + eps);
+    const double invstd = ref_invstd(running_var[c], eps);
     const double g = gamma ? gamma[c] : 1.0;
     double sum_dy = 0.0, sum_dy_xhat = 0.0;
     for (int64_t n = 0; n < desc->n; ++n)

@@ -17,7 +17,10 @@ int64_t ref_offset(const bnk_tensor_desc *desc, int64_t n, int64_t c, int64_t s)
 void ref_channel_stats(const bnk_tensor_desc *desc, const double *x, double *mean, double *var_biased,
                        double *var_unbiased);
 
-/* y = (x - mean) / sqrt(var + eps) * gamma + beta; gamma/beta NULL mean 1 and 0. */
+/* 1 / sqrt(var + eps), and 0 when var and eps are both 0 (PyTorch's rule for a constant channel). */
+double ref_invstd(double var, double eps);
+
+/* y = (x - mean) * ref_invstd(var, eps) * gamma + beta; gamma/beta NULL mean 1 and 0. */
 void ref_normalize(const bnk_tensor_desc *desc, const double *x, const double *mean, const double *var, double eps,
                    const double *gamma, const double *beta, double *y);
 
@@ -31,7 +34,7 @@ void ref_running_update(int64_t c, double momentum, const double *batch_mean, co
 void ref_backward(const bnk_tensor_desc *desc, const double *x, const double *dy, const double *mean,
                   const double *invstd, const double *gamma, double *dx, double *dgamma, double *dbeta);
 
-/* Gradients of the inference forward (frozen statistics), invstd = 1 / sqrt(running_var + eps):
+/* Gradients of the inference forward (frozen statistics), invstd = ref_invstd(running_var, eps):
  * dx = dy gamma invstd, dgamma = sum dy (x - running_mean) invstd, dbeta = sum dy. Any output may be NULL;
  * x is read only for dgamma. */
 void ref_backward_inference(const bnk_tensor_desc *desc, const double *x, const double *dy,

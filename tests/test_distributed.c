@@ -284,7 +284,7 @@ Test(distributed, rejections_write_nothing) {
       {bnk_merge_stats(ctx, 3, 1, gathered, NULL, NULL, NULL, 0.1, 1e-5, NULL, invstd), "save_mean must not be NULL"},
       {bnk_merge_stats(ctx, 3, 1, gathered, NULL, NULL, NULL, 0.1, -1.0, mean, invstd), "eps must be finite"},
       {bnk_merge_stats(ctx, 3, 1, gathered, mean, NULL, NULL, 0.1, 1e-5, mean, invstd), "running_mean and running_var"},
-      {bnk_merge_stats(ctx, 3, 1, gathered, NULL, NULL, NULL, 2.0, 1e-5, mean, invstd), "momentum must be in [0, 1]"},
+      {bnk_merge_stats(ctx, 3, 1, gathered, mean, invstd, NULL, 2.0, 1e-5, mean, invstd), "momentum must be in [0, 1]"},
   };
   for (size_t i = 0; i < sizeof calls / sizeof calls[0]; ++i) {
     cr_expect_eq(calls[i].status, BNK_ERROR_INVALID_VALUE, "call %zu: %s", i, bnk_status_name(calls[i].status));

@@ -123,6 +123,15 @@ Test(forward_args, rejections_write_nothing) {
                    invalid, "got -0.5");
   expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, NAN, 1e-5, sm, si, ws, wb),
                    invalid, "momentum must be");
+  /* Printed so that they read back exactly: neither reads as BNK_MOMENTUM_CUMULATIVE or as 1. */
+  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, -1.0000001, 1e-5, sm, si, ws, wb),
+                   invalid, "got -1.0000001");
+  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 1.0000000000000002, 1e-5, sm, si, ws,
+                         wb),
+                   invalid, "got 1.0000000000000002");
+  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, -4.9406564584124654e-324, sm, si,
+                         ws, wb),
+                   invalid, "eps must be finite and >= 0, got -5e-324");
   expect_rejection(
                    TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, BNK_MOMENTUM_CUMULATIVE, 1e-5, sm,
                          si, ws, wb),
@@ -227,8 +236,9 @@ Test(forward_args, optional_pointers_and_in_place) {
   free_setup(&s);
 }
 
-/* An empty batch is a valid no-op in both modes. */
-Test(forward_args, empty_batch_does_nothing) {
+/* An empty batch normalizes nothing and leaves the running statistics as they are, but counts in
+ * num_batches_tracked, as nn.BatchNorm does: the next cumulative batch then has weight 1/2. */
+Test(forward_args, empty_batch_counts_and_writes_nothing_else) {
   setup s;
   make_setup(&s, BNK_NCHW);
   outputs before = snapshot(&s);
@@ -239,11 +249,62 @@ Test(forward_args, empty_batch_does_nothing) {
   cr_expect_eq(bnk_forward_training_workspace_size(s.ctx, &empty, &bytes), BNK_SUCCESS);
   cr_expect_eq(bytes, 0);
   cr_expect_eq(bnk_forward_training(s.ctx, &empty, NULL, NULL, s.gamma, s.beta, s.running_mean, s.running_var,
-                                    s.num_batches_tracked, 0.1, 1e-5, s.save_mean, s.save_invstd, NULL, 0),
+                                    s.num_batches_tracked, BNK_MOMENTUM_CUMULATIVE, 1e-5, s.save_mean, s.save_invstd,
+                                    NULL, 0),
+               BNK_SUCCESS, "%s", bnk_last_error_message());
+  int64_t tracked = 0;
+  dev_download(&tracked, s.num_batches_tracked, 8);
+  cr_expect_eq(tracked, 1, "num_batches_tracked = %lld after an empty batch, not 1", (long long)tracked);
+  /* Without a counter an empty batch is a no-op; so is inference. */
+  cr_expect_eq(bnk_forward_training(s.ctx, &empty, NULL, NULL, s.gamma, s.beta, s.running_mean, s.running_var, NULL,
+                                    0.1, 1e-5, s.save_mean, s.save_invstd, NULL, 0),
                BNK_SUCCESS);
   cr_expect_eq(bnk_forward_inference(s.ctx, &empty, NULL, NULL, s.gamma, s.beta, s.running_mean, s.running_var, 1e-5),
                BNK_SUCCESS);
-  expect_nothing_written(&s, &before);
+  expect_unchanged("y", s.y_dev, before.y, ELEMENTS * 4);
+  expect_unchanged("running_mean", s.running_mean, before.running_mean, C * 4);
+  expect_unchanged("running_var", s.running_var, before.running_var, C * 4);
+  expect_unchanged("save_mean", s.save_mean, before.save_mean, C * 4);
+  expect_unchanged("save_invstd", s.save_invstd, before.save_invstd, C * 4);
+
+  cr_assert_eq(bnk_forward_training(s.ctx, &s.desc, s.x_dev, s.y_dev, NULL, NULL, s.running_mean, s.running_var,
+                                    s.num_batches_tracked, BNK_MOMENTUM_CUMULATIVE, 1e-5, NULL, NULL, s.workspace,
+                                    s.workspace_bytes),
+               BNK_SUCCESS, "%s", bnk_last_error_message());
+  double rm[C], rv[C], mean[C], var_unbiased[C], got[C];
+  for (int c = 0; c < C; ++c) {
+    rm[c] = 0.0;
+    rv[c] = 1.0;
+  }
+  ref_channel_stats(&s.desc, s.x, mean, NULL, var_unbiased);
+  ref_running_update(C, 0.5, mean, var_unbiased, rm, rv);
+  dev_read_floats(s.running_mean, got, C);
+  expect_close("running_mean after an empty and a full batch", got, rm, C, 1e-6, 2e-6);
+  dev_read_floats(s.running_var, got, C);
+  expect_close("running_var after an empty and a full batch", got, rv, C, 1e-6, 2e-6);
+  dev_download(&tracked, s.num_batches_tracked, 8);
+  cr_expect_eq(tracked, 2, "num_batches_tracked = %lld, not 2", (long long)tracked);
   free_outputs(&before);
+  free_setup(&s);
+}
+
+/* Without running statistics momentum is ignored, whatever its value (the header's rule): the call succeeds
+ * and gives the y of momentum 0.1 bit for bit. */
+Test(forward_args, momentum_ignored_without_running_statistics) {
+  setup s;
+  make_setup(&s, BNK_NHWC);
+  cr_assert_eq(bnk_forward_training(s.ctx, &s.desc, s.x_dev, s.y_dev, s.gamma, s.beta, NULL, NULL, NULL, 0.1, 1e-5,
+                                    NULL, NULL, s.workspace, s.workspace_bytes),
+               BNK_SUCCESS);
+  void *want = dev_snapshot(s.y_dev, ELEMENTS * 4);
+  const double ignored[] = {NAN, -INFINITY, 5.0, -1.0000001, 1e300};
+  for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; ++i) {
+    dev_poison(s.y_dev, ELEMENTS * 4);
+    cr_expect_eq(bnk_forward_training(s.ctx, &s.desc, s.x_dev, s.y_dev, s.gamma, s.beta, NULL, NULL, NULL, ignored[i],
+                                      1e-5, NULL, NULL, s.workspace, s.workspace_bytes),
+                 BNK_SUCCESS, "momentum %g: %s", ignored[i], bnk_last_error_message());
+    expect_unchanged("y", s.y_dev, want, ELEMENTS * 4);
+  }
+  free(want);
   free_setup(&s);
 }

@@ -1,0 +1,43 @@
+# libbnk.so exports exactly the functions that include/bnk.h declares: no internal helper leaks into the ABI
+# and no declared function is missing. Arguments: LIBRARY (libbnk.so), HEADER (include/bnk.h), NM (nm).
+file(READ "${HEADER}" header)
+string(REGEX MATCHALL "BNK_API[^;(]*[ *]bnk_[a-z0-9_]+\\(" declarations "${header}")
+set(declared)
+foreach(declaration IN LISTS declarations)
+  string(REGEX MATCH "bnk_[a-z0-9_]+\\($" name "${declaration}")
+  string(REPLACE "(" "" name "${name}")
+  list(APPEND declared ${name})
+endforeach()
+list(LENGTH declared declared_count)
+if(declared_count LESS 10)
+  message(FATAL_ERROR "found only ${declared_count} declarations in ${HEADER}: the pattern no longer matches it")
+endif()
+
+execute_process(COMMAND "${NM}" -D --defined-only "${LIBRARY}" RESULT_VARIABLE result OUTPUT_VARIABLE symbols
+                ERROR_VARIABLE error)
+if(NOT result EQUAL 0)
+  message(FATAL_ERROR "${NM} -D --defined-only ${LIBRARY} failed (${result}): ${error}")
+endif()
+# Every defined dynamic symbol but the ones the linker itself adds (_init, _fini, _edata, _end, __bss_start).
+string(REPLACE "\n" ";" lines "${symbols}")
+set(exported)
+foreach(line IN LISTS lines)
+  if(line MATCHES "^[0-9a-fA-F]* *[A-Za-z] ([^ @]+)")
+    set(name "${CMAKE_MATCH_1}")
+    if(NOT name MATCHES "^(_init|_fini|_edata|_end|__bss_start)$")
+      list(APPEND exported ${name})
+    endif()
+  endif()
+endforeach()
+
+set(missing ${declared})
+list(REMOVE_ITEM missing ${exported})
+set(extra ${exported})
+list(REMOVE_ITEM extra ${declared})
+if(missing OR extra)
+  string(REPLACE ";" " " missing "${missing}")
+  string(REPLACE ";" " " extra "${extra}")
+  message(FATAL_ERROR "${LIBRARY} does not export exactly the functions of ${HEADER}:\n"
+                      "  declared but not exported: ${missing}\n  exported but not declared: ${extra}")
+endif()
+message(STATUS "${LIBRARY} exports exactly the ${declared_count} functions that ${HEADER} declares")
