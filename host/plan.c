@@ -12,6 +12,8 @@ static int64_t target_blocks(int sm_count) { return (int64_t)sm_count * (2048 / 
 #define BNK_MAX_PIECE ((int64_t)1 << 24)
 /* Below this many values per piece, splitting a channel further costs more in merging than it gains. */
 #define BNK_MIN_PIECE 4096
+/* Chunks of BNK_UNROLL rows that a channels-last thread should see at least. */
+#define BNK_MIN_ITERATIONS 4
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
@@ -41,11 +43,30 @@ bnk_reduce_plan bnk_plan_reduce(const bnk_view *view, int vec, int sm_count) {
     plan.threads = (int)clamp64(ceil_div(ceil_div(plan.chunk, (int64_t)vec * 4), 32) * 32, 32, BNK_STREAM_THREADS);
     plan.blocks = view->c * plan.parts;
   } else {
+    /* A tile is whole 32-lane warps across channels, or a power of two of fewer lanes when a row has
+     * fewer than 32 vectors (rows then sit whole in a warp): the block merge's shuffles and its shared
+     * layout rely on it. */
     const int64_t vecs_per_row = view->c / vec;
-    plan.tiles = ceil_div(vecs_per_row, BNK_STREAM_THREADS);
-    plan.tile_x = (int)ceil_div(vecs_per_row, plan.tiles);
+    if (vecs_per_row < 32) {
+      plan.tiles = 1;
+      plan.tile_x = 1;
+      while (plan.tile_x < vecs_per_row) plan.tile_x *= 2;
+    } else {
+      plan.tiles = ceil_div(vecs_per_row, BNK_STREAM_THREADS);
+      plan.tile_x = (int)(ceil_div(ceil_div(vecs_per_row, plan.tiles), 32) * 32);
+    }
     plan.tile_y = BNK_STREAM_THREADS / plan.tile_x;
-    int64_t parts = clamp64(ceil_div(target, plan.tiles), 1, ceil_div(view->n, (int64_t)plan.tile_y * 4));
+    /* Each thread's share of rows: at least BNK_MIN_ITERATIONS chunks of BNK_UNROLL rows, so that
+     * the block merge is a small part of a block's time, unless that leaves SMs idle; then one block per
+     * SM, down to one chunk per thread. Never more blocks than the SMs hold at once. */
+    const int64_t rows_per_block_chunk = (int64_t)plan.tile_y * BNK_UNROLL;
+    const int64_t parts_long = view->n / (rows_per_block_chunk * BNK_MIN_ITERATIONS);
+    const int64_t parts_one_per_sm = ceil_div(sm_count, plan.tiles);
+    const int64_t parts_one_chunk = ceil_div(view->n, rows_per_block_chunk);
+    const int64_t parts_wanted = parts_long > parts_one_per_sm ? parts_long
+                                 : parts_one_per_sm < parts_one_chunk ? parts_one_per_sm
+                                                                      : parts_one_chunk;
+    int64_t parts = clamp64(parts_wanted, 1, ceil_div(target, plan.tiles));
     if (parts < ceil_div(view->n, BNK_MAX_PIECE)) parts = ceil_div(view->n, BNK_MAX_PIECE);
     plan.rows_per_part = ceil_div(view->n, parts);
     plan.parts = ceil_div(view->n, plan.rows_per_part);

@@ -85,71 +85,66 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   }
 }
 
+// Adds `rows` rows (at most BNK_UNROLL) of a thread's V channels to its sums, row u at element offset
+// offset + u * stride, writing dz on the way when the epilogue asks.
+template <typename T, int V, int GRAD>
+static __device__ __forceinline__ void add_rows(const T *x, const T *dy, const bnk_grad_epilogue_args &e,
+                                                int64_t offset, int64_t stride, int rows,
+                                                const float (&channel_mean)[V], bnk_sums_vec<V> &acc) {
+  float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
+#pragma unroll
+  for (int u = 0; u < BNK_UNROLL; ++u)
+    if (u < rows) load_gradient<GRAD, T, V>(x, dy, e, offset + u * stride, vdy[u], vx[u]);
+#pragma unroll
+  for (int u = 0; u < BNK_UNROLL; ++u) {
+    if (u < rows) {
+      store_residual_gradient<GRAD, T, V>(e, offset + u * stride, vdy[u]);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        acc.dy[i] += vdy[u][i];
+        acc.dy_xmu[i] = fmaf(vdy[u][i], vx[u][i] - channel_mean[i], acc.dy_xmu[i]);
+      }
+    }
+  }
+}
+
 // Channels-last: the tiling of stats_channels_last. Thread (tx, ty) sums V channels over rows ty,
-// ty + tile_y, ... of its piece; the block merges its tile_y partial sums per channel along a fixed tree.
+// ty + tile_y, ... of its piece; the block merges its tile_y partial sums per channel (bnk_tile_reduce).
 template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     backward_sums_channels_last(const T *__restrict__ x, const T *__restrict__ dy, int64_t rows, int64_t c,
                                 int tile_x, int tile_y, int64_t tiles, int64_t rows_per_part,
                                 const float *__restrict__ mean, bnk_backward_workspace ws,
                                 bnk_grad_epilogue_args e) {
-  __shared__ float2 shared[BNK_STREAM_THREADS][V];
+  typedef bnk_sums_vec<V> state;
+  __shared__ float shared[bnk_fields<state>::count * BNK_STREAM_THREADS];
   int64_t part, channel0;
   int ty;
   bnk_tile_position<V>(tile_x, tiles, &part, &ty, &channel0);
   const bool active = channel0 < c;
 
   float channel_mean[V];
-  float2 acc[V];
 #pragma unroll
-  for (int i = 0; i < V; ++i) {
-    channel_mean[i] = active && x != NULL ? mean[channel0 + i] : 0.0f;
-    acc[i] = make_float2(0.0f, 0.0f);
-  }
+  for (int i = 0; i < V; ++i) channel_mean[i] = active && x != NULL ? mean[channel0 + i] : 0.0f;
+  state acc = bnk_sums_vec_empty<V>();
   if (active) {
-    const int64_t row_begin = part * rows_per_part;
-    const int64_t row_end = min(rows, row_begin + rows_per_part);
-    for (int64_t r0 = row_begin + ty; r0 < row_end; r0 += BNK_UNROLL * tile_y) {
-      float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
-#pragma unroll
-      for (int u = 0; u < BNK_UNROLL; ++u) {
-        const int64_t r = r0 + (int64_t)u * tile_y;
-        if (r < row_end) {
-          load_gradient<GRAD, T, V>(x, dy, e, r * c + channel0, vdy[u], vx[u]);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < BNK_UNROLL; ++u) {
-        const int64_t r = r0 + (int64_t)u * tile_y;
-        if (r < row_end) {
-          store_residual_gradient<GRAD, T, V>(e, r * c + channel0, vdy[u]);
-#pragma unroll
-          for (int i = 0; i < V; ++i) {
-            acc[i].x += vdy[u][i];
-            acc[i].y = fmaf(vdy[u][i], vx[u][i] - channel_mean[i], acc[i].y);
-          }
-        }
-      }
-    }
+    const int64_t row_end = min(rows, (part + 1) * rows_per_part);
+    const int64_t stride = (int64_t)tile_y * c;
+    int64_t r = part * rows_per_part + ty;
+    int64_t offset = r * c + channel0;
+    for (; r + (BNK_UNROLL - 1) * tile_y < row_end; r += BNK_UNROLL * tile_y, offset += BNK_UNROLL * stride)
+      add_rows<T, V, GRAD>(x, dy, e, offset, stride, BNK_UNROLL, channel_mean, acc);
+    if (r < row_end)
+      add_rows<T, V, GRAD>(x, dy, e, offset, stride, (int)((row_end - r + tile_y - 1) / tile_y), channel_mean, acc);
   }
 
-  const int slot = (int)threadIdx.x;
-#pragma unroll
-  for (int i = 0; i < V; ++i) shared[slot][i] = acc[i];
-  for (int stride = 1; stride < tile_y; stride *= 2) {
-    __syncthreads();
-    if (active && ty % (2 * stride) == 0 && ty + stride < tile_y) {
-      const int other = slot + stride * tile_x;
-#pragma unroll
-      for (int i = 0; i < V; ++i) shared[slot][i] = bnk_combine(shared[slot][i], shared[other][i]);
-    }
-  }
-  if (active && ty == 0) {
+  acc = bnk_tile_reduce(acc, shared, tile_x, tile_y);
+  if (active && (int)threadIdx.x < tile_x) {
 #pragma unroll
     for (int i = 0; i < V; ++i) {
       const int64_t out = part * c + channel0 + i;
-      ws.sum_dy[out] = shared[slot][i].x;
-      ws.sum_dy_xmu[out] = shared[slot][i].y;
+      ws.sum_dy[out] = acc.dy[i];
+      ws.sum_dy_xmu[out] = acc.dy_xmu[i];
     }
   }
 }

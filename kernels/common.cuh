@@ -30,8 +30,6 @@
 // Threads per block of the streaming kernels: 8 blocks of 256 fill an H100 SM's 2048 thread slots.
 #define BNK_BLOCK_THREADS 256
 #define BNK_WARP 32
-// Loads in flight per thread in the streaming loops: enough independent 16-byte loads to cover latency.
-#define BNK_UNROLL 4
 #define BNK_FULL_MASK 0xffffffffu
 
 // ---- storage types: loads convert to fp32 once, stores round once (to nearest even) ----

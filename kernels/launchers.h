@@ -14,6 +14,9 @@ extern "C" {
 
 /* Threads per block of the streaming kernels. */
 #define BNK_STREAM_THREADS 256
+/* Loads in flight per thread in the streaming loops: enough independent 16-byte loads to cover latency.
+ * The channels-last reductions fold that many rows at once, which the plan counts. */
+#define BNK_UNROLL 4
 
 /* A BN tensor reduced to what the kernels need: x[n][c][s] when channels-first, x[n][c] with n = N x
  * spatial when channels-last (a channels-first tensor with one spatial element is channels-last too).

@@ -41,22 +41,28 @@ static __device__ __forceinline__ float2 bnk_combine(float2 a, float2 b) {
   return make_float2(a.x + b.x, a.y + b.y);
 }
 
-// The triple of V values: their mean and M2 by two passes over registers, so that folding them into a
-// running triple costs one division per V values instead of one per value.
-template <int V>
-static __device__ __forceinline__ bnk_welford bnk_welford_of(const float (&v)[V]) {
+// The triple of the first `rows` rows of v (U rows of V values), by two passes over registers, so that
+// folding them into a running triple costs one division per chunk instead of one per value. With rows a
+// compile-time U (the full chunks of a loop, after inlining), the row predicates and 1 / count fold away.
+template <int U, int V>
+static __device__ __forceinline__ bnk_welford bnk_welford_of(const float (&v)[U][V], int rows) {
   float sum = 0.0f;
 #pragma unroll
-  for (int i = 0; i < V; ++i) sum += v[i];
+  for (int u = 0; u < U; ++u)
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      if (u < rows) sum += v[u][i];
   bnk_welford chunk;
-  chunk.count = (float)V;
-  chunk.mean = sum * (1.0f / (float)V);
+  chunk.count = (float)(rows * V);
+  chunk.mean = sum * (1.0f / chunk.count);
   chunk.m2 = 0.0f;
 #pragma unroll
-  for (int i = 0; i < V; ++i) {
-    const float d = v[i] - chunk.mean;
-    chunk.m2 += d * d;
-  }
+  for (int u = 0; u < U; ++u)
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const float d = v[u][i] - chunk.mean;
+      if (u < rows) chunk.m2 = fmaf(d, d, chunk.m2);
+    }
   return chunk;
 }
 
@@ -94,6 +100,190 @@ static __device__ __forceinline__ bnk_welford bnk_run_result(const bnk_welford_r
   bnk_welford w = run.w;
   w.mean -= run.mean_error;
   return w;
+}
+
+// ---- channels-last: V channels of one thread, which has seen the same rows of each ----
+
+// V channels' triples sharing one count.
+template <int V> struct bnk_welford_vec {
+  float count;
+  float mean[V];
+  float m2[V];
+};
+
+// V channels' running triples with their means' rounding errors (Kahan, as bnk_welford_run).
+template <int V> struct bnk_welford_vec_run {
+  bnk_welford_vec<V> w;
+  float mean_error[V];
+};
+
+// The backward's two sums of V channels: sum dy and sum dy * (x - mean).
+template <int V> struct bnk_sums_vec {
+  float dy[V];
+  float dy_xmu[V];
+};
+
+template <int V> static __device__ __forceinline__ bnk_welford_vec<V> bnk_welford_vec_empty() {
+  bnk_welford_vec<V> w;
+  w.count = 0.0f;
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    w.mean[i] = 0.0f;
+    w.m2[i] = 0.0f;
+  }
+  return w;
+}
+
+template <int V> static __device__ __forceinline__ bnk_welford_vec_run<V> bnk_run_vec_empty() {
+  bnk_welford_vec_run<V> run;
+  run.w = bnk_welford_vec_empty<V>();
+#pragma unroll
+  for (int i = 0; i < V; ++i) run.mean_error[i] = 0.0f;
+  return run;
+}
+
+template <int V> static __device__ __forceinline__ bnk_sums_vec<V> bnk_sums_vec_empty() {
+  bnk_sums_vec<V> s;
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    s.dy[i] = 0.0f;
+    s.dy_xmu[i] = 0.0f;
+  }
+  return s;
+}
+
+// Chan's merge of every channel, with the one division that the shared count allows.
+template <int V>
+static __device__ __forceinline__ bnk_welford_vec<V> bnk_combine(const bnk_welford_vec<V> &a,
+                                                                 const bnk_welford_vec<V> &b) {
+  if (b.count == 0.0f) return a;
+  if (a.count == 0.0f) return b;
+  bnk_welford_vec<V> r;
+  r.count = a.count + b.count;
+  const float weight_b = b.count / r.count;
+  const float cross = a.count * weight_b;
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    const float delta = b.mean[i] - a.mean[i];
+    r.mean[i] = fmaf(delta, weight_b, a.mean[i]);
+    r.m2[i] = fmaf(delta * delta, cross, a.m2[i] + b.m2[i]);
+  }
+  return r;
+}
+
+template <int V>
+static __device__ __forceinline__ bnk_sums_vec<V> bnk_combine(const bnk_sums_vec<V> &a, const bnk_sums_vec<V> &b) {
+  bnk_sums_vec<V> r;
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    r.dy[i] = a.dy[i] + b.dy[i];
+    r.dy_xmu[i] = a.dy_xmu[i] + b.dy_xmu[i];
+  }
+  return r;
+}
+
+// Folds the first `rows` rows of v (U rows of V channels, shifted) into the run: each channel's chunk mean
+// and M2 by two passes over registers, then Chan's merge with one division for all V channels, instead of
+// one per element. With rows a compile-time U (full chunks, after inlining) the predicates fold away.
+template <int U, int V>
+static __device__ __forceinline__ void bnk_run_add_rows(bnk_welford_vec_run<V> &run, const float (&v)[U][V],
+                                                        int rows) {
+  const float count = (float)rows;
+  const float inv_count = 1.0f / count;
+  const float total = run.w.count + count;
+  const float weight = count / total;
+  const float cross = run.w.count * weight;
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (u < rows) sum += v[u][i];
+    const float chunk_mean = sum * inv_count;
+    float chunk_m2 = 0.0f;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const float d = v[u][i] - chunk_mean;
+      if (u < rows) chunk_m2 = fmaf(d, d, chunk_m2);
+    }
+    const float delta = chunk_mean - run.w.mean[i];
+    const float step = fmaf(delta, weight, -run.mean_error[i]);
+    const float mean = run.w.mean[i] + step;
+    run.mean_error[i] = (mean - run.w.mean[i]) - step;
+    run.w.m2[i] = fmaf(delta * delta, cross, run.w.m2[i] + chunk_m2);
+    run.w.mean[i] = mean;
+  }
+  run.w.count = total;
+}
+
+template <int V> static __device__ __forceinline__ bnk_welford_vec<V> bnk_run_result(const bnk_welford_vec_run<V> &run) {
+  bnk_welford_vec<V> w = run.w;
+#pragma unroll
+  for (int i = 0; i < V; ++i) w.mean[i] -= run.mean_error[i];
+  return w;
+}
+
+// A struct of floats seen as its fields, for the generic shuffle and shared-memory moves below.
+template <typename S> struct bnk_fields {
+  static constexpr int count = (int)(sizeof(S) / sizeof(float));
+};
+
+template <typename S> static __device__ __forceinline__ S bnk_shfl_down_fields(unsigned mask, const S &v, int offset) {
+  S r;
+  const float *in = reinterpret_cast<const float *>(&v);
+  float *out = reinterpret_cast<float *>(&r);
+#pragma unroll
+  for (int k = 0; k < bnk_fields<S>::count; ++k) out[k] = __shfl_down_sync(mask, in[k], offset);
+  return r;
+}
+
+// shared holds field k of slot j at k * slots + j: consecutive slots are consecutive words, so the threads
+// of a warp, which move consecutive slots, hit distinct banks.
+template <typename S>
+static __device__ __forceinline__ void bnk_store_fields(float *shared, int slots, int slot, const S &v) {
+  const float *in = reinterpret_cast<const float *>(&v);
+#pragma unroll
+  for (int k = 0; k < bnk_fields<S>::count; ++k) shared[k * slots + slot] = in[k];
+}
+
+template <typename S> static __device__ __forceinline__ S bnk_load_fields(const float *shared, int slots, int slot) {
+  S r;
+  float *out = reinterpret_cast<float *>(&r);
+#pragma unroll
+  for (int k = 0; k < bnk_fields<S>::count; ++k) out[k] = shared[k * slots + slot];
+  return r;
+}
+
+// Merges the states of a channels-last tile's tile_y rows of threads (thread = ty * tile_x + tx) into
+// threads [0, tile_x), along a fixed tree: when tile_x < 32 (a power of two, as the plan makes it), the
+// 32 / tile_x rows a warp holds by shuffles, then the rows left (one per warp, or tile_y when tile_x is a
+// multiple of 32) through shared memory in the conflict-free [field][slot] layout. Every thread of the
+// block calls it, with blockDim.x == tile_x * tile_y a multiple of 32; shared holds
+// bnk_fields<S>::count * blockDim.x floats. Other threads return partial states.
+template <typename S>
+static __device__ __forceinline__ S bnk_tile_reduce(S v, float *shared, int tile_x, int tile_y) {
+  const int thread = (int)threadIdx.x;
+  const int lane = thread % BNK_WARP;
+  int rows = tile_y, row = thread / tile_x;
+  if (tile_x < BNK_WARP) {
+    for (int offset = BNK_WARP / 2; offset >= tile_x; offset /= 2)
+      v = bnk_combine(v, bnk_shfl_down_fields(BNK_FULL_MASK, v, offset));
+    rows = tile_y * tile_x / BNK_WARP;
+    row = thread / BNK_WARP;
+  }
+  if (rows == 1) return v;
+  const bool holder = tile_x >= BNK_WARP || lane < tile_x;
+  const int slots = rows * tile_x;
+  const int slot = row * tile_x + thread % tile_x;
+  if (holder) bnk_store_fields(shared, slots, slot, v);
+  for (int stride = 1; stride < rows; stride *= 2) {
+    __syncthreads();
+    if (holder && row % (2 * stride) == 0 && row + stride < rows) {
+      v = bnk_combine(v, bnk_load_fields<S>(shared, slots, slot + stride * tile_x));
+      bnk_store_fields(shared, slots, slot, v);
+    }
+  }
+  return v;
 }
 
 static __device__ __forceinline__ float bnk_shfl_down(unsigned mask, float v, int offset) {

@@ -8,6 +8,29 @@
 // offset (mean 1e4, unit variance) the shifted values are small, so fp32 keeps their digits.
 #include "kernels/reduce.cuh"
 
+// Folds `vectors` vectors (at most BNK_UNROLL) of a channel into the run, vector u being vector
+// j + u * step of the channel: one triple of all their values, one division.
+template <typename T, int V>
+static __device__ __forceinline__ void fold_vectors(const T *xc, int64_t run_stride, bnk_fastdiv vecs_per_run,
+                                                    int64_t j, int64_t step, int vectors, float shift,
+                                                    bnk_welford_run &run) {
+  float v[BNK_UNROLL][V] = {};
+#pragma unroll
+  for (int u = 0; u < BNK_UNROLL; ++u) {
+    if (u < vectors) {
+      const int64_t vector = j + u * step;
+      const int64_t run_index = (int64_t)bnk_div((uint64_t)vector, vecs_per_run);
+      const int64_t within = vector - run_index * (int64_t)vecs_per_run.divisor;
+      bnk_load<T, V>(xc + run_index * run_stride + within * V, v[u]);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < BNK_UNROLL; ++u)
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[u][i] -= shift;
+  bnk_run_add(run, bnk_welford_of<BNK_UNROLL, V>(v, vectors));
+}
+
 // Channels-first: block b reduces piece (b % parts) of channel (b / parts). The channel is n runs of s
 // contiguous elements, run_stride = c * s apart; vector j of the channel is in run j / (s / V).
 template <typename T, int V>
@@ -30,26 +53,10 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   const int64_t end = min(m, (part + 1) * chunk) / V;
   const int64_t step = blockDim.x;
   bnk_welford_run run = bnk_run_empty();
-  for (int64_t j0 = begin + threadIdx.x; j0 < end; j0 += BNK_UNROLL * step) {
-    float v[BNK_UNROLL][V] = {};
-#pragma unroll
-    for (int u = 0; u < BNK_UNROLL; ++u) {
-      const int64_t j = j0 + u * step;
-      if (j < end) {
-        const int64_t run = (int64_t)bnk_div((uint64_t)j, vecs_per_run);
-        const int64_t within = j - run * (int64_t)vecs_per_run.divisor;
-        bnk_load<T, V>(xc + run * run_stride + within * V, v[u]);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < BNK_UNROLL; ++u) {
-      if (j0 + u * step < end) {
-#pragma unroll
-        for (int i = 0; i < V; ++i) v[u][i] -= shift;
-        bnk_run_add(run, bnk_welford_of<V>(v[u]));
-      }
-    }
-  }
+  int64_t j = begin + threadIdx.x;
+  for (; j + (BNK_UNROLL - 1) * step < end; j += BNK_UNROLL * step)
+    fold_vectors<T, V>(xc, run_stride, vecs_per_run, j, step, BNK_UNROLL, shift, run);
+  if (j < end) fold_vectors<T, V>(xc, run_stride, vecs_per_run, j, step, (int)((end - j + step - 1) / step), shift, run);
   const bnk_welford acc = bnk_block_reduce(bnk_run_result(run), shared);
   if (threadIdx.x == 0) {
     const int64_t slot = part * c + channel;
@@ -59,18 +66,33 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   }
 }
 
+// Folds `rows` rows (at most BNK_UNROLL) of a thread's V channels into its run: row u at p + u * stride.
+template <typename T, int V>
+static __device__ __forceinline__ void fold_rows(const T *p, int64_t stride, int rows, const float (&shift)[V],
+                                                 bnk_welford_vec_run<V> &run) {
+  float v[BNK_UNROLL][V] = {};
+#pragma unroll
+  for (int u = 0; u < BNK_UNROLL; ++u)
+    if (u < rows) bnk_load<T, V>(p + u * stride, v[u]);
+#pragma unroll
+  for (int u = 0; u < BNK_UNROLL; ++u)
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[u][i] -= shift[i];
+  bnk_run_add_rows<BNK_UNROLL, V>(run, v, rows);
+}
+
 // Channels-last: x is rows of c contiguous channels. Block b covers tile (b % tiles) of tile_x * V
 // channels over the rows of piece (b / tiles). Thread (tx, ty) owns V channels and walks rows ty,
-// ty + tile_y, ...; consecutive threads read consecutive addresses. The block then merges its tile_y
-// partial results per channel along a fixed tree in shared memory.
+// ty + tile_y, ...; consecutive threads read consecutive addresses. BNK_UNROLL rows at a time go into its
+// run with one division for all of them and all V channels; the block then merges its tile_y runs per
+// channel (bnk_tile_reduce).
 template <typename T, int V>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     stats_channels_last(const T *__restrict__ x, int64_t rows, int64_t c, int tile_x, int tile_y,
                         int64_t tiles, int64_t rows_per_part, bnk_stats_workspace ws,
                         int64_t *num_batches_tracked) {
-  __shared__ float shared_count[BNK_STREAM_THREADS];
-  __shared__ float shared_mean[BNK_STREAM_THREADS][V];
-  __shared__ float shared_m2[BNK_STREAM_THREADS][V];
+  typedef bnk_welford_vec<V> state;
+  __shared__ float shared[bnk_fields<state>::count * BNK_STREAM_THREADS];
   int64_t part, channel0;
   int ty;
   bnk_tile_position<V>(tile_x, tiles, &part, &ty, &channel0);
@@ -84,62 +106,25 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   }
   if (blockIdx.x == 0 && threadIdx.x == 0 && num_batches_tracked != NULL) *num_batches_tracked += 1;
 
-  bnk_welford_run run[V];
-#pragma unroll
-  for (int i = 0; i < V; ++i) run[i] = bnk_run_empty();
+  bnk_welford_vec_run<V> run = bnk_run_vec_empty<V>();
   if (active) {
-    const int64_t row_begin = part * rows_per_part;
-    const int64_t row_end = min(rows, row_begin + rows_per_part);
-    for (int64_t r0 = row_begin + ty; r0 < row_end; r0 += BNK_UNROLL * tile_y) {
-      float v[BNK_UNROLL][V] = {};
-#pragma unroll
-      for (int u = 0; u < BNK_UNROLL; ++u) {
-        const int64_t r = r0 + (int64_t)u * tile_y;
-        if (r < row_end) bnk_load<T, V>(x + r * c + channel0, v[u]);
-      }
-#pragma unroll
-      for (int u = 0; u < BNK_UNROLL; ++u) {
-        if (r0 + (int64_t)u * tile_y < row_end) {
-#pragma unroll
-          for (int i = 0; i < V; ++i) {
-            const bnk_welford one = {1.0f, v[u][i] - shift[i], 0.0f};
-            bnk_run_add(run[i], one);
-          }
-        }
-      }
-    }
+    const int64_t row_end = min(rows, (part + 1) * rows_per_part);
+    const int64_t stride = (int64_t)tile_y * c;
+    int64_t r = part * rows_per_part + ty;
+    const T *p = x + r * c + channel0;
+    for (; r + (BNK_UNROLL - 1) * tile_y < row_end; r += BNK_UNROLL * tile_y, p += BNK_UNROLL * stride)
+      fold_rows<T, V>(p, stride, BNK_UNROLL, shift, run);
+    if (r < row_end) fold_rows<T, V>(p, stride, (int)((row_end - r + tile_y - 1) / tile_y), shift, run);
   }
 
-  const int slot = (int)threadIdx.x;
-  shared_count[slot] = run[0].w.count; // every channel of a thread has seen the same rows
-#pragma unroll
-  for (int i = 0; i < V; ++i) {
-    const bnk_welford w = bnk_run_result(run[i]);
-    shared_mean[slot][i] = w.mean;
-    shared_m2[slot][i] = w.m2;
-  }
-  for (int stride = 1; stride < tile_y; stride *= 2) {
-    __syncthreads();
-    if (active && ty % (2 * stride) == 0 && ty + stride < tile_y) {
-      const int other = slot + stride * tile_x;
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        bnk_welford a = {shared_count[slot], shared_mean[slot][i], shared_m2[slot][i]};
-        bnk_welford b = {shared_count[other], shared_mean[other][i], shared_m2[other][i]};
-        bnk_welford r = bnk_combine(a, b);
-        shared_mean[slot][i] = r.mean;
-        shared_m2[slot][i] = r.m2;
-      }
-      shared_count[slot] += shared_count[other];
-    }
-  }
-  if (active && ty == 0) {
+  const state acc = bnk_tile_reduce(bnk_run_result(run), shared, tile_x, tile_y);
+  if (active && (int)threadIdx.x < tile_x) {
 #pragma unroll
     for (int i = 0; i < V; ++i) {
       const int64_t out = part * c + channel0 + i;
-      ws.count[out] = shared_count[slot];
-      ws.mean[out] = shared_mean[slot][i];
-      ws.m2[out] = shared_m2[slot][i];
+      ws.count[out] = acc.count;
+      ws.mean[out] = acc.mean[i];
+      ws.m2[out] = acc.m2[i];
     }
   }
 }

@@ -9,9 +9,9 @@ static __global__ void welford_block(const float *x, int64_t count, float *out) 
   __shared__ bnk_welford shared[BNK_WARP];
   bnk_welford_run run = bnk_run_empty();
   for (int64_t i = (int64_t)threadIdx.x * V; i + V <= count; i += (int64_t)blockDim.x * V) {
-    float v[V];
-    for (int k = 0; k < V; ++k) v[k] = x[i + k];
-    bnk_run_add(run, bnk_welford_of<V>(v));
+    float v[1][V];
+    for (int k = 0; k < V; ++k) v[0][k] = x[i + k];
+    bnk_run_add(run, bnk_welford_of<1, V>(v, 1));
   }
   const bnk_welford acc = bnk_block_reduce(bnk_run_result(run), shared);
   if (threadIdx.x == 0) {
