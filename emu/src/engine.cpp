@@ -8,7 +8,9 @@
  * Blocks of a grid are distributed over a persistent pool of workers; the
  * launching thread is one of them.  See docs/emulation.md.
  */
+#include "fiber_asan.h"
 #include "internal.h"
+#include "memory.h"
 
 #include <bnk_emu/control.h>
 
@@ -140,11 +142,13 @@ class StackPool {
 
 struct PoolStackAllocator {
   StackPool *pool;
+  stack_span *out; /* receives the stack's bounds, for the ASan annotations */
   ctx::stack_context allocate() {
     char *base = static_cast<char *>(pool->get());
     ctx::stack_context sc;
     sc.size = pool->stride() - page_size();
     sc.sp = base + pool->stride();
+    *out = stack_span{base + page_size(), sc.size};
     return sc;
   }
   void deallocate(ctx::stack_context &sc) noexcept { pool->put(static_cast<char *>(sc.sp) - pool->stride()); }
@@ -169,6 +173,9 @@ struct ThreadRec {
   int line;
   int b, c;
   unsigned long long value; /* collective operand in, result out */
+  stack_span stack;
+  void *asan_fake; /* ASan's fake stack of this fiber while it is switched out */
+  bool started;
 };
 
 struct WarpGroup {
@@ -194,6 +201,7 @@ struct Job {
   std::atomic<bool> abort{false};
   std::mutex mu;
   bool failed = false;
+  cudaError_t code = cudaErrorLaunchFailure;
   std::string msg;
   GridBarrier *grid = nullptr; /* a cooperative launch's */
 };
@@ -211,7 +219,10 @@ struct BlockCtx {
   int bar_accum = 0, bar_result = 0;
   ThreadRec *cur = nullptr;
   ctx::fiber sink;
+  stack_span sched_stack; /* the worker's own stack, where the scheduler runs */
+  void *sched_fake = nullptr;
   bool failed = false;
+  cudaError_t code = cudaErrorLaunchFailure; /* what the failed launch returns */
   std::string msg;
   uint3 bidx;
   uint64_t rng = 0;
@@ -222,9 +233,10 @@ struct WorkerCtx {
   BlockCtx block;
   void *smem = nullptr;
   WorkerCtx() {
-    smem = std::aligned_alloc(128, size_t(kOptinSmemPerBlock));
+    smem = std::aligned_alloc(128, size_t(kOptinSmemPerBlock) + kRedzone); /* memcheck sees past the end */
     if (!smem) throw std::bad_alloc();
     block.threads.resize(kMaxThreadsPerBlock);
+    block.sched_stack = thread_stack();
     block.warps.resize(kMaxThreadsPerBlock / 32);
   }
   ~WorkerCtx() { std::free(smem); }
@@ -304,7 +316,17 @@ void set_failure(BlockCtx &B, const std::string &m) {
 
 /* --- fiber switching ------------------------------------------------------ */
 
-inline void yield(BlockCtx &B) { B.sink = std::move(B.sink).resume(); }
+inline void yield(BlockCtx &B) {
+  ThreadRec &t = *B.cur;
+  asan_start_switch(&t.asan_fake, B.sched_stack);
+  try {
+    B.sink = std::move(B.sink).resume();
+  } catch (const ctx::detail::forced_unwind &) { /* the scheduler destroys this fiber */
+    asan_finish_switch(t.asan_fake);
+    throw;
+  }
+  asan_finish_switch(t.asan_fake);
+}
 
 [[noreturn]] void fail_current(BlockCtx &B, const std::string &m) {
   set_failure(B, m);
@@ -393,10 +415,13 @@ struct FiberEntry {
   uint32_t i;
   ctx::fiber operator()(ctx::fiber &&sink) {
     BlockCtx &b = *B;
+    asan_finish_switch(nullptr);
+    b.threads[i].started = true;
     b.sink = std::move(sink);
     try {
       b.job->d->invoke(b.job->d->ctx);
     } catch (const ctx::detail::forced_unwind &) {
+      asan_start_switch(nullptr, b.sched_stack); /* back to the scheduler, for good */
       throw;
     } catch (const std::exception &e) {
       set_failure(b, fmt("%s:%d: kernel threw an exception: %s (%s, thread %s)", b.job->d->file, b.job->d->line,
@@ -406,6 +431,7 @@ struct FiberEntry {
                          block_str(b).c_str(), tid_str(b.threads[i]).c_str()));
     }
     on_thread_exit(b, b.threads[i]);
+    asan_start_switch(nullptr, b.sched_stack);
     return std::move(b.sink);
   }
 };
@@ -506,6 +532,7 @@ void run_block(WorkerCtx &w, Job &j, unsigned long long lin) {
   B.exited = 0;
   B.bar_arrived = 0;
   B.failed = false;
+  B.code = cudaErrorLaunchFailure;
   B.msg.clear();
   B.cur = nullptr;
   const unsigned long long gx = d.grid.x, gy = d.grid.y;
@@ -518,6 +545,7 @@ void run_block(WorkerCtx &w, Job &j, unsigned long long lin) {
   gridDim = d.grid;
   dynamic_shared_base = w.smem;
   if (d.smem) std::memset(w.smem, 0xff, d.smem); /* uninitialised on the GPU: poison */
+  memory_block_begin(w.smem, d.smem);
 
   for (uint32_t wi = 0; wi < B.nwarps; ++wi) {
     WarpState &W = B.warps[wi];
@@ -528,7 +556,7 @@ void run_block(WorkerCtx &w, Job &j, unsigned long long lin) {
   }
   const uint32_t bx = d.block.x, by = d.block.y;
   for (uint32_t i = 0; i < (B.n + 63) / 64; ++i) B.runbits[i] = 0;
-  PoolStackAllocator alloc{&w.stacks};
+  PoolStackAllocator alloc{&w.stacks, nullptr};
   for (uint32_t i = 0; i < B.n; ++i) {
     ThreadRec &t = B.threads[i];
     t.tid = make_uint3(i % bx, (i / bx) % by, i / (bx * by));
@@ -537,6 +565,9 @@ void run_block(WorkerCtx &w, Job &j, unsigned long long lin) {
     t.wait = WAIT_NONE;
     t.kind = 0;
     t.mask = 0;
+    t.asan_fake = nullptr;
+    t.started = false;
+    alloc.out = &t.stack;
     t.fib = ctx::fiber(std::allocator_arg, alloc, FiberEntry{&B, i});
     B.runbits[i >> 6] |= uint64_t(1) << (i & 63);
   }
@@ -551,7 +582,9 @@ void run_block(WorkerCtx &w, Job &j, unsigned long long lin) {
       ThreadRec &t = B.threads[order[k]];
       B.cur = &t;
       threadIdx = t.tid;
+      asan_start_switch(&B.sched_fake, t.stack);
       t.fib = std::move(t.fib).resume();
+      asan_finish_switch(B.sched_fake);
       if (B.failed) break;
     }
     if (B.failed) break;
@@ -559,14 +592,26 @@ void run_block(WorkerCtx &w, Job &j, unsigned long long lin) {
   if (!B.failed && !j.abort.load(std::memory_order_relaxed) && B.live > 0) describe_stall(B);
   /* Unwind every fiber that has not finished (destroying a suspended fiber
    * unwinds its stack). */
-  for (uint32_t i = 0; i < B.n; ++i)
-    if (B.threads[i].fib) B.threads[i].fib = ctx::fiber();
+  for (uint32_t i = 0; i < B.n; ++i) {
+    ThreadRec &t = B.threads[i];
+    if (!t.fib) continue;
+    asan_start_switch(&B.sched_fake, t.stack);
+    const bool started = t.started;
+    t.fib = ctx::fiber();
+    if (!started) { /* it unwound inside Boost, unannotated: end the switch on this stack */
+      void *unused = nullptr;
+      asan_start_switch(&unused, B.sched_stack);
+    }
+    asan_finish_switch(B.sched_fake);
+  }
+  memory_block_end();
   B.cur = nullptr;
   tl_block = nullptr;
   if (B.failed) {
     std::lock_guard<std::mutex> lk(j.mu);
     if (!j.failed) {
       j.failed = true;
+      j.code = B.code;
       j.msg = B.msg;
     }
     j.abort.store(true);
@@ -1013,6 +1058,17 @@ unsigned active_mask(const char *file, int line) {
   return unsigned(t.value);
 }
 
+void fail_illegal_address(const std::string &m) {
+  BlockCtx &B = current_block("a kernel memory access");
+  if (!B.failed) B.code = cudaErrorIllegalAddress;
+  fail_current(B, m);
+}
+
+std::string current_thread_str() {
+  BlockCtx &B = current_block("a kernel memory access");
+  return block_str(B) + ", thread " + tid_str(*B.cur);
+}
+
 void trap(const char *file, int line) {
   BlockCtx &B = current_block("__trap");
   fail_current(B, fmt("%s:%d: __trap() called (%s, thread %s)", file, line, block_str(B).c_str(),
@@ -1052,6 +1108,7 @@ cudaError_t run_launch(const launch_desc &d) {
   Engine &e = engine();
   {
     std::lock_guard<std::mutex> lk(e.launch_mu);
+    memory_launch_begin();
     if (d.cooperative) {
       GridBarrier grid(blocks);
       j.grid = &grid;
@@ -1060,13 +1117,14 @@ cudaError_t run_launch(const launch_desc &d) {
     } else {
       e.run(j);
     }
+    memory_launch_end();
   }
   if (j.failed) {
     std::string m = j.msg + fmt(" [kernel launched at %s:%d]", d.file, d.line);
     set_diagnostic(m);
     if (st.verbose) std::fprintf(stderr, "bnk_emu: %s\n", m.c_str());
-    set_pending_error(cudaErrorLaunchFailure);
-    return record_error(cudaErrorLaunchFailure);
+    set_pending_error(j.code);
+    return record_error(j.code);
   }
   return cudaSuccess;
 }

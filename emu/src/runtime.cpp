@@ -5,6 +5,7 @@
  * trivially honours stream order.
  */
 #include "internal.h"
+#include "memory.h"
 
 #include <bnk_emu/control.h>
 
@@ -346,9 +347,8 @@ cudaError_t cudaMalloc(void **devPtr, size_t size) {
   if (size == 0) return cudaSuccess;
   if (size > kTotalGlobalMem) return ret(cudaErrorMemoryAllocation);
   const size_t rounded = (size + 255) / 256 * 256;
-  void *p = std::aligned_alloc(256, rounded);
+  void *p = tracked_alloc(size, ALLOC_DEVICE); /* between redzones, poisoned (docs/emulation.md, "Memcheck") */
   if (!p) return ret(cudaErrorMemoryAllocation);
-  std::memset(p, 0xff, rounded); /* uninitialised on the GPU: poison */
   Registry &r = reg();
   std::lock_guard<std::mutex> lk(r.mu);
   r.device_allocs.emplace(p, rounded);
@@ -379,7 +379,7 @@ cudaError_t cudaFree(void *devPtr) {
     r.device_bytes -= it->second;
     r.device_allocs.erase(it);
   }
-  std::free(devPtr);
+  tracked_free(devPtr);
   return cudaSuccess;
 }
 
@@ -392,7 +392,7 @@ cudaError_t cudaMallocHost(void **ptr, size_t size) {
   if (!ptr) return ret(cudaErrorInvalidValue);
   *ptr = nullptr;
   if (size == 0) return cudaSuccess;
-  void *p = std::aligned_alloc(256, (size + 255) / 256 * 256);
+  void *p = tracked_alloc(size, ALLOC_HOST);
   if (!p) return ret(cudaErrorMemoryAllocation);
   Registry &r = reg();
   std::lock_guard<std::mutex> lk(r.mu);
@@ -413,7 +413,7 @@ cudaError_t cudaFreeHost(void *ptr) {
     std::lock_guard<std::mutex> lk(r.mu);
     if (r.host_allocs.erase(ptr) == 0) return ret(cudaErrorInvalidValue);
   }
-  std::free(ptr);
+  tracked_free(ptr);
   return cudaSuccess;
 }
 
@@ -425,6 +425,7 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpy
   const cudaError_t pending = sync_point(); /* a synchronous copy waits for prior work */
   if (pending != cudaSuccess) return pending;
   if (count) std::memmove(dst, src, count);
+  traffic_copy(dst, src, count);
   return cudaSuccess;
 }
 
@@ -435,6 +436,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, enum cudaM
   cudaError_t captured;
   if (capture_memcpy(dst, src, count, stream, &captured)) return ret(captured);
   if (count) std::memmove(dst, src, count);
+  traffic_copy(dst, src, count);
   return cudaSuccess;
 }
 
@@ -443,6 +445,7 @@ cudaError_t cudaMemset(void *devPtr, int value, size_t count) {
   const cudaError_t refused = capture_refuses(CAPTURE_UNSAFE_CALL, cudaStreamLegacy);
   if (refused != cudaSuccess) return ret(refused);
   if (count) std::memset(devPtr, value, count);
+  traffic_copy(devPtr, nullptr, count);
   return cudaSuccess;
 }
 

@@ -1,8 +1,8 @@
 /*
  * bnk_emu/control.h - controls of the bnk host emulation of CUDA (plain C).
  *
- * Scheduling policy, worker count, and the diagnostic of the last kernel
- * misuse.  See docs/emulation.md.
+ * Scheduling policy, worker count, the diagnostic of the last kernel
+ * misuse, and the traffic meter.  See docs/emulation.md.
  */
 #ifndef BNK_EMU_CONTROL_H
 #define BNK_EMU_CONTROL_H
@@ -50,6 +50,35 @@ int bnk_emu_get_sm_count(void);
  * clear. */
 const char *bnk_emu_last_diagnostic(void);
 void bnk_emu_clear_diagnostic(void);
+
+/* Traffic meter (docs/emulation.md, "Traffic meter").  Counts what kernel
+ * code reads and writes in memory from cudaMalloc* / cudaMallocHost: per
+ * launch, the distinct 32-byte sectors touched (summed over launches) and
+ * the bytes requested.  cudaMemset* and cudaMemcpy* on that memory are
+ * counted apart (copy_*).  Off by default (env BNK_EMU_TRAFFIC=1 turns it
+ * on); metering makes kernels a few times slower. */
+typedef struct bnk_emu_traffic {
+  unsigned long long launches;        /* launches metered (for one allocation: launches that touched it) */
+  unsigned long long read_sectors;    /* 32-byte sectors read, distinct within each launch */
+  unsigned long long written_sectors; /* 32-byte sectors written, distinct within each launch */
+  unsigned long long read_bytes;      /* bytes requested by kernel loads */
+  unsigned long long written_bytes;   /* bytes requested by kernel stores */
+  unsigned long long copy_read_bytes;    /* cudaMemcpy* bytes read from metered memory */
+  unsigned long long copy_written_bytes; /* cudaMemset* and cudaMemcpy* bytes written to it */
+} bnk_emu_traffic;
+
+void bnk_emu_set_traffic(int enabled);
+int bnk_emu_get_traffic(void);
+/* Zeroes every count (totals, last launch, per allocation). */
+void bnk_emu_traffic_reset(void);
+/* Sums over every launch metered since the last reset. */
+void bnk_emu_traffic_total(bnk_emu_traffic *out);
+/* The last launch metered (launches = 1; copies are not included). */
+void bnk_emu_traffic_last_launch(bnk_emu_traffic *out);
+/* The counts of the live allocation that starts at ptr since the last
+ * reset; returns 0, or -1 (out untouched) if ptr starts no live
+ * allocation. */
+int bnk_emu_traffic_of(const void *ptr, bnk_emu_traffic *out);
 
 #ifdef __cplusplus
 }

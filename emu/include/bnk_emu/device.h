@@ -50,7 +50,9 @@
 #endif
 /* Shared memory is per block.  A block's fibers never leave the OS worker
  * thread that runs the block, and a worker runs one block at a time, so
- * thread-local storage with static duration is exactly per-block storage. */
+ * thread-local storage with static duration is exactly per-block storage.
+ * The TLS of wrapped kernel files is linked into one section (emu/shared.ld)
+ * that the engine fills with 0xff at every block start. */
 #ifndef __shared__
 #define __shared__ static thread_local
 #endif
