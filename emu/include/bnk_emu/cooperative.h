@@ -8,6 +8,8 @@
  * with cudaErrorInvalidDeviceFunction: see docs/emulation.md).  A call
  * written for nvcc, cudaLaunchCooperativeKernel(k, grid, block, args, smem,
  * stream) or cudaLaunchKernelEx(&config, k, args...), compiles unchanged.
+ * Of the launch attributes only cudaLaunchAttributeCooperative has an
+ * effect; the others are accepted and ignored.
  */
 #ifndef BNK_EMU_COOPERATIVE_H
 #define BNK_EMU_COOPERATIVE_H
@@ -25,6 +27,8 @@ namespace detail {
 void grid_barrier(const char *file, int line);
 /* Whether the running launch is cooperative (grid_group::is_valid()). */
 bool launch_is_cooperative();
+/* Records e as the calling thread's last error when it is one; returns e (emu/src/runtime.cpp). */
+cudaError_t record_error(cudaError_t e);
 
 template <class... P, size_t... I>
 inline std::tuple<std::decay_t<P>...> args_from_pointers(void **args, std::index_sequence<I...>) {
@@ -55,7 +59,7 @@ inline cudaError_t cudaLaunchCooperativeKernel(void (*kernel)(P...), dim3 gridDi
                                                size_t sharedMem = 0, cudaStream_t stream = nullptr,
                                                const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
   namespace d = ::bnk_emu::detail;
-  if (sizeof...(P) > 0 && !args) return cudaErrorInvalidValue;
+  if (sizeof...(P) > 0 && !args) return d::record_error(cudaErrorInvalidValue);
   return d::launch_converted(kernel, gridDim, blockDim, sharedMem, stream, file, line, true,
                              d::args_from_pointers<P...>(args, std::index_sequence_for<P...>{}));
 }
@@ -64,9 +68,9 @@ template <class... P, class... A>
 inline cudaError_t cudaLaunchKernelEx(::bnk_emu::detail::launch_config_site site, void (*kernel)(P...), A &&...args) {
   namespace d = ::bnk_emu::detail;
   static_assert(sizeof...(A) == sizeof...(P), "cudaLaunchKernelEx: wrong number of kernel arguments");
-  if (!site.config) return cudaErrorInvalidValue;
+  if (!site.config) return d::record_error(cudaErrorInvalidValue);
   const cudaLaunchConfig_t &c = *site.config;
-  if (c.numAttrs && !c.attrs) return cudaErrorInvalidValue;
+  if (c.numAttrs && !c.attrs) return d::record_error(cudaErrorInvalidValue);
   return d::launch_converted(kernel, c.gridDim, c.blockDim, c.dynamicSmemBytes, c.stream, site.file, site.line,
                              d::config_is_cooperative(c),
                              std::tuple<std::decay_t<P>...>(d::convert_arg<std::decay_t<P>>(std::forward<A>(args))...));
