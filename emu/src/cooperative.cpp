@@ -79,7 +79,7 @@ extern "C" {
 
 /* The C entry points get the kernel as an address and its arguments as
  * untyped pointers; the emulation cannot call a host function from those.
- * Kernel sources reach the templates of <bnk_emu/cooperative.h> instead. */
+ * Kernel sources reach the templates of <bnk_emu/runtime_cxx.h> instead. */
 cudaError_t cudaLaunchCooperativeKernel(const void *func, dim3 gridDim, dim3 blockDim, void **args, size_t sharedMem,
                                         cudaStream_t stream) {
   (void)func, (void)gridDim, (void)blockDim, (void)args, (void)sharedMem, (void)stream;

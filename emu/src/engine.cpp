@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <exception>
 #include <mutex>
+#include <memory>
 #include <new>
 #include <string>
 #include <thread>
@@ -661,15 +662,17 @@ class Engine {
   }
 
   /* A cooperative launch: every block on its own OS thread, all at once, as
-   * the GPU keeps every block of a cooperative grid resident. */
+   * the GPU keeps every block of a cooperative grid resident.  The threads
+   * are created per launch; their stacks and buffers are kept for the next.
+   * Caller holds launch_mu. */
   void run_coresident(Job &j) {
+    while (coresident_.size() + 1 < j.nblocks) coresident_.emplace_back(new WorkerCtx());
     std::vector<std::thread> others;
     others.reserve(size_t(j.nblocks - 1));
-    for (unsigned long long b = 1; b < j.nblocks; ++b)
-      others.emplace_back([&j, b] {
-        WorkerCtx w;
-        run_block(w, j, b);
-      });
+    for (unsigned long long b = 1; b < j.nblocks; ++b) {
+      WorkerCtx *w = coresident_[size_t(b - 1)].get();
+      others.emplace_back([&j, b, w] { run_block(*w, j, b); });
+    }
     run_block(caller_worker(), j, 0);
     for (auto &t : others) t.join();
   }
@@ -721,6 +724,7 @@ class Engine {
   }
 
   std::vector<std::thread> helpers_;
+  std::vector<std::unique_ptr<WorkerCtx>> coresident_; /* for the blocks of cooperative launches */
   std::mutex mu_;
   std::condition_variable cv_, done_;
   unsigned long long gen_ = 0;

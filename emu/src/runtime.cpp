@@ -85,7 +85,8 @@ bool stream_is_valid(cudaStream_t s) {
 }
 
 bool stream_is_blocking(cudaStream_t s) {
-  if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread) return s != cudaStreamPerThread;
+  if (s == nullptr || s == cudaStreamLegacy) return true;
+  if (s == cudaStreamPerThread) return false;
   Registry &r = reg();
   std::lock_guard<std::mutex> lk(r.mu);
   return r.streams.count(s) != 0 && !(s->flags & cudaStreamNonBlocking);

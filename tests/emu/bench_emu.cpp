@@ -3,6 +3,8 @@
 #include <bnk_emu/control.h>
 #include <bnk_emu/device.h>
 
+#include <cooperative_groups.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -24,6 +26,10 @@ __global__ void shuffles(int k, float *out) {
   float v = float(threadIdx.x);
   for (int i = 0; i < k; ++i) v += __shfl_xor_sync(0xffffffffu, v, 1 + (i & 15));
   if (v == -1.0f) out[0] = v;
+}
+
+__global__ void grid_barriers(int k) {
+  for (int i = 0; i < k; ++i) cooperative_groups::this_grid().sync();
 }
 
 template <class F>
@@ -94,6 +100,20 @@ int main(int argc, char **argv) {
       std::printf("launch of an empty kernel <<<%u, %u>>>, %d worker(s): %.2f us (%.1f ns per thread)\n", sh.grid,
                   sh.block, bnk_emu_get_workers(), s * 1e6 / k, s * 1e9 / (double(k) * sh.grid * sh.block));
     }
+  }
+  /* Cooperative launches: one OS thread per block, created per launch. */
+  for (unsigned blocks : {4u, 16u}) {
+    const int launches = 20 * scale, k = 200 * scale;
+    int none = 0, syncs = k;
+    void *no_sync[] = {&none}, *with_sync[] = {&syncs};
+    const double empty = seconds([&] {
+      for (int i = 0; i < launches; ++i) cudaLaunchCooperativeKernel(grid_barriers, blocks, 256, no_sync);
+    });
+    check();
+    const double synced = seconds([&] { cudaLaunchCooperativeKernel(grid_barriers, blocks, 256, with_sync); });
+    check();
+    std::printf("cooperative launch <<<%u, 256>>>, no grid.sync: %.0f us; this_grid().sync(): %.1f us each\n",
+                blocks, empty * 1e6 / launches, (synced - empty / launches) * 1e6 / k);
   }
   cudaFree(out);
   return 0;

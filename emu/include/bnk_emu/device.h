@@ -128,6 +128,11 @@ int block_barrier(int kind, int pred, const char *file, int line);
 unsigned long long warp_collective(int kind, unsigned mask, unsigned long long value, int b, int c,
                                    int size, const char *file, int line);
 unsigned active_mask(const char *file, int line);
+/* this_grid().sync(): a block barrier followed by a rendezvous of every
+ * block of a cooperative launch. */
+void grid_barrier(const char *file, int line);
+/* Whether the running launch is cooperative (grid_group::is_valid()). */
+bool launch_is_cooperative();
 [[noreturn]] void trap(const char *file, int line);
 
 extern __thread void *dynamic_shared_base;
@@ -692,7 +697,7 @@ inline double max(double a, double b) { return std::fmax(a, b); }
 inline double max(float a, double b) { return std::fmax(double(a), b); }
 inline double max(double a, float b) { return std::fmax(a, double(b)); }
 
-#include <bnk_emu/cooperative.h>
+#include <bnk_emu/runtime_cxx.h>
 
 /* Last: libstdc++ spells __attribute__((__noinline__)), which this macro
  * would break; <memory> (the only user in C++17) is included above. */
