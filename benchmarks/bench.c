@@ -32,7 +32,7 @@
 
 #ifndef BNK_BENCH_EMULATION
 /* No device: hand over to the emulation build next to this executable, with the same arguments. */
-void run_emulation_instead(char **argv, const char *reason) {
+static void run_emulation_instead(char **argv, const char *reason) {
   printf(PROGRAM ": no CUDA device (%s).\n" PROGRAM ": running " EMULATION_PROGRAM
          " instead: the kernels on the host emulation, validated, not timed.\n\n", reason);
   fflush(stdout);
