@@ -1,11 +1,10 @@
-
 /* bnk-bench: runs each batch-normalization op once, validates the result against the float64 reference of
  * tests/reference.c, and only then times it on the GPU, side by side with the alternatives on the same
- * tensors: cuDNN's legacy batch-norm API (SPATIAL and SPATIAL_PERSISTENT), a cuBLAS baseline for the
- * reductions, and a naive two-kernel baseline (benchmarks/alternatives.h). A bnk case that fails validation
- * is reported, not timed, and fails the run, because the speed of a wrong kernel means nothing; an
- * alternative that fails validation is reported with its error and still timed, since it is only there to
- * be compared with.
+ * tensors: cuDNN's legacy batch-norm API (SPATIAL and SPATIAL_PERSISTENT, and the *Ex calls), a cuBLAS
+ * baseline for the reductions, and a naive two-kernel baseline (benchmarks/alternatives.h). A bnk case that
+ * fails validation is reported, not timed, and fails the run, because the speed of a wrong kernel means
+ * nothing; an alternative that fails validation is reported with its error and still timed, since it is only
+ * there to be compared with.
  *
  * bnk's fused epilogues (BN + ReLU, BN + add + ReLU, their backward from y or from the ReLU mask), its folded
  * inference form (precomputed scale and shift) and Linear + BatchNorm1d + ReLU in one cuBLASLt matmul are
@@ -13,11 +12,11 @@
  * pass (baselines.cu), or a GEMM by cuBLAS, bnk's inference forward and a ReLU pass. Each row then also gives
  * its bytes against the unfused sequence's, and on a GPU its speed against it.
  *
- * The same source builds twice. bnk-bench links bnk (nvcc, the real CUDA runtime); when it finds no device it
- * replaces itself with bnk-bench-emu from its own directory. bnk-bench-emu (BNK_BENCH_EMULATION) links
- * bnk_emu, the kernels on a host emulation of CUDA: it validates small versions of the shapes and contains no
- * timing code at all, so that nothing it prints can be mistaken for a GPU measurement. docs/benchmarks.md
- * describes the method and the byte counts. */
+ * The same sources (benchmarks/bench.h lists them) build twice. bnk-bench links bnk (nvcc, the real CUDA
+ * runtime); when it finds no device it replaces itself with bnk-bench-emu from its own directory.
+ * bnk-bench-emu (BNK_BENCH_EMULATION) links bnk_emu, the kernels on a host emulation of CUDA: it validates
+ * small versions of the shapes and contains no timing code at all (timing.c is not in it), so that nothing it
+ * prints can be mistaken for a GPU measurement. docs/benchmarks.md describes the method and the byte counts. */
 #define _POSIX_C_SOURCE 200809L /* readlink and execv, for the fallback to the emulation build */
 
 #include <errno.h>
@@ -32,7 +31,7 @@
 
 #ifndef BNK_BENCH_EMULATION
 /* No device: hand over to the emulation build next to this executable, with the same arguments. */
-void run_emulation_instead(char **argv, const char *reason) {
+static void run_emulation_instead(char **argv, const char *reason) {
   printf(PROGRAM ": no CUDA device (%s).\n" PROGRAM ": running " EMULATION_PROGRAM
          " instead: the kernels on the host emulation, validated, not timed.\n\n", reason);
   fflush(stdout);
@@ -58,7 +57,8 @@ static void print_banner(const bench_env *env, const bench_options *options) {
   for (int dtype = 0; dtype < 3; ++dtype)
     if (options->run_dtype[dtype]) printf(" %s", storage_name((bnk_dtype)dtype));
   printf("\nimplementations: bnk; naive (benchmarks/baselines.cu: sums of x and x^2, then elementwise); ");
-  printf("cuDNN legacy BN API, SPATIAL and SPATIAL_PERSISTENT (%s); ",
+  printf("cuDNN legacy BN API, SPATIAL and SPATIAL_PERSISTENT, and its *Ex calls in SPATIAL_PERSISTENT on NHWC "
+         "(%s); ",
          env->cudnn_unavailable[0] ? env->cudnn_unavailable : env->cudnn_version);
   printf("cuBLAS sums by GEMV, then the naive elementwise kernels (%s)\n",
          env->cublas_unavailable[0] ? env->cublas_unavailable : env->cublas_version);

@@ -9,6 +9,7 @@
  *   validation.c      the checks against the float64 reference of tests/reference.c
  *   timing.c          copy bandwidth and the timed runs (GPU build only: bnk-bench-emu has no timing code)
  *   report.c          the table, CSV and JSON, and the summary
+ *   vendor_cudnn.c, vendor_cublas.c, baselines.cu: the alternatives (benchmarks/alternatives.h, baselines.h)
  * The PRNG (tests/random.h) and the spelling of extents (tests/shape_text.h) are the tests' own. */
 #ifndef BNK_BENCHMARKS_BENCH_H
 #define BNK_BENCHMARKS_BENCH_H
@@ -45,7 +46,6 @@
 /* The op parameters: PyTorch's defaults. */
 #define EPS 1e-5
 #define MOMENTUM 0.1
-
 
 /* Emulation shrinks every shape to at most these extents (same layout and rank). An (N, C) tensor reduces
  * over N alone, so it keeps more rows than a tensor that also reduces over its spatial positions. */
@@ -110,7 +110,7 @@ typedef struct bench_options {
   const char *csv_path, *json_path;
 } bench_options;
 
-
+/* The run's environment: the device (or the emulation), the stream, the copy bandwidth and the L2 flush. */
 typedef struct bench_env {
   int emulation;
   char device_name[256];
@@ -146,6 +146,7 @@ typedef struct linear_data {
   int64_t row_count;
 } linear_data;
 
+/* One (shape, layout, dtype) case: its data on the host and the device, shared by every op and implementation. */
 typedef struct case_data {
   bnk_dtype dtype;
   bnk_tensor_desc desc;
@@ -192,6 +193,8 @@ typedef struct validation {
  * case as not supported); ERROR: a call or its kernels failed. */
 typedef enum row_status { ROW_PASS, ROW_FAIL, ROW_NOT_RUN, ROW_ERROR } row_status;
 
+/* One row of the table, the CSV and the JSON. A new measurement of a row (the emulation's traffic per launch, say)
+ * is a field here, filled where the row is made (bench.c, run_op_rows) and printed by report.c. */
 typedef struct bench_row {
   bench_impl impl;
   bench_op op;
@@ -212,8 +215,6 @@ typedef struct bench_row {
   double ratio_to_cudnn;   /* the fastest validated cuDNN mode's median / this median; NAN without one */
   double ratio_to_unfused; /* the validated unfused sequence's median / this median; NAN without one */
 } bench_row;
-
-/* linear_bn's matrices have no layout. */
 
 /* ---- buffers.c: every failure of a bnk or CUDA call ends the program with the call and the reason ---- */
 void die(const char *format, ...);
@@ -250,7 +251,8 @@ int64_t values_per_channel(const bench_shape *shape);
 void gather_sample(const case_data *data, const void *storage, double *sample);
 double *sample_channels(const case_data *data, const double *full);
 double *sample_floats(const case_data *data, const float *full);
-case_data make_case(const bench_env *env, const bench_options *options, const bench_shape *shape, bnk_layout layout, bnk_dtype dtype, rng_state *rng);
+case_data make_case(const bench_env *env, const bench_options *options, const bench_shape *shape, bnk_layout layout,
+                    bnk_dtype dtype, rng_state *rng);
 void free_case(case_data *data);
 case_data make_linear_case(const bench_env *env, const bench_shape *shape, bnk_dtype dtype, rng_state *rng);
 
@@ -262,7 +264,8 @@ double bytes_ratio_to_unfused(bench_op op, bench_impl impl, const bench_shape *s
 call_result call_ok(void);
 call_result cuda_call_result(cudaError_t error, const char *call);
 call_result run_impl(const bench_env *env, case_data *data, bench_impl impl, bench_op op, int slot);
-const char *unavailable_reason(const bench_env *env, const case_data *data, bench_impl impl, bench_op op, const bench_shape *run_shape);
+const char *unavailable_reason(const bench_env *env, const case_data *data, bench_impl impl, bench_op op,
+                               const bench_shape *run_shape);
 void prepare_op(const bench_env *env, case_data *data, bench_op op);
 /* An error the implementation reports only when asked after its work completed (cuDNN's persistent mode:
  * cudnnQueryRuntimeError); blocking, so validation asks, the timed runs never do. */
@@ -283,8 +286,8 @@ int print_summary(const bench_row *rows, int count);
 /* ---- timing.c (GPU build only) ---- */
 #ifndef BNK_BENCH_EMULATION
 void measure_copy_bandwidth(bench_env *env);
-void time_op(const bench_env *env, case_data *data, bench_impl impl, bench_op op, int runs, int warmup, bench_row *row);
-void run_emulation_instead(char **argv, const char *reason);
+void time_op(const bench_env *env, case_data *data, bench_impl impl, bench_op op, int runs, int warmup,
+             bench_row *row);
 #endif
 
 #endif

@@ -6,7 +6,7 @@
 ncu-raw.csv is `ncu --csv --page raw --print-units base --print-nvtx-rename kernel` over bnk-bench's timed runs
 (benchmarks/gpu-run runs it with --runs 1, so that each row's range holds one call of the op), with the metrics
 dram__bytes_read.sum, dram__bytes_write.sum, gpu__time_duration.sum,
-sm__warps_active.avg.pct_of_peak_sustained_active and gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed.
+sm__warps_active.avg.pct_of_peak_sustained_active and dram__throughput.avg.pct_of_peak_sustained_elapsed.
 Each kernel is named by its NVTX range: bnk-bench's "bnk-bench bnk <op> <layout> <dtype> <shape>" around the
 timed runs, or bnk's own "bnk.<op> <LAYOUT> <dtype> <shape>". ncu-bench.json is that bnk-bench run's --json,
 whose bnk rows give the documented bytes of each case (benchmarks/bytes.c, the model of docs/performance.md).
@@ -26,7 +26,7 @@ import sys
 READ, WRITE = "dram__bytes_read.sum", "dram__bytes_write.sum"
 DURATION = "gpu__time_duration.sum"
 OCCUPANCY = "sm__warps_active.avg.pct_of_peak_sustained_active"
-DRAM_PEAK = "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed"
+DRAM_PEAK = "dram__throughput.avg.pct_of_peak_sustained_elapsed"
 METRICS = (READ, WRITE, DURATION, OCCUPANCY, DRAM_PEAK)
 NAME_COLUMNS = ("Kernel Name", "Function Name", "Demangled Name", "Name")
 # bnk-bench's range around the timed runs, or bnk's own range around the call.

@@ -20,7 +20,6 @@ int trains(bench_op op) {
   return op == OP_FWD_TRAIN || op == OP_BWD || op == OP_FWD_TRAIN_ADD_RELU || op == OP_BWD_ADD_RELU;
 }
 
-
 const char *const impl_names[IMPL_COUNT] = {
     "bnk",        "cudnn",           "cudnn-persistent", "cudnn-persistent-ex", "cublas",       "naive",
     "bnk-fused",  "bnk-mask",        "bnk-from-y",       "bnk-scale-shift",     "bnk+separate", "bnk-fwd-infer"};

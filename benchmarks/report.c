@@ -10,7 +10,8 @@
 
 static const char *const status_names[] = {"PASS", "FAIL", "n/a", "ERROR"};
 
-static const char *row_layout_name(const bench_row *row) {
+static /* linear_bn's matrices have no layout. */
+const char *row_layout_name(const bench_row *row) {
   if (row->op == OP_LINEAR_BN) return "-";
   return row->layout == BNK_NCHW ? "nchw" : "nhwc";
 }
@@ -221,7 +222,6 @@ void write_json(const char *path, const bench_env *env, const bench_row *rows, i
   fprintf(file, "  ]\n}\n");
   if (fclose(file) != 0) die("writing %s failed: %s", path, strerror(errno));
 }
-
 
 /* The PASS / FAIL / n/a / ERROR counts of each implementation that had rows; returns the failed bnk rows, which
  * alone decide the exit status: a baseline that fails validation is a finding about the baseline. */

@@ -21,7 +21,7 @@ BENCH_EMU = os.environ.get("BNK_BENCH_EMU", "")
 HEADER = ['"ID"', '"Process ID"', '"Process Name"', '"Host Name"', '"Kernel Name"', '"Context"', '"Stream"',
           '"dram__bytes_read.sum"', '"dram__bytes_write.sum"', '"gpu__time_duration.sum"',
           '"sm__warps_active.avg.pct_of_peak_sustained_active"',
-          '"gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed"']
+          '"dram__throughput.avg.pct_of_peak_sustained_elapsed"']
 
 
 def kernel_line(index, name, read, write, nanoseconds, occupancy, dram):

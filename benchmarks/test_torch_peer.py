@@ -35,8 +35,8 @@ class BenchOutput:
     def paths(cls):
         if cls.directory is None:
             cls.directory = tempfile.mkdtemp(prefix="bnk-torch-peer-")
-            subprocess.run([BENCH_EMU, "--shape", "3,5,4,4", "--shape", "6,3", "--op", "fwd_train,fwd_infer,bwd,bwd_infer",
-                            "--dtype", "f32,f16", "--csv", os.path.join(cls.directory, "bench.csv"), "--json",
+            subprocess.run([BENCH_EMU, "--shape", "3,5,4,4", "--shape", "6,3", "--op",
+                            "fwd_train,fwd_infer,bwd,bwd_infer", "--dtype", "f32,f16", "--csv", os.path.join(cls.directory, "bench.csv"), "--json",
                             os.path.join(cls.directory, "bench.json")], check=True, stdout=subprocess.DEVNULL)
         return os.path.join(cls.directory, "bench.csv"), os.path.join(cls.directory, "bench.json")
 

@@ -155,7 +155,8 @@ static call_result prepare_ex(cudnn_bench *bench, bench_op op) {
                                                               bench->tensor, NULL, bench->tensor, bench->parameters,
                                                               NULL, &workspace);
   if (status != CUDNN_STATUS_SUCCESS) return result_of(status, "cudnnGetBatchNormalization*ExWorkspaceSize");
-  status = cudnnGetBatchNormalizationTrainingExReserveSpaceSize(bench->handle, mode, ops, NULL, bench->tensor, &reserve);
+  status =
+      cudnnGetBatchNormalizationTrainingExReserveSpaceSize(bench->handle, mode, ops, NULL, bench->tensor, &reserve);
   if (status != CUDNN_STATUS_SUCCESS) return result_of(status, "cudnnGetBatchNormalizationTrainingExReserveSpaceSize");
   status = ensure_scratch(&bench->workspace, &bench->workspace_bytes, workspace);
   if (status == CUDNN_STATUS_SUCCESS) status = ensure_scratch(&bench->reserve, &bench->reserve_bytes, reserve);
@@ -218,7 +219,8 @@ call_result cudnn_bench_run(cudnn_bench *bench, cudnn_bench_mode how, bench_op o
   const cudnnStatus_t described = describe(bench, args->desc);
   if (described != CUDNN_STATUS_SUCCESS) return result_of(described, bench->describe_failure);
   if (how == CUDNN_BENCH_PERSISTENT_EX && (op == OP_FWD_TRAIN || op == OP_BWD)) return run_ex(bench, op, args);
-  const cudnnBatchNormMode_t mode = how == CUDNN_BENCH_SPATIAL ? CUDNN_BATCHNORM_SPATIAL : CUDNN_BATCHNORM_SPATIAL_PERSISTENT;
+  const cudnnBatchNormMode_t mode =
+      how == CUDNN_BENCH_SPATIAL ? CUDNN_BATCHNORM_SPATIAL : CUDNN_BATCHNORM_SPATIAL_PERSISTENT;
   /* alpha = 1, beta = 0: write the result, do not blend it into the output (float for every data type). */
   const float one = 1.0f, zero = 0.0f;
   switch (op) {
