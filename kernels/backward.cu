@@ -16,8 +16,6 @@
 // dz to the dx pass as a plain dy: it is g already, and reading it costs less than dy and y again.
 #include "kernels/reduce.cuh"
 
-// Channels-first: block b sums piece (b % parts) of channel (b / parts), exactly as stats_channels_first
-// walks the channel.
 // One vector of the gradient a pass reads: dy gated by the epilogue (g = y > 0 ? dy : 0), and x when the
 // pass needs it (x NULL: left 0).
 template <int GRAD, typename T, int V>
@@ -35,77 +33,89 @@ static __device__ __forceinline__ void store_residual_gradient(const bnk_grad_ep
   if (GRAD != BNK_GRAD_PLAIN && e.dz != NULL) bnk_store<T, V>(static_cast<T *>(e.dz) + offset, g);
 }
 
+// Adds `count` vectors (at most BNK_UNROLL) at the element offsets given to a thread's L lanes of sums,
+// writing dz on the way when the epilogue asks: element i of a vector goes to lane i % L, whose channel
+// mean is mean[i % L]. L is V when the V elements are V channels (channels-last), 1 when they are one.
+template <typename T, int V, int GRAD, int L>
+static __device__ __forceinline__ void add_vectors(const T *x, const T *dy, const bnk_grad_epilogue_args &e,
+                                                   const int64_t (&offsets)[BNK_UNROLL], int count,
+                                                   const float (&mean)[L], bnk_sums_vec<L> &acc) {
+  float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
+#pragma unroll
+  for (int u = 0; u < BNK_UNROLL; ++u)
+    if (u < count) load_gradient<GRAD, T, V>(x, dy, e, offsets[u], vdy[u], vx[u]);
+#pragma unroll
+  for (int u = 0; u < BNK_UNROLL; ++u) {
+    if (u < count) {
+      store_residual_gradient<GRAD, T, V>(e, offsets[u], vdy[u]);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        acc.dy[i % L] += vdy[u][i];
+        acc.dy_xmu[i % L] = fmaf(vdy[u][i], vx[u][i] - mean[i % L], acc.dy_xmu[i % L]);
+      }
+    }
+  }
+}
+
+// Adds `count` vectors of a channels-first channel from the cursor's on, one step apart; leaves the
+// cursor past them.
+template <typename T, int V, int GRAD>
+static __device__ __forceinline__ void add_run_vectors(const T *x, const T *dy, const bnk_grad_epilogue_args &e,
+                                                       const bnk_run_walk &walk, bnk_run_cursor &cursor, int count,
+                                                       const float (&mean)[1], bnk_sums_vec<1> &acc) {
+  int64_t offsets[BNK_UNROLL] = {};
+#pragma unroll
+  for (int u = 0; u < BNK_UNROLL; ++u) {
+    if (u < count) {
+      offsets[u] = cursor.offset;
+      bnk_run_cursor_step(cursor, walk);
+    }
+  }
+  add_vectors<T, V, GRAD, 1>(x, dy, e, offsets, count, mean, acc);
+}
+
+// Channels-first: block b sums piece (b % parts) of channel (b / parts), walking the channel as
+// stats_channels_first does.
 template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     backward_sums_channels_first(const T *__restrict__ x, const T *__restrict__ dy, int64_t c, int64_t s,
-                                 bnk_fastdiv vecs_per_run, int64_t parts, int64_t chunk, int64_t m,
+                                 bnk_run_walk walk, int64_t parts, int64_t chunk, int64_t m,
                                  const float *__restrict__ mean, bnk_backward_workspace ws,
                                  bnk_grad_epilogue_args e) {
   __shared__ float2 shared[BNK_WARP];
   const int64_t block = blockIdx.x;
   const int64_t channel = block / parts;
   const int64_t part = block - channel * parts;
-  const float channel_mean = x != NULL ? mean[channel] : 0.0f;
-  const int64_t channel_offset = channel * s;
-  const int64_t run_stride = c * s;
-  const int64_t begin = part * chunk / V;
+  const float channel_mean[1] = {x != NULL ? mean[channel] : 0.0f};
+  const int64_t first = part * chunk / V + threadIdx.x;
   const int64_t end = min(m, (part + 1) * chunk) / V;
-  const int64_t step = blockDim.x;
-  float2 acc = make_float2(0.0f, 0.0f); // sum of dy, sum of dy * (x - mean)
-  for (int64_t j0 = begin + threadIdx.x; j0 < end; j0 += BNK_UNROLL * step) {
-    float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
-    int64_t offsets[BNK_UNROLL] = {};
-#pragma unroll
-    for (int u = 0; u < BNK_UNROLL; ++u) {
-      const int64_t j = j0 + u * step;
-      if (j < end) {
-        const int64_t run = (int64_t)bnk_div((uint64_t)j, vecs_per_run);
-        const int64_t within = j - run * (int64_t)vecs_per_run.divisor;
-        offsets[u] = channel_offset + run * run_stride + within * V;
-        load_gradient<GRAD, T, V>(x, dy, e, offsets[u], vdy[u], vx[u]);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < BNK_UNROLL; ++u) {
-      if (j0 + u * step < end) {
-        store_residual_gradient<GRAD, T, V>(e, offsets[u], vdy[u]);
-#pragma unroll
-        for (int i = 0; i < V; ++i) {
-          acc.x += vdy[u][i];
-          acc.y = fmaf(vdy[u][i], vx[u][i] - channel_mean, acc.y);
-        }
-      }
-    }
-  }
-  acc = bnk_block_reduce(acc, shared);
+  const int step = (int)blockDim.x;
+  // A piece is under 2^24 values, so the thread's count of vectors fits in 32 bits.
+  const int vectors = first < end ? (int)((end - first + step - 1) / step) : 0;
+  bnk_sums_vec<1> acc = bnk_sums_vec_empty<1>();
+  bnk_run_cursor cursor = bnk_run_cursor_at<V>(walk, channel * s, first);
+  int done = 0;
+  for (; done + BNK_UNROLL <= vectors; done += BNK_UNROLL)
+    add_run_vectors<T, V, GRAD>(x, dy, e, walk, cursor, BNK_UNROLL, channel_mean, acc);
+  if (done < vectors) add_run_vectors<T, V, GRAD>(x, dy, e, walk, cursor, vectors - done, channel_mean, acc);
+  const float2 sums = bnk_block_reduce(make_float2(acc.dy[0], acc.dy_xmu[0]), shared);
   if (threadIdx.x == 0) {
     const int64_t slot = part * c + channel;
-    ws.sum_dy[slot] = acc.x;
-    ws.sum_dy_xmu[slot] = acc.y;
+    ws.sum_dy[slot] = sums.x;
+    ws.sum_dy_xmu[slot] = sums.y;
   }
 }
 
-// Adds `rows` rows (at most BNK_UNROLL) of a thread's V channels to its sums, row u at element offset
-// offset + u * stride, writing dz on the way when the epilogue asks.
+// Adds `rows` rows (at most BNK_UNROLL) of a channels-last thread's V channels, row u at element offset
+// offset + u * stride.
 template <typename T, int V, int GRAD>
 static __device__ __forceinline__ void add_rows(const T *x, const T *dy, const bnk_grad_epilogue_args &e,
                                                 int64_t offset, int64_t stride, int rows,
                                                 const float (&channel_mean)[V], bnk_sums_vec<V> &acc) {
-  float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
+  int64_t offsets[BNK_UNROLL];
 #pragma unroll
-  for (int u = 0; u < BNK_UNROLL; ++u)
-    if (u < rows) load_gradient<GRAD, T, V>(x, dy, e, offset + u * stride, vdy[u], vx[u]);
-#pragma unroll
-  for (int u = 0; u < BNK_UNROLL; ++u) {
-    if (u < rows) {
-      store_residual_gradient<GRAD, T, V>(e, offset + u * stride, vdy[u]);
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        acc.dy[i] += vdy[u][i];
-        acc.dy_xmu[i] = fmaf(vdy[u][i], vx[u][i] - channel_mean[i], acc.dy_xmu[i]);
-      }
-    }
-  }
+  for (int u = 0; u < BNK_UNROLL; ++u) offsets[u] = offset + u * stride;
+  add_vectors<T, V, GRAD, V>(x, dy, e, offsets, rows, channel_mean, acc);
 }
 
 // Channels-last: the tiling of stats_channels_last. Thread (tx, ty) sums V channels over rows ty,
@@ -315,9 +325,9 @@ static void launch_sums_typed(const bnk_view *view, const bnk_reduce_plan *plan,
     BNK_LAUNCH(kernel, grid, block, 0, stream)(x, dy, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
                                                 plan->rows_per_part, mean, ws, e);
   } else {
-    const bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / V));
+    const bnk_run_walk walk = bnk_run_walk_make(view->c, view->s, V, plan->threads);
     auto kernel = backward_sums_channels_first<T, V, GRAD>;
-    BNK_LAUNCH(kernel, grid, block, 0, stream)(x, dy, view->c, view->s, vecs_per_run, plan->parts, plan->chunk,
+    BNK_LAUNCH(kernel, grid, block, 0, stream)(x, dy, view->c, view->s, walk, plan->parts, plan->chunk,
                                                 view->n * view->s, mean, ws, e);
   }
 }

@@ -102,6 +102,62 @@ static __device__ __forceinline__ bnk_welford bnk_run_result(const bnk_welford_r
   return w;
 }
 
+// ---- channels-first: a thread's walk over the runs of one channel, without a division per vector ----
+// A channel is N runs of S contiguous elements, C x S apart; its vectors (S a multiple of V) are numbered
+// in that order. A thread visits vectors j, j + step, j + 2 step, ... (step = the block's threads): it
+// keeps the element offset of its vector and the vectors left in its run, and moves both by constants.
+
+// Counts of vectors left in a run are capped here: a piece (< 2^24 values) never walks that far.
+#define BNK_RUN_LEFT_CAP ((int32_t)1 << 30)
+
+struct bnk_run_walk {
+  bnk_fastdiv run_vectors_div; // vectors per run: for a thread's start only
+  int64_t run_stride;          // elements from a run to the next of the same channel: C x S
+  int64_t step_offset;         // elements one step moves the offset within a run
+  int64_t wrap_offset;         // elements more when the step crosses into the next run
+  int32_t step_left;           // vectors one step takes off the vectors left, modulo a run
+  int32_t run_vectors;         // vectors per run, capped
+};
+
+struct bnk_run_cursor {
+  int64_t offset; // of the vector, in elements from the tensor's start
+  int32_t left;   // vectors from it to the end of its run, capped
+};
+
+static inline bnk_run_walk bnk_run_walk_make(int64_t c, int64_t s, int vec, int step) {
+  const int64_t run_vectors = s / vec;
+  bnk_run_walk w;
+  w.run_vectors_div = bnk_fastdiv_make((uint64_t)run_vectors);
+  w.run_stride = c * s;
+  w.step_offset = (step / run_vectors) * w.run_stride + (step % run_vectors) * vec;
+  w.wrap_offset = w.run_stride - run_vectors * vec;
+  w.step_left = (int32_t)(step % run_vectors);
+  w.run_vectors = (int32_t)(run_vectors < BNK_RUN_LEFT_CAP ? run_vectors : BNK_RUN_LEFT_CAP);
+  return w;
+}
+
+// The cursor at vector `vector` of the channel whose first element is at `channel_offset`.
+template <int V>
+static __device__ __forceinline__ bnk_run_cursor bnk_run_cursor_at(const bnk_run_walk &w, int64_t channel_offset,
+                                                                   int64_t vector) {
+  const int64_t run = (int64_t)bnk_div((uint64_t)vector, w.run_vectors_div);
+  const int64_t within = vector - run * (int64_t)w.run_vectors_div.divisor;
+  const int64_t left = (int64_t)w.run_vectors_div.divisor - within;
+  bnk_run_cursor cursor;
+  cursor.offset = channel_offset + run * w.run_stride + within * V;
+  cursor.left = (int32_t)(left < BNK_RUN_LEFT_CAP ? left : BNK_RUN_LEFT_CAP);
+  return cursor;
+}
+
+static __device__ __forceinline__ void bnk_run_cursor_step(bnk_run_cursor &cursor, const bnk_run_walk &w) {
+  cursor.offset += w.step_offset;
+  cursor.left -= w.step_left;
+  if (cursor.left <= 0) {
+    cursor.left += w.run_vectors;
+    cursor.offset += w.wrap_offset;
+  }
+}
+
 // ---- channels-last: V channels of one thread, which has seen the same rows of each ----
 
 // V channels' triples sharing one count.

@@ -8,20 +8,17 @@
 // offset (mean 1e4, unit variance) the shifted values are small, so fp32 keeps their digits.
 #include "kernels/reduce.cuh"
 
-// Folds `vectors` vectors (at most BNK_UNROLL) of a channel into the run, vector u being vector
-// j + u * step of the channel: one triple of all their values, one division.
+// Folds `vectors` vectors (at most BNK_UNROLL) of a channel into the run, from the cursor's on, one
+// step apart: one triple of all their values, one division. Leaves the cursor past them.
 template <typename T, int V>
-static __device__ __forceinline__ void fold_vectors(const T *xc, int64_t run_stride, bnk_fastdiv vecs_per_run,
-                                                    int64_t j, int64_t step, int vectors, float shift,
-                                                    bnk_welford_run &run) {
+static __device__ __forceinline__ void fold_vectors(const T *x, const bnk_run_walk &walk, bnk_run_cursor &cursor,
+                                                    int vectors, float shift, bnk_welford_run &run) {
   float v[BNK_UNROLL][V] = {};
 #pragma unroll
   for (int u = 0; u < BNK_UNROLL; ++u) {
     if (u < vectors) {
-      const int64_t vector = j + u * step;
-      const int64_t run_index = (int64_t)bnk_div((uint64_t)vector, vecs_per_run);
-      const int64_t within = vector - run_index * (int64_t)vecs_per_run.divisor;
-      bnk_load<T, V>(xc + run_index * run_stride + within * V, v[u]);
+      bnk_load<T, V>(x + cursor.offset, v[u]);
+      bnk_run_cursor_step(cursor, walk);
     }
   }
 #pragma unroll
@@ -31,32 +28,32 @@ static __device__ __forceinline__ void fold_vectors(const T *xc, int64_t run_str
   bnk_run_add(run, bnk_welford_of<BNK_UNROLL, V>(v, vectors));
 }
 
-// Channels-first: block b reduces piece (b % parts) of channel (b / parts). The channel is n runs of s
-// contiguous elements, run_stride = c * s apart; vector j of the channel is in run j / (s / V).
+// Channels-first: block b reduces piece (b % parts) of channel (b / parts), `chunk` elements of the
+// channel's N runs of S (bnk_run_walk), thread t taking vectors t, t + threads, ...
 template <typename T, int V>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
-    stats_channels_first(const T *__restrict__ x, int64_t c, int64_t s, bnk_fastdiv vecs_per_run,
-                         int64_t parts, int64_t chunk, int64_t m, bnk_stats_workspace ws,
-                         int64_t *num_batches_tracked) {
+    stats_channels_first(const T *__restrict__ x, int64_t c, int64_t s, bnk_run_walk walk, int64_t parts, int64_t chunk,
+                         int64_t m, bnk_stats_workspace ws, int64_t *num_batches_tracked) {
   __shared__ bnk_welford shared[BNK_WARP];
   const int64_t block = blockIdx.x;
   const int64_t channel = block / parts;
   const int64_t part = block - channel * parts;
-  const T *xc = x + channel * s;
-  const float shift = bnk_to_float(xc[0]);
+  const float shift = bnk_to_float(x[channel * s]);
   if (threadIdx.x == 0) {
     if (part == 0) ws.shift[channel] = shift;
     if (block == 0 && num_batches_tracked != NULL) *num_batches_tracked += 1;
   }
-  const int64_t run_stride = c * s;
-  const int64_t begin = part * chunk / V;
+  const int64_t first = part * chunk / V + threadIdx.x;
   const int64_t end = min(m, (part + 1) * chunk) / V;
-  const int64_t step = blockDim.x;
+  const int step = (int)blockDim.x;
+  // A piece is under 2^24 values, so the thread's count of vectors fits in 32 bits.
+  const int vectors = first < end ? (int)((end - first + step - 1) / step) : 0;
   bnk_welford_run run = bnk_run_empty();
-  int64_t j = begin + threadIdx.x;
-  for (; j + (BNK_UNROLL - 1) * step < end; j += BNK_UNROLL * step)
-    fold_vectors<T, V>(xc, run_stride, vecs_per_run, j, step, BNK_UNROLL, shift, run);
-  if (j < end) fold_vectors<T, V>(xc, run_stride, vecs_per_run, j, step, (int)((end - j + step - 1) / step), shift, run);
+  bnk_run_cursor cursor = bnk_run_cursor_at<V>(walk, channel * s, first);
+  int done = 0;
+  for (; done + BNK_UNROLL <= vectors; done += BNK_UNROLL)
+    fold_vectors<T, V>(x, walk, cursor, BNK_UNROLL, shift, run);
+  if (done < vectors) fold_vectors<T, V>(x, walk, cursor, vectors - done, shift, run);
   const bnk_welford acc = bnk_block_reduce(bnk_run_result(run), shared);
   if (threadIdx.x == 0) {
     const int64_t slot = part * c + channel;
@@ -180,9 +177,9 @@ static void launch_stats_pieces(const bnk_view *view, const bnk_reduce_plan *pla
     BNK_LAUNCH(kernel, grid, block, 0, stream)(x, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
                                                 plan->rows_per_part, ws, num_batches_tracked);
   } else {
-    const bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / plan->vec));
+    const bnk_run_walk walk = bnk_run_walk_make(view->c, view->s, plan->vec, plan->threads);
     auto kernel = plan->vec == W ? stats_channels_first<T, W> : stats_channels_first<T, 1>;
-    BNK_LAUNCH(kernel, grid, block, 0, stream)(x, view->c, view->s, vecs_per_run, plan->parts, plan->chunk,
+    BNK_LAUNCH(kernel, grid, block, 0, stream)(x, view->c, view->s, walk, plan->parts, plan->chunk,
                                                 view->n * view->s, ws, num_batches_tracked);
   }
 }
