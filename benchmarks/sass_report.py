@@ -283,6 +283,16 @@ def streaming_figures(name, stream, loops_by_name, model):
             "bytes_per_element": bytes_per_element, "demand": demand}
 
 
+def write_figures(path, library, model, figures):
+    """JSON with one line per kernel, so that a kernel's change is one line of a diff."""
+    with open(path, "w") as f:
+        f.write(f'{{"library": {json.dumps(library)}, "issue_model": {json.dumps(model, sort_keys=True)},'
+                ' "kernels": {\n')
+        f.write(",\n".join(f"{json.dumps(name)}: {json.dumps(figures[name], sort_keys=True)}"
+                            for name in sorted(figures)))
+        f.write("\n}}\n")
+
+
 def check_known(known, current, what, failures):
     """A known offender that no longer offends, or that names no kernel, makes the list out of date; one that
     got worse than its recorded figure is a regression."""
@@ -403,9 +413,7 @@ def main():
             now = constant_offenders.get(name)
             print(f"    {name}: recorded {known_constant[name]}, now " + (f"{now}" if now else "none"))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"library": os.path.basename(args.library), "issue_model": model, "kernels": figures}, f,
-                      indent=1, sort_keys=True)
+        write_figures(args.json, os.path.basename(args.library), model, figures)
     if failures:
         print("\nBUDGET FAILURES:")
         for failure in failures:
