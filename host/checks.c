@@ -76,6 +76,7 @@ bnk_status bnk_require_positive(int64_t value, const char *name) {
 }
 
 bnk_status bnk_tensor_desc_check(const bnk_tensor_desc *desc) {
+  bnk_clear_error(); /* public: a success must not leave the last call's message behind */
   if (desc == NULL) return bnk_fail(BNK_ERROR_INVALID_VALUE, "desc must not be NULL");
   BNK__TRY(bnk_require_dtype(desc->dtype, "dtype"));
   if (desc->layout != BNK_NCHW && desc->layout != BNK_NHWC)
