@@ -9,8 +9,7 @@ static size_t backward_workspace_bytes(const bnk_context *ctx, const bnk_view *v
 
 bnk_status bnk_backward_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, size_t *bytes) {
   bnk_clear_error();
-  bnk_status status = bnk_require_query(ctx, desc, bytes);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_query(ctx, desc, bytes));
   const bnk_view view = bnk_view_of(desc);
   *bytes = backward_workspace_bytes(ctx, &view);
   return BNK_SUCCESS;
@@ -27,9 +26,9 @@ static bnk_status zero_parameter_gradients(const bnk_context *ctx, const bnk_vie
                                            float *dbeta) {
   if (dgamma == NULL && dbeta == NULL) return BNK_SUCCESS;
   bnk_device_guard guard;
-  bnk_status status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_device_enter(ctx, &guard));
   const size_t bytes = (size_t)view->c * sizeof(float);
+  bnk_status status = BNK_SUCCESS;
   if (dgamma != NULL) status = bnk_check_cuda(cudaMemsetAsync(dgamma, 0, bytes, ctx->stream), "cudaMemsetAsync(dgamma)");
   if (status == BNK_SUCCESS && dbeta != NULL)
     status = bnk_check_cuda(cudaMemsetAsync(dbeta, 0, bytes, ctx->stream), "cudaMemsetAsync(dbeta)");
@@ -58,14 +57,13 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_tensor_desc 
   const bnk_reduce_plan sums_plan = bnk_plan_reduce(view, bnk_choose_vec(view, sums_pointers, 4), ctx->sm_count);
   const void *dx_pointers[5] = {dx_x, dx_dy, dx, dx_fused->y, dx_fused->dz};
   const bnk_reduce_plan dx_plan = bnk_plan_reduce(view, bnk_choose_vec(view, dx_pointers, 5), ctx->sm_count);
-  bnk_status status = sums_wanted ? bnk_require_grid(&sums_plan) : BNK_SUCCESS;
-  if (status == BNK_SUCCESS && dx_pass_wanted) status = bnk_require_grid(&dx_plan);
-  if (status != BNK_SUCCESS) return status;
+  if (sums_wanted) BNK__TRY(bnk_require_grid(&sums_plan));
+  if (dx_pass_wanted) BNK__TRY(bnk_require_grid(&dx_plan));
 
   bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_device_enter(ctx, &guard));
   bnk_range_push(frozen ? "bwd_infer" : "bwd", desc);
+  bnk_status status = BNK_SUCCESS;
   char what[64];
   bnk_backward_workspace ws = {0};
   if (sums_wanted) {
@@ -98,19 +96,14 @@ bnk_status bnk_backward_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const 
                            const float *save_invstd, void *workspace, size_t workspace_bytes,
                            const bnk_epilogue_grad *epilogue) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(save_mean, "save_mean");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(save_invstd, "save_invstd");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_channel_arrays(ctx, desc, save_mean, "save_mean", save_invstd, "save_invstd"));
   const bnk_view view = bnk_view_of(desc);
   if (bnk_view_per_channel(&view) == 0) return zero_parameter_gradients(ctx, &view, dgamma, dbeta);
-  status = bnk_require_pointer(x, "x");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(dy, "dy");
+  BNK__TRY(bnk_require_pointer(x, "x"));
+  BNK__TRY(bnk_require_pointer(dy, "dy"));
   bnk_grad_epilogue_args fused;
-  if (status == BNK_SUCCESS) status = bnk_grad_epilogue_args_of(epilogue, desc, x, dy, dx, &fused);
-  if (status == BNK_SUCCESS) status = require_workspace(ctx, &view, workspace, workspace_bytes);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_grad_epilogue_args_of(epilogue, desc, x, dy, dx, &fused));
+  BNK__TRY(require_workspace(ctx, &view, workspace, workspace_bytes));
   const bnk_backward_stats stats = {save_mean, save_invstd, NULL, 0.0f, gamma};
   return launch_backward(ctx, desc, &view, x, dy, dx, stats, 0, dgamma, dbeta, workspace, &fused, "bnk_backward");
 }
@@ -128,22 +121,15 @@ bnk_status bnk_backward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *de
                                      const float *running_mean, const float *running_var, double eps,
                                      void *workspace, size_t workspace_bytes, const bnk_epilogue_grad *epilogue) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(running_mean, "running_mean");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(running_var, "running_var");
-  if (status == BNK_SUCCESS) status = bnk_require_eps(eps);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_channel_arrays(ctx, desc, running_mean, "running_mean", running_var, "running_var"));
+  BNK__TRY(bnk_require_eps(eps));
   const bnk_view view = bnk_view_of(desc);
   if (bnk_view_per_channel(&view) == 0) return zero_parameter_gradients(ctx, &view, dgamma, dbeta);
-  status = bnk_require_pointer(dy, "dy");
-  if (status == BNK_SUCCESS && dgamma != NULL && x == NULL)
-    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "x must not be NULL when dgamma is wanted");
+  BNK__TRY(bnk_require_pointer(dy, "dy"));
+  if (dgamma != NULL && x == NULL) return bnk_fail(BNK_ERROR_INVALID_VALUE, "x must not be NULL when dgamma is wanted");
   bnk_grad_epilogue_args fused;
-  if (status == BNK_SUCCESS) status = bnk_grad_epilogue_args_of(epilogue, desc, x, dy, dx, &fused);
-  if (status == BNK_SUCCESS && (dgamma != NULL || dbeta != NULL))
-    status = require_workspace(ctx, &view, workspace, workspace_bytes);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_grad_epilogue_args_of(epilogue, desc, x, dy, dx, &fused));
+  if (dgamma != NULL || dbeta != NULL) BNK__TRY(require_workspace(ctx, &view, workspace, workspace_bytes));
   const bnk_backward_stats stats = {running_mean, NULL, running_var, bnk_eps_to_float(eps), gamma};
   return launch_backward(ctx, desc, &view, x, dy, dx, stats, 1, dgamma, dbeta, workspace, &fused,
                          "bnk_backward_inference");

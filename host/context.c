@@ -16,25 +16,22 @@ bnk_status bnk_context_create(bnk_context **ctx, int device) {
     cudaGetLastError(); /* not sticky: leave the runtime clean for the caller */
     return bnk_fail(BNK_ERROR_NO_DEVICE, "no CUDA device: %s", cudaGetErrorString(error));
   }
-  bnk_status status = bnk_check_cuda(error, "cudaGetDeviceCount");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_check_cuda(error, "cudaGetDeviceCount"));
   if (device == -1) {
-    status = bnk_check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-    if (status != BNK_SUCCESS) return status;
+    BNK__TRY(bnk_check_cuda(cudaGetDevice(&device), "cudaGetDevice"));
   } else if (device >= count) {
     return bnk_fail(BNK_ERROR_INVALID_VALUE, "device must be < %d (the number of devices), got %d", count, device);
   }
   int sm_count = 0;
-  status = bnk_check_cuda(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device),
-                          "cudaDeviceGetAttribute(cudaDevAttrMultiProcessorCount)");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_check_cuda(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device),
+                          "cudaDeviceGetAttribute(cudaDevAttrMultiProcessorCount)"));
   bnk_context *created = malloc(sizeof *created);
   if (created == NULL) return bnk_fail(BNK_ERROR_INTERNAL, "out of host memory allocating a context");
   created->device = device;
   created->sm_count = sm_count;
   created->stream = NULL;
   /* Here rather than in the first bnk_linear_bn: compute calls allocate nothing. */
-  status = bnk_cublaslt_create(&created->cublaslt);
+  const bnk_status status = bnk_cublaslt_create(&created->cublaslt);
   if (status != BNK_SUCCESS) {
     free(created);
     return status;
@@ -51,67 +48,40 @@ void bnk_context_destroy(bnk_context *ctx) {
 
 bnk_status bnk_context_set_stream(bnk_context *ctx, bnk_stream stream) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_context(ctx));
   ctx->stream = (cudaStream_t)stream;
   return BNK_SUCCESS;
 }
 
 bnk_status bnk_context_get_stream(const bnk_context *ctx, bnk_stream *stream) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(stream, "stream");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(bnk_require_pointer(stream, "stream"));
   *stream = (bnk_stream)ctx->stream;
   return BNK_SUCCESS;
 }
 
 bnk_status bnk_context_get_device(const bnk_context *ctx, int *device) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(device, "device");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(bnk_require_pointer(device, "device"));
   *device = ctx->device;
   return BNK_SUCCESS;
 }
 
 bnk_status bnk_context_get_sm_count(const bnk_context *ctx, int *sm_count) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(sm_count, "sm_count");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(bnk_require_pointer(sm_count, "sm_count"));
   *sm_count = ctx->sm_count;
-  return BNK_SUCCESS;
-}
-
-bnk_status bnk_require_context(const bnk_context *ctx) {
-  return ctx == NULL ? bnk_fail(BNK_ERROR_INVALID_VALUE, "ctx must not be NULL") : BNK_SUCCESS;
-}
-
-bnk_status bnk_require_pointer(const void *pointer, const char *name) {
-  return pointer == NULL ? bnk_fail(BNK_ERROR_INVALID_VALUE, "%s must not be NULL", name) : BNK_SUCCESS;
-}
-
-bnk_status bnk_require_query(const bnk_context *ctx, const bnk_tensor_desc *desc, const size_t *bytes) {
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(bytes, "bytes");
-  return status;
-}
-
-bnk_status bnk_require_workspace(const void *workspace, size_t workspace_bytes, size_t needed, const char *query) {
-  if (workspace_bytes < needed)
-    return bnk_fail(BNK_ERROR_WORKSPACE_TOO_SMALL, "workspace_bytes must be >= %zu (%s) for this shape, got %zu",
-                    needed, query, workspace_bytes);
-  if (needed > 0 && workspace == NULL) return bnk_fail(BNK_ERROR_INVALID_VALUE, "workspace must not be NULL");
   return BNK_SUCCESS;
 }
 
 bnk_status bnk_device_enter(const bnk_context *ctx, bnk_device_guard *guard) {
   guard->switched = 0;
-  bnk_status status = bnk_check_cuda(cudaGetDevice(&guard->previous), "cudaGetDevice");
-  if (status != BNK_SUCCESS || guard->previous == ctx->device) return status;
-  status = bnk_check_cuda(cudaSetDevice(ctx->device), "cudaSetDevice");
+  BNK__TRY(bnk_check_cuda(cudaGetDevice(&guard->previous), "cudaGetDevice"));
+  if (guard->previous == ctx->device) return BNK_SUCCESS;
+  const bnk_status status = bnk_check_cuda(cudaSetDevice(ctx->device), "cudaSetDevice");
   guard->switched = status == BNK_SUCCESS;
   return status;
 }

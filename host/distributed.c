@@ -23,12 +23,11 @@ static bnk_status launch_local_stats(const bnk_context *ctx, const bnk_tensor_de
                           "cudaMemsetAsync(partials)");
   const void *pointers[1] = {x};
   const bnk_reduce_plan plan = bnk_plan_reduce(view, bnk_choose_vec(view, pointers, 1), ctx->sm_count);
-  bnk_status status = bnk_require_grid(&plan);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_grid(&plan));
   bnk_range_push("batch_stats", desc);
   const bnk_stats_workspace ws = bnk_stats_workspace_carve(workspace, view, plan.parts);
   const bnk_running_update untracked = {NULL, NULL, NULL, 0.0f, 0};
-  status = bnk_check_cuda(
+  const bnk_status status = bnk_check_cuda(
       bnk_launch_batch_stats(view, &plan, x, ws, 0.0f, untracked, NULL, NULL, partials, ctx->stream),
       "bnk_batch_stats: statistics kernels");
   bnk_range_pop();
@@ -38,23 +37,19 @@ static bnk_status launch_local_stats(const bnk_context *ctx, const bnk_tensor_de
 bnk_status bnk_batch_stats(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, double *partials,
                            void *workspace, size_t workspace_bytes) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(partials, "partials");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(bnk_tensor_desc_check(desc));
+  BNK__TRY(bnk_require_pointer(partials, "partials"));
   const bnk_view view = bnk_view_of(desc);
-  size_t needed = 0;
   if (bnk_view_per_channel(&view) > 0) {
-    status = bnk_require_pointer(x, "x");
-    if (status == BNK_SUCCESS) status = bnk_forward_training_workspace_size(ctx, desc, &needed);
-    if (status == BNK_SUCCESS)
-      status = bnk_require_workspace(workspace, workspace_bytes, needed, "bnk_batch_stats_workspace_size");
-    if (status != BNK_SUCCESS) return status;
+    size_t needed = 0;
+    BNK__TRY(bnk_require_pointer(x, "x"));
+    BNK__TRY(bnk_forward_training_workspace_size(ctx, desc, &needed));
+    BNK__TRY(bnk_require_workspace(workspace, workspace_bytes, needed, "bnk_batch_stats_workspace_size"));
   }
   bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
-  status = launch_local_stats(ctx, desc, &view, x, partials, workspace);
+  BNK__TRY(bnk_device_enter(ctx, &guard));
+  const bnk_status status = launch_local_stats(ctx, desc, &view, x, partials, workspace);
   bnk_device_leave(&guard);
   return status;
 }
@@ -75,29 +70,25 @@ static bnk_status launch_merge(const bnk_context *ctx, int64_t c, int ranks, con
 
 static bnk_status check_merge(int64_t c, int ranks, double eps, const float *running_mean,
                               const float *running_var, const int64_t *num_batches_tracked, double momentum) {
-  if (c <= 0) return bnk_fail(BNK_ERROR_INVALID_VALUE, "C must be > 0, got %" PRId64, c);
+  BNK__TRY(bnk_require_positive(c, "C"));
   if (ranks < 1) return bnk_fail(BNK_ERROR_INVALID_VALUE, "ranks must be >= 1, got %d", ranks);
-  bnk_status status = bnk_require_eps(eps);
-  if (status == BNK_SUCCESS) status = bnk_require_running(running_mean, running_var, num_batches_tracked, momentum);
-  return status;
+  BNK__TRY(bnk_require_eps(eps));
+  return bnk_require_running(running_mean, running_var, num_batches_tracked, momentum);
 }
 
 bnk_status bnk_merge_stats(bnk_context *ctx, int64_t c, int ranks, const double *gathered, float *running_mean,
                            float *running_var, int64_t *num_batches_tracked, double momentum, double eps,
                            float *save_mean, float *save_invstd) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS)
-    status = check_merge(c, ranks, eps, running_mean, running_var, num_batches_tracked, momentum);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(gathered, "gathered");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(save_mean, "save_mean");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(save_invstd, "save_invstd");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(check_merge(c, ranks, eps, running_mean, running_var, num_batches_tracked, momentum));
+  BNK__TRY(bnk_require_pointer(gathered, "gathered"));
+  BNK__TRY(bnk_require_pointer(save_mean, "save_mean"));
+  BNK__TRY(bnk_require_pointer(save_invstd, "save_invstd"));
   bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
-  status = launch_merge(ctx, c, ranks, gathered, running_mean, running_var, num_batches_tracked, momentum, eps,
-                        save_mean, save_invstd);
+  BNK__TRY(bnk_device_enter(ctx, &guard));
+  const bnk_status status = launch_merge(ctx, c, ranks, gathered, running_mean, running_var, num_batches_tracked,
+                                         momentum, eps, save_mean, save_invstd);
   bnk_device_leave(&guard);
   return status;
 }
@@ -113,16 +104,10 @@ static bnk_status launch_normalize(const bnk_context *ctx, const bnk_tensor_desc
 bnk_status bnk_normalize(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y, const float *gamma,
                          const float *beta, const float *mean, const float *invstd) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(mean, "mean");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(invstd, "invstd");
-  if (status != BNK_SUCCESS) return status;
-  const bnk_view view = bnk_view_of(desc);
-  if (bnk_view_per_channel(&view) == 0) return BNK_SUCCESS;
-  status = bnk_require_pointer(x, "x");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(y, "y");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_channel_arrays(ctx, desc, mean, "mean", invstd, "invstd"));
+  if (bnk_is_empty(desc)) return BNK_SUCCESS;
+  bnk_epilogue_args plain;
+  BNK__TRY(bnk_require_forward_tensors(desc, x, y, NULL, &plain));
   return launch_normalize(ctx, desc, x, y, gamma, beta, mean, invstd);
 }
 
@@ -130,25 +115,18 @@ bnk_status bnk_normalize(bnk_context *ctx, const bnk_tensor_desc *desc, const vo
 static bnk_status check_backward_share(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
                                        const void *dy, const float *save_mean, const float *save_invstd,
                                        bnk_view *view) {
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(save_mean, "save_mean");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(save_invstd, "save_invstd");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_channel_arrays(ctx, desc, save_mean, "save_mean", save_invstd, "save_invstd"));
   *view = bnk_view_of(desc);
   if (bnk_view_per_channel(view) == 0) return BNK_SUCCESS;
-  status = bnk_require_pointer(x, "x");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(dy, "dy");
-  return status;
+  BNK__TRY(bnk_require_pointer(x, "x"));
+  return bnk_require_pointer(dy, "dy");
 }
 
 static bnk_status check_backward_workspace(const bnk_context *ctx, const bnk_tensor_desc *desc,
                                            const void *workspace, size_t workspace_bytes) {
   size_t needed = 0;
-  bnk_status status = bnk_backward_workspace_size(ctx, desc, &needed);
-  if (status == BNK_SUCCESS)
-    status = bnk_require_workspace(workspace, workspace_bytes, needed, "bnk_backward_workspace_size");
-  return status;
+  BNK__TRY(bnk_backward_workspace_size(ctx, desc, &needed));
+  return bnk_require_workspace(workspace, workspace_bytes, needed, "bnk_backward_workspace_size");
 }
 
 static bnk_status launch_local_sums(const bnk_context *ctx, const bnk_tensor_desc *desc, const bnk_view *view,
@@ -159,13 +137,12 @@ static bnk_status launch_local_sums(const bnk_context *ctx, const bnk_tensor_des
     return bnk_check_cuda(cudaMemsetAsync(sums, 0, sums_bytes(view->c), ctx->stream), "cudaMemsetAsync(sums)");
   const void *pointers[2] = {x, dy};
   const bnk_reduce_plan plan = bnk_plan_reduce(view, bnk_choose_vec(view, pointers, 2), ctx->sm_count);
-  bnk_status status = bnk_require_grid(&plan);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_grid(&plan));
   bnk_range_push("backward_local_sums", desc);
   const bnk_backward_workspace ws = bnk_backward_workspace_carve(workspace, view, plan.parts);
   const bnk_backward_stats stats = {save_mean, save_invstd, NULL, 0.0f, NULL};
   /* The merge writes sum(dy) as "dbeta" and sum(dy * xhat) as "dgamma": exactly the two sums wanted. */
-  status = bnk_check_cuda(
+  bnk_status status = bnk_check_cuda(
       bnk_launch_backward_reduce(view, &plan, x, dy, stats, ws, sums + view->c, sums, ctx->stream),
       "bnk_backward_local_sums: reduction kernels");
   if (status == BNK_SUCCESS)
@@ -180,14 +157,12 @@ bnk_status bnk_backward_local_sums(bnk_context *ctx, const bnk_tensor_desc *desc
                                    size_t workspace_bytes) {
   bnk_clear_error();
   bnk_view view;
-  bnk_status status = check_backward_share(ctx, desc, x, dy, save_mean, save_invstd, &view);
-  if (status == BNK_SUCCESS) status = check_backward_workspace(ctx, desc, workspace, workspace_bytes);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(sums, "sums");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(check_backward_share(ctx, desc, x, dy, save_mean, save_invstd, &view));
+  BNK__TRY(check_backward_workspace(ctx, desc, workspace, workspace_bytes));
+  BNK__TRY(bnk_require_pointer(sums, "sums"));
   bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
-  status = launch_local_sums(ctx, desc, &view, x, dy, save_mean, save_invstd, sums, workspace);
+  BNK__TRY(bnk_device_enter(ctx, &guard));
+  const bnk_status status = launch_local_sums(ctx, desc, &view, x, dy, save_mean, save_invstd, sums, workspace);
   bnk_device_leave(&guard);
   return status;
 }
@@ -211,8 +186,7 @@ static bnk_status launch_apply(const bnk_context *ctx, const bnk_tensor_desc *de
   }
   const void *pointers[3] = {x, dy, dx};
   const bnk_reduce_plan plan = bnk_plan_reduce(view, bnk_choose_vec(view, pointers, 3), ctx->sm_count);
-  status = bnk_require_grid(&plan);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_grid(&plan));
   bnk_range_push("backward_apply", desc);
   /* Only the per-channel coefficient arrays are used, which sit first whatever the number of pieces. */
   const bnk_backward_workspace ws = bnk_backward_workspace_carve(workspace, view, plan.parts);
@@ -233,14 +207,13 @@ bnk_status bnk_backward_apply(bnk_context *ctx, const bnk_tensor_desc *desc, con
                               size_t workspace_bytes) {
   bnk_clear_error();
   bnk_view view;
-  bnk_status status = check_backward_share(ctx, desc, x, dy, save_mean, save_invstd, &view);
-  if (status == BNK_SUCCESS) status = check_backward_workspace(ctx, desc, workspace, workspace_bytes);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(sums, "sums");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(check_backward_share(ctx, desc, x, dy, save_mean, save_invstd, &view));
+  BNK__TRY(check_backward_workspace(ctx, desc, workspace, workspace_bytes));
+  BNK__TRY(bnk_require_pointer(sums, "sums"));
   bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
-  status = launch_apply(ctx, desc, &view, x, dy, dx, gamma, dgamma, dbeta, save_mean, save_invstd, sums, workspace);
+  BNK__TRY(bnk_device_enter(ctx, &guard));
+  const bnk_status status =
+      launch_apply(ctx, desc, &view, x, dy, dx, gamma, dgamma, dbeta, save_mean, save_invstd, sums, workspace);
   bnk_device_leave(&guard);
   return status;
 }
@@ -260,9 +233,8 @@ typedef struct sync_workspace {
 static bnk_status sync_layout(const bnk_context *ctx, const bnk_tensor_desc *desc, int ranks, void *base,
                               sync_workspace *ws, size_t *bytes) {
   size_t forward = 0, backward = 0;
-  bnk_status status = bnk_forward_training_workspace_size(ctx, desc, &forward);
-  if (status == BNK_SUCCESS) status = bnk_backward_workspace_size(ctx, desc, &backward);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_forward_training_workspace_size(ctx, desc, &forward));
+  BNK__TRY(bnk_backward_workspace_size(ctx, desc, &backward));
   const size_t c = (size_t)desc->c;
   const size_t local = bnk_align256(forward > backward ? forward : backward);
   const size_t gathered = bnk_align256((size_t)ranks * partials_bytes(desc->c));
@@ -279,10 +251,8 @@ static bnk_status sync_layout(const bnk_context *ctx, const bnk_tensor_desc *des
 
 bnk_status bnk_sync_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, int ranks, size_t *bytes) {
   bnk_clear_error();
-  bnk_status status = bnk_require_query(ctx, desc, bytes);
-  if (status == BNK_SUCCESS && ranks < 1)
-    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "ranks must be >= 1, got %d", ranks);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_query(ctx, desc, bytes));
+  if (ranks < 1) return bnk_fail(BNK_ERROR_INVALID_VALUE, "ranks must be >= 1, got %d", ranks);
   sync_workspace ws;
   return sync_layout(ctx, desc, ranks, NULL, &ws, bytes);
 }
@@ -296,14 +266,12 @@ static bnk_status check_nccl(ncclResult_t result, const char *what) {
 /* The communicator's size and this rank, and the workspace laid out for them. */
 static bnk_status sync_prepare(const bnk_context *ctx, const bnk_tensor_desc *desc, bnk_nccl_comm comm,
                                void *workspace, size_t workspace_bytes, int *ranks, int *rank, sync_workspace *ws) {
-  bnk_status status = bnk_require_pointer(comm, "comm");
-  if (status == BNK_SUCCESS) status = check_nccl(ncclCommCount(comm, ranks), "ncclCommCount");
-  if (status == BNK_SUCCESS) status = check_nccl(ncclCommUserRank(comm, rank), "ncclCommUserRank");
+  BNK__TRY(bnk_require_pointer(comm, "comm"));
+  BNK__TRY(check_nccl(ncclCommCount(comm, ranks), "ncclCommCount"));
+  BNK__TRY(check_nccl(ncclCommUserRank(comm, rank), "ncclCommUserRank"));
   size_t needed = 0;
-  if (status == BNK_SUCCESS) status = sync_layout(ctx, desc, *ranks, workspace, ws, &needed);
-  if (status == BNK_SUCCESS)
-    status = bnk_require_workspace(workspace, workspace_bytes, needed, "bnk_sync_workspace_size");
-  return status;
+  BNK__TRY(sync_layout(ctx, desc, *ranks, workspace, ws, &needed));
+  return bnk_require_workspace(workspace, workspace_bytes, needed, "bnk_sync_workspace_size");
 }
 
 bnk_status bnk_forward_training_sync(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
@@ -312,29 +280,28 @@ bnk_status bnk_forward_training_sync(bnk_context *ctx, const bnk_tensor_desc *de
                                      float *save_invstd, bnk_nccl_comm comm, void *workspace,
                                      size_t workspace_bytes) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = bnk_require_running(running_mean, running_var, num_batches_tracked, momentum);
-  if (status == BNK_SUCCESS) status = bnk_require_eps(eps);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(bnk_tensor_desc_check(desc));
+  BNK__TRY(bnk_require_running(running_mean, running_var, num_batches_tracked, momentum));
+  BNK__TRY(bnk_require_eps(eps));
   const bnk_view view = bnk_view_of(desc);
   const int empty = bnk_view_per_channel(&view) == 0;
-  if (!empty) status = bnk_require_pointer(x, "x");
-  if (status == BNK_SUCCESS && !empty) status = bnk_require_pointer(y, "y");
+  if (!empty) {
+    bnk_epilogue_args plain;
+    BNK__TRY(bnk_require_forward_tensors(desc, x, y, NULL, &plain));
+  }
   int ranks = 0, rank = 0;
   sync_workspace ws;
-  if (status == BNK_SUCCESS) status = sync_prepare(ctx, desc, comm, workspace, workspace_bytes, &ranks, &rank, &ws);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(sync_prepare(ctx, desc, comm, workspace, workspace_bytes, &ranks, &rank, &ws));
   float *mean = save_mean != NULL ? save_mean : ws.mean;
   float *invstd = save_invstd != NULL ? save_invstd : ws.invstd;
   const size_t count = (size_t)view.c * BNK_PARTIALS_PER_CHANNEL;
   double *mine = ws.gathered + (size_t)rank * count;
 
   bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_device_enter(ctx, &guard));
   bnk_range_push("fwd_train_sync", desc);
-  status = launch_local_stats(ctx, desc, &view, x, mine, ws.local);
+  bnk_status status = launch_local_stats(ctx, desc, &view, x, mine, ws.local);
   if (status == BNK_SUCCESS)
     status = check_nccl(ncclAllGather(mine, ws.gathered, count, ncclDouble, comm, ctx->stream), "ncclAllGather");
   if (status == BNK_SUCCESS)
@@ -354,14 +321,12 @@ bnk_status bnk_backward_sync(bnk_context *ctx, const bnk_tensor_desc *desc, cons
   bnk_view view;
   int ranks = 0, rank = 0;
   sync_workspace ws;
-  bnk_status status = check_backward_share(ctx, desc, x, dy, save_mean, save_invstd, &view);
-  if (status == BNK_SUCCESS) status = sync_prepare(ctx, desc, comm, workspace, workspace_bytes, &ranks, &rank, &ws);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(check_backward_share(ctx, desc, x, dy, save_mean, save_invstd, &view));
+  BNK__TRY(sync_prepare(ctx, desc, comm, workspace, workspace_bytes, &ranks, &rank, &ws));
   bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_device_enter(ctx, &guard));
   bnk_range_push("bwd_sync", desc);
-  status = launch_local_sums(ctx, desc, &view, x, dy, save_mean, save_invstd, ws.sums, ws.local);
+  bnk_status status = launch_local_sums(ctx, desc, &view, x, dy, save_mean, save_invstd, ws.sums, ws.local);
   if (status == BNK_SUCCESS)
     status = check_nccl(ncclAllReduce(ws.sums, ws.sums, (size_t)BNK_BACKWARD_SUMS(view.c), ncclFloat, ncclSum, comm,
                                       ctx->stream),

@@ -16,9 +16,8 @@ static size_t tensor_bytes(const bnk_tensor_desc *desc) {
 
 bnk_status bnk_epilogue_mask_size(const bnk_tensor_desc *desc, size_t *bytes) {
   bnk_clear_error();
-  bnk_status status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(bytes, "bytes");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_tensor_desc_check(desc));
+  BNK__TRY(bnk_require_pointer(bytes, "bytes"));
   *bytes = bnk_mask_bytes(elements_of(desc));
   return BNK_SUCCESS;
 }

@@ -9,8 +9,7 @@ static size_t training_workspace_bytes(const bnk_context *ctx, const bnk_view *v
 
 bnk_status bnk_forward_training_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, size_t *bytes) {
   bnk_clear_error();
-  bnk_status status = bnk_require_query(ctx, desc, bytes);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_query(ctx, desc, bytes));
   const bnk_view view = bnk_view_of(desc);
   *bytes = training_workspace_bytes(ctx, &view);
   return BNK_SUCCESS;
@@ -21,10 +20,9 @@ bnk_status bnk_forward_training_workspace_size(const bnk_context *ctx, const bnk
 static bnk_status count_empty_batch(const bnk_context *ctx, int64_t *num_batches_tracked) {
   if (num_batches_tracked == NULL) return BNK_SUCCESS;
   bnk_device_guard guard;
-  bnk_status status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
-  status = bnk_check_cuda(bnk_launch_count_batch(num_batches_tracked, ctx->stream),
-                          "bnk_forward_training: counting an empty batch");
+  BNK__TRY(bnk_device_enter(ctx, &guard));
+  const bnk_status status = bnk_check_cuda(bnk_launch_count_batch(num_batches_tracked, ctx->stream),
+                                           "bnk_forward_training: counting an empty batch");
   bnk_device_leave(&guard);
   return status;
 }
@@ -43,11 +41,10 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
                                    float *save_invstd, void *workspace, size_t workspace_bytes,
                                    const bnk_epilogue *epilogue) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = bnk_require_running(running_mean, running_var, num_batches_tracked, momentum);
-  if (status == BNK_SUCCESS) status = bnk_require_eps(eps);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(bnk_tensor_desc_check(desc));
+  BNK__TRY(bnk_require_running(running_mean, running_var, num_batches_tracked, momentum));
+  BNK__TRY(bnk_require_eps(eps));
   const bnk_view view = bnk_view_of(desc);
   const int64_t per_channel = bnk_view_per_channel(&view);
   if (per_channel == 0) return count_empty_batch(ctx, num_batches_tracked);
@@ -56,30 +53,25 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
                     "expected more than 1 value per channel when training, got N=%" PRId64
                     " with spatial size 1 (C=%" PRId64 ")",
                     desc->n, desc->c);
-  status = bnk_require_pointer(x, "x");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(y, "y");
   bnk_epilogue_args fused;
-  if (status == BNK_SUCCESS) status = bnk_epilogue_args_of(epilogue, desc, x, y, &fused);
-  if (status != BNK_SUCCESS) return status;
-  status = bnk_require_workspace(workspace, workspace_bytes, training_workspace_bytes(ctx, &view),
-                                 "bnk_forward_training_workspace_size");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_forward_tensors(desc, x, y, epilogue, &fused));
+  BNK__TRY(bnk_require_workspace(workspace, workspace_bytes, training_workspace_bytes(ctx, &view),
+                                 "bnk_forward_training_workspace_size"));
 
   const void *stats_pointers[1] = {x};
   const bnk_reduce_plan plan = bnk_plan_reduce(&view, bnk_choose_vec(&view, stats_pointers, 1), ctx->sm_count);
-  status = bnk_require_grid(&plan);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_grid(&plan));
 
   bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_device_enter(ctx, &guard));
   bnk_range_push("fwd_train", desc);
   const bnk_stats_workspace ws = bnk_stats_workspace_carve(workspace, &view, plan.parts);
   const bnk_running_update running = {running_mean, running_var, num_batches_tracked, (float)momentum,
                                       momentum == BNK_MOMENTUM_CUMULATIVE};
-  status = bnk_check_cuda(bnk_launch_batch_stats(&view, &plan, x, ws, bnk_eps_to_float(eps), running, save_mean,
-                                                 save_invstd, NULL, ctx->stream),
-                          "bnk_forward_training: statistics kernels");
+  bnk_status status =
+      bnk_check_cuda(bnk_launch_batch_stats(&view, &plan, x, ws, bnk_eps_to_float(eps), running, save_mean,
+                                            save_invstd, NULL, ctx->stream),
+                     "bnk_forward_training: statistics kernels");
   if (status == BNK_SUCCESS) {
     const bnk_normalize_params params = {ws.shift, ws.dmean, ws.invstd, NULL, bnk_eps_to_float(eps),
                                          gamma, beta};
@@ -97,14 +89,13 @@ bnk_status bnk_launch_elementwise(const bnk_context *ctx, const bnk_tensor_desc 
   const bnk_view view = bnk_view_of(desc);
   const void *pointers[3] = {x, y, fused->z};
   const bnk_reduce_plan plan = bnk_plan_reduce(&view, bnk_choose_vec(&view, pointers, 3), ctx->sm_count);
-  bnk_status status = bnk_require_grid(&plan);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_grid(&plan));
 
   bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_device_enter(ctx, &guard));
   bnk_range_push(op, desc);
-  status = bnk_check_cuda(bnk_launch_normalize_ex(&view, ctx->sm_count, x, y, params, fused, ctx->stream), what);
+  const bnk_status status =
+      bnk_check_cuda(bnk_launch_normalize_ex(&view, ctx->sm_count, x, y, params, fused, ctx->stream), what);
   bnk_range_pop();
   bnk_device_leave(&guard);
   return status;
@@ -120,19 +111,11 @@ bnk_status bnk_forward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *des
                                     const float *gamma, const float *beta, const float *running_mean,
                                     const float *running_var, double eps, const bnk_epilogue *epilogue) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(running_mean, "running_mean");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(running_var, "running_var");
-  if (status == BNK_SUCCESS) status = bnk_require_eps(eps);
-  if (status != BNK_SUCCESS) return status;
-  const bnk_view view = bnk_view_of(desc);
-  if (bnk_view_per_channel(&view) == 0) return BNK_SUCCESS;
-  status = bnk_require_pointer(x, "x");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(y, "y");
+  BNK__TRY(bnk_require_channel_arrays(ctx, desc, running_mean, "running_mean", running_var, "running_var"));
+  BNK__TRY(bnk_require_eps(eps));
+  if (bnk_is_empty(desc)) return BNK_SUCCESS;
   bnk_epilogue_args fused;
-  if (status == BNK_SUCCESS) status = bnk_epilogue_args_of(epilogue, desc, x, y, &fused);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_forward_tensors(desc, x, y, epilogue, &fused));
   const bnk_normalize_params params = {running_mean, NULL, NULL, running_var, bnk_eps_to_float(eps), gamma,
                                        beta};
   return bnk_launch_elementwise(ctx, desc, x, y, params, &fused, "fwd_infer",
@@ -142,18 +125,10 @@ bnk_status bnk_forward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *des
 bnk_status bnk_scale_shift(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y, const float *scale,
                            const float *shift, const bnk_epilogue *epilogue) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_tensor_desc_check(desc);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(scale, "scale");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(shift, "shift");
-  if (status != BNK_SUCCESS) return status;
-  const bnk_view view = bnk_view_of(desc);
-  if (bnk_view_per_channel(&view) == 0) return BNK_SUCCESS;
-  status = bnk_require_pointer(x, "x");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(y, "y");
+  BNK__TRY(bnk_require_channel_arrays(ctx, desc, scale, "scale", shift, "shift"));
+  if (bnk_is_empty(desc)) return BNK_SUCCESS;
   bnk_epilogue_args fused;
-  if (status == BNK_SUCCESS) status = bnk_epilogue_args_of(epilogue, desc, x, y, &fused);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_forward_tensors(desc, x, y, epilogue, &fused));
   /* The normalize pass with nothing to subtract, scale as invstd and shift as beta: y = fma(x, scale, shift). */
   const bnk_normalize_params params = {NULL, NULL, scale, NULL, 0.0f, NULL, shift};
   return bnk_launch_elementwise(ctx, desc, x, y, params, &fused, "scale_shift", "bnk_scale_shift: normalize kernel");

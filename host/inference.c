@@ -1,59 +1,27 @@
 /* Folding frozen batch normalization at model load: per-channel scale and shift, or into the weight and bias
  * of the convolution or linear layer before it. Each is one small kernel on the context's stream. */
 #include <inttypes.h>
-#include <stdint.h>
 
 #include "host/internal.h"
-
-static bnk_status require_dtype(bnk_dtype dtype, const char *name) {
-  if (dtype != BNK_FLOAT32 && dtype != BNK_FLOAT16 && dtype != BNK_BFLOAT16)
-    return bnk_fail(BNK_ERROR_INVALID_VALUE, "%s must be BNK_FLOAT32, BNK_FLOAT16 or BNK_BFLOAT16, got %d", name,
-                    (int)dtype);
-  return BNK_SUCCESS;
-}
-
-static bnk_status require_positive(int64_t value, const char *name) {
-  if (value <= 0) return bnk_fail(BNK_ERROR_INVALID_VALUE, "%s must be > 0, got %" PRId64, name, value);
-  return BNK_SUCCESS;
-}
-
-/* In place (the same pointer) is fine: each value is read and written by one thread. A shifted overlap is not. */
-static bnk_status require_same_or_apart(const void *out, const void *in, size_t bytes, const char *out_name,
-                                        const char *in_name) {
-  const uintptr_t o = (uintptr_t)out, i = (uintptr_t)in;
-  if (in != NULL && out != in && o < i + bytes && i < o + bytes)
-    return bnk_fail(BNK_ERROR_INVALID_VALUE, "%s must be %s or not overlap it, got %s=%p and %s=%p (%zu bytes)",
-                    out_name, in_name, out_name, out, in_name, in, bytes);
-  return BNK_SUCCESS;
-}
-
-static bnk_status require_statistics(const float *running_mean, const float *running_var, double eps) {
-  bnk_status status = bnk_require_pointer(running_mean, "running_mean");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(running_var, "running_var");
-  if (status == BNK_SUCCESS) status = bnk_require_eps(eps);
-  return status;
-}
 
 bnk_status bnk_inference_params(bnk_context *ctx, int64_t c, const float *gamma, const float *beta,
                                 const float *running_mean, const float *running_var, double eps, float *scale,
                                 float *shift) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = require_positive(c, "C");
-  if (status == BNK_SUCCESS) status = require_statistics(running_mean, running_var, eps);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(scale, "scale");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(shift, "shift");
-  if (status == BNK_SUCCESS && scale == shift)
-    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "scale and shift must be different arrays, got %p for both",
-                      (void *)scale);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(bnk_require_positive(c, "C"));
+  BNK__TRY(bnk_require_statistics(running_mean, running_var, eps));
+  BNK__TRY(bnk_require_pointer(scale, "scale"));
+  BNK__TRY(bnk_require_pointer(shift, "shift"));
+  if (scale == shift)
+    return bnk_fail(BNK_ERROR_INVALID_VALUE, "scale and shift must be different arrays, got %p for both",
+                    (void *)scale);
   bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_device_enter(ctx, &guard));
   bnk_range_push_rows("inference_params", 1, c);
   const bnk_frozen_bn bn = {gamma, beta, running_mean, running_var, bnk_eps_to_float(eps)};
-  status = bnk_check_cuda(bnk_launch_inference_params(c, bn, scale, shift, ctx->stream),
-                          "bnk_inference_params: kernel");
+  const bnk_status status = bnk_check_cuda(bnk_launch_inference_params(c, bn, scale, shift, ctx->stream),
+                                           "bnk_inference_params: kernel");
   bnk_range_pop();
   bnk_device_leave(&guard);
   return status;
@@ -71,29 +39,24 @@ static bnk_status fold(const bnk_context *ctx, int64_t rows, int64_t row_element
       __builtin_mul_overflow(elements, (int64_t)(dtype == BNK_FLOAT32 ? 4 : 2), &weight_bytes))
     return bnk_fail(BNK_ERROR_INVALID_VALUE,
                     "weight of %" PRId64 " x %" PRId64 " values is larger than 2^63 bytes", rows, row_elements);
-  bnk_status status = require_statistics(running_mean, running_var, eps);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(weight_in, "weight_in");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(weight_out, "weight_out");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(bias_out, "bias_out");
-  if (status == BNK_SUCCESS)
-    status = require_same_or_apart(weight_out, weight_in, (size_t)weight_bytes, "weight_out", "weight_in");
-  if (status == BNK_SUCCESS) {
-    const size_t bias_bytes = (size_t)rows * (bias_dtype == BNK_FLOAT32 ? 4 : 2);
-    if (bias_dtype != BNK_FLOAT32 && (const void *)bias_out == (const void *)bias_in)
-      status = bnk_fail(BNK_ERROR_INVALID_VALUE,
-                        "bias_out may be bias_in only when bias_dtype is BNK_FLOAT32, got bias_dtype %d",
-                        (int)bias_dtype);
-    else status = require_same_or_apart(bias_out, bias_in, bias_bytes, "bias_out", "bias_in");
-  }
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_statistics(running_mean, running_var, eps));
+  BNK__TRY(bnk_require_pointer(weight_in, "weight_in"));
+  BNK__TRY(bnk_require_pointer(weight_out, "weight_out"));
+  BNK__TRY(bnk_require_pointer(bias_out, "bias_out"));
+  BNK__TRY(bnk_require_same_or_apart(weight_out, weight_in, (size_t)weight_bytes, "weight_out", "weight_in"));
+  if (bias_dtype != BNK_FLOAT32 && (const void *)bias_out == (const void *)bias_in)
+    return bnk_fail(BNK_ERROR_INVALID_VALUE,
+                    "bias_out may be bias_in only when bias_dtype is BNK_FLOAT32, got bias_dtype %d", (int)bias_dtype);
+  const size_t bias_bytes = (size_t)rows * (bias_dtype == BNK_FLOAT32 ? 4 : 2);
+  BNK__TRY(bnk_require_same_or_apart(bias_out, bias_in, bias_bytes, "bias_out", "bias_in"));
   bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_device_enter(ctx, &guard));
   bnk_range_push_rows("fold", rows, row_elements);
   const bnk_frozen_bn bn = {gamma, beta, running_mean, running_var, bnk_eps_to_float(eps)};
-  status = bnk_check_cuda(bnk_launch_fold(rows, row_elements, (int)dtype, weight_in, weight_out, bias_in, bias_out,
-                                          (int)bias_dtype, bn, ctx->sm_count, ctx->stream),
-                          "folding kernel");
+  const bnk_status status =
+      bnk_check_cuda(bnk_launch_fold(rows, row_elements, (int)dtype, weight_in, weight_out, bias_in, bias_out,
+                                     (int)bias_dtype, bn, ctx->sm_count, ctx->stream),
+                     "folding kernel");
   bnk_range_pop();
   bnk_device_leave(&guard);
   return status;
@@ -104,17 +67,16 @@ bnk_status bnk_fold_conv(bnk_context *ctx, int64_t k, int64_t c_in, int kernel_d
                          const float *gamma, const float *beta, const float *running_mean, const float *running_var,
                          double eps, void *weight_out, float *bias_out) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = require_positive(k, "K");
-  if (status == BNK_SUCCESS) status = require_positive(c_in, "C_in");
-  if (status == BNK_SUCCESS && (kernel_dims < 1 || kernel_dims > 3))
-    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "kernel_dims must be in [1, 3], got %d", kernel_dims);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(kernel_size, "kernel_size");
-  if (status == BNK_SUCCESS && layout != BNK_WEIGHTS_KCRS && layout != BNK_WEIGHTS_KRSC)
-    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "layout must be BNK_WEIGHTS_KCRS or BNK_WEIGHTS_KRSC, got %d",
-                      (int)layout);
-  if (status == BNK_SUCCESS) status = require_dtype(dtype, "dtype");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(bnk_require_positive(k, "K"));
+  BNK__TRY(bnk_require_positive(c_in, "C_in"));
+  if (kernel_dims < 1 || kernel_dims > 3)
+    return bnk_fail(BNK_ERROR_INVALID_VALUE, "kernel_dims must be in [1, 3], got %d", kernel_dims);
+  BNK__TRY(bnk_require_pointer(kernel_size, "kernel_size"));
+  if (layout != BNK_WEIGHTS_KCRS && layout != BNK_WEIGHTS_KRSC)
+    return bnk_fail(BNK_ERROR_INVALID_VALUE, "layout must be BNK_WEIGHTS_KCRS or BNK_WEIGHTS_KRSC, got %d",
+                    (int)layout);
+  BNK__TRY(bnk_require_dtype(dtype, "dtype"));
   /* Output channel k is outermost in both layouts: the weight is K rows of C_in x kernel values either way. */
   int64_t row_elements = c_in;
   for (int d = 0; d < kernel_dims; ++d) {
@@ -133,14 +95,13 @@ bnk_status bnk_fold_linear(bnk_context *ctx, int64_t out_features, int64_t in_fe
                            const float *running_mean, const float *running_var, double eps, void *weight_out,
                            void *bias_out, bnk_dtype bias_dtype) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = require_positive(out_features, "out_features");
-  if (status == BNK_SUCCESS) status = require_positive(in_features, "in_features");
-  if (status == BNK_SUCCESS) status = require_dtype(dtype, "dtype");
-  if (status == BNK_SUCCESS && bias_dtype != BNK_FLOAT32 && bias_dtype != dtype)
-    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "bias_dtype must be BNK_FLOAT32 or dtype (%d), got %d", (int)dtype,
-                      (int)bias_dtype);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(bnk_require_positive(out_features, "out_features"));
+  BNK__TRY(bnk_require_positive(in_features, "in_features"));
+  BNK__TRY(bnk_require_dtype(dtype, "dtype"));
+  if (bias_dtype != BNK_FLOAT32 && bias_dtype != dtype)
+    return bnk_fail(BNK_ERROR_INVALID_VALUE, "bias_dtype must be BNK_FLOAT32 or dtype (%d), got %d", (int)dtype,
+                    (int)bias_dtype);
   return fold(ctx, out_features, in_features, dtype, weight_in, bias_in, gamma, beta, running_mean, running_var, eps,
               weight_out, bias_out, bias_dtype);
 }

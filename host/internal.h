@@ -36,9 +36,20 @@ void bnk_clear_error(void);
 /* BNK_SUCCESS, or BNK_ERROR_CUDA with "<what>: <cuda error name>: <cuda message>". */
 bnk_status bnk_check_cuda(cudaError_t error, const char *what);
 
-/* Argument checks shared by the entry points; each names the argument in its message. */
+/* ---- argument checks (host/checks.c): each failure names the argument and its value ---- */
+
+/* Returns from the calling function with the status of a check that failed (zstd's FORWARD_IF_ERROR). */
+#define BNK__TRY(check)                                             \
+  do {                                                              \
+    const bnk_status bnk__tried_status = (check);                   \
+    if (bnk__tried_status != BNK_SUCCESS) return bnk__tried_status; \
+  } while (0)
+
 bnk_status bnk_require_context(const bnk_context *ctx);
 bnk_status bnk_require_pointer(const void *pointer, const char *name);
+/* A known bnk_dtype, named `name` in the message. */
+bnk_status bnk_require_dtype(bnk_dtype dtype, const char *name);
+bnk_status bnk_require_positive(int64_t value, const char *name);
 /* eps finite, >= 0 and at most FLT_MAX. */
 bnk_status bnk_require_eps(double eps);
 /* The float32 eps the kernels add to a variance: eps rounded to nearest, except that a positive eps stays
@@ -48,10 +59,24 @@ float bnk_eps_to_float(double eps);
  * which needs num_batches_tracked. Without them momentum is ignored. */
 bnk_status bnk_require_running(const float *running_mean, const float *running_var,
                                const int64_t *num_batches_tracked, double momentum);
+/* Frozen statistics: running_mean, running_var and eps. */
+bnk_status bnk_require_statistics(const float *running_mean, const float *running_var, double eps);
 /* The arguments of a workspace-size query: a context, a valid descriptor, somewhere to write. */
 bnk_status bnk_require_query(const bnk_context *ctx, const bnk_tensor_desc *desc, const size_t *bytes);
 /* workspace_bytes >= needed (naming the query that gives it) and a workspace when needed > 0. */
 bnk_status bnk_require_workspace(const void *workspace, size_t workspace_bytes, size_t needed, const char *query);
+/* What the per-channel calls check first: a context, a valid descriptor and the two per-channel arrays the
+ * call requires (running statistics, saved statistics, scale and shift). */
+bnk_status bnk_require_channel_arrays(const bnk_context *ctx, const bnk_tensor_desc *desc, const float *first,
+                                      const char *first_name, const float *second, const char *second_name);
+/* The tensors of a non-empty forward pass (training, inference, scale_shift, normalize): x, y, and the
+ * epilogue checked against them and translated into *fused. */
+bnk_status bnk_require_forward_tensors(const bnk_tensor_desc *desc, const void *x, const void *y,
+                                       const bnk_epilogue *epilogue, bnk_epilogue_args *fused);
+/* `out` is `in` or shares no byte of `bytes` with it; `in` may be NULL. In place is fine where each value is
+ * read and written by one thread; a shifted overlap is not. */
+bnk_status bnk_require_same_or_apart(const void *out, const void *in, size_t bytes, const char *out_name,
+                                     const char *in_name);
 /* Rounds a workspace array up to a multiple of 256 bytes, so every array starts aligned. */
 size_t bnk_align256(size_t bytes);
 /* BNK_ERROR_NOT_SUPPORTED when a plan needs more blocks than a one-dimensional grid holds. */
@@ -69,6 +94,8 @@ bnk_status bnk_grad_epilogue_args_of(const bnk_epilogue_grad *epilogue, const bn
 bnk_view bnk_view_of(const bnk_tensor_desc *desc);
 /* Elements per channel (N x spatial). */
 int64_t bnk_view_per_channel(const bnk_view *view);
+/* Whether a checked descriptor has no elements (N = 0 or a zero spatial extent). */
+int bnk_is_empty(const bnk_tensor_desc *desc);
 
 /* An NVTX range named by op and shape around a public compute call (no-op without a profiler, or when
  * built with BNK_NVTX=OFF). Every push is matched by a pop on the same thread. */

@@ -52,9 +52,8 @@ static bnk_status cublaslt_workspace_bytes(const bnk_context *ctx, size_t *bytes
 
 bnk_status bnk_linear_bn_workspace_size(const bnk_context *ctx, size_t *bytes) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(bytes, "bytes");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(bnk_require_pointer(bytes, "bytes"));
 #ifdef BNK_WITH_CUBLASLT
   return cublaslt_workspace_bytes(ctx, bytes);
 #else
@@ -85,52 +84,41 @@ static bnk_status matmul(const bnk_context *ctx, bnk_dtype dtype, int64_t batch,
   const cublasLtEpilogue_t epilogue = relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
   const uint64_t max_workspace = workspace_bytes;
 
-  bnk_status status =
-      check_cublas(cublasLtMatmulDescInit(op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescInit");
-  if (status == BNK_SUCCESS)
-    status = check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose),
-                          "cublasLtMatmulDescSetAttribute(TRANSA)");
-  if (status == BNK_SUCCESS)
-    status = check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof keep),
-                          "cublasLtMatmulDescSetAttribute(TRANSB)");
-  if (status == BNK_SUCCESS)
-    status = check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue),
-                          "cublasLtMatmulDescSetAttribute(EPILOGUE)");
-  if (status == BNK_SUCCESS)
-    status = check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
-                          "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
-  if (status == BNK_SUCCESS)
-    status = check_cublas(cublasLtMatrixLayoutInit(a, type, (uint64_t)in_features, (uint64_t)out_features,
-                                                   in_features),
-                          "cublasLtMatrixLayoutInit(weight)");
-  if (status == BNK_SUCCESS)
-    status = check_cublas(cublasLtMatrixLayoutInit(b, type, (uint64_t)in_features, (uint64_t)batch, in_features),
-                          "cublasLtMatrixLayoutInit(x)");
-  if (status == BNK_SUCCESS)
-    status = check_cublas(cublasLtMatrixLayoutInit(d, type, (uint64_t)out_features, (uint64_t)batch, out_features),
-                          "cublasLtMatrixLayoutInit(y)");
-  if (status == BNK_SUCCESS)
-    status = check_cublas(cublasLtMatmulPreferenceInit(preference), "cublasLtMatmulPreferenceInit");
-  if (status == BNK_SUCCESS)
-    status = check_cublas(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                               &max_workspace, sizeof max_workspace),
-                          "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)");
+  BNK__TRY(check_cublas(cublasLtMatmulDescInit(op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescInit"));
+  BNK__TRY(check_cublas(
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose),
+      "cublasLtMatmulDescSetAttribute(TRANSA)"));
+  BNK__TRY(check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof keep),
+                        "cublasLtMatmulDescSetAttribute(TRANSB)"));
+  BNK__TRY(check_cublas(
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue),
+      "cublasLtMatmulDescSetAttribute(EPILOGUE)"));
+  BNK__TRY(check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
+                        "cublasLtMatmulDescSetAttribute(BIAS_POINTER)"));
+  BNK__TRY(check_cublas(cublasLtMatrixLayoutInit(a, type, (uint64_t)in_features, (uint64_t)out_features,
+                                                 in_features),
+                        "cublasLtMatrixLayoutInit(weight)"));
+  BNK__TRY(check_cublas(cublasLtMatrixLayoutInit(b, type, (uint64_t)in_features, (uint64_t)batch, in_features),
+                        "cublasLtMatrixLayoutInit(x)"));
+  BNK__TRY(check_cublas(cublasLtMatrixLayoutInit(d, type, (uint64_t)out_features, (uint64_t)batch, out_features),
+                        "cublasLtMatrixLayoutInit(y)"));
+  BNK__TRY(check_cublas(cublasLtMatmulPreferenceInit(preference), "cublasLtMatmulPreferenceInit"));
+  BNK__TRY(check_cublas(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                             &max_workspace, sizeof max_workspace),
+                        "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)"));
   cublasLtMatmulHeuristicResult_t result;
   int found = 0;
-  if (status == BNK_SUCCESS)
-    status = check_cublas(cublasLtMatmulAlgoGetHeuristic(handle, op, a, b, d, d, preference, 1, &result, &found),
-                          "cublasLtMatmulAlgoGetHeuristic");
-  if (status == BNK_SUCCESS && found == 0)
-    status = bnk_fail(BNK_ERROR_CUBLAS,
-                      "cublasLtMatmulAlgoGetHeuristic: CUBLAS_STATUS_NOT_SUPPORTED: no algorithm for %" PRId64
-                      " x %" PRId64 " x %" PRId64 " with a bias epilogue",
-                      batch, in_features, out_features);
+  BNK__TRY(check_cublas(cublasLtMatmulAlgoGetHeuristic(handle, op, a, b, d, d, preference, 1, &result, &found),
+                        "cublasLtMatmulAlgoGetHeuristic"));
+  if (found == 0)
+    return bnk_fail(BNK_ERROR_CUBLAS,
+                    "cublasLtMatmulAlgoGetHeuristic: CUBLAS_STATUS_NOT_SUPPORTED: no algorithm for %" PRId64
+                    " x %" PRId64 " x %" PRId64 " with a bias epilogue",
+                    batch, in_features, out_features);
   const float one = 1.0f, zero = 0.0f;
-  if (status == BNK_SUCCESS)
-    status = check_cublas(cublasLtMatmul(handle, op, &one, weight, a, x, b, &zero, y, d, y, d, &result.algo,
-                                         workspace, workspace_bytes, ctx->stream),
-                          "cublasLtMatmul");
-  return status;
+  return check_cublas(cublasLtMatmul(handle, op, &one, weight, a, x, b, &zero, y, d, y, d, &result.algo, workspace,
+                                     workspace_bytes, ctx->stream),
+                      "cublasLtMatmul");
 }
 #endif
 
@@ -138,42 +126,32 @@ bnk_status bnk_linear_bn(bnk_context *ctx, bnk_dtype dtype, int64_t batch, int64
                          const void *x, const void *weight, const void *bias, bnk_epilogue_kind epilogue, void *y,
                          void *workspace, size_t workspace_bytes) {
   bnk_clear_error();
-  bnk_status status = bnk_require_context(ctx);
-  if (status == BNK_SUCCESS && dtype != BNK_FLOAT32 && dtype != BNK_FLOAT16 && dtype != BNK_BFLOAT16)
-    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "dtype must be BNK_FLOAT32, BNK_FLOAT16 or BNK_BFLOAT16, got %d",
-                      (int)dtype);
-  if (status == BNK_SUCCESS && batch < 0)
-    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "batch must be >= 0, got %" PRId64, batch);
-  if (status == BNK_SUCCESS && in_features <= 0)
-    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "in_features must be > 0, got %" PRId64, in_features);
-  if (status == BNK_SUCCESS && out_features <= 0)
-    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "out_features must be > 0, got %" PRId64, out_features);
-  if (status == BNK_SUCCESS && epilogue == BNK_EPILOGUE_ADD_RELU)
-    status = bnk_fail(BNK_ERROR_NOT_SUPPORTED, "epilogue BNK_EPILOGUE_ADD_RELU is not supported by bnk_linear_bn "
-                                               "(cuBLASLt's bias epilogues add no residual)");
-  if (status == BNK_SUCCESS && epilogue != BNK_EPILOGUE_NONE && epilogue != BNK_EPILOGUE_RELU &&
-      epilogue != BNK_EPILOGUE_ADD_RELU)
-    status = bnk_fail(BNK_ERROR_INVALID_VALUE, "epilogue must be BNK_EPILOGUE_NONE or BNK_EPILOGUE_RELU, got %d",
-                      (int)epilogue);
-  if (status != BNK_SUCCESS || batch == 0) return status;
-  status = bnk_require_pointer(x, "x");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(weight, "weight");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(bias, "bias");
-  if (status == BNK_SUCCESS) status = bnk_require_pointer(y, "y");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(bnk_require_dtype(dtype, "dtype"));
+  if (batch < 0) return bnk_fail(BNK_ERROR_INVALID_VALUE, "batch must be >= 0, got %" PRId64, batch);
+  BNK__TRY(bnk_require_positive(in_features, "in_features"));
+  BNK__TRY(bnk_require_positive(out_features, "out_features"));
+  if (epilogue == BNK_EPILOGUE_ADD_RELU)
+    return bnk_fail(BNK_ERROR_NOT_SUPPORTED, "epilogue BNK_EPILOGUE_ADD_RELU is not supported by bnk_linear_bn "
+                                             "(cuBLASLt's bias epilogues add no residual)");
+  if (epilogue != BNK_EPILOGUE_NONE && epilogue != BNK_EPILOGUE_RELU)
+    return bnk_fail(BNK_ERROR_INVALID_VALUE, "epilogue must be BNK_EPILOGUE_NONE or BNK_EPILOGUE_RELU, got %d",
+                    (int)epilogue);
+  if (batch == 0) return BNK_SUCCESS;
+  BNK__TRY(bnk_require_pointer(x, "x"));
+  BNK__TRY(bnk_require_pointer(weight, "weight"));
+  BNK__TRY(bnk_require_pointer(bias, "bias"));
+  BNK__TRY(bnk_require_pointer(y, "y"));
 #ifdef BNK_WITH_CUBLASLT
   size_t needed = 0;
-  status = cublaslt_workspace_bytes(ctx, &needed);
-  if (status == BNK_SUCCESS)
-    status = bnk_require_workspace(workspace, workspace_bytes, needed, "bnk_linear_bn_workspace_size");
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(cublaslt_workspace_bytes(ctx, &needed));
+  BNK__TRY(bnk_require_workspace(workspace, workspace_bytes, needed, "bnk_linear_bn_workspace_size"));
   bnk_device_guard guard;
-  status = bnk_device_enter(ctx, &guard);
-  if (status != BNK_SUCCESS) return status;
+  BNK__TRY(bnk_device_enter(ctx, &guard));
   const bnk_tensor_desc shape = {dtype, BNK_NCHW, 0, batch, out_features, {1, 1, 1}};
   bnk_range_push("linear_bn", &shape);
-  status = matmul(ctx, dtype, batch, in_features, out_features, x, weight, bias, epilogue == BNK_EPILOGUE_RELU, y,
-                  workspace, workspace_bytes);
+  const bnk_status status = matmul(ctx, dtype, batch, in_features, out_features, x, weight, bias,
+                                   epilogue == BNK_EPILOGUE_RELU, y, workspace, workspace_bytes);
   bnk_range_pop();
   bnk_device_leave(&guard);
   return status;

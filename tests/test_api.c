@@ -74,6 +74,12 @@ Test(api, error_message_clears_on_success) {
   cr_assert_neq(bnk_last_error_message()[0], '\0');
   cr_assert_eq(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NCHW, 2, 1, 0, NULL), BNK_SUCCESS);
   cr_expect_str_eq(bnk_last_error_message(), "");
+  /* Found by the fuzzer (tests/fuzz/corpus/regression-desc-check-keeps-stale-message): a successful
+   * bnk_tensor_desc_check kept the message of the failure before it. */
+  cr_assert_neq(bnk_tensor_desc_check(NULL), BNK_SUCCESS);
+  cr_assert_neq(bnk_last_error_message()[0], '\0');
+  cr_assert_eq(bnk_tensor_desc_check(&desc), BNK_SUCCESS);
+  cr_expect_str_eq(bnk_last_error_message(), "");
 }
 
 Test(api, context_lifecycle) {

@@ -305,6 +305,13 @@ Test(distributed, rejections_write_nothing) {
   cr_expect_eq(bnk_sync_workspace_size(ctx, &desc, 0, &bytes), BNK_ERROR_INVALID_VALUE);
   expect_unchanged("save_mean", mean, before_mean, 12);
   expect_unchanged("save_invstd", invstd, before_invstd, 12);
+  /* Without running statistics the merge ignores momentum, whatever its value (the header's rule). */
+  const double no_partials[9] = {0};
+  dev_upload(gathered, no_partials, sizeof no_partials);
+  cr_expect_eq(bnk_merge_stats(ctx, 3, 1, gathered, NULL, NULL, NULL, NAN, 1e-5, mean, invstd), BNK_SUCCESS, "%s",
+               bnk_last_error_message());
+  cr_expect_eq(bnk_merge_stats(ctx, 3, 1, gathered, NULL, NULL, NULL, -1.0000001, 1e-5, mean, invstd), BNK_SUCCESS,
+               "%s", bnk_last_error_message());
   free(before_mean);
   free(before_invstd);
   dev_free(mean);
