@@ -309,6 +309,9 @@ def main():
     parser.add_argument("--budget", default=os.path.join(os.path.dirname(__file__), "sass_budget.json"))
     parser.add_argument("--tools-dir", default=None, help="where to install cuobjdump/nvdisasm")
     parser.add_argument("--json", default=None, help="write every kernel's figures to this file")
+    parser.add_argument("--record-known", action="store_true",
+                        help="rewrite the budget file's known_over_budget lists with today's offenders (after a"
+                             " kernel change; review the diff: an entry that grew is a regression)")
     args = parser.parse_args()
 
     tools_dir = args.tools_dir or os.path.join(os.path.dirname(os.path.abspath(args.library)), ".sass-tools")
@@ -372,6 +375,12 @@ def main():
         if not any(first_match(budget["streaming"], n)[0] == index for n in streams):
             failures.append(f"streaming entry '{rule['match']}' matches no kernel")
 
+    if args.record_known:
+        budget["known_over_budget"] = {"demand": dict(sorted(over_demand.items())),
+                                       "constant_loads": dict(sorted(constant_offenders.items()))}
+        with open(args.budget, "w") as f:
+            json.dump(budget, f, indent=2, ensure_ascii=False)
+            f.write("\n")
     known_demand = budget["known_over_budget"]["demand"]
     known_constant = budget["known_over_budget"]["constant_loads"]
     for name, demand in over_demand.items():
