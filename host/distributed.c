@@ -235,17 +235,13 @@ static bnk_status sync_layout(const bnk_context *ctx, const bnk_tensor_desc *des
   size_t forward = 0, backward = 0;
   BNK__TRY(bnk_forward_training_workspace_size(ctx, desc, &forward));
   BNK__TRY(bnk_backward_workspace_size(ctx, desc, &backward));
-  const size_t c = (size_t)desc->c;
-  const size_t local = bnk_align256(forward > backward ? forward : backward);
-  const size_t gathered = bnk_align256((size_t)ranks * partials_bytes(desc->c));
-  const size_t channel = bnk_align256(c * sizeof(float));
-  char *p = (char *)base;
-  ws->local = p;
-  ws->gathered = (double *)(p + local);
-  ws->mean = (float *)(p + local + gathered);
-  ws->invstd = (float *)(p + local + gathered + channel);
-  ws->sums = (float *)(p + local + gathered + 2 * channel);
-  *bytes = local + gathered + 2 * channel + bnk_align256(sums_bytes(desc->c));
+  bnk_workspace_layout layout = {(uintptr_t)base, 0};
+  ws->local = bnk_layout_take(&layout, forward > backward ? forward : backward);
+  ws->gathered = bnk_layout_take(&layout, (size_t)ranks * partials_bytes(desc->c));
+  ws->mean = bnk_layout_take(&layout, (size_t)desc->c * sizeof(float));
+  ws->invstd = bnk_layout_take(&layout, (size_t)desc->c * sizeof(float));
+  ws->sums = bnk_layout_take(&layout, sums_bytes(desc->c));
+  *bytes = layout.bytes;
   return BNK_SUCCESS;
 }
 

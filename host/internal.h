@@ -79,6 +79,14 @@ bnk_status bnk_require_same_or_apart(const void *out, const void *in, size_t byt
                                      const char *in_name);
 /* Rounds a workspace array up to a multiple of 256 bytes, so every array starts aligned. */
 size_t bnk_align256(size_t bytes);
+/* A workspace being laid out: arrays taken one after another from base, each 256-byte aligned. With base 0
+ * nothing is carved (take returns NULL) and only the bytes are counted, so that one function describes a
+ * workspace for both its size query and its launch. */
+typedef struct bnk_workspace_layout {
+  uintptr_t base;
+  size_t bytes;
+} bnk_workspace_layout;
+void *bnk_layout_take(bnk_workspace_layout *layout, size_t bytes);
 /* BNK_ERROR_NOT_SUPPORTED when a plan needs more blocks than a one-dimensional grid holds. */
 bnk_status bnk_require_grid(const bnk_reduce_plan *plan);
 

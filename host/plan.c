@@ -102,42 +102,57 @@ bnk_status bnk_require_grid(const bnk_reduce_plan *plan) {
 
 /* Workspaces are per-channel arrays followed by per-piece arrays, each 256-byte aligned. */
 size_t bnk_align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
-static size_t channel_array_bytes(const bnk_view *view) { return bnk_align256((size_t)view->c * sizeof(float)); }
-static size_t piece_array_bytes(const bnk_view *view, int64_t parts) {
-  return bnk_align256((size_t)(parts * view->c) * sizeof(float));
+
+void *bnk_layout_take(bnk_workspace_layout *layout, size_t bytes) {
+  void *start = layout->base == 0 ? NULL : (void *)(layout->base + layout->bytes);
+  layout->bytes += bnk_align256(bytes);
+  return start;
+}
+
+static size_t channel_floats(const bnk_view *view) { return (size_t)view->c * sizeof(float); }
+static size_t piece_floats(const bnk_view *view, int64_t parts) { return (size_t)(parts * view->c) * sizeof(float); }
+
+/* The one description of each workspace: it carves the arrays from base (NULL: measures only) and returns
+ * the bytes they take, so that the size query and the launch cannot disagree. */
+static size_t stats_layout(void *base, const bnk_view *view, int64_t parts, bnk_stats_workspace *ws) {
+  bnk_workspace_layout layout = {(uintptr_t)base, 0};
+  ws->shift = bnk_layout_take(&layout, channel_floats(view));
+  ws->dmean = bnk_layout_take(&layout, channel_floats(view));
+  ws->invstd = bnk_layout_take(&layout, channel_floats(view));
+  ws->count = bnk_layout_take(&layout, piece_floats(view, parts));
+  ws->mean = bnk_layout_take(&layout, piece_floats(view, parts));
+  ws->m2 = bnk_layout_take(&layout, piece_floats(view, parts));
+  return layout.bytes;
+}
+
+static size_t backward_layout(void *base, const bnk_view *view, int64_t parts, bnk_backward_workspace *ws) {
+  bnk_workspace_layout layout = {(uintptr_t)base, 0};
+  ws->dy_scale = bnk_layout_take(&layout, channel_floats(view));
+  ws->xmu_scale = bnk_layout_take(&layout, channel_floats(view));
+  ws->bias = bnk_layout_take(&layout, channel_floats(view));
+  ws->sum_dy = bnk_layout_take(&layout, piece_floats(view, parts));
+  ws->sum_dy_xmu = bnk_layout_take(&layout, piece_floats(view, parts));
+  return layout.bytes;
 }
 
 size_t bnk_stats_workspace_bytes(const bnk_view *view, int64_t parts) {
-  return 3 * channel_array_bytes(view) + 3 * piece_array_bytes(view, parts);
+  bnk_stats_workspace ws;
+  return stats_layout(NULL, view, parts, &ws);
 }
 
 bnk_stats_workspace bnk_stats_workspace_carve(void *base, const bnk_view *view, int64_t parts) {
-  const size_t channel_array = channel_array_bytes(view);
-  const size_t piece_array = piece_array_bytes(view, parts);
-  char *p = (char *)base;
   bnk_stats_workspace ws;
-  ws.shift = (float *)p;
-  ws.dmean = (float *)(p + channel_array);
-  ws.invstd = (float *)(p + 2 * channel_array);
-  ws.count = (float *)(p + 3 * channel_array);
-  ws.mean = (float *)(p + 3 * channel_array + piece_array);
-  ws.m2 = (float *)(p + 3 * channel_array + 2 * piece_array);
+  stats_layout(base, view, parts, &ws);
   return ws;
 }
 
 size_t bnk_backward_workspace_bytes(const bnk_view *view, int64_t parts) {
-  return 3 * channel_array_bytes(view) + 2 * piece_array_bytes(view, parts);
+  bnk_backward_workspace ws;
+  return backward_layout(NULL, view, parts, &ws);
 }
 
 bnk_backward_workspace bnk_backward_workspace_carve(void *base, const bnk_view *view, int64_t parts) {
-  const size_t channel_array = channel_array_bytes(view);
-  const size_t piece_array = piece_array_bytes(view, parts);
-  char *p = (char *)base;
   bnk_backward_workspace ws;
-  ws.dy_scale = (float *)p;
-  ws.xmu_scale = (float *)(p + channel_array);
-  ws.bias = (float *)(p + 2 * channel_array);
-  ws.sum_dy = (float *)(p + 3 * channel_array);
-  ws.sum_dy_xmu = (float *)(p + 3 * channel_array + piece_array);
+  backward_layout(base, view, parts, &ws);
   return ws;
 }

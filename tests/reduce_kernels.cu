@@ -81,3 +81,43 @@ extern "C" cudaError_t test_fast_division(const uint64_t *dividends, int count, 
       dividends, count, bnk_fastdiv_make(divisor), quotients);
   return cudaGetLastError();
 }
+
+// A channels-last tile of tile_x x tile_y threads over x[rows][tile_x * 4] (rows = tile_y * rows_per_thread):
+// thread (tx, ty) folds rows ty, ty + tile_y, ... of channels 4 tx .. 4 tx + 3 in chunks of BNK_UNROLL rows
+// (the last chunk partial when rows_per_thread is not a multiple of it), then bnk_tile_reduce merges the
+// tile. Out per channel: count, mean, M2, sum (the bnk_sums_vec path, over the same values).
+static __global__ void tile_reduce(const float *x, int tile_x, int tile_y, int rows_per_thread, float *out) {
+  __shared__ float shared_welford[bnk_fields<bnk_welford_vec<4>>::count * BNK_STREAM_THREADS];
+  __shared__ float shared_sums[bnk_fields<bnk_sums_vec<4>>::count * BNK_STREAM_THREADS];
+  const int tx = (int)threadIdx.x % tile_x, ty = (int)threadIdx.x / tile_x;
+  const int64_t width = (int64_t)tile_x * 4;
+  bnk_welford_vec_run<4> run = bnk_run_vec_empty<4>();
+  bnk_sums_vec<4> sums = bnk_sums_vec_empty<4>();
+  for (int done = 0; done < rows_per_thread; done += BNK_UNROLL) {
+    const int rows = min(BNK_UNROLL, rows_per_thread - done);
+    float v[BNK_UNROLL][4] = {};
+    for (int u = 0; u < rows; ++u)
+      for (int i = 0; i < 4; ++i) {
+        v[u][i] = x[(int64_t)(ty + (done + u) * tile_y) * width + tx * 4 + i];
+        sums.dy[i] += v[u][i];
+      }
+    bnk_run_add_rows<BNK_UNROLL, 4>(run, v, rows);
+  }
+  const bnk_welford_vec<4> w = bnk_tile_reduce(bnk_run_result(run), shared_welford, tile_x, tile_y);
+  sums = bnk_tile_reduce(sums, shared_sums, tile_x, tile_y);
+  if ((int)threadIdx.x < tile_x) {
+    for (int i = 0; i < 4; ++i) {
+      float *o = out + (tx * 4 + i) * 4;
+      o[0] = w.count;
+      o[1] = w.mean[i];
+      o[2] = w.m2[i];
+      o[3] = sums.dy[i];
+    }
+  }
+}
+
+extern "C" cudaError_t test_tile_reduce(const float *x, int tile_x, int tile_y, int rows_per_thread, float *out) {
+  BNK_LAUNCH(tile_reduce, dim3(1), dim3((unsigned)(tile_x * tile_y)), 0, 0)(x, tile_x, tile_y, rows_per_thread,
+                                                                            out);
+  return cudaGetLastError();
+}

@@ -6,12 +6,14 @@
 
 #include <cuda_runtime_api.h>
 
+#include "kernels/launchers.h"
 #include "tests/harness.h"
 
 cudaError_t test_welford_block(const float *x, int64_t count, int threads, int chunked, float *out);
 cudaError_t test_sum_block(const float *x, int64_t count, int threads, float *out);
 cudaError_t test_sum_partial_warp(const float *x, int lanes, float *out);
 cudaError_t test_reverse_in_shared(const float *x, int threads, float *out);
+cudaError_t test_tile_reduce(const float *x, int tile_x, int tile_y, int rows_per_thread, float *out);
 cudaError_t test_fast_division(const uint64_t *dividends, int count, uint64_t divisor, uint64_t *quotients);
 
 static float *random_data(test_rng *rng, int64_t count, double offset, double spread, double **as_double) {
@@ -117,6 +119,62 @@ Test(reduce, sum_block_matches_float64, .timeout = 300) {
       }
       dev_free(out);
       dev_free(x_dev);
+      free(x);
+    }
+  }
+}
+
+/* The channels-last tile merge: every tile width the plans make (powers of two below a warp, whose rows
+ * share warps and merge by shuffles, and multiples of 32, merged across warps in shared memory), rows per
+ * thread a multiple of the chunk and not, against float64 per channel. */
+Test(reduce, tile_reduce_matches_float64, .timeout = 300) {
+  (void)test_context();
+  test_rng rng = rng_fresh();
+  static const int tile_widths[] = {1, 2, 4, 8, 16, 32, 64, 96, 128, 256};
+  static const int rows_per_thread[] = {1, 4, 7};
+  for (size_t t = 0; t < sizeof tile_widths / sizeof tile_widths[0]; ++t) {
+    for (size_t r = 0; r < sizeof rows_per_thread / sizeof rows_per_thread[0]; ++r) {
+      const int tile_x = tile_widths[t], tile_y = BNK_STREAM_THREADS / tile_x;
+      const int channels = tile_x * 4, rows = tile_y * rows_per_thread[r];
+      double *x;
+      const double spread = rng_uniform(&rng, 0.1, 4.0);
+      float *x_dev = random_data(&rng, (int64_t)rows * channels, spread * rng_uniform(&rng, -3.0, 3.0), spread, &x);
+      const size_t out_bytes = (size_t)channels * 4 * sizeof(float);
+      float *out = dev_alloc(out_bytes), *got = malloc(out_bytes), *first = malloc(out_bytes);
+      for (int schedule = 0; schedule < schedule_count(); ++schedule) {
+        schedule_use(schedule);
+        dev_poison(out, out_bytes);
+        cr_assert_eq(test_tile_reduce(x_dev, tile_x, tile_y, rows_per_thread[r], out), cudaSuccess);
+        dev_download(got, out, out_bytes);
+        for (int c = 0; c < channels; ++c) {
+          double mean = 0.0, m2 = 0.0, magnitude = 0.0;
+          for (int i = 0; i < rows; ++i) mean += x[(int64_t)i * channels + c];
+          for (int i = 0; i < rows; ++i) magnitude += fabs(x[(int64_t)i * channels + c]);
+          const double sum = mean;
+          mean /= rows;
+          for (int i = 0; i < rows; ++i) m2 += (x[(int64_t)i * channels + c] - mean) * (x[(int64_t)i * channels + c] - mean);
+          const float *o = got + c * 4;
+          cr_expect_eq(o[0], (float)rows, "tile %d x %d channel %d: count %g, expected %d", tile_x, tile_y, c, o[0], rows);
+          cr_expect(fabs(o[1] - mean) <= REDUCE_TOLERANCE * (fabs(mean) + sqrt(m2 / rows)),
+                    "tile %d x %d, %d rows per thread, channel %d: mean %.9g, reference %.9g", tile_x, tile_y,
+                    rows_per_thread[r], c, o[1], mean);
+          /* Unlike the kernels' data these channels are not shifted, and with few rows the spread can be
+           * far below the mean: each merge rounds the means (to ~2^-24 |mean|), which moves M2 by about
+           * that times |delta| n ~ |mean| sqrt(M2 n), whatever M2 is. */
+          cr_expect(fabs(o[2] - m2) <= REDUCE_TOLERANCE * (m2 + fabs(mean) * sqrt(m2 * rows)) + 1e-30,
+                    "tile %d x %d, %d rows per thread, channel %d: M2 %.9g, reference %.9g", tile_x, tile_y,
+                    rows_per_thread[r], c, o[2], m2);
+          cr_expect(fabs(o[3] - sum) <= REDUCE_TOLERANCE * magnitude,
+                    "tile %d x %d, %d rows per thread, channel %d: sum %.9g, reference %.9g", tile_x, tile_y,
+                    rows_per_thread[r], c, o[3], sum);
+        }
+        if (schedule == 0) memcpy(first, got, out_bytes);
+        else expect_bitwise_equal("tile merge", first, got, out_bytes);
+      }
+      dev_free(out);
+      dev_free(x_dev);
+      free(got);
+      free(first);
       free(x);
     }
   }

@@ -1,0 +1,135 @@
+/* The invariants of host/plan.c's reduction plans and workspace layouts, over a sweep of shapes, dtypes,
+ * layouts, vector widths and SM counts. Host code only: no kernel runs. */
+#include <inttypes.h>
+#include <stdint.h>
+
+#include <criterion/criterion.h>
+
+#include "host/internal.h"
+
+/* Floats count exactly up to 2^24: no piece of a channel may hold more values. */
+#define MAX_PIECE_VALUES ((int64_t)1 << 24)
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static int is_power_of_two(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+static const char *layout_name(const bnk_view *view) { return view->channels_last ? "NHWC" : "NCHW"; }
+
+#define SHAPE_FORMAT "%s dtype %d N=%" PRId64 " C=%" PRId64 " S=%" PRId64 " vec %d on %d SMs"
+#define SHAPE_ARGS(view, vec, sms) layout_name(view), (view)->dtype, (view)->n, (view)->c, (view)->s, vec, sms
+
+/* The pieces cover every channel exactly once, each under 2^24 values, in a grid that a launch can take. */
+static void check_pieces(const bnk_view *view, int vec, int sms, const bnk_reduce_plan *plan) {
+  cr_assert(plan->parts >= 1, "parts %" PRId64 " for " SHAPE_FORMAT, plan->parts, SHAPE_ARGS(view, vec, sms));
+  cr_assert(plan->threads >= 32 && plan->threads <= BNK_STREAM_THREADS && plan->threads % 32 == 0,
+            "threads %d for " SHAPE_FORMAT, plan->threads, SHAPE_ARGS(view, vec, sms));
+  cr_assert(plan->blocks >= 1 && plan->blocks <= INT32_MAX, "blocks %" PRId64 " for " SHAPE_FORMAT, plan->blocks,
+            SHAPE_ARGS(view, vec, sms));
+  cr_assert_eq(plan->vec, vec);
+  if (!view->channels_last) {
+    const int64_t m = view->n * view->s;
+    cr_assert(plan->chunk % 8 == 0 && plan->chunk <= MAX_PIECE_VALUES,
+              "chunk %" PRId64 " for " SHAPE_FORMAT, plan->chunk, SHAPE_ARGS(view, vec, sms));
+    cr_assert(plan->parts * plan->chunk >= m && (plan->parts - 1) * plan->chunk < m,
+              "%" PRId64 " pieces of %" PRId64 " do not cover %" PRId64 " values once for " SHAPE_FORMAT,
+              plan->parts, plan->chunk, m, SHAPE_ARGS(view, vec, sms));
+    cr_assert_eq(plan->blocks, view->c * plan->parts);
+  } else {
+    cr_assert(plan->tile_x * plan->tile_y == plan->threads, "tile %d x %d, threads %d for " SHAPE_FORMAT,
+              plan->tile_x, plan->tile_y, plan->threads, SHAPE_ARGS(view, vec, sms));
+    /* The block merge's shuffles and shared layout need whole warps across channels or whole rows in a warp. */
+    cr_assert(plan->tile_x % 32 == 0 || (plan->tile_x < 32 && is_power_of_two(plan->tile_x)),
+              "tile_x %d for " SHAPE_FORMAT, plan->tile_x, SHAPE_ARGS(view, vec, sms));
+    const int64_t vectors = view->c / vec;
+    cr_assert(plan->tiles * plan->tile_x >= vectors && (plan->tiles - 1) * plan->tile_x < vectors,
+              "%" PRId64 " tiles of %d vectors for %" PRId64 " for " SHAPE_FORMAT, plan->tiles, plan->tile_x,
+              vectors, SHAPE_ARGS(view, vec, sms));
+    cr_assert(plan->rows_per_part <= MAX_PIECE_VALUES, "rows_per_part %" PRId64 " for " SHAPE_FORMAT,
+              plan->rows_per_part, SHAPE_ARGS(view, vec, sms));
+    cr_assert(plan->parts * plan->rows_per_part >= view->n && (plan->parts - 1) * plan->rows_per_part < view->n,
+              "%" PRId64 " pieces of %" PRId64 " rows do not cover %" PRId64 " once for " SHAPE_FORMAT, plan->parts,
+              plan->rows_per_part, view->n, SHAPE_ARGS(view, vec, sms));
+    cr_assert_eq(plan->blocks, plan->tiles * plan->parts);
+    /* At least 4 chunks of BNK_UNROLL rows per thread when the rows allow that with a block on every SM;
+     * otherwise about one chunk (at least half of one), when there are rows enough. */
+    const int64_t chunk_rows = (int64_t)plan->tile_y * BNK_UNROLL;
+    if (view->n / (4 * chunk_rows) >= ceil_div(sms, plan->tiles))
+      cr_assert(plan->rows_per_part >= 4 * chunk_rows, "%" PRId64 " rows per piece of %d-row tiles for " SHAPE_FORMAT,
+                plan->rows_per_part, plan->tile_y, SHAPE_ARGS(view, vec, sms));
+    else if (view->n >= chunk_rows)
+      cr_assert(2 * plan->rows_per_part >= chunk_rows, "%" PRId64 " rows per piece of %d-row tiles for " SHAPE_FORMAT,
+                plan->rows_per_part, plan->tile_y, SHAPE_ARGS(view, vec, sms));
+    /* No more pieces than one wave of 8 blocks per SM asks for, unless the piece size limit forces them. */
+    if (view->n <= MAX_PIECE_VALUES)
+      cr_assert(plan->parts <= ceil_div((int64_t)sms * 8, plan->tiles), "%" PRId64 " pieces of %" PRId64
+                " tiles for " SHAPE_FORMAT, plan->parts, plan->tiles, SHAPE_ARGS(view, vec, sms));
+  }
+}
+
+/* Every array a launch carves lies inside what the size query asked for, 256-byte aligned. */
+static void check_workspaces(const bnk_view *view, int vec, int sms, const bnk_reduce_plan *plan) {
+  const int64_t bound = bnk_plan_parts_bound(view, sms);
+  cr_assert(bound >= plan->parts, "parts bound %" PRId64 " < parts %" PRId64 " for " SHAPE_FORMAT, bound,
+            plan->parts, SHAPE_ARGS(view, vec, sms));
+  const uintptr_t base = 1 << 20;
+  const uintptr_t channels = (uintptr_t)view->c * sizeof(float);
+  const uintptr_t pieces = (uintptr_t)(plan->parts * view->c) * sizeof(float);
+
+  const size_t stats_bytes = bnk_stats_workspace_bytes(view, bound);
+  const bnk_stats_workspace stats = bnk_stats_workspace_carve((void *)base, view, plan->parts);
+  const struct { const float *array; uintptr_t bytes; } stats_arrays[] = {
+      {stats.shift, channels}, {stats.dmean, channels}, {stats.invstd, channels},
+      {stats.count, pieces},   {stats.mean, pieces},    {stats.m2, pieces}};
+  for (size_t i = 0; i < sizeof stats_arrays / sizeof stats_arrays[0]; ++i) {
+    const uintptr_t start = (uintptr_t)stats_arrays[i].array;
+    cr_assert(start % 256 == 0 && start >= base && start + stats_arrays[i].bytes <= base + stats_bytes,
+              "statistics array %zu at +%" PRIuPTR " (%" PRIuPTR " bytes) outside the %zu queried for " SHAPE_FORMAT,
+              i, start - base, stats_arrays[i].bytes, stats_bytes, SHAPE_ARGS(view, vec, sms));
+  }
+
+  const size_t backward_bytes = bnk_backward_workspace_bytes(view, bound);
+  const bnk_backward_workspace backward = bnk_backward_workspace_carve((void *)base, view, plan->parts);
+  const struct { const float *array; uintptr_t bytes; } backward_arrays[] = {
+      {backward.dy_scale, channels}, {backward.xmu_scale, channels}, {backward.bias, channels},
+      {backward.sum_dy, pieces},     {backward.sum_dy_xmu, pieces}};
+  for (size_t i = 0; i < sizeof backward_arrays / sizeof backward_arrays[0]; ++i) {
+    const uintptr_t start = (uintptr_t)backward_arrays[i].array;
+    cr_assert(start % 256 == 0 && start >= base && start + backward_arrays[i].bytes <= base + backward_bytes,
+              "backward array %zu at +%" PRIuPTR " (%" PRIuPTR " bytes) outside the %zu queried for " SHAPE_FORMAT,
+              i, start - base, backward_arrays[i].bytes, backward_bytes, SHAPE_ARGS(view, vec, sms));
+  }
+}
+
+Test(plan, reduction_plans_keep_their_invariants) {
+  static const int64_t batches[] = {1, 2, 7, 32, 256};
+  static const int64_t channel_counts[] = {1, 3, 8, 24, 64, 100, 256, 1000, 2048, 4104, 70000};
+  static const int64_t spatial_sizes[] = {1, 7 * 7, 14 * 14, 56 * 56, 112 * 112, 1 << 22};
+  static const int sm_counts[] = {1, 8, 132};
+  static const int dtypes[] = {BNK_FLOAT32, BNK_FLOAT16};
+  int64_t checked = 0;
+  for (size_t b = 0; b < sizeof batches / sizeof batches[0]; ++b)
+    for (size_t c = 0; c < sizeof channel_counts / sizeof channel_counts[0]; ++c)
+      for (size_t s = 0; s < sizeof spatial_sizes / sizeof spatial_sizes[0]; ++s)
+        for (int channels_last = 0; channels_last < 2; ++channels_last)
+          for (size_t d = 0; d < sizeof dtypes / sizeof dtypes[0]; ++d)
+            for (size_t g = 0; g < sizeof sm_counts / sizeof sm_counts[0]; ++g) {
+              /* Keep the tensor under 2^34 elements: the largest a real call could hold. */
+              if (batches[b] * channel_counts[c] * spatial_sizes[s] > ((int64_t)1 << 34)) continue;
+              bnk_view view = {batches[b], channel_counts[c], spatial_sizes[s], channels_last, dtypes[d]};
+              if (channels_last) { /* x[n][c] with n = N x spatial */
+                view.n = batches[b] * spatial_sizes[s];
+                view.s = 1;
+              }
+              const int wide = bnk_dtype_vec(view.dtype);
+              const int64_t contiguous = channels_last ? view.c : view.s;
+              const int vecs[2] = {1, wide};
+              for (int v = 0; v < (contiguous % wide == 0 ? 2 : 1); ++v) {
+                const bnk_reduce_plan plan = bnk_plan_reduce(&view, vecs[v], sm_counts[g]);
+                check_pieces(&view, vecs[v], sm_counts[g], &plan);
+                check_workspaces(&view, vecs[v], sm_counts[g], &plan);
+                ++checked;
+              }
+            }
+  cr_assert(checked > 1000, "only %" PRId64 " plans checked", checked);
+}
