@@ -83,6 +83,11 @@ bnk_status bnk_forward_training_path(const bnk_context *ctx, const bnk_tensor_de
   if (status == BNK_SUCCESS) status = bnk_epilogue_args_of(epilogue, desc, x, y, &fused);
   if (status != BNK_SUCCESS) return status;
   const bnk_view view = bnk_view_of(desc);
+  /* An empty batch only counts itself (no BN kernel runs) and M == 1 is rejected: neither has a plan. */
+  if (bnk_view_per_channel(&view) < 2) {
+    *path = BNK_TRAINING_PATH_TWO_PASS;
+    return BNK_SUCCESS;
+  }
   bnk_training_plan plan;
   status = bnk_plan_training_forward(ctx, &view, x, y, &fused, &plan);
   if (status != BNK_SUCCESS) return status;

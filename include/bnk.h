@@ -269,7 +269,8 @@ BNK_API bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_de
                                            size_t workspace_bytes, const bnk_epilogue *epilogue);
 /* The path bnk_forward_training_ex would take for these arguments (x, y and the epilogue's z decide the
  * alignment): BNK_TRAINING_PATH_PERSISTENT or BNK_TRAINING_PATH_TWO_PASS, or the call's failure when the
- * context forces a persistent path that does not fit. */
+ * context forces a persistent path that does not fit. BNK_TRAINING_PATH_TWO_PASS for an empty batch or one value
+ * per channel, where no persistent kernel runs. */
 BNK_API bnk_status bnk_forward_training_path(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
                                              const void *y, const bnk_epilogue *epilogue,
                                              bnk_training_path *path);

@@ -475,6 +475,16 @@ Test(persistent, settings_reject_bad_values) {
   cr_assert_eq(bnk_context_get_sm_limit(ctx, &limit), BNK_SUCCESS);
   cr_expect_eq(limit, 0, "a new context uses every SM");
   expect_rejection(bnk_context_get_sm_limit(ctx, NULL), BNK_ERROR_INVALID_VALUE, "sm_limit must not be NULL");
+  /* An empty batch runs no persistent kernel, even when the path is forced. */
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  bnk_tensor_desc empty;
+  cr_assert_eq(bnk_tensor_desc_init(&empty, BNK_FLOAT32, BNK_NCHW, 0, 3, 0, NULL), BNK_SUCCESS);
+  path = BNK_TRAINING_PATH_PERSISTENT;
+  cr_assert_eq(bnk_forward_training_path(ctx, &empty, NULL, NULL, NULL, &path), BNK_SUCCESS, "%s",
+               bnk_last_error_message());
+  cr_expect_eq(path, BNK_TRAINING_PATH_TWO_PASS);
+  expect_rejection(bnk_forward_training_path(ctx, &empty, NULL, NULL, NULL, NULL), BNK_ERROR_INVALID_VALUE,
+                   "path must not be NULL");
   bnk_context_destroy(ctx);
 }
 
