@@ -29,7 +29,7 @@
 
 /* SMs of the emulated device, and the SM limit of most tests: a grid of a few blocks. */
 #define EMULATED_SMS 4
-#define TEST_SM_LIMIT 1
+#define TEST_SM_LIMIT EMULATED_SMS
 
 static void set_path(bnk_context *ctx, bnk_training_path path) {
   cr_assert_eq(bnk_context_set_training_path(ctx, path), BNK_SUCCESS, "%s", bnk_last_error_message());
