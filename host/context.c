@@ -25,10 +25,16 @@ bnk_status bnk_context_create(bnk_context **ctx, int device) {
   int sm_count = 0;
   BNK__TRY(bnk_check_cuda(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device),
                           "cudaDeviceGetAttribute(cudaDevAttrMultiProcessorCount)"));
+  int cooperative = 0;
+  BNK__TRY(bnk_check_cuda(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device),
+                          "cudaDeviceGetAttribute(cudaDevAttrCooperativeLaunch)"));
   bnk_context *created = malloc(sizeof *created);
   if (created == NULL) return bnk_fail(BNK_ERROR_INTERNAL, "out of host memory allocating a context");
   created->device = device;
+  created->device_sm_count = sm_count;
   created->sm_count = sm_count;
+  created->cooperative_launch = cooperative;
+  created->training_path = BNK_TRAINING_PATH_AUTO;
   created->stream = NULL;
   /* Here rather than in the first bnk_linear_bn: compute calls allocate nothing. */
   const bnk_status status = bnk_cublaslt_create(&created->cublaslt);
@@ -73,7 +79,46 @@ bnk_status bnk_context_get_sm_count(const bnk_context *ctx, int *sm_count) {
   bnk_clear_error();
   BNK__TRY(bnk_require_context(ctx));
   BNK__TRY(bnk_require_pointer(sm_count, "sm_count"));
-  *sm_count = ctx->sm_count;
+  *sm_count = ctx->device_sm_count;
+  return BNK_SUCCESS;
+}
+
+bnk_status bnk_context_set_training_path(bnk_context *ctx, bnk_training_path path) {
+  bnk_clear_error();
+  BNK__TRY(bnk_require_context(ctx));
+  if (path != BNK_TRAINING_PATH_AUTO && path != BNK_TRAINING_PATH_PERSISTENT && path != BNK_TRAINING_PATH_TWO_PASS)
+    return bnk_fail(BNK_ERROR_INVALID_VALUE,
+                    "path must be BNK_TRAINING_PATH_AUTO, BNK_TRAINING_PATH_PERSISTENT or "
+                    "BNK_TRAINING_PATH_TWO_PASS, got %d",
+                    (int)path);
+  ctx->training_path = path;
+  return BNK_SUCCESS;
+}
+
+bnk_status bnk_context_get_training_path(const bnk_context *ctx, bnk_training_path *path) {
+  bnk_clear_error();
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(bnk_require_pointer(path, "path"));
+  *path = ctx->training_path;
+  return BNK_SUCCESS;
+}
+
+bnk_status bnk_context_set_sm_limit(bnk_context *ctx, int sm_limit) {
+  bnk_clear_error();
+  BNK__TRY(bnk_require_context(ctx));
+  if (sm_limit < 0 || sm_limit > ctx->device_sm_count)
+    return bnk_fail(BNK_ERROR_INVALID_VALUE,
+                    "sm_limit must be 0 (every SM) or in [1, %d] (the device's SMs), got %d", ctx->device_sm_count,
+                    sm_limit);
+  ctx->sm_count = sm_limit == 0 ? ctx->device_sm_count : sm_limit;
+  return BNK_SUCCESS;
+}
+
+bnk_status bnk_context_get_sm_limit(const bnk_context *ctx, int *sm_limit) {
+  bnk_clear_error();
+  BNK__TRY(bnk_require_context(ctx));
+  BNK__TRY(bnk_require_pointer(sm_limit, "sm_limit"));
+  *sm_limit = ctx->sm_count == ctx->device_sm_count ? 0 : ctx->sm_count;
   return BNK_SUCCESS;
 }
 

@@ -4,7 +4,7 @@
 
 static size_t training_workspace_bytes(const bnk_context *ctx, const bnk_view *view) {
   if (bnk_view_per_channel(view) == 0) return 0;
-  return bnk_stats_workspace_bytes(view, bnk_plan_parts_bound(view, ctx->sm_count));
+  return bnk_stats_workspace_bytes(view, bnk_training_parts_bound(ctx, view));
 }
 
 bnk_status bnk_forward_training_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, size_t *bytes) {
@@ -58,9 +58,9 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
   BNK__TRY(bnk_require_workspace(workspace, workspace_bytes, training_workspace_bytes(ctx, &view),
                                  "bnk_forward_training_workspace_size"));
 
-  const void *stats_pointers[1] = {x};
-  const bnk_reduce_plan plan = bnk_plan_reduce(&view, bnk_choose_vec(&view, stats_pointers, 1), ctx->sm_count);
-  BNK__TRY(bnk_require_grid(&plan));
+  bnk_training_plan path;
+  BNK__TRY(bnk_plan_training_forward(ctx, &view, x, y, &fused, &path));
+  const bnk_reduce_plan plan = path.reduce;
 
   bnk_device_guard guard;
   BNK__TRY(bnk_device_enter(ctx, &guard));
@@ -68,11 +68,16 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
   const bnk_stats_workspace ws = bnk_stats_workspace_carve(workspace, &view, plan.parts);
   const bnk_running_update running = {running_mean, running_var, num_batches_tracked, (float)momentum,
                                       momentum == BNK_MOMENTUM_CUMULATIVE};
-  bnk_status status =
-      bnk_check_cuda(bnk_launch_batch_stats(&view, &plan, x, ws, bnk_eps_to_float(eps), running, save_mean,
-                                            save_invstd, NULL, ctx->stream),
-                     "bnk_forward_training: statistics kernels");
-  if (status == BNK_SUCCESS) {
+  bnk_status status;
+  if (path.persistent)
+    status = bnk_check_cuda(bnk_launch_persistent_forward(&view, &plan, x, y, ws, bnk_eps_to_float(eps), running,
+                                                          save_mean, save_invstd, gamma, beta, &fused, ctx->stream),
+                            "bnk_forward_training: persistent kernel");
+  else
+    status = bnk_check_cuda(bnk_launch_batch_stats(&view, &plan, x, ws, bnk_eps_to_float(eps), running, save_mean,
+                                                   save_invstd, NULL, ctx->stream),
+                            "bnk_forward_training: statistics kernels");
+  if (status == BNK_SUCCESS && !path.persistent) {
     const bnk_normalize_params params = {ws.shift, ws.dmean, ws.invstd, NULL, bnk_eps_to_float(eps),
                                          gamma, beta};
     status = bnk_check_cuda(bnk_launch_normalize_ex(&view, ctx->sm_count, x, y, params, &fused, ctx->stream),

@@ -9,7 +9,10 @@
 
 struct bnk_context {
   int device;
-  int sm_count;
+  int device_sm_count;
+  int sm_count;           /* the SMs bnk's grids are sized for: device_sm_count or the context's SM limit */
+  int cooperative_launch; /* cudaDevAttrCooperativeLaunch */
+  bnk_training_path training_path;
   cudaStream_t stream;
   void *cublaslt; /* cublasLtHandle_t of bnk_linear_bn in the GPU build (BNK_WITH_CUBLASLT), else NULL */
 };
@@ -97,6 +100,18 @@ bnk_status bnk_epilogue_args_of(const bnk_epilogue *epilogue, const bnk_tensor_d
 /* The same for the backward's epilogue, given its x, dy and dx (any may be NULL). */
 bnk_status bnk_grad_epilogue_args_of(const bnk_epilogue_grad *epilogue, const bnk_tensor_desc *desc, const void *x,
                                      const void *dy, const void *dx, bnk_grad_epilogue_args *args);
+
+/* The training forward's path for a call (host/persistent.c): the persistent plan when the context allows it
+ * and the tensor fits the co-resident grid, else the two-pass statistics plan (x's alignment). A forced
+ * persistent path that does not fit fails with BNK_ERROR_NOT_SUPPORTED. */
+typedef struct bnk_training_plan {
+  int persistent;
+  bnk_reduce_plan reduce;
+} bnk_training_plan;
+bnk_status bnk_plan_training_forward(const bnk_context *ctx, const bnk_view *view, const void *x, const void *y,
+                                     const bnk_epilogue_args *fused, bnk_training_plan *plan);
+/* The most pieces per channel of either path for this view: the training forward's workspace query. */
+int64_t bnk_training_parts_bound(const bnk_context *ctx, const bnk_view *view);
 
 /* The kernels' view of a checked descriptor. */
 bnk_view bnk_view_of(const bnk_tensor_desc *desc);

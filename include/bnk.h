@@ -129,6 +129,26 @@ BNK_API bnk_status bnk_context_get_stream(const bnk_context *ctx, bnk_stream *st
 BNK_API bnk_status bnk_context_get_device(const bnk_context *ctx, int *device);
 BNK_API bnk_status bnk_context_get_sm_count(const bnk_context *ctx, int *sm_count);
 
+/* The training forward's two paths (docs/performance.md, "Two training paths"). The persistent path is one
+ * cooperative launch that reads x once, keeping it in registers across a grid barrier; the two-pass path
+ * reads x for the statistics and again to normalize. AUTO (the default) takes the persistent path exactly when
+ * the tensor fits the persistent kernel's co-resident grid on this device (its occupancy x the SMs bnk uses);
+ * the choice depends only on the shape, dtype, epilogue kind, pointer alignment, device and SM limit.
+ * PERSISTENT makes a tensor that does not fit fail with BNK_ERROR_NOT_SUPPORTED; TWO_PASS never takes it. */
+typedef enum bnk_training_path {
+  BNK_TRAINING_PATH_AUTO = 0,
+  BNK_TRAINING_PATH_PERSISTENT = 1,
+  BNK_TRAINING_PATH_TWO_PASS = 2
+} bnk_training_path;
+BNK_API bnk_status bnk_context_set_training_path(bnk_context *ctx, bnk_training_path path);
+BNK_API bnk_status bnk_context_get_training_path(const bnk_context *ctx, bnk_training_path *path);
+/* The SMs that bnk sizes its grids for, on every path: 0 (the default) for all of the device's, else 1 to
+ * bnk_context_get_sm_count(). Fewer leave room for kernels that run alongside (communication overlapped with
+ * BN); the hardware still places the blocks, so this bounds bnk's share rather than pinning SMs. Workspace
+ * sizes depend on it: query them after setting it. */
+BNK_API bnk_status bnk_context_set_sm_limit(bnk_context *ctx, int sm_limit);
+BNK_API bnk_status bnk_context_get_sm_limit(const bnk_context *ctx, int *sm_limit);
+
 /* ---------------------------------------------------------------------------------------------------
  * Forward
  * ------------------------------------------------------------------------------------------------- */
@@ -247,6 +267,14 @@ BNK_API bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_de
                                            float *running_var, int64_t *num_batches_tracked, double momentum,
                                            double eps, float *save_mean, float *save_invstd, void *workspace,
                                            size_t workspace_bytes, const bnk_epilogue *epilogue);
+/* The path bnk_forward_training_ex would take for these arguments (x, y and the epilogue's z decide the
+ * alignment): BNK_TRAINING_PATH_PERSISTENT or BNK_TRAINING_PATH_TWO_PASS, or the call's failure when the
+ * context forces a persistent path that does not fit. BNK_TRAINING_PATH_TWO_PASS for an empty batch or one value
+ * per channel, where no persistent kernel runs. */
+BNK_API bnk_status bnk_forward_training_path(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
+                                             const void *y, const bnk_epilogue *epilogue,
+                                             bnk_training_path *path);
+
 BNK_API bnk_status bnk_forward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
                                             const float *gamma, const float *beta, const float *running_mean,
                                             const float *running_var, double eps, const bnk_epilogue *epilogue);

@@ -202,6 +202,28 @@ cudaError_t bnk_launch_fold(int64_t rows, int64_t row_elements, int dtype, const
                             const float *bias_in, void *bias_out, int bias_dtype, bnk_frozen_bn bn, int sm_count,
                             cudaStream_t stream);
 
+/* ---- the persistent training forward (kernels/persistent.cu, host/persistent.c) ---- */
+
+/* Vectors of x that each thread of the persistent forward keeps in registers across its grid barriers. */
+#define BNK_PERSISTENT_CACHE 8
+
+/* The plan of the persistent forward: bnk_plan_reduce's tiling with every thread's share of a piece at most
+ * BNK_PERSISTENT_CACHE vectors (channels-first) or rows (channels-last), BNK_STREAM_THREADS per block. Returns
+ * whether its blocks fit the co-resident grid, blocks_per_sm x sm_count. */
+int bnk_plan_persistent(const bnk_view *view, int vec, int sm_count, int blocks_per_sm, bnk_reduce_plan *plan);
+
+/* Blocks of the persistent forward kernel for this dtype, layout, vector width and epilogue kind that one SM
+ * holds at once (cudaOccupancyMaxActiveBlocksPerMultiprocessor). */
+cudaError_t bnk_persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue, int *blocks_per_sm);
+
+/* The training forward in one cooperative launch of plan->blocks blocks: the work of bnk_launch_batch_stats
+ * (ws, running, save_mean, save_invstd) and of bnk_launch_normalize_ex with the batch statistics, x read once.
+ * The launcher does not clear the mask: the kernel does, before its grid barrier. */
+cudaError_t bnk_launch_persistent_forward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x, void *y,
+                                          bnk_stats_workspace ws, float eps, bnk_running_update running,
+                                          float *save_mean, float *save_invstd, const float *gamma,
+                                          const float *beta, const bnk_epilogue_args *epilogue, cudaStream_t stream);
+
 /* ---- synchronized batch normalization (kernels/sync.cu, kernels/backward.cu) ---- */
 
 /* Merges `ranks` partial triples laid out rank-major ([rank][count | mean | m2][c], doubles) in rank order

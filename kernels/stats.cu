@@ -6,7 +6,7 @@
 //
 // Every value is accumulated as x - K, where K is the channel's first element: with a large common
 // offset (mean 1e4, unit variance) the shifted values are small, so fp32 keeps their digits.
-#include "kernels/reduce.cuh"
+#include "kernels/batch_stats.cuh"
 
 // Folds `vectors` vectors (at most BNK_UNROLL) of a channel into the run, from the cursor's on, one
 // step apart: one triple of all their values, one division. Leaves the cursor past them.
@@ -126,43 +126,14 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   }
 }
 
-// Stage 2: one warp per channel merges the channel's pieces (lane l takes pieces l, l + 32, ... in order,
-// then a fixed tree across lanes) and lane 0 derives everything per-channel.
+// Stage 2: one warp per channel merges the channel's pieces and derives everything per-channel
+// (bnk_finalize_channel, batch_stats.cuh).
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     finalize_stats(int64_t c, int64_t parts, int64_t m, bnk_stats_workspace ws, float eps,
                    bnk_running_update running, float *save_mean, float *save_invstd, double *rank_partials) {
-  const int lane = (int)(threadIdx.x % BNK_WARP);
   const int64_t channel = (int64_t)blockIdx.x * (blockDim.x / BNK_WARP) + threadIdx.x / BNK_WARP;
   if (channel >= c) return; // the whole warp leaves together
-  bnk_welford_run run = bnk_run_empty();
-  for (int64_t p = lane; p < parts; p += BNK_WARP) {
-    const int64_t slot = p * c + channel;
-    const bnk_welford piece = {ws.count[slot], ws.mean[slot], ws.m2[slot]};
-    bnk_run_add(run, piece);
-  }
-  const bnk_welford acc = bnk_warp_reduce(bnk_run_result(run), BNK_FULL_MASK, BNK_WARP);
-  if (lane != 0) return;
-
-  const float var = acc.m2 / (float)m;
-  const float invstd = bnk_invstd_of(var, eps);
-  const float mean = ws.shift[channel] + acc.mean;
-  ws.dmean[channel] = acc.mean;
-  ws.invstd[channel] = invstd;
-  if (rank_partials != NULL) {
-    // In double, the mean keeps K's digits and the residual's: ranks' means merge without rounding.
-    rank_partials[channel] = (double)m;
-    rank_partials[c + channel] = (double)ws.shift[channel] + (double)acc.mean;
-    rank_partials[2 * c + channel] = (double)acc.m2;
-  }
-  if (save_mean != NULL) save_mean[channel] = mean;
-  if (save_invstd != NULL) save_invstd[channel] = invstd;
-  if (running.running_mean != NULL) {
-    // The stats kernel, earlier on the stream, already counted this batch.
-    const float weight = running.cumulative ? 1.0f / (float)*running.num_batches_tracked : running.momentum;
-    const float unbiased_var = acc.m2 / (float)(m - 1);
-    running.running_mean[channel] = (1.0f - weight) * running.running_mean[channel] + weight * mean;
-    running.running_var[channel] = (1.0f - weight) * running.running_var[channel] + weight * unbiased_var;
-  }
+  bnk_finalize_channel(channel, c, parts, m, ws, eps, running, save_mean, save_invstd, rank_partials);
 }
 
 template <typename T>

@@ -142,6 +142,12 @@ bnk_context *test_context(void) {
   bnk_context *ctx = NULL;
   const bnk_status status = bnk_context_create(&ctx, -1);
   cr_assert(status == BNK_SUCCESS, "bnk_context_create: %s: %s", bnk_status_name(status), bnk_last_error_message());
+#ifdef BNK_TEST_EMULATION
+  /* The emulation runs a cooperative grid as one OS thread per block, each with a fiber stack per thread, which
+   * a co-resident grid of the default 132 SMs exhausts: suites other than test_persistent (which shrinks the
+   * emulated device) keep the two-pass training forward there. On a GPU every suite takes the automatic path. */
+  cr_assert_eq(bnk_context_set_training_path(ctx, BNK_TRAINING_PATH_TWO_PASS), BNK_SUCCESS);
+#endif
   return ctx;
 }
 

@@ -1,0 +1,44 @@
+// The second stage of the batch statistics, shared by the two-pass statistics (stats.cu) and the persistent
+// forward (persistent.cu): the same merge of the same pieces gives the same bits on either path.
+#pragma once
+
+#include "kernels/reduce.cuh"
+
+// One warp merges channel's pieces (lane l takes pieces l, l + 32, ... in order, then a fixed tree across
+// lanes) and lane 0 derives everything per channel: ws.dmean and ws.invstd, the saved statistics, the
+// rank partials and the running statistics, each written once. Every lane of the warp calls it.
+static __device__ __forceinline__ void bnk_finalize_channel(int64_t channel, int64_t c, int64_t parts, int64_t m,
+                                                            bnk_stats_workspace ws, float eps,
+                                                            bnk_running_update running, float *save_mean,
+                                                            float *save_invstd, double *rank_partials) {
+  const int lane = (int)(threadIdx.x % BNK_WARP);
+  bnk_welford_run run = bnk_run_empty();
+  for (int64_t p = lane; p < parts; p += BNK_WARP) {
+    const int64_t slot = p * c + channel;
+    const bnk_welford piece = {ws.count[slot], ws.mean[slot], ws.m2[slot]};
+    bnk_run_add(run, piece);
+  }
+  const bnk_welford acc = bnk_warp_reduce(bnk_run_result(run), BNK_FULL_MASK, BNK_WARP);
+  if (lane != 0) return;
+
+  const float var = acc.m2 / (float)m;
+  const float invstd = bnk_invstd_of(var, eps);
+  const float mean = ws.shift[channel] + acc.mean;
+  ws.dmean[channel] = acc.mean;
+  ws.invstd[channel] = invstd;
+  if (rank_partials != NULL) {
+    // In double, the mean keeps K's digits and the residual's: ranks' means merge without rounding.
+    rank_partials[channel] = (double)m;
+    rank_partials[c + channel] = (double)ws.shift[channel] + (double)acc.mean;
+    rank_partials[2 * c + channel] = (double)acc.m2;
+  }
+  if (save_mean != NULL) save_mean[channel] = mean;
+  if (save_invstd != NULL) save_invstd[channel] = invstd;
+  if (running.running_mean != NULL) {
+    // The batch was counted earlier on the stream (the stats kernel) or before the grid barrier.
+    const float weight = running.cumulative ? 1.0f / (float)*running.num_batches_tracked : running.momentum;
+    const float unbiased_var = acc.m2 / (float)(m - 1);
+    running.running_mean[channel] = (1.0f - weight) * running.running_mean[channel] + weight * mean;
+    running.running_var[channel] = (1.0f - weight) * running.running_var[channel] + weight * unbiased_var;
+  }
+}

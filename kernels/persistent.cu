@@ -1,0 +1,275 @@
+// The persistent training forward: one cooperative launch that reads x once and writes y once.
+//
+// Every block of the grid is resident at once (a cooperative launch), and each thread keeps its share of x,
+// at most BNK_PERSISTENT_CACHE vectors, in registers from the first phase to the last:
+//   1. load the share, minus the channel's shift K (stats.cu's first element), and reduce the block's
+//      Welford triples into the workspace as the two-pass statistics kernel does (one piece per block);
+//   2. grid barrier; one warp per channel merges that channel's pieces and derives the statistics
+//      (bnk_finalize_channel: the saved and running statistics are written once, by that warp);
+//   3. grid barrier; normalize the cached values with the fused epilogue (affine.cuh) and write y.
+// The blocks and pieces are bnk_plan_persistent's: the tiling of bnk_plan_reduce with each thread's share cut
+// to fit its cache. The merge is the two-pass path's, so both paths agree wherever their pieces do.
+#include <cooperative_groups.h>
+
+#include "kernels/affine.cuh"
+#include "kernels/batch_stats.cuh"
+
+namespace cg = cooperative_groups;
+
+// What every persistent forward kernel takes besides its tensors and tiling.
+struct persistent_forward_args {
+  bnk_stats_workspace ws;
+  int64_t m; // elements per channel
+  float eps;
+  bnk_running_update running;
+  float *save_mean;
+  float *save_invstd;
+  const float *gamma;
+  const float *beta;
+  uint32_t *mask;     // NULL: not written
+  int64_t mask_words; // bnk_mask_bytes / 4
+};
+
+// The first phase's common part: the batch is counted before the merge reads num_batches_tracked, and the
+// mask is cleared before the last phase ORs its bits in (one launch: no memset on the stream).
+static __device__ __forceinline__ void begin_forward(const persistent_forward_args &a) {
+  const int64_t thread = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (thread == 0 && a.running.num_batches_tracked != NULL) *a.running.num_batches_tracked += 1;
+  if (a.mask != NULL)
+    for (int64_t w = thread; w < a.mask_words; w += (int64_t)gridDim.x * blockDim.x) a.mask[w] = 0u;
+}
+
+// Phases 2 and 3's barriers around the merge: warp w of the grid finalizes channels w, w + warps, ...
+static __device__ __forceinline__ void merge_statistics(const persistent_forward_args &a, int64_t c,
+                                                        int64_t parts) {
+  cg::grid_group grid = cg::this_grid();
+  grid.sync();
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x / BNK_WARP);
+  for (int64_t channel = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / BNK_WARP; channel < c;
+       channel += warps)
+    bnk_finalize_channel(channel, c, parts, a.m, a.ws, a.eps, a.running, a.save_mean, a.save_invstd, NULL);
+  grid.sync();
+}
+
+// The affine of a channel for values that already have K subtracted: shift 0, so that (v - 0) - dmean is
+// the two-pass normalize's ((x - K) - dmean), bit for bit.
+static __device__ __forceinline__ bnk_channel_affine shifted_affine(const persistent_forward_args &a, int64_t c) {
+  const bnk_normalize_params p = {NULL, a.ws.dmean, a.ws.invstd, NULL, a.eps, a.gamma, a.beta};
+  return channel_affine<false>(p, c);
+}
+
+// y of V cached values (z read at the same place for ADD_RELU), stored at element `at`, with its mask bits.
+template <typename T, int V, int EPILOGUE>
+static __device__ __forceinline__ void write_outputs(const float (&v)[V], const bnk_channel_affine (&affine)[V],
+                                                     const T *z, T *y, uint32_t *mask, int64_t at) {
+  float out[V], vz[V] = {};
+  if constexpr (EPILOGUE == BNK_EPILOGUE_ADD_RELU) bnk_load<T, V>(z + at, vz);
+#pragma unroll
+  for (int i = 0; i < V; ++i) out[i] = apply_epilogue<EPILOGUE>(apply_affine(v[i], affine[i]), vz[i]);
+  bnk_store<T, V>(y + at, out);
+  if (EPILOGUE != BNK_EPILOGUE_NONE && mask != NULL) bnk_mask_set<V>(mask, at, bnk_positive_bits<T, V>(out));
+}
+
+// Offset, from the channel's first element, of vector j of a channels-first channel (runs of s elements,
+// run_stride apart).
+static __device__ __forceinline__ int64_t channel_vector_offset(int64_t j, bnk_fastdiv vecs_per_run,
+                                                                int64_t run_stride, int vec) {
+  const int64_t run = (int64_t)bnk_div((uint64_t)j, vecs_per_run);
+  return run * run_stride + (j - run * (int64_t)vecs_per_run.divisor) * vec;
+}
+
+// Channels-first: block b holds piece (b % parts) of channel (b / parts), `chunk` elements; thread t caches
+// the piece's vectors t, t + blockDim.x, ... (at most BNK_PERSISTENT_CACHE).
+template <typename T, int V, int EPILOGUE>
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    persistent_forward_channels_first(const T *x, const T *z, T *y, int64_t c, int64_t s, bnk_fastdiv vecs_per_run,
+                                      int64_t parts, int64_t chunk, persistent_forward_args a) {
+  constexpr int K = BNK_PERSISTENT_CACHE;
+  __shared__ bnk_welford shared[BNK_WARP];
+  const int64_t block = blockIdx.x;
+  const int64_t channel = block / parts;
+  const int64_t part = block - channel * parts;
+  const int64_t base = channel * s;
+  const int64_t run_stride = c * s;
+  const float shift = bnk_to_float(x[base]);
+  begin_forward(a);
+  if (threadIdx.x == 0 && part == 0) a.ws.shift[channel] = shift;
+
+  const int64_t begin = part * chunk / V + threadIdx.x;
+  const int64_t end = min(a.m, (part + 1) * chunk) / V;
+  const int64_t step = blockDim.x;
+  float v[K][V] = {};
+  int vectors = 0;
+#pragma unroll
+  for (int u = 0; u < K; ++u) {
+    const int64_t j = begin + u * step;
+    if (j < end) {
+      bnk_load<T, V>(x + base + channel_vector_offset(j, vecs_per_run, run_stride, V), v[u]);
+#pragma unroll
+      for (int i = 0; i < V; ++i) v[u][i] -= shift;
+      vectors = u + 1;
+    }
+  }
+  const bnk_welford mine = vectors > 0 ? bnk_welford_of<K, V>(v, vectors) : bnk_welford_empty();
+  const bnk_welford acc = bnk_block_reduce(mine, shared);
+  if (threadIdx.x == 0) {
+    const int64_t slot = part * c + channel;
+    a.ws.count[slot] = acc.count;
+    a.ws.mean[slot] = acc.mean;
+    a.ws.m2[slot] = acc.m2;
+  }
+
+  merge_statistics(a, c, parts);
+
+  bnk_channel_affine affine[V];
+  const bnk_channel_affine channel_affine_value = shifted_affine(a, channel);
+#pragma unroll
+  for (int i = 0; i < V; ++i) affine[i] = channel_affine_value;
+#pragma unroll
+  for (int u = 0; u < K; ++u)
+    if (u < vectors)
+      write_outputs<T, V, EPILOGUE>(v[u], affine, z, y, a.mask,
+                                    base + channel_vector_offset(begin + u * step, vecs_per_run, run_stride, V));
+}
+
+// Channels-last: the tiling of bnk_reduce_plan (bnk_tile_position); thread (tx, ty) caches its V channels
+// in rows ty, ty + tile_y, ... of its piece (at most BNK_PERSISTENT_CACHE rows).
+template <typename T, int V, int EPILOGUE>
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    persistent_forward_channels_last(const T *x, const T *z, T *y, int64_t rows, int64_t c, int tile_x, int tile_y,
+                                     int64_t tiles, int64_t rows_per_part, persistent_forward_args a) {
+  constexpr int K = BNK_PERSISTENT_CACHE;
+  typedef bnk_welford_vec<V> state;
+  __shared__ float shared[bnk_fields<state>::count * BNK_STREAM_THREADS];
+  int64_t part, channel0;
+  int ty;
+  bnk_tile_position<V>(tile_x, tiles, &part, &ty, &channel0);
+  const bool active = channel0 < c;
+  begin_forward(a);
+
+  float shift[V] = {};
+  if (active) bnk_load<T, V>(x + channel0, shift);
+  if (active && part == 0 && ty == 0) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) a.ws.shift[channel0 + i] = shift[i];
+  }
+
+  const int64_t first_row = part * rows_per_part + ty;
+  const int64_t row_end = min(rows, (part + 1) * rows_per_part);
+  float v[K][V] = {};
+  int cached = 0;
+#pragma unroll
+  for (int u = 0; u < K; ++u) {
+    const int64_t r = first_row + (int64_t)u * tile_y;
+    if (active && r < row_end) {
+      bnk_load<T, V>(x + r * c + channel0, v[u]);
+#pragma unroll
+      for (int i = 0; i < V; ++i) v[u][i] -= shift[i];
+      cached = u + 1;
+    }
+  }
+  bnk_welford_vec_run<V> run = bnk_run_vec_empty<V>();
+  if (cached > 0) bnk_run_add_rows<K, V>(run, v, cached);
+  const state acc = bnk_tile_reduce(bnk_run_result(run), shared, tile_x, tile_y);
+  if (active && (int)threadIdx.x < tile_x) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int64_t out = part * c + channel0 + i;
+      a.ws.count[out] = acc.count;
+      a.ws.mean[out] = acc.mean[i];
+      a.ws.m2[out] = acc.m2[i];
+    }
+  }
+
+  merge_statistics(a, c, (int64_t)gridDim.x / tiles); // blocks = tiles x parts
+
+  if (!active) return;
+  bnk_channel_affine affine[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) affine[i] = shifted_affine(a, channel0 + i);
+#pragma unroll
+  for (int u = 0; u < K; ++u)
+    if (u < cached) write_outputs<T, V, EPILOGUE>(v[u], affine, z, y, a.mask, (first_row + (int64_t)u * tile_y) * c + channel0);
+}
+
+// ---- launch and occupancy: one kernel per (dtype, layout, vector width, epilogue) ----
+
+template <typename T, int V, int EPILOGUE>
+static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *plan, const void *x_raw,
+                                 const void *z_raw, void *y_raw, persistent_forward_args a, cudaStream_t stream) {
+  const T *x = static_cast<const T *>(x_raw);
+  const T *z = static_cast<const T *>(z_raw);
+  T *y = static_cast<T *>(y_raw);
+  const dim3 grid((unsigned)plan->blocks), block((unsigned)plan->threads);
+  if (view->channels_last) {
+    int64_t rows = view->n, c = view->c, tiles = plan->tiles, rows_per_part = plan->rows_per_part;
+    int tile_x = plan->tile_x, tile_y = plan->tile_y;
+    void *args[] = {&x, &z, &y, &rows, &c, &tile_x, &tile_y, &tiles, &rows_per_part, &a};
+    return cudaLaunchCooperativeKernel(persistent_forward_channels_last<T, V, EPILOGUE>, grid, block, args, 0,
+                                       stream);
+  }
+  int64_t c = view->c, s = view->s, parts = plan->parts, chunk = plan->chunk;
+  bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / V));
+  void *args[] = {&x, &z, &y, &c, &s, &vecs_per_run, &parts, &chunk, &a};
+  return cudaLaunchCooperativeKernel(persistent_forward_channels_first<T, V, EPILOGUE>, grid, block, args, 0,
+                                     stream);
+}
+
+template <typename T, int V, int EPILOGUE>
+static cudaError_t occupancy_layout(int channels_last, int *blocks_per_sm) {
+  const void *kernel = channels_last ? reinterpret_cast<const void *>(persistent_forward_channels_last<T, V, EPILOGUE>)
+                                     : reinterpret_cast<const void *>(persistent_forward_channels_first<T, V, EPILOGUE>);
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS, 0);
+}
+
+// Calls F<T, V, EPILOGUE>::run(args...) for the run-time dtype, vector width and epilogue kind.
+template <template <typename, int, int> class F, typename... A>
+static cudaError_t dispatch(int dtype, int vec, int epilogue, A... args) {
+#define BNK_PERSISTENT_EPILOGUES(T, V)                                                   \
+  switch (epilogue) {                                                                    \
+  case BNK_EPILOGUE_NONE: return F<T, V, BNK_EPILOGUE_NONE>::run(args...);               \
+  case BNK_EPILOGUE_RELU: return F<T, V, BNK_EPILOGUE_RELU>::run(args...);               \
+  case BNK_EPILOGUE_ADD_RELU: return F<T, V, BNK_EPILOGUE_ADD_RELU>::run(args...);       \
+  default: return cudaErrorInvalidValue;                                                 \
+  }
+#define BNK_PERSISTENT_VECS(T)                                                           \
+  if (vec == bnk_vec_width<T>::value) { BNK_PERSISTENT_EPILOGUES(T, bnk_vec_width<T>::value) } \
+  else { BNK_PERSISTENT_EPILOGUES(T, 1) }
+  switch (dtype) {
+  case BNK_FLOAT32: BNK_PERSISTENT_VECS(float)
+  case BNK_FLOAT16: BNK_PERSISTENT_VECS(__half)
+  case BNK_BFLOAT16: BNK_PERSISTENT_VECS(__nv_bfloat16)
+  default: return cudaErrorInvalidValue;
+  }
+#undef BNK_PERSISTENT_VECS
+#undef BNK_PERSISTENT_EPILOGUES
+}
+
+template <typename T, int V, int EPILOGUE> struct launch_op {
+  static cudaError_t run(const bnk_view *view, const bnk_reduce_plan *plan, const void *x, const void *z, void *y,
+                         persistent_forward_args a, cudaStream_t stream) {
+    return launch_layout<T, V, EPILOGUE>(view, plan, x, z, y, a, stream);
+  }
+};
+
+template <typename T, int V, int EPILOGUE> struct occupancy_op {
+  static cudaError_t run(int channels_last, int *blocks_per_sm) {
+    return occupancy_layout<T, V, EPILOGUE>(channels_last, blocks_per_sm);
+  }
+};
+
+extern "C" cudaError_t bnk_persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue,
+                                                        int *blocks_per_sm) {
+  return dispatch<occupancy_op>(view->dtype, vec, epilogue, view->channels_last, blocks_per_sm);
+}
+
+extern "C" cudaError_t bnk_launch_persistent_forward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+                                                     void *y, bnk_stats_workspace ws, float eps,
+                                                     bnk_running_update running, float *save_mean,
+                                                     float *save_invstd, const float *gamma, const float *beta,
+                                                     const bnk_epilogue_args *epilogue, cudaStream_t stream) {
+  const int64_t elements = view->n * view->c * view->s;
+  const persistent_forward_args a = {ws,    view->n * view->s, eps,  running,        save_mean,
+                                     save_invstd, gamma,       beta, epilogue->mask, (int64_t)bnk_mask_bytes(elements) / 4};
+  return dispatch<launch_op>(view->dtype, plan->vec, epilogue->kind, view, plan, x, epilogue->z, y, a, stream);
+}

@@ -1,0 +1,533 @@
+/* The persistent training forward (one cooperative launch, x read once) against the float64 reference, on
+ * every schedule and worker count, for both layouts, every dtype, ranks 0-3 and every epilogue; the same data
+ * through each forced path and the automatic choice; the capacity boundary on both sides; the SM limit; a
+ * persistent forward captured into a graph. The emulated device has few SMs, so a full co-resident grid is a
+ * few blocks, and the context's SM limit makes it smaller still. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef BNK_TEST_EMULATION
+#include <bnk_emu/control.h>
+#endif
+
+#include "tests/harness.h"
+#include "tests/reference.h"
+
+/* Tolerances of test_forward.c (its comment gives their reasons): the persistent path is held to them too. */
+#define MEAN_TOLERANCE 1e-6
+#define INVSTD_TOLERANCE 1e-6
+#define Y_TOLERANCE 1e-5
+#define Y_FP32_FLOOR 1e-6
+#define RUNNING_TOLERANCE 2e-6
+#define EPS 1e-5
+/* The cumulative average after three batches already counted weighs this batch 1/4. */
+#define BATCHES_BEFORE 3
+
+/* SMs of the emulated device, and the SM limit of most tests: a grid of a few blocks. */
+#define EMULATED_SMS 4
+#define TEST_SM_LIMIT EMULATED_SMS
+
+static void set_path(bnk_context *ctx, bnk_training_path path) {
+  cr_assert_eq(bnk_context_set_training_path(ctx, path), BNK_SUCCESS, "%s", bnk_last_error_message());
+}
+
+static bnk_context *persistent_context(int sm_limit) {
+#ifdef BNK_TEST_EMULATION
+  bnk_emu_set_sm_count(EMULATED_SMS);
+#endif
+  bnk_context *ctx = test_context();
+  cr_assert_eq(bnk_context_set_sm_limit(ctx, sm_limit), BNK_SUCCESS, "%s", bnk_last_error_message());
+  set_path(ctx, BNK_TRAINING_PATH_AUTO); /* test_context keeps the emulation's other suites on two passes */
+  return ctx;
+}
+
+typedef struct shape {
+  bnk_dtype dtype;
+  bnk_layout layout;
+  int64_t n, c;
+  int spatial_dims;
+  int64_t spatial[3];
+  int misalign; /* every tensor one element past a 256-byte boundary */
+} shape;
+
+/* One case's tensors and per-channel arrays, with the reference's results. */
+typedef struct problem {
+  shape sh;
+  bnk_tensor_desc desc;
+  int64_t elements;
+  size_t bytes, mask_bytes, skew, workspace_bytes;
+  double *x, *z, *gamma, *beta, *running_mean, *running_var;
+  unsigned char *x_base, *z_base, *y_base;
+  void *x_dev, *z_dev, *y_dev, *mask_dev, *workspace;
+  float *gamma_dev, *beta_dev, *running_mean_dev, *running_var_dev, *save_mean_dev, *save_invstd_dev;
+  int64_t *batches_dev;
+  /* reference */
+  double *mean, *var, *invstd, *y_plain, *rm_ref, *rv_ref;
+} problem;
+
+static double *doubles(int64_t count) { return malloc((size_t)(count + 1) * sizeof(double)); }
+
+/* Normal values around per-channel centers, stored in the dtype and uploaded one element past base + skew. */
+static double *random_tensor(problem *p, test_rng *rng, unsigned char **base, void **dev) {
+  double *values = doubles(p->elements);
+  const int64_t spatial = ref_spatial(&p->desc);
+  for (int64_t c = 0; c < p->desc.c; ++c) {
+    const double center = rng_uniform(rng, -2.0, 2.0);
+    for (int64_t n = 0; n < p->desc.n; ++n)
+      for (int64_t s = 0; s < spatial; ++s) values[ref_offset(&p->desc, n, c, s)] = center + rng_normal(rng);
+  }
+  void *host = malloc(p->bytes + 1);
+  to_storage(p->desc.dtype, values, host, p->elements);
+  from_storage(p->desc.dtype, host, values, p->elements);
+  *base = dev_alloc(p->bytes + p->skew + 1);
+  *dev = *base + p->skew;
+  dev_upload(*dev, host, p->bytes);
+  free(host);
+  return values;
+}
+
+static problem make_problem(bnk_context *ctx, const shape *sh, test_rng *rng) {
+  problem p;
+  memset(&p, 0, sizeof p);
+  p.sh = *sh;
+  cr_assert_eq(bnk_tensor_desc_init(&p.desc, sh->dtype, sh->layout, sh->n, sh->c, sh->spatial_dims, sh->spatial),
+               BNK_SUCCESS, "%s", bnk_last_error_message());
+  p.elements = bnk_tensor_desc_elements(&p.desc);
+  p.bytes = (size_t)p.elements * dtype_size(sh->dtype);
+  p.skew = sh->misalign ? dtype_size(sh->dtype) : 0;
+  cr_assert_eq(bnk_epilogue_mask_size(&p.desc, &p.mask_bytes), BNK_SUCCESS);
+  cr_assert_eq(bnk_forward_training_workspace_size(ctx, &p.desc, &p.workspace_bytes), BNK_SUCCESS);
+  p.x = random_tensor(&p, rng, &p.x_base, &p.x_dev);
+  p.z = random_tensor(&p, rng, &p.z_base, &p.z_dev);
+  p.y_base = dev_alloc(p.bytes + p.skew + 1);
+  p.y_dev = p.y_base + p.skew;
+  p.mask_dev = dev_alloc(p.mask_bytes);
+  p.workspace = dev_alloc(p.workspace_bytes);
+  const int64_t c = sh->c;
+  p.gamma = doubles(c);
+  p.beta = doubles(c);
+  p.running_mean = doubles(c);
+  p.running_var = doubles(c);
+  for (int64_t i = 0; i < c; ++i) {
+    p.gamma[i] = (float)rng_uniform(rng, 0.5, 1.5);
+    p.beta[i] = (float)rng_uniform(rng, -0.5, 0.5);
+    p.running_mean[i] = (float)rng_uniform(rng, -1.0, 1.0);
+    p.running_var[i] = (float)rng_uniform(rng, 0.5, 2.0);
+  }
+  p.gamma_dev = dev_floats(p.gamma, c);
+  p.beta_dev = dev_floats(p.beta, c);
+  p.running_mean_dev = dev_alloc((size_t)c * 4);
+  p.running_var_dev = dev_alloc((size_t)c * 4);
+  p.save_mean_dev = dev_alloc((size_t)c * 4);
+  p.save_invstd_dev = dev_alloc((size_t)c * 4);
+  p.batches_dev = dev_alloc(sizeof(int64_t));
+
+  p.mean = doubles(c);
+  p.var = doubles(c);
+  p.invstd = doubles(c);
+  double *var_unbiased = doubles(c);
+  ref_channel_stats(&p.desc, p.x, p.mean, p.var, var_unbiased);
+  for (int64_t i = 0; i < c; ++i) p.invstd[i] = ref_invstd(p.var[i], EPS);
+  p.y_plain = doubles(p.elements);
+  ref_normalize(&p.desc, p.x, p.mean, p.var, EPS, p.gamma, p.beta, p.y_plain);
+  p.rm_ref = doubles(c);
+  p.rv_ref = doubles(c);
+  memcpy(p.rm_ref, p.running_mean, (size_t)c * sizeof(double));
+  memcpy(p.rv_ref, p.running_var, (size_t)c * sizeof(double));
+  ref_running_update(c, 1.0 / (BATCHES_BEFORE + 1), p.mean, var_unbiased, p.rm_ref, p.rv_ref);
+  free(var_unbiased);
+  return p;
+}
+
+static void free_problem(problem *p) {
+  double *host[] = {p->x, p->z, p->gamma, p->beta, p->running_mean, p->running_var, p->mean, p->var, p->invstd,
+                    p->y_plain, p->rm_ref, p->rv_ref};
+  for (size_t i = 0; i < sizeof host / sizeof host[0]; ++i) free(host[i]);
+  void *dev[] = {p->x_base, p->z_base, p->y_base, p->mask_dev, p->workspace, p->gamma_dev, p->beta_dev,
+                 p->running_mean_dev, p->running_var_dev, p->save_mean_dev, p->save_invstd_dev, p->batches_dev};
+  for (size_t i = 0; i < sizeof dev / sizeof dev[0]; ++i) dev_free(dev[i]);
+}
+
+static void describe(const problem *p, bnk_epilogue_kind kind, char *out, size_t size) {
+  char text[96];
+  format_shape(text, sizeof text, p->sh.layout, p->sh.dtype, p->sh.n, p->sh.c, p->sh.spatial_dims, p->sh.spatial);
+  static const char *kinds[] = {"plain", "relu", "add+relu"};
+  snprintf(out, size, "%s%s %s", text, p->sh.misalign ? " misaligned" : "", kinds[kind]);
+}
+
+/* The epilogue of a case: the mask recorded for the ReLU kinds. */
+static bnk_epilogue epilogue_of(const problem *p, bnk_epilogue_kind kind) {
+  bnk_epilogue e = {kind, kind == BNK_EPILOGUE_ADD_RELU ? p->z_dev : NULL, kind != BNK_EPILOGUE_NONE ? p->mask_dev : NULL,
+                    p->mask_bytes};
+  return e;
+}
+
+/* Poisons every output and restores the running statistics and the batch count. */
+static void prepare_outputs(problem *p) {
+  const int64_t c = p->sh.c;
+  float *initial = malloc((size_t)c * 8);
+  for (int64_t i = 0; i < c; ++i) {
+    initial[i] = (float)p->running_mean[i];
+    initial[c + i] = (float)p->running_var[i];
+  }
+  dev_upload(p->running_mean_dev, initial, (size_t)c * 4);
+  dev_upload(p->running_var_dev, initial + c, (size_t)c * 4);
+  free(initial);
+  const int64_t batches = BATCHES_BEFORE;
+  dev_upload(p->batches_dev, &batches, sizeof batches);
+  dev_poison(p->y_dev, p->bytes);
+  dev_poison(p->mask_dev, p->mask_bytes);
+  dev_poison(p->workspace, p->workspace_bytes);
+  dev_poison(p->save_mean_dev, (size_t)c * 4);
+  dev_poison(p->save_invstd_dev, (size_t)c * 4);
+}
+
+static bnk_status call_forward(bnk_context *ctx, problem *p, bnk_epilogue_kind kind) {
+  const bnk_epilogue e = epilogue_of(p, kind);
+  return bnk_forward_training_ex(ctx, &p->desc, p->x_dev, p->y_dev, p->gamma_dev, p->beta_dev, p->running_mean_dev,
+                                 p->running_var_dev, p->batches_dev, BNK_MOMENTUM_CUMULATIVE, EPS, p->save_mean_dev,
+                                 p->save_invstd_dev, p->workspace, p->workspace_bytes, &e);
+}
+
+static bnk_status run_forward(bnk_context *ctx, problem *p, bnk_epilogue_kind kind) {
+  prepare_outputs(p);
+  return call_forward(ctx, p, kind);
+}
+
+/* Every output of the last run against the reference. Returns the bytes of y, the mask and the per-channel
+ * outputs (the caller frees them) for bitwise comparisons. */
+static unsigned char *check_outputs(const problem *p, bnk_epilogue_kind kind, const char *label) {
+  const int64_t c = p->sh.c;
+  const size_t channel_bytes = (size_t)c * 4 * 4;
+  unsigned char *raw = malloc(p->bytes + p->mask_bytes + channel_bytes + sizeof(int64_t));
+  unsigned char *mask = raw + p->bytes;
+  float *channels = (float *)(mask + p->mask_bytes);
+  dev_download(raw, p->y_dev, p->bytes);
+  dev_download(mask, p->mask_dev, p->mask_bytes);
+  dev_download(channels, p->save_mean_dev, (size_t)c * 4);
+  dev_download(channels + c, p->save_invstd_dev, (size_t)c * 4);
+  dev_download(channels + 2 * c, p->running_mean_dev, (size_t)c * 4);
+  dev_download(channels + 3 * c, p->running_var_dev, (size_t)c * 4);
+  int64_t batches = 0;
+  dev_download(&batches, p->batches_dev, sizeof batches);
+  cr_expect_eq(batches, BATCHES_BEFORE + 1, "%s: num_batches_tracked is %lld", label, (long long)batches);
+
+  char what[240];
+  double *want = doubles(p->elements), *got = doubles(p->elements);
+  for (int64_t i = 0; i < p->elements; ++i) {
+    const double v = p->y_plain[i] + (kind == BNK_EPILOGUE_ADD_RELU ? p->z[i] : 0.0);
+    want[i] = kind == BNK_EPILOGUE_NONE ? v : v < 0.0 ? 0.0 : v;
+  }
+  from_storage(p->sh.dtype, raw, got, p->elements);
+  snprintf(what, sizeof what, "%s: y", label);
+  if (p->sh.dtype == BNK_FLOAT32) expect_close(what, got, want, p->elements, Y_TOLERANCE, 0.0);
+  else expect_within_ulps(what, p->sh.dtype, got, want, p->elements, 1.0, Y_FP32_FLOOR);
+  if (kind != BNK_EPILOGUE_NONE)
+    for (int64_t i = 0; i < (int64_t)p->mask_bytes * 8; ++i) {
+      const int bit = (mask[i / 8] >> (i % 8)) & 1;
+      if (bit != (i < p->elements && got[i] > 0.0)) {
+        cr_expect(0, "%s: mask bit %lld is %d", label, (long long)i, bit);
+        break;
+      }
+    }
+
+  for (int64_t i = 0; i < c; ++i) {
+    const double allowed = MEAN_TOLERANCE * (fabs(p->mean[i]) + sqrt(p->var[i]));
+    cr_expect(fabs(channels[i] - p->mean[i]) <= allowed, "%s: save_mean[%lld] = %.9g, reference %.9g", label,
+              (long long)i, channels[i], p->mean[i]);
+  }
+  double *per_channel = doubles(c);
+  const struct {
+    const char *name;
+    const double *want;
+    double atol, rtol;
+  } checks[] = {{"save_invstd", p->invstd, 0.0, INVSTD_TOLERANCE},
+                {"running_mean", p->rm_ref, 1e-7, RUNNING_TOLERANCE},
+                {"running_var", p->rv_ref, 1e-7, RUNNING_TOLERANCE}};
+  for (int k = 0; k < 3; ++k) {
+    for (int64_t i = 0; i < c; ++i) per_channel[i] = channels[(k + 1) * c + i];
+    snprintf(what, sizeof what, "%s: %s", label, checks[k].name);
+    expect_close(what, per_channel, checks[k].want, c, checks[k].atol, checks[k].rtol);
+  }
+  free(per_channel);
+  free(want);
+  free(got);
+  return raw;
+}
+
+static size_t output_bytes(const problem *p) { return p->bytes + p->mask_bytes + (size_t)p->sh.c * 16; }
+
+static void expect_path(bnk_context *ctx, const problem *p, bnk_epilogue_kind kind, bnk_training_path want,
+                        const char *label) {
+  const bnk_epilogue e = epilogue_of(p, kind);
+  bnk_training_path got = BNK_TRAINING_PATH_AUTO;
+  cr_assert_eq(bnk_forward_training_path(ctx, &p->desc, p->x_dev, p->y_dev, &e, &got), BNK_SUCCESS, "%s: %s", label,
+               bnk_last_error_message());
+  cr_expect_eq(got, want, "%s: the plan takes path %d, expected %d", label, (int)got, (int)want);
+}
+
+/* Worker counts of the emulation: results must not depend on them. */
+static int worker_setting_count(void) {
+#ifdef BNK_TEST_EMULATION
+  return 2;
+#else
+  return 1;
+#endif
+}
+
+static void use_workers(int index) {
+#ifdef BNK_TEST_EMULATION
+  bnk_emu_set_workers(index == 0 ? 0 : 1);
+#else
+  (void)index;
+#endif
+}
+
+/* Runs every epilogue of a shape on the forced persistent path, under every schedule and worker count:
+ * each run against the reference, and all runs bitwise identical. */
+static void check_persistent_shape(bnk_context *ctx, const shape *sh, test_rng *rng) {
+  problem p = make_problem(ctx, sh, rng);
+  for (int k = BNK_EPILOGUE_NONE; k <= BNK_EPILOGUE_ADD_RELU; ++k) {
+    const bnk_epilogue_kind kind = (bnk_epilogue_kind)k;
+    char label[200], what[260];
+    describe(&p, kind, label, sizeof label);
+    expect_path(ctx, &p, kind, BNK_TRAINING_PATH_PERSISTENT, label);
+    unsigned char *first = NULL;
+    for (int w = 0; w < worker_setting_count(); ++w) {
+      use_workers(w);
+      for (int schedule = 0; schedule < schedule_count(); ++schedule) {
+        schedule_use(schedule);
+        snprintf(what, sizeof what, "%s [%s, workers setting %d]", label, schedule_name(schedule), w);
+        const bnk_status status = run_forward(ctx, &p, kind);
+        cr_assert_eq(status, BNK_SUCCESS, "%s: %s: %s", what, bnk_status_name(status), bnk_last_error_message());
+        unsigned char *now = check_outputs(&p, kind, what);
+        if (first == NULL) first = now;
+        else {
+          expect_bitwise_equal(what, first, now, output_bytes(&p));
+          free(now);
+        }
+      }
+    }
+    use_workers(0);
+    free(first);
+  }
+  free_problem(&p);
+}
+
+#define S0 0, {1, 1, 1}
+#define S1(a) 1, {a, 1, 1}
+#define S2(a, b) 2, {a, b, 1}
+#define S3(a, b, c) 3, {a, b, c}
+
+/* Both layouts, ranks 0-3, every dtype with and without the 16-byte path, misaligned tensors, channels cut into
+ * several pieces (NCHW: more than 256 x 8 vectors per channel; NHWC: more than tile_y x 8 rows). */
+static const shape fitting_shapes[] = {
+    {BNK_FLOAT32, BNK_NCHW, 2, 3, S2(5, 7), 0},     {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0},
+    {BNK_FLOAT32, BNK_NHWC, 2, 3, S2(5, 7), 1},     {BNK_FLOAT32, BNK_NHWC, 2, 8, S2(30, 30), 0},
+    {BNK_FLOAT32, BNK_NHWC, 37, 5, S0, 0},          {BNK_FLOAT16, BNK_NCHW, 2, 3, S2(8, 8), 0},
+    {BNK_FLOAT16, BNK_NCHW, 3, 4, S1(33), 1},       {BNK_FLOAT16, BNK_NHWC, 2, 16, S2(3, 5), 0},
+    {BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0},   {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0},
+    {BNK_BFLOAT16, BNK_NHWC, 3, 24, S1(9), 0},      {BNK_BFLOAT16, BNK_NHWC, 2, 5, S3(2, 3, 4), 1},
+};
+
+Test(persistent, matches_reference_on_every_schedule_layout_dtype_and_epilogue, .timeout = 1200) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  test_rng rng = rng_fresh();
+  for (size_t i = 0; i < sizeof fitting_shapes / sizeof fitting_shapes[0]; ++i)
+    check_persistent_shape(ctx, &fitting_shapes[i], &rng);
+  bnk_context_destroy(ctx);
+}
+
+/* The same data through the forced two-pass path, the forced persistent path and the automatic choice (which
+ * is persistent for a shape that fits): all within the reference's tolerances, the automatic run bitwise the
+ * persistent one. */
+Test(persistent, same_data_through_each_path, .timeout = 600) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  test_rng rng = rng_fresh();
+  const shape shapes[] = {{BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0}, {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0}};
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; ++i) {
+    problem p = make_problem(ctx, &shapes[i], &rng);
+    const bnk_training_path paths[] = {BNK_TRAINING_PATH_TWO_PASS, BNK_TRAINING_PATH_PERSISTENT,
+                                       BNK_TRAINING_PATH_AUTO};
+    unsigned char *persistent = NULL;
+    for (int k = 0; k < 3; ++k) {
+      set_path(ctx, paths[k]);
+      char label[200], what[240];
+      describe(&p, BNK_EPILOGUE_ADD_RELU, label, sizeof label);
+      snprintf(what, sizeof what, "%s, path setting %d", label, (int)paths[k]);
+      expect_path(ctx, &p, BNK_EPILOGUE_ADD_RELU,
+                  paths[k] == BNK_TRAINING_PATH_TWO_PASS ? BNK_TRAINING_PATH_TWO_PASS : BNK_TRAINING_PATH_PERSISTENT,
+                  what);
+      cr_assert_eq(run_forward(ctx, &p, BNK_EPILOGUE_ADD_RELU), BNK_SUCCESS, "%s: %s", what,
+                   bnk_last_error_message());
+      unsigned char *now = check_outputs(&p, BNK_EPILOGUE_ADD_RELU, what);
+      if (paths[k] == BNK_TRAINING_PATH_PERSISTENT) persistent = now;
+      else if (paths[k] == BNK_TRAINING_PATH_AUTO) {
+        expect_bitwise_equal(what, persistent, now, output_bytes(&p));
+        free(now);
+      } else {
+        free(now);
+      }
+    }
+    free(persistent);
+    free_problem(&p);
+  }
+  bnk_context_destroy(ctx);
+}
+
+/* The smallest batch N of an (N, 4) fp32 tensor that the automatic plan sends to the two-pass path. One thread
+ * caches 8 rows of its 4 channels and a block has 256 threads, so the persistent path holds whole multiples
+ * of 2048 rows. */
+#define ROWS_PER_BLOCK 2048
+
+static int64_t first_two_pass_batch(bnk_context *ctx, void *x, void *y) {
+  int64_t lo = 2, hi = ROWS_PER_BLOCK;
+  bnk_tensor_desc desc;
+  bnk_training_path path = BNK_TRAINING_PATH_PERSISTENT;
+  for (;;) { /* doubling until the two-pass path is taken */
+    cr_assert_eq(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NHWC, hi, 4, 0, NULL), BNK_SUCCESS);
+    cr_assert_eq(bnk_forward_training_path(ctx, &desc, x, y, NULL, &path), BNK_SUCCESS, "%s",
+                 bnk_last_error_message());
+    if (path == BNK_TRAINING_PATH_TWO_PASS) break;
+    lo = hi;
+    hi *= 2;
+    cr_assert(hi < ((int64_t)1 << 40), "the persistent path never gives way");
+  }
+  while (hi - lo > 1) { /* lo persistent, hi two-pass */
+    const int64_t mid = lo + (hi - lo) / 2;
+    cr_assert_eq(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NHWC, mid, 4, 0, NULL), BNK_SUCCESS);
+    cr_assert_eq(bnk_forward_training_path(ctx, &desc, x, y, NULL, &path), BNK_SUCCESS);
+    if (path == BNK_TRAINING_PATH_TWO_PASS) hi = mid;
+    else lo = mid;
+  }
+  return hi;
+}
+
+/* Aligned stand-ins for the path query, which reads only the pointers' alignment. */
+static void *const aligned_x = (void *)(uintptr_t)0x10000;
+static void *const aligned_y = (void *)(uintptr_t)0x20000;
+
+Test(persistent, capacity_boundary_on_both_sides, .timeout = 900) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  const int64_t boundary = first_two_pass_batch(ctx, aligned_x, aligned_y);
+  cr_expect_eq((boundary - 1) % ROWS_PER_BLOCK, 0, "the last batch that fits, %lld, is not whole blocks",
+               (long long)(boundary - 1));
+  test_rng rng = rng_fresh();
+  for (int side = 0; side < 2; ++side) {
+    const shape sh = {BNK_FLOAT32, BNK_NHWC, boundary - 1 + side, 4, S0, 0};
+    problem p = make_problem(ctx, &sh, &rng);
+    char label[200];
+    describe(&p, BNK_EPILOGUE_RELU, label, sizeof label);
+    set_path(ctx, BNK_TRAINING_PATH_AUTO);
+    expect_path(ctx, &p, BNK_EPILOGUE_RELU, side == 0 ? BNK_TRAINING_PATH_PERSISTENT : BNK_TRAINING_PATH_TWO_PASS,
+                label);
+    cr_assert_eq(run_forward(ctx, &p, BNK_EPILOGUE_RELU), BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
+    free(check_outputs(&p, BNK_EPILOGUE_RELU, label));
+    if (side == 1) {
+      /* Forced onto a grid it does not fit: a clear rejection that writes nothing. */
+      set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+      void *y_before = dev_snapshot(p.y_dev, p.bytes);
+      const bnk_epilogue e = epilogue_of(&p, BNK_EPILOGUE_RELU);
+      const bnk_status status = bnk_forward_training_ex(
+          ctx, &p.desc, p.x_dev, p.y_dev, p.gamma_dev, p.beta_dev, NULL, NULL, NULL, 0.1, EPS, NULL, NULL,
+          p.workspace, p.workspace_bytes, &e);
+      expect_rejection(status, BNK_ERROR_NOT_SUPPORTED, "does not fit the co-resident grid");
+      expect_unchanged("y", p.y_dev, y_before, p.bytes);
+      free(y_before);
+      bnk_training_path path;
+      expect_rejection(bnk_forward_training_path(ctx, &p.desc, p.x_dev, p.y_dev, &e, &path),
+                       BNK_ERROR_NOT_SUPPORTED, "BNK_TRAINING_PATH_PERSISTENT");
+    }
+    free_problem(&p);
+  }
+  bnk_context_destroy(ctx);
+}
+
+/* The co-resident grid scales with the SMs bnk may use: twice the SMs, twice the rows that fit. */
+Test(persistent, sm_limit_sets_the_capacity) {
+  bnk_context *ctx = persistent_context(1);
+  const int64_t one = first_two_pass_batch(ctx, aligned_x, aligned_y) - 1;
+  cr_assert_eq(bnk_context_set_sm_limit(ctx, 2), BNK_SUCCESS);
+  const int64_t two = first_two_pass_batch(ctx, aligned_x, aligned_y) - 1;
+  cr_expect_eq(two, 2 * one, "%lld rows fit on 2 SMs, %lld on 1", (long long)two, (long long)one);
+  int limit = -1;
+  cr_assert_eq(bnk_context_get_sm_limit(ctx, &limit), BNK_SUCCESS);
+  cr_expect_eq(limit, 2);
+  bnk_context_destroy(ctx);
+}
+
+Test(persistent, settings_reject_bad_values) {
+  bnk_context *ctx = persistent_context(0);
+  int sms = 0;
+  cr_assert_eq(bnk_context_get_sm_count(ctx, &sms), BNK_SUCCESS);
+  expect_rejection(bnk_context_set_sm_limit(ctx, -1), BNK_ERROR_INVALID_VALUE, "sm_limit must be 0");
+  expect_rejection(bnk_context_set_sm_limit(ctx, sms + 1), BNK_ERROR_INVALID_VALUE, "got");
+  expect_rejection(bnk_context_set_training_path(ctx, (bnk_training_path)7), BNK_ERROR_INVALID_VALUE, "got 7");
+  bnk_training_path path = BNK_TRAINING_PATH_TWO_PASS;
+  cr_assert_eq(bnk_context_get_training_path(ctx, &path), BNK_SUCCESS);
+  cr_expect_eq(path, BNK_TRAINING_PATH_AUTO, "a new context chooses automatically");
+  int limit = -1;
+  cr_assert_eq(bnk_context_get_sm_limit(ctx, &limit), BNK_SUCCESS);
+  cr_expect_eq(limit, 0, "a new context uses every SM");
+  expect_rejection(bnk_context_get_sm_limit(ctx, NULL), BNK_ERROR_INVALID_VALUE, "sm_limit must not be NULL");
+  /* An empty batch runs no persistent kernel, even when the path is forced. */
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  bnk_tensor_desc empty;
+  cr_assert_eq(bnk_tensor_desc_init(&empty, BNK_FLOAT32, BNK_NCHW, 0, 3, 0, NULL), BNK_SUCCESS);
+  path = BNK_TRAINING_PATH_PERSISTENT;
+  cr_assert_eq(bnk_forward_training_path(ctx, &empty, NULL, NULL, NULL, &path), BNK_SUCCESS, "%s",
+               bnk_last_error_message());
+  cr_expect_eq(path, BNK_TRAINING_PATH_TWO_PASS);
+  expect_rejection(bnk_forward_training_path(ctx, &empty, NULL, NULL, NULL, NULL), BNK_ERROR_INVALID_VALUE,
+                   "path must not be NULL");
+  bnk_context_destroy(ctx);
+}
+
+/* The persistent forward captured into a CUDA graph on a non-blocking stream, then replayed: the capture runs
+ * nothing, the replay writes what a direct call writes. */
+Test(persistent, cooperative_launch_is_capturable, .timeout = 600) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  test_rng rng = rng_fresh();
+  const shape sh = {BNK_FLOAT16, BNK_NCHW, 3, 4, S1(33), 0};
+  problem p = make_problem(ctx, &sh, &rng);
+  cr_assert_eq(run_forward(ctx, &p, BNK_EPILOGUE_ADD_RELU), BNK_SUCCESS, "%s", bnk_last_error_message());
+  unsigned char *direct = check_outputs(&p, BNK_EPILOGUE_ADD_RELU, "direct");
+
+  cudaStream_t stream;
+  cr_assert_eq(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  cr_assert_eq(bnk_context_set_stream(ctx, (bnk_stream)stream), BNK_SUCCESS);
+  prepare_outputs(&p);
+  cr_assert_eq(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  const bnk_status status = call_forward(ctx, &p, BNK_EPILOGUE_ADD_RELU);
+  cudaGraph_t graph;
+  cr_assert_eq(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cr_assert_eq(status, BNK_SUCCESS, "captured: %s", bnk_last_error_message());
+  unsigned char *poisoned = malloc(p.bytes);
+  dev_download(poisoned, p.y_dev, p.bytes);
+  for (size_t i = 0; i < p.bytes; ++i)
+    if (poisoned[i] != 0xff) {
+      cr_expect(0, "the capture wrote y (byte %zu)", i);
+      break;
+    }
+  free(poisoned);
+  cudaGraphExec_t exec;
+  cr_assert_eq(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  cr_assert_eq(cudaGraphLaunch(exec, stream), cudaSuccess);
+  cr_assert_eq(cudaStreamSynchronize(stream), cudaSuccess);
+  unsigned char *replayed = check_outputs(&p, BNK_EPILOGUE_ADD_RELU, "replayed");
+  expect_bitwise_equal("replayed graph", direct, replayed, output_bytes(&p));
+  free(direct);
+  free(replayed);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cr_assert_eq(bnk_context_set_stream(ctx, NULL), BNK_SUCCESS);
+  cudaStreamDestroy(stream);
+  free_problem(&p);
+  bnk_context_destroy(ctx);
+}
