@@ -222,6 +222,7 @@ struct BlockCtx {
   ctx::fiber sink;
   stack_span sched_stack; /* the worker's own stack, where the scheduler runs */
   void *sched_fake = nullptr;
+  bool discarding = false; /* fibers that start now exit at once: the block is being torn down */
   bool failed = false;
   cudaError_t code = cudaErrorLaunchFailure; /* what the failed launch returns */
   std::string msg;
@@ -419,6 +420,10 @@ struct FiberEntry {
     asan_finish_switch(nullptr);
     b.threads[i].started = true;
     b.sink = std::move(sink);
+    if (b.discarding) {
+      asan_start_switch(nullptr, b.sched_stack);
+      return std::move(b.sink);
+    }
     try {
       b.job->d->invoke(b.job->d->ctx);
     } catch (const ctx::detail::forced_unwind &) {
@@ -593,18 +598,18 @@ void run_block(WorkerCtx &w, Job &j, unsigned long long lin) {
   if (!B.failed && !j.abort.load(std::memory_order_relaxed) && B.live > 0) describe_stall(B);
   /* Unwind every fiber that has not finished (destroying a suspended fiber
    * unwinds its stack). */
+  B.discarding = true;
   for (uint32_t i = 0; i < B.n; ++i) {
     ThreadRec &t = B.threads[i];
     if (!t.fib) continue;
     asan_start_switch(&B.sched_fake, t.stack);
-    const bool started = t.started;
-    t.fib = ctx::fiber();
-    if (!started) { /* it unwound inside Boost, unannotated: end the switch on this stack */
-      void *unused = nullptr;
-      asan_start_switch(&unused, B.sched_stack);
-    }
+    if (t.started)
+      t.fib = ctx::fiber();
+    else /* run it to its immediate exit, rather than let Boost unwind it where ASan cannot follow */
+      t.fib = std::move(t.fib).resume();
     asan_finish_switch(B.sched_fake);
   }
+  B.discarding = false;
   memory_block_end();
   B.cur = nullptr;
   tl_block = nullptr;

@@ -333,6 +333,11 @@ void tracked_free(void *p) {
   t.live.erase(it);
   A->freed = true;
   const size_t bytes = A->hi - A->lo;
+  if (bytes > kQuarantineBytes) { /* would push out everything else, itself included: unmap it now */
+    t.evicted.push_back(A);
+    release_evicted_locked();
+    return;
+  }
   std::memset(reinterpret_cast<void *>(A->begin), 0xfd, A->end - A->begin);
   t.quarantine.push_back(A);
   t.quarantined_bytes += bytes;
