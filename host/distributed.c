@@ -239,13 +239,17 @@ static bnk_status sync_layout(const bnk_context *ctx, const bnk_tensor_desc *des
   const size_t local = bnk_align256(forward > backward ? forward : backward);
   const size_t gathered = bnk_align256((size_t)ranks * partials_bytes(desc->c));
   const size_t channel = bnk_align256(c * sizeof(float));
+  *bytes = local + gathered + 2 * channel + bnk_align256(sums_bytes(desc->c));
+  /* The size query has no base, and arithmetic on a NULL pointer is undefined even by 0 (found by fuzz_api). */
+  const sync_workspace none = {NULL, NULL, NULL, NULL, NULL};
+  *ws = none;
+  if (base == NULL) return BNK_SUCCESS;
   char *p = (char *)base;
   ws->local = p;
   ws->gathered = (double *)(p + local);
   ws->mean = (float *)(p + local + gathered);
   ws->invstd = (float *)(p + local + gathered + channel);
   ws->sums = (float *)(p + local + gathered + 2 * channel);
-  *bytes = local + gathered + 2 * channel + bnk_align256(sums_bytes(desc->c));
   return BNK_SUCCESS;
 }
 
