@@ -86,17 +86,23 @@ bnk_status bnk_tensor_desc_check(const bnk_tensor_desc *desc) {
                     desc->spatial_dims);
   if (desc->n < 0) return bnk_fail(BNK_ERROR_INVALID_VALUE, "N must be >= 0, got %" PRId64, desc->n);
   BNK__TRY(bnk_require_positive(desc->c, "C"));
+  /* The product of the non-zero extents: an empty tensor must not hide a shape whose other extents overflow
+   * int64 when multiplied (N = 0 with spatial {2, 2^62}; found by fuzz_api), since every partial product of
+   * its extents is computed somewhere. */
   int64_t bytes = desc->dtype == BNK_FLOAT32 ? 4 : 2;
-  int overflow = __builtin_mul_overflow(bytes, desc->n, &bytes) || __builtin_mul_overflow(bytes, desc->c, &bytes);
+  int overflow = __builtin_mul_overflow(bytes, desc->c, &bytes);
+  int empty = desc->n == 0;
+  if (desc->n != 0) overflow = overflow || __builtin_mul_overflow(bytes, desc->n, &bytes);
   for (int d = 0; d < desc->spatial_dims; ++d) {
     if (desc->spatial[d] < 0)
       return bnk_fail(BNK_ERROR_INVALID_VALUE, "spatial[%d] must be >= 0, got %" PRId64, d, desc->spatial[d]);
-    overflow = overflow || __builtin_mul_overflow(bytes, desc->spatial[d], &bytes);
+    empty = empty || desc->spatial[d] == 0;
+    if (desc->spatial[d] != 0) overflow = overflow || __builtin_mul_overflow(bytes, desc->spatial[d], &bytes);
   }
   if (overflow)
     return bnk_fail(BNK_ERROR_INVALID_VALUE,
-                    "tensor of N=%" PRId64 ", C=%" PRId64 " and %d spatial dims is larger than 2^63 bytes",
-                    desc->n, desc->c, desc->spatial_dims);
+                    "tensor of N=%" PRId64 ", C=%" PRId64 " and %d spatial dims is larger than 2^63 bytes%s",
+                    desc->n, desc->c, desc->spatial_dims, empty ? " in its non-zero extents" : "");
   return BNK_SUCCESS;
 }
 

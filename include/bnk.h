@@ -104,7 +104,8 @@ typedef struct bnk_tensor_desc {
 } bnk_tensor_desc;
 
 /* Fills *desc and checks it: n >= 0, c > 0, spatial extents >= 0, 0 <= spatial_dims <= 3, a known dtype and
- * layout, and a byte size that fits in int64. spatial may be NULL when spatial_dims is 0. On failure
+ * layout, and a byte size that fits in int64, counting the non-zero extents only (so that an empty tensor
+ * cannot carry extents whose product overflows). spatial may be NULL when spatial_dims is 0. On failure
  * *desc is left unchanged. */
 BNK_API bnk_status bnk_tensor_desc_init(bnk_tensor_desc *desc, bnk_dtype dtype, bnk_layout layout, int64_t n,
                                         int64_t c, int spatial_dims, const int64_t *spatial);

@@ -63,6 +63,13 @@ Test(api, descriptor_rejects_bad_shapes_and_leaves_it_unchanged) {
   expect_rejected(bnk_tensor_desc_init(&desc, BNK_FLOAT32, (bnk_layout)2, 2, 3, 0, NULL), "layout must be");
   expect_rejected(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NCHW, 2, 3, 2, NULL), "spatial must not be NULL");
   expect_rejected(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NHWC, 1 << 10, 3, 2, huge), "larger than 2^63 bytes");
+  /* Empty, but its other extents overflow when multiplied (found by the fuzzer:
+   * tests/fuzz/corpus/regression-empty-desc-overflowing-extents). */
+  const int64_t empty_huge[3] = {2, INT64_MAX, 0};
+  expect_rejected(bnk_tensor_desc_init(&desc, BNK_FLOAT16, BNK_NCHW, 0, 1, 2, empty_huge),
+                  "larger than 2^63 bytes in its non-zero extents");
+  expect_rejected(bnk_tensor_desc_init(&desc, BNK_FLOAT16, BNK_NCHW, 3, 1, 3, empty_huge),
+                  "larger than 2^63 bytes in its non-zero extents");
   expect_rejected(bnk_tensor_desc_init(NULL, BNK_FLOAT32, BNK_NHWC, 1, 3, 0, NULL), "desc must not be NULL");
   cr_expect(memcmp(&desc, &before, sizeof desc) == 0, "a rejected init wrote the descriptor");
   cr_expect_eq(bnk_tensor_desc_elements(NULL), 0);
