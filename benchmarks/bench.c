@@ -184,6 +184,7 @@ static int run_op_rows(const bench_env *env, const bench_options *options, case_
     row->validated_channels = op == OP_LINEAR_BN ? (data->linear != NULL ? data->linear->row_count : 0)
                                                  : data->channel_count;
     row->bytes = op_bytes(op, impl, shape, data->dtype);
+    row->run_bytes = op_bytes(op, impl, run_shape, data->dtype);
     row->bytes_ratio_to_unfused = bytes_ratio_to_unfused(op, impl, shape, data->dtype);
     row->floor_us = row->bytes / env->copy_bytes_per_second * 1e6;
     row->check.worst_channel_error = -1.0;

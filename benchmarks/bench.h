@@ -186,6 +186,10 @@ typedef struct validation {
   double max_error;         /* largest |y - reference| or |dx - reference| over the validated elements */
   double worst_channel_error; /* largest error / scale over the per-channel outputs; -1 if the op has none */
   char failure[400];        /* the first quantity out of tolerance, with both values */
+  /* Emulation only (the traffic meter, docs/emulation.md): what the validated call's kernels moved, as distinct
+   * 32-byte sectors per launch, and its launches; -1 on the GPU. */
+  double metered_bytes;
+  long long launches;
 } validation;
 
 /* PASS and FAIL: the implementation ran and was validated; n/a: it could not run this case (no GPU for
@@ -210,6 +214,7 @@ typedef struct bench_row {
   double bytes;    /* what the op must move for `shape`: the same for every implementation of a plain op, each
                     * variant's own for the epilogue ops */
   double bytes_ratio_to_unfused; /* bytes / the unfused sequence's bytes; NAN for the plain ops */
+  double run_bytes; /* what the op must move for `run_shape` (the traffic meter's yardstick in emulation) */
   double floor_us; /* bytes at the copy bandwidth: measured on the GPU, the H100 reference in emulation */
   double gigabytes_per_second, percent_of_copy;
   double ratio_to_cudnn;   /* the fastest validated cuDNN mode's median / this median; NAN without one */

@@ -40,7 +40,7 @@ void print_table_header(const bench_env *env) {
   if (env->emulation) {
     printf("%-18s %-6s %-5s %-18s %-14s %-19s %-5s %9s %9s " BYTES_HEADER_FORMAT " %14s  %s\n", "op", "layout",
            "dtype", "shape", "run shape", "impl", "check", "max err", "chan err", "MB", "B/unfused", "H100 floor us",
-           "time (the floor: at 3.0 TB/s, not measured)");
+           "traffic meter: bytes moved (32-byte sectors) and launches, not timed");
   } else {
     printf("%-18s %-6s %-5s %-18s %-19s %-5s %9s %9s %10s %19s %9s %8s %7s %9s " BYTES_HEADER_FORMAT " %9s %8s\n",
            "op", "layout", "dtype", "shape", "impl", "check", "max err", "chan err", "median us", "p10-p90 us",
@@ -73,10 +73,16 @@ void print_row(const bench_env *env, const bench_row *row) {
   const char *layout = row_layout_name(row);
   if (env->emulation) {
     /* No time in emulation; a row that did not run says why in its place ("n/a: needs a GPU"). */
+    /* No time in emulation: the traffic meter's bytes of the run shape against that shape's byte floor. */
+    char traffic[96] = "";
+    if (row->status != ROW_NOT_RUN && row->check.metered_bytes >= 0.0)
+      snprintf(traffic, sizeof traffic, "moved %.3f MB = %.1f%% of the run shape's floor, %lld launch%s",
+               row->check.metered_bytes / 1e6, 100.0 * row->check.metered_bytes / row->run_bytes,
+               row->check.launches, row->check.launches == 1 ? "" : "es");
     printf("%-18s %-6s %-5s %-18s %-14s %-19s %-5s %9s %9s " BYTES_HEADER_FORMAT " %14.3f  %s%s\n", op_names[row->op],
            layout, storage_name(row->dtype), shape, run_shape, impl, check, max_error, channel_error, megabytes,
-           bytes_ratio, row->floor_us, row->status == ROW_NOT_RUN ? "n/a: " : "n/a (emulation)",
-           row->status == ROW_NOT_RUN ? row->note : "");
+           bytes_ratio, row->floor_us, row->status == ROW_NOT_RUN ? "n/a: " : "",
+           row->status == ROW_NOT_RUN ? row->note : traffic);
   } else if (row->timed) {
     char spread[32], cudnn_ratio[16], unfused_ratio[16];
     snprintf(spread, sizeof spread, "%.1f-%.1f", row->p10_us, row->p90_us);

@@ -357,7 +357,8 @@ def main():
                              memory=m, hot_loop=stream)
         rows.append((name, u, occ, m, stream))
         if u["local"] > limits["max_local_bytes"] or u["stack"] > limits["max_local_bytes"]:
-            failures.append(f"{name}: {u['local']} bytes of local memory (spills), budget {limits['max_local_bytes']}")
+            failures.append(f"{name}: {u['local']} bytes of local memory (spills) and a {u['stack']}-byte stack frame,"
+                            f" budget {limits['max_local_bytes']}")
         if occ < limits["min_occupancy"]:
             failures.append(f"{name}: occupancy {occ:.2f} below {limits['min_occupancy']:.2f}")
         if limits.get("wide_loads") and m["ldg128"] == 0:

@@ -11,6 +11,10 @@
 #include "tests/reference.h"
 #include "tests/storage.h"
 
+#ifdef BNK_BENCH_EMULATION
+#include <bnk_emu/control.h>
+#endif
+
 static void record_failure(validation *result, const char *format, ...) {
   if (!result->passed) return; /* the first failure is the one worth reading */
   result->passed = 0;
@@ -174,7 +178,7 @@ static double *load_all(bnk_dtype dtype, const void *storage, int64_t count) {
  * terms (scale times the sum of |x w|, plus |scale running_mean| and |beta|), and in 16-bit storage one unit
  * in the last place of the result. */
 validation validate_linear(const bench_env *env, case_data *data, bench_impl impl, call_result *call) {
-  validation result = {.passed = 1, .worst_channel_error = -1.0};
+  validation result = {.passed = 1, .worst_channel_error = -1.0, .metered_bytes = -1.0, .launches = -1};
   device_poison(data->out, data->tensor_bytes);
   *call = run_impl(env, data, impl, OP_LINEAR_BN, 0);
   if (!call->failed)
@@ -224,9 +228,20 @@ validation validate_linear(const bench_env *env, case_data *data, bench_impl imp
  * itself failed (a status, or a kernel fault found by the synchronization); the checks run only if not. */
 validation validate_op(const bench_env *env, case_data *data, bench_impl impl, bench_op op,
                               call_result *call) {
-  validation result = {.passed = 1, .worst_channel_error = -1.0};
+  validation result = {.passed = 1, .worst_channel_error = -1.0, .metered_bytes = -1.0, .launches = -1};
   prepare_op(env, data, op);
+#ifdef BNK_BENCH_EMULATION
+  bnk_emu_traffic_reset();
+  bnk_emu_set_traffic(1);
+#endif
   *call = run_impl(env, data, impl, op, 0);
+#ifdef BNK_BENCH_EMULATION
+  bnk_emu_set_traffic(0);
+  bnk_emu_traffic traffic;
+  bnk_emu_traffic_total(&traffic);
+  result.metered_bytes = 32.0 * (double)(traffic.read_sectors + traffic.written_sectors);
+  result.launches = (long long)traffic.launches;
+#endif
   if (!call->failed)
     *call = cuda_call_result(cudaDeviceSynchronize(), "the kernels of the validated run (cudaDeviceSynchronize)");
   if (call->failed) {
