@@ -74,7 +74,10 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
 
   const void *stats_pointers[1] = {x};
   const bnk_reduce_plan plan = bnk_plan_reduce(&view, bnk_choose_vec(&view, stats_pointers, 1), ctx->sm_count);
+  const void *normalize_pointers[3] = {x, y, fused.z};
+  const bnk_elementwise_plan normalize_plan = bnk_elementwise_plan_of(ctx, &view, normalize_pointers, 3);
   status = bnk_require_grid(&plan);
+  if (status == BNK_SUCCESS) status = bnk_require_elementwise_grid(&normalize_plan);
   if (status != BNK_SUCCESS) return status;
 
   bnk_device_guard guard;
@@ -89,7 +92,7 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
                           "bnk_forward_training: statistics kernels");
   if (status == BNK_SUCCESS) {
     const bnk_normalize_params params = {ws.shift, ws.dmean, ws.invstd, NULL, (float)eps, gamma, beta};
-    status = bnk_check_cuda(bnk_launch_normalize_ex(&view, ctx->sm_count, x, y, params, &fused, ctx->stream),
+    status = bnk_check_cuda(bnk_launch_normalize_ex(&view, &normalize_plan, x, y, params, &fused, ctx->stream),
                             "bnk_forward_training: normalize kernel");
   }
   bnk_range_pop();
@@ -102,15 +105,15 @@ bnk_status bnk_launch_elementwise(const bnk_context *ctx, const bnk_tensor_desc 
                                   const char *what) {
   const bnk_view view = bnk_view_of(desc);
   const void *pointers[3] = {x, y, fused->z};
-  const bnk_reduce_plan plan = bnk_plan_reduce(&view, bnk_choose_vec(&view, pointers, 3), ctx->sm_count);
-  bnk_status status = bnk_require_grid(&plan);
+  const bnk_elementwise_plan plan = bnk_elementwise_plan_of(ctx, &view, pointers, 3);
+  bnk_status status = bnk_require_elementwise_grid(&plan);
   if (status != BNK_SUCCESS) return status;
 
   bnk_device_guard guard;
   status = bnk_device_enter(ctx, &guard);
   if (status != BNK_SUCCESS) return status;
   bnk_range_push(op, desc);
-  status = bnk_check_cuda(bnk_launch_normalize_ex(&view, ctx->sm_count, x, y, params, fused, ctx->stream), what);
+  status = bnk_check_cuda(bnk_launch_normalize_ex(&view, &plan, x, y, params, fused, ctx->stream), what);
   bnk_range_pop();
   bnk_device_leave(&guard);
   return status;
