@@ -237,7 +237,7 @@ inline allocation *owner(uintptr_t a) {
   return g_granules[(a - g_arena_lo) >> kGranuleShift].load(std::memory_order_acquire);
 }
 
-__attribute__((noinline)) [[noreturn]] void report_unowned(const void *pc, uintptr_t a, size_t n, bool write) {
+[[noreturn]] __attribute__((noinline)) void report_unowned(const void *pc, uintptr_t a, size_t n, bool write) {
   report(pc, access_str(a, n, write) + ", in the emulated device's address range but in no allocation");
 }
 
