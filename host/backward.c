@@ -56,9 +56,9 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_tensor_desc 
   const void *sums_pointers[4] = {sums_x, dy, fused->y, fused->dz};
   const bnk_reduce_plan sums_plan = bnk_plan_reduce(view, bnk_choose_vec(view, sums_pointers, 4), ctx->sm_count);
   const void *dx_pointers[5] = {dx_x, dx_dy, dx, dx_fused->y, dx_fused->dz};
-  const bnk_reduce_plan dx_plan = bnk_plan_reduce(view, bnk_choose_vec(view, dx_pointers, 5), ctx->sm_count);
+  const bnk_elementwise_plan dx_plan = bnk_elementwise_plan_of(ctx, view, dx_pointers, 5);
   if (sums_wanted) BNK__TRY(bnk_require_grid(&sums_plan));
-  if (dx_pass_wanted) BNK__TRY(bnk_require_grid(&dx_plan));
+  if (dx_pass_wanted) BNK__TRY(bnk_require_elementwise_grid(&dx_plan));
 
   bnk_device_guard guard;
   BNK__TRY(bnk_device_enter(ctx, &guard));
@@ -75,7 +75,7 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_tensor_desc 
   }
   if (status == BNK_SUCCESS && dx_pass_wanted) {
     snprintf(what, sizeof what, "%s: dx kernel", caller);
-    status = bnk_check_cuda(bnk_launch_backward_dx_ex(view, ctx->sm_count, dx_x, dx_dy, dx, stats,
+    status = bnk_check_cuda(bnk_launch_backward_dx_ex(view, &dx_plan, dx_x, dx_dy, dx, stats,
                                                       coefficients ? &ws : NULL, dx_fused, ctx->stream),
                             what);
   }

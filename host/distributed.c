@@ -186,7 +186,9 @@ static bnk_status launch_apply(const bnk_context *ctx, const bnk_tensor_desc *de
   }
   const void *pointers[3] = {x, dy, dx};
   const bnk_reduce_plan plan = bnk_plan_reduce(view, bnk_choose_vec(view, pointers, 3), ctx->sm_count);
+  const bnk_elementwise_plan dx_plan = bnk_elementwise_plan_of(ctx, view, pointers, 3);
   BNK__TRY(bnk_require_grid(&plan));
+  if (dx != NULL) BNK__TRY(bnk_require_elementwise_grid(&dx_plan));
   bnk_range_push("backward_apply", desc);
   /* Only the per-channel coefficient arrays are used, which sit first whatever the number of pieces. */
   const bnk_backward_workspace ws = bnk_backward_workspace_carve(workspace, view, plan.parts);
@@ -195,7 +197,7 @@ static bnk_status launch_apply(const bnk_context *ctx, const bnk_tensor_desc *de
       bnk_launch_backward_gradients_from_sums(view->c, sums, stats, ws, dgamma, dbeta, ctx->stream),
       "bnk_backward_apply: gradients kernel");
   if (status == BNK_SUCCESS && dx != NULL)
-    status = bnk_check_cuda(bnk_launch_backward_dx(view, ctx->sm_count, x, dy, dx, stats, &ws, ctx->stream),
+    status = bnk_check_cuda(bnk_launch_backward_dx(view, &dx_plan, x, dy, dx, stats, &ws, ctx->stream),
                             "bnk_backward_apply: dx kernel");
   bnk_range_pop();
   return status;

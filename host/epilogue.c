@@ -3,8 +3,6 @@
 
 #include "host/internal.h"
 
-size_t bnk_mask_bytes(int64_t elements) { return (size_t)((elements + 31) / 32) * 4; }
-
 static int64_t elements_of(const bnk_tensor_desc *desc) {
   const bnk_view view = bnk_view_of(desc);
   return view.n * view.c * view.s;

@@ -61,6 +61,9 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
   bnk_training_plan path;
   BNK__TRY(bnk_plan_training_forward(ctx, &view, x, y, &fused, &path));
   const bnk_reduce_plan plan = path.reduce;
+  const void *normalize_pointers[3] = {x, y, fused.z};
+  const bnk_elementwise_plan normalize_plan = bnk_elementwise_plan_of(ctx, &view, normalize_pointers, 3);
+  if (!path.persistent) BNK__TRY(bnk_require_elementwise_grid(&normalize_plan));
 
   bnk_device_guard guard;
   BNK__TRY(bnk_device_enter(ctx, &guard));
@@ -80,7 +83,7 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
   if (status == BNK_SUCCESS && !path.persistent) {
     const bnk_normalize_params params = {ws.shift, ws.dmean, ws.invstd, NULL, bnk_eps_to_float(eps),
                                          gamma, beta};
-    status = bnk_check_cuda(bnk_launch_normalize_ex(&view, ctx->sm_count, x, y, params, &fused, ctx->stream),
+    status = bnk_check_cuda(bnk_launch_normalize_ex(&view, &normalize_plan, x, y, params, &fused, ctx->stream),
                             "bnk_forward_training: normalize kernel");
   }
   bnk_range_pop();
@@ -93,14 +96,14 @@ bnk_status bnk_launch_elementwise(const bnk_context *ctx, const bnk_tensor_desc 
                                   const char *what) {
   const bnk_view view = bnk_view_of(desc);
   const void *pointers[3] = {x, y, fused->z};
-  const bnk_reduce_plan plan = bnk_plan_reduce(&view, bnk_choose_vec(&view, pointers, 3), ctx->sm_count);
-  BNK__TRY(bnk_require_grid(&plan));
+  const bnk_elementwise_plan plan = bnk_elementwise_plan_of(ctx, &view, pointers, 3);
+  BNK__TRY(bnk_require_elementwise_grid(&plan));
 
   bnk_device_guard guard;
   BNK__TRY(bnk_device_enter(ctx, &guard));
   bnk_range_push(op, desc);
   const bnk_status status =
-      bnk_check_cuda(bnk_launch_normalize_ex(&view, ctx->sm_count, x, y, params, fused, ctx->stream), what);
+      bnk_check_cuda(bnk_launch_normalize_ex(&view, &plan, x, y, params, fused, ctx->stream), what);
   bnk_range_pop();
   bnk_device_leave(&guard);
   return status;

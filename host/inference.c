@@ -53,9 +53,12 @@ static bnk_status fold(const bnk_context *ctx, int64_t rows, int64_t row_element
   BNK__TRY(bnk_device_enter(ctx, &guard));
   bnk_range_push_rows("fold", rows, row_elements);
   const bnk_frozen_bn bn = {gamma, beta, running_mean, running_var, bnk_eps_to_float(eps)};
+  /* One pass over the weight, then over the rows for the bias. */
+  const int64_t blocks = bnk_plan_grid_stride_blocks(elements > rows ? elements : rows,
+                                                     bnk_stream_resident_blocks(ctx->sm_count));
   const bnk_status status =
       bnk_check_cuda(bnk_launch_fold(rows, row_elements, (int)dtype, weight_in, weight_out, bias_in, bias_out,
-                                     (int)bias_dtype, bn, ctx->sm_count, ctx->stream),
+                                     (int)bias_dtype, bn, blocks, ctx->stream),
                      "folding kernel");
   bnk_range_pop();
   bnk_device_leave(&guard);

@@ -92,6 +92,13 @@ typedef struct bnk_workspace_layout {
 void *bnk_layout_take(bnk_workspace_layout *layout, size_t bytes);
 /* BNK_ERROR_NOT_SUPPORTED when a plan needs more blocks than a one-dimensional grid holds. */
 bnk_status bnk_require_grid(const bnk_reduce_plan *plan);
+bnk_status bnk_require_elementwise_grid(const bnk_elementwise_plan *plan);
+/* Blocks of BNK_STREAM_THREADS that the GPU holds at once, for bnk_plan_grid_stride_blocks and
+ * bnk_plan_elementwise: 8 per SM (2048 thread slots on sm_80..sm_90). */
+int64_t bnk_stream_resident_blocks(int sm_count);
+/* bnk_plan_elementwise on the context's GPU. */
+bnk_elementwise_plan bnk_elementwise_plan_of(const bnk_context *ctx, const bnk_view *view,
+                                             const void *const *pointers, int count);
 
 /* The kernels' view of a fused epilogue of the forward (NULL: plain), after checking it against the call's
  * tensors; each failure names the field and its value. */

@@ -20,15 +20,6 @@ static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo :
 
 int bnk_dtype_vec(int dtype) { return dtype == BNK_FLOAT32 ? 4 : 8; }
 
-int bnk_choose_vec(const bnk_view *view, const void *const *pointers, int count) {
-  const int vec = bnk_dtype_vec(view->dtype);
-  const int64_t contiguous = view->channels_last ? view->c : view->s;
-  if (contiguous % vec != 0) return 1;
-  for (int i = 0; i < count; ++i)
-    if ((uintptr_t)pointers[i] % 16 != 0) return 1;
-  return vec;
-}
-
 bnk_reduce_plan bnk_plan_reduce(const bnk_view *view, int vec, int sm_count) {
   bnk_reduce_plan plan = {0};
   plan.vec = vec;
@@ -74,12 +65,6 @@ bnk_reduce_plan bnk_plan_reduce(const bnk_view *view, int vec, int sm_count) {
     plan.blocks = plan.tiles * plan.parts;
   }
   return plan;
-}
-
-int64_t bnk_plan_grid_stride_blocks(int64_t items, int sm_count) {
-  const int64_t wanted = ceil_div(items, BNK_STREAM_THREADS);
-  const int64_t resident = target_blocks(sm_count);
-  return wanted < resident ? wanted : resident;
 }
 
 int64_t bnk_plan_parts_bound(const bnk_view *view, int sm_count) {

@@ -14,23 +14,37 @@
 // g = (y > 0 ? dy : 0) in place of dy, deciding from y or from the forward's bit mask. The first pass over
 // the tensor also writes g to dz (the residual's gradient of ADD_RELU) when asked, and the host then hands
 // dz to the dx pass as a plain dy: it is g already, and reading it costs less than dy and y again.
+#include "kernels/dispatch.cuh"
+#include "kernels/elementwise.cuh"
 #include "kernels/reduce.cuh"
 
 // One vector of the gradient a pass reads: dy gated by the epilogue (g = y > 0 ? dy : 0), and x when the
-// pass needs it (x NULL: left 0).
+// pass needs it (x NULL: left 0); the first `count` elements of it, the rest left 0.
+template <int GRAD, typename T, int V>
+static __device__ __forceinline__ void load_gradient(const T *x, const T *dy, const bnk_grad_epilogue_args &e,
+                                                     int64_t offset, int count, float (&g)[V], float (&vx)[V]) {
+  bnk_load_first<T, V>(dy + offset, count, g);
+  bnk_gate_gradient<GRAD, T, V>(g, static_cast<const T *>(e.y), e.mask, offset, count);
+  if (x != NULL) bnk_load_first<T, V>(x + offset, count, vx);
+}
+
 template <int GRAD, typename T, int V>
 static __device__ __forceinline__ void load_gradient(const T *x, const T *dy, const bnk_grad_epilogue_args &e,
                                                      int64_t offset, float (&g)[V], float (&vx)[V]) {
-  bnk_load<T, V>(dy + offset, g);
-  bnk_gate_gradient<GRAD, T, V>(g, static_cast<const T *>(e.y), e.mask, offset);
-  if (x != NULL) bnk_load<T, V>(x + offset, vx);
+  load_gradient<GRAD, T, V>(x, dy, e, offset, V, g, vx);
 }
 
 // The gated gradient is also the gradient of the residual z of ADD_RELU: the first pass writes it.
 template <int GRAD, typename T, int V>
 static __device__ __forceinline__ void store_residual_gradient(const bnk_grad_epilogue_args &e, int64_t offset,
+                                                               int count, const float (&g)[V]) {
+  if (GRAD != BNK_GRAD_PLAIN && e.dz != NULL) bnk_store_first<T, V>(static_cast<T *>(e.dz) + offset, count, g);
+}
+
+template <int GRAD, typename T, int V>
+static __device__ __forceinline__ void store_residual_gradient(const bnk_grad_epilogue_args &e, int64_t offset,
                                                                const float (&g)[V]) {
-  if (GRAD != BNK_GRAD_PLAIN && e.dz != NULL) bnk_store<T, V>(static_cast<T *>(e.dz) + offset, g);
+  store_residual_gradient<GRAD, T, V>(e, offset, V, g);
 }
 
 // Adds `count` vectors (at most BNK_UNROLL) at the element offsets given to a thread's L lanes of sums,
@@ -218,6 +232,7 @@ struct dx_params {
   const float *bias;
 };
 
+// 16 bytes, one table entry of the channels-first walk.
 struct dx_coefficients {
   float mean;
   float dy_scale;
@@ -225,6 +240,7 @@ struct dx_coefficients {
   float bias;
 };
 
+// Once per run in the channels-first walk, once per thread and channel in the channels-last tiles.
 static __device__ __forceinline__ dx_coefficients channel_dx(const dx_params &p, int64_t c) {
   dx_coefficients k;
   if (p.dy_scale != NULL) {
@@ -247,71 +263,55 @@ static __device__ __forceinline__ float apply_dx(float dy, float x, const dx_coe
   return fmaf(dy, k.dy_scale, fmaf(x - k.mean, k.xmu_scale, k.bias));
 }
 
-// Channels-first: a grid-stride loop over all vectors, as normalize_channels_first. x is NULL for frozen
-// statistics. Not __restrict__: dx may be dy. Through an epilogue, dx may be NULL when only dz is wanted.
+// Channels-first: the flat walk (kernels/elementwise.cuh) with each run's coefficients in the block's
+// table. x is NULL for frozen statistics. dx may be dy: plain coherent accesses, each element read by the
+// thread that writes it. Through an epilogue, dx may be NULL when only dz is wanted.
 template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
-    backward_dx_channels_first(const T *x, const T *dy, T *dx, int64_t vecs, bnk_fastdiv vecs_per_run,
-                               bnk_fastdiv channels, dx_params p, bnk_grad_epilogue_args e) {
-  const int64_t step = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t j0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j0 < vecs; j0 += BNK_UNROLL * step) {
-    float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
-#pragma unroll
-    for (int u = 0; u < BNK_UNROLL; ++u) {
-      const int64_t j = j0 + u * step;
-      if (j < vecs) {
-        load_gradient<GRAD, T, V>(x, dy, e, j * V, vdy[u], vx[u]);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < BNK_UNROLL; ++u) {
-      const int64_t j = j0 + u * step;
-      if (j < vecs) {
-        const uint64_t run = bnk_div((uint64_t)j, vecs_per_run);
-        const dx_coefficients k = channel_dx(p, (int64_t)bnk_mod(run, channels));
-        store_residual_gradient<GRAD, T, V>(e, j * V, vdy[u]);
-#pragma unroll
-        for (int i = 0; i < V; ++i) vdy[u][i] = apply_dx(vdy[u][i], vx[u][i], k);
-        if (GRAD == BNK_GRAD_PLAIN || dx != NULL) bnk_store<T, V>(dx + j * V, vdy[u]);
-      }
-    }
-  }
+    backward_dx_channels_first(const T *x, const T *dy, T *dx, bnk_elementwise_plan plan, int64_t c, int64_t s,
+                               dx_params p, bnk_grad_epilogue_args e) {
+  BNK_DYNAMIC_SHARED(dx_coefficients, table);
+  const bnk_flat_start start =
+      bnk_flat_begin<V>(plan, c, s, table, [&](int64_t channel) { return channel_dx(p, channel); });
+  float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
+  bnk_flat_walk<V>(
+      plan, start,
+      [&](int u, int64_t element, int count) { load_gradient<GRAD, T, V>(x, dy, e, element, count, vdy[u], vx[u]); },
+      [&](int u, int64_t element, int count, const bnk_flat_cursor &cursor) {
+        if (count == 0) return;
+        store_residual_gradient<GRAD, T, V>(e, element, count, vdy[u]);
+        bnk_apply_runs(vdy[u], vx[u], count, cursor, table, plan.run_length, apply_dx);
+        if (GRAD == BNK_GRAD_PLAIN || dx != NULL) bnk_store_first<T, V>(dx + element, count, vdy[u]);
+      });
 }
 
 // Channels-last: the tiling of bnk_reduce_plan, each thread's V channels' coefficients in registers.
 template <typename T, int V, int GRAD>
-static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
-    backward_dx_channels_last(const T *x, const T *dy, T *dx, int64_t rows, int64_t c, int tile_x, int tile_y,
-                              int64_t tiles, int64_t rows_per_part, dx_params p, bnk_grad_epilogue_args e) {
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS, BNK_MIN_RESIDENT_BLOCKS)
+    backward_dx_channels_last(const T *x, const T *dy, T *dx, bnk_elementwise_plan plan, int64_t rows, int64_t c,
+                              dx_params p, bnk_grad_epilogue_args e) {
+  const bnk_reduce_plan &tiling = plan.tiling;
   int64_t part, channel0;
   int ty;
-  bnk_tile_position<V>(tile_x, tiles, &part, &ty, &channel0);
+  bnk_tile_position<V>(tiling.tile_x, tiling.tiles, &part, &ty, &channel0);
   if (channel0 >= c) return;
   dx_coefficients k[V];
 #pragma unroll
   for (int i = 0; i < V; ++i) k[i] = channel_dx(p, channel0 + i);
-  const int64_t row_begin = part * rows_per_part;
-  const int64_t row_end = min(rows, row_begin + rows_per_part);
-  for (int64_t r0 = row_begin + ty; r0 < row_end; r0 += BNK_UNROLL * tile_y) {
-    float vdy[BNK_UNROLL][V] = {}, vx[BNK_UNROLL][V] = {};
+  const int64_t row_begin = part * tiling.rows_per_part;
+  const int64_t row_end = min(rows, row_begin + tiling.rows_per_part);
+  constexpr int U = bnk_tile_unroll<V, GRAD != BNK_GRAD_PLAIN>::value;
+  float vdy[U][V] = {}, vx[U][V] = {};
+  bnk_walk<U>(
+      row_begin + ty, row_end, (int64_t)tiling.tile_y,
+      [&](int u, int64_t r) { load_gradient<GRAD, T, V>(x, dy, e, r * c + channel0, vdy[u], vx[u]); },
+      [&](int u, int64_t r) {
+        const int64_t element = r * c + channel0;
+        store_residual_gradient<GRAD, T, V>(e, element, vdy[u]);
 #pragma unroll
-    for (int u = 0; u < BNK_UNROLL; ++u) {
-      const int64_t r = r0 + (int64_t)u * tile_y;
-      if (r < row_end) {
-        load_gradient<GRAD, T, V>(x, dy, e, r * c + channel0, vdy[u], vx[u]);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < BNK_UNROLL; ++u) {
-      const int64_t r = r0 + (int64_t)u * tile_y;
-      if (r < row_end) {
-        store_residual_gradient<GRAD, T, V>(e, r * c + channel0, vdy[u]);
-#pragma unroll
-        for (int i = 0; i < V; ++i) vdy[u][i] = apply_dx(vdy[u][i], vx[u][i], k[i]);
-        if (GRAD == BNK_GRAD_PLAIN || dx != NULL) bnk_store<T, V>(dx + r * c + channel0, vdy[u]);
-      }
-    }
-  }
+        for (int j = 0; j < V; ++j) vdy[u][j] = apply_dx(vdy[u][j], vx[u][j], k[j]);
+        if (GRAD == BNK_GRAD_PLAIN || dx != NULL) bnk_store<T, V>(dx + element, vdy[u]);
+      });
 }
 
 template <typename T, int V, int GRAD>
@@ -384,56 +384,27 @@ extern "C" cudaError_t bnk_launch_backward_reduce_ex(const bnk_view *view, const
 }
 
 template <typename T, int V, int GRAD>
-static void launch_dx_typed(const bnk_view *view, int sm_count, const bnk_reduce_plan *plan, const T *x, const T *dy,
-                            T *dx, const dx_params &p, const bnk_grad_epilogue_args &e, cudaStream_t stream) {
+static void launch_dx_typed(const bnk_view *view, const bnk_elementwise_plan &plan, const T *x, const T *dy, T *dx,
+                            const dx_params &p, const bnk_grad_epilogue_args &e, cudaStream_t stream) {
+  const dim3 grid((unsigned)plan.blocks), block((unsigned)plan.threads);
   if (view->channels_last) {
     auto kernel = backward_dx_channels_last<T, V, GRAD>;
-    BNK_LAUNCH(kernel, dim3((unsigned)plan->blocks), dim3((unsigned)plan->threads), 0, stream)(
-        x, dy, dx, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles, plan->rows_per_part, p, e);
+    BNK_LAUNCH(kernel, grid, block, 0, stream)(x, dy, dx, plan, view->n, view->c, p, e);
   } else {
-    const int64_t vecs = view->n * view->c * view->s / V;
-    const unsigned blocks = (unsigned)bnk_plan_grid_stride_blocks(vecs, sm_count);
     auto kernel = backward_dx_channels_first<T, V, GRAD>;
-    BNK_LAUNCH(kernel, dim3(blocks), dim3(BNK_STREAM_THREADS), 0, stream)(
-        x, dy, dx, vecs, bnk_fastdiv_make((uint64_t)(view->s / V)), bnk_fastdiv_make((uint64_t)view->c), p, e);
+    const size_t table_bytes = (size_t)plan.table_runs * sizeof(dx_coefficients);
+    BNK_LAUNCH(kernel, grid, block, table_bytes, stream)(x, dy, dx, plan, view->c, view->s, p, e);
   }
 }
 
-template <typename T, int V>
-static void launch_dx_source(const bnk_view *view, int sm_count, const bnk_reduce_plan *plan, const T *x,
-                             const T *dy, T *dx, const dx_params &p, const bnk_grad_epilogue_args &e,
-                             cudaStream_t stream) {
-  switch (e.source) {
-  case BNK_GRAD_FROM_Y: launch_dx_typed<T, V, BNK_GRAD_FROM_Y>(view, sm_count, plan, x, dy, dx, p, e, stream); break;
-  case BNK_GRAD_FROM_MASK:
-    launch_dx_typed<T, V, BNK_GRAD_FROM_MASK>(view, sm_count, plan, x, dy, dx, p, e, stream);
-    break;
-  default: launch_dx_typed<T, V, BNK_GRAD_PLAIN>(view, sm_count, plan, x, dy, dx, p, e, stream); break;
-  }
-}
-
-template <typename T>
-static void launch_dx_dtype(const bnk_view *view, int sm_count, const void *x, const void *dy, void *dx,
-                            const dx_params &p, const bnk_grad_epilogue_args &e, cudaStream_t stream) {
-  constexpr int W = bnk_vec_width<T>::value;
-  const void *pointers[5] = {x, dy, dx, e.y, e.dz};
-  const int vec = bnk_choose_vec(view, pointers, 5);
-  const bnk_reduce_plan plan = bnk_plan_reduce(view, vec, sm_count);
-  const T *xt = static_cast<const T *>(x);
-  const T *dyt = static_cast<const T *>(dy);
-  T *dxt = static_cast<T *>(dx);
-  if (vec == W) launch_dx_source<T, W>(view, sm_count, &plan, xt, dyt, dxt, p, e, stream);
-  else launch_dx_source<T, 1>(view, sm_count, &plan, xt, dyt, dxt, p, e, stream);
-}
-
-extern "C" cudaError_t bnk_launch_backward_dx(const bnk_view *view, int sm_count, const void *x, const void *dy,
-                                              void *dx, bnk_backward_stats stats,
+extern "C" cudaError_t bnk_launch_backward_dx(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
+                                              const void *dy, void *dx, bnk_backward_stats stats,
                                               const bnk_backward_workspace *coefficients, cudaStream_t stream) {
-  return bnk_launch_backward_dx_ex(view, sm_count, x, dy, dx, stats, coefficients, NULL, stream);
+  return bnk_launch_backward_dx_ex(view, plan, x, dy, dx, stats, coefficients, NULL, stream);
 }
 
-extern "C" cudaError_t bnk_launch_backward_dx_ex(const bnk_view *view, int sm_count, const void *x, const void *dy,
-                                                 void *dx, bnk_backward_stats stats,
+extern "C" cudaError_t bnk_launch_backward_dx_ex(const bnk_view *view, const bnk_elementwise_plan *plan,
+                                                 const void *x, const void *dy, void *dx, bnk_backward_stats stats,
                                                  const bnk_backward_workspace *coefficients,
                                                  const bnk_grad_epilogue_args *epilogue, cudaStream_t stream) {
   const bnk_grad_epilogue_args &e = epilogue != NULL ? *epilogue : plain_gradient;
@@ -442,13 +413,13 @@ extern "C" cudaError_t bnk_launch_backward_dx_ex(const bnk_view *view, int sm_co
   p.dy_scale = coefficients != NULL ? coefficients->dy_scale : NULL;
   p.xmu_scale = coefficients != NULL ? coefficients->xmu_scale : NULL;
   p.bias = coefficients != NULL ? coefficients->bias : NULL;
-  switch (view->dtype) {
-  case BNK_FLOAT32: launch_dx_dtype<float>(view, sm_count, x, dy, dx, p, e, stream); break;
-  case BNK_FLOAT16: launch_dx_dtype<__half>(view, sm_count, x, dy, dx, p, e, stream); break;
-  case BNK_BFLOAT16: launch_dx_dtype<__nv_bfloat16>(view, sm_count, x, dy, dx, p, e, stream); break;
-  default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  const cudaError_t status = bnk_dispatch<BNK_GRAD_PLAIN, BNK_GRAD_FROM_Y, BNK_GRAD_FROM_MASK>(
+      view->dtype, plan->vec, e.source, [&](auto type, auto vec, auto source) {
+        using T = typename decltype(type)::type;
+        launch_dx_typed<T, decltype(vec)::value, decltype(source)::value>(
+            view, *plan, static_cast<const T *>(x), static_cast<const T *>(dy), static_cast<T *>(dx), p, e, stream);
+      });
+  return status != cudaSuccess ? status : cudaGetLastError();
 }
 
 extern "C" cudaError_t bnk_launch_backward_gradients_from_sums(int64_t c, const float *sums, bnk_backward_stats stats,

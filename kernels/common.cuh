@@ -31,6 +31,15 @@
 #define BNK_BLOCK_THREADS 256
 #define BNK_WARP 32
 #define BNK_FULL_MASK 0xffffffffu
+// Blocks of BNK_STREAM_THREADS that the widest elementwise kernels must fit per SM (__launch_bounds__):
+// two cap them at 128 registers, the budget's occupancy floor of 0.25.
+#define BNK_MIN_RESIDENT_BLOCKS 2
+// Steps in flight of the channels-last elementwise kernels that hold the most per step (8 channels'
+// parameters, and two 8-wide inputs or a mask to decode): half of BNK_UNROLL, so that they fit 128
+// registers without spilling; 2 steps of 2 inputs are still 4 16-byte loads in flight per thread.
+template <int V, bool HEAVY> struct bnk_tile_unroll {
+  static constexpr int value = V == 8 && HEAVY ? BNK_UNROLL / 2 : BNK_UNROLL;
+};
 
 // ---- storage types: loads convert to fp32 once, stores round once (to nearest even) ----
 
@@ -49,10 +58,12 @@ template <> __device__ __forceinline__ __nv_bfloat16 bnk_from_float<__nv_bfloat1
 template <typename T> struct bnk_vec_width { static constexpr int value = 16 / (int)sizeof(T); };
 
 // V consecutive elements starting at p. A 16-byte access when V * sizeof(T) == 16 (the caller
-// guarantees 16-byte alignment then); element-wise otherwise, which also serves V == 1. Plain loads, not
-// the read-only path: the elementwise passes may work in place (y == x).
+// guarantees 16-byte alignment then); element-wise otherwise, which also serves V == 1. Plain coherent
+// loads, never the read-only path (ld.global.nc): the elementwise passes may write in place (y == x,
+// dx == dy, y == z), and a non-coherent load of a buffer the same kernel writes is undefined on a GPU.
+// So no __restrict__ here, which would let nvcc prove the data read-only and emit LDG.*.CONSTANT.
 template <typename T, int V>
-static __device__ __forceinline__ void bnk_load(const T *__restrict__ p, float (&out)[V]) {
+static __device__ __forceinline__ void bnk_load(const T *p, float (&out)[V]) {
   if constexpr (V * sizeof(T) == 16) {
     union { uint4 raw; T elem[V]; } u;
     u.raw = *reinterpret_cast<const uint4 *>(p);
@@ -65,7 +76,7 @@ static __device__ __forceinline__ void bnk_load(const T *__restrict__ p, float (
 }
 
 template <typename T, int V>
-static __device__ __forceinline__ void bnk_store(T *__restrict__ p, const float (&in)[V]) {
+static __device__ __forceinline__ void bnk_store(T *p, const float (&in)[V]) {
   if constexpr (V * sizeof(T) == 16) {
     union { uint4 raw; T elem[V]; } u;
 #pragma unroll
@@ -75,6 +86,29 @@ static __device__ __forceinline__ void bnk_store(T *__restrict__ p, const float 
 #pragma unroll
     for (int i = 0; i < V; ++i) p[i] = bnk_from_float<T>(in[i]);
   }
+}
+
+// The first `count` of V elements (count <= V), the rest left 0: the partial vector at the end of a tensor
+// whose size is not a multiple of V. count == V is the full access above.
+template <typename T, int V>
+static __device__ __forceinline__ void bnk_load_first(const T *p, int count, float (&out)[V]) {
+  if (count == V) {
+    bnk_load<T, V>(p, out);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < V; ++i) out[i] = i < count ? bnk_to_float(p[i]) : 0.0f;
+}
+
+template <typename T, int V>
+static __device__ __forceinline__ void bnk_store_first(T *p, int count, const float (&in)[V]) {
+  if (count == V) {
+    bnk_store<T, V>(p, in);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < V; ++i)
+    if (i < count) p[i] = bnk_from_float<T>(in[i]);
 }
 
 // ---- the inverse standard deviation: every kernel derives invstd here and nowhere else ----
@@ -147,10 +181,37 @@ static __device__ __forceinline__ unsigned bnk_positive_bits(const float (&v)[V]
   return bits;
 }
 
-// Sets the bits of elements element .. element + V - 1 in a mask the launcher zeroed. V divides 32 and
-// element is a multiple of V, so the bits lie in one word. Threads whose elements share a word (a byte
-// may span rows, warps and blocks in channels-last tiles) combine with an integer OR: the result does not
-// depend on their order.
+// The mask word of a group of 32 / V consecutive lanes that hold 32 consecutive elements starting at a
+// multiple of 32 (V bits each, lane order = memory order): built inside the warp, so no memset and no
+// atomics. Every lane of the group calls it with the same control flow (lanes without elements pass 0);
+// every lane gets the word and the group's first lane stores it. V == 1: the warp's ballot is the word.
+// V > 1: each lane shifts its V bits into place and the group ORs them with log2(32 / V) shuffles, fewer
+// instructions than V ballots and a bit transpose.
+template <int V>
+static __device__ __forceinline__ unsigned bnk_mask_word(unsigned bits) {
+  if constexpr (V == 1) {
+    return __ballot_sync(BNK_FULL_MASK, bits != 0);
+  } else {
+    constexpr int G = 32 / V;
+    const int lane = (int)(threadIdx.x % BNK_WARP);
+    const unsigned group = ((1u << G) - 1u) << (lane & ~(G - 1));
+    unsigned word = bits << (V * (lane % G));
+#pragma unroll
+    for (int offset = 1; offset < G; offset *= 2) word |= __shfl_xor_sync(group, word, offset);
+    return word;
+  }
+}
+
+// Whether this lane stores its group's word (bnk_mask_word).
+template <int V>
+static __device__ __forceinline__ bool bnk_mask_word_owner() {
+  return threadIdx.x % (32 / V) == 0;
+}
+
+// Sets the bits of elements element .. element + V - 1 in a mask the launcher zeroed, where a warp does
+// not own whole words (bnk_elementwise_plan.mask_words == 0: channels-last tiles whose rows are not
+// whole words). V divides 32 and element is a multiple of V, so the bits lie in one word. Threads whose
+// elements share a word combine with an integer OR: the result does not depend on their order.
 template <int V>
 static __device__ __forceinline__ void bnk_mask_set(uint32_t *mask, int64_t element, unsigned bits) {
   if (bits != 0) atomicOr(mask + element / 32, bits << (element % 32));
@@ -162,13 +223,14 @@ static __device__ __forceinline__ unsigned bnk_mask_get(const uint32_t *mask, in
   return V == 32 ? word : word & ((1u << V) - 1u);
 }
 
-// dy where the forward's ReLU passed its input (y > 0), else 0: from V elements of y or from the mask.
+// dy where the forward's ReLU passed its input (y > 0), else 0: from the first `count` of V elements of y
+// or from the mask (bits past the tensor's end read 0 and are never used).
 template <int GRAD, typename T, int V>
 static __device__ __forceinline__ void bnk_gate_gradient(float (&dy)[V], const T *y, const uint32_t *mask,
-                                                         int64_t element) {
+                                                         int64_t element, int count) {
   if constexpr (GRAD == BNK_GRAD_FROM_Y) {
     float vy[V];
-    bnk_load<T, V>(y + element, vy);
+    bnk_load_first<T, V>(y + element, count, vy);
 #pragma unroll
     for (int i = 0; i < V; ++i)
       if (!(vy[i] > 0.0f)) dy[i] = 0.0f;
@@ -177,5 +239,33 @@ static __device__ __forceinline__ void bnk_gate_gradient(float (&dy)[V], const T
 #pragma unroll
     for (int i = 0; i < V; ++i)
       if (!((bits >> i) & 1u)) dy[i] = 0.0f;
+  }
+}
+
+template <int GRAD, typename T, int V>
+static __device__ __forceinline__ void bnk_gate_gradient(float (&dy)[V], const T *y, const uint32_t *mask,
+                                                         int64_t element) {
+  bnk_gate_gradient<GRAD, T, V>(dy, y, mask, element, V);
+}
+
+// ---- the load-then-consume loop of the streaming kernels ----
+// Steps begin, begin + stride, ... below end, U (BNK_UNROLL unless given) at a time: the loads of U steps
+// are issued before the first of them is consumed, so that that many independent accesses per thread are
+// in flight. load(u, step) and consume(u, step) get the slot u < U of the step's registers and the step;
+// steps are consumed in order. Lanes that take part in a warp collective inside consume must run the same
+// number of steps.
+template <int U = BNK_UNROLL, typename I, typename Load, typename Consume>
+static __device__ __forceinline__ void bnk_walk(I begin, I end, I stride, Load &&load, Consume &&consume) {
+  for (I first = begin; first < end; first += U * stride) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const I step = first + u * stride;
+      if (step < end) load(u, step);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const I step = first + u * stride;
+      if (step < end) consume(u, step);
+    }
   }
 }

@@ -1,7 +1,7 @@
 // Folding a frozen batch normalization: into per-channel scale and shift (bnk_inference_params), or into
 // the weight and bias of the layer before it (bnk_fold_conv, bnk_fold_linear). Both run once, when a model
 // is loaded, so they stay plain: one thread per value, fp32 arithmetic, one rounding to the storage type.
-#include "kernels/common.cuh"
+#include "kernels/dispatch.cuh"
 
 // gamma / sqrt(var + eps), rounded as the normalize pass rounds it (invstd first, then the product), so
 // that bnk_scale_shift with these parameters and bnk_forward_inference scale by the same float.
@@ -50,45 +50,19 @@ extern "C" cudaError_t bnk_launch_inference_params(int64_t c, bnk_frozen_bn bn, 
   return cudaGetLastError();
 }
 
-template <typename T, typename B>
-static void launch_fold_typed(int64_t rows, int64_t row_elements, const void *weight_in, void *weight_out,
-                              const float *bias_in, void *bias_out, const bnk_frozen_bn &bn, int sm_count,
-                              cudaStream_t stream) {
-  const int64_t elements = rows * row_elements;
-  const unsigned blocks = (unsigned)bnk_plan_grid_stride_blocks(elements > rows ? elements : rows, sm_count);
-  auto kernel = fold_rows<T, B>;
-  BNK_LAUNCH(kernel, dim3(blocks), dim3(BNK_STREAM_THREADS), 0, stream)(
-      static_cast<const T *>(weight_in), static_cast<T *>(weight_out), bias_in, static_cast<B *>(bias_out), rows,
-      elements, bnk_fastdiv_make((uint64_t)row_elements), bn);
-}
-
 // The bias is float32, or of the weight's type (what cuBLASLt's bias epilogue reads for 16-bit outputs).
-template <typename T>
-static void launch_fold_dtype(int64_t rows, int64_t row_elements, const void *weight_in, void *weight_out,
-                              const float *bias_in, void *bias_out, int bias_dtype, const bnk_frozen_bn &bn,
-                              int sm_count, cudaStream_t stream) {
-  if (bias_dtype == BNK_FLOAT32)
-    launch_fold_typed<T, float>(rows, row_elements, weight_in, weight_out, bias_in, bias_out, bn, sm_count, stream);
-  else launch_fold_typed<T, T>(rows, row_elements, weight_in, weight_out, bias_in, bias_out, bn, sm_count, stream);
-}
-
 extern "C" cudaError_t bnk_launch_fold(int64_t rows, int64_t row_elements, int dtype, const void *weight_in,
                                        void *weight_out, const float *bias_in, void *bias_out, int bias_dtype,
-                                       bnk_frozen_bn bn, int sm_count, cudaStream_t stream) {
-  switch (dtype) {
-  case BNK_FLOAT32:
-    launch_fold_dtype<float>(rows, row_elements, weight_in, weight_out, bias_in, bias_out, bias_dtype, bn, sm_count,
-                             stream);
-    break;
-  case BNK_FLOAT16:
-    launch_fold_dtype<__half>(rows, row_elements, weight_in, weight_out, bias_in, bias_out, bias_dtype, bn,
-                              sm_count, stream);
-    break;
-  case BNK_BFLOAT16:
-    launch_fold_dtype<__nv_bfloat16>(rows, row_elements, weight_in, weight_out, bias_in, bias_out, bias_dtype, bn,
-                                     sm_count, stream);
-    break;
-  default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+                                       bnk_frozen_bn bn, int64_t blocks, cudaStream_t stream) {
+  const bnk_fastdiv row_divisor = bnk_fastdiv_make((uint64_t)row_elements);
+  const cudaError_t status =
+      bnk_dispatch<0, 1>(dtype, 1, bias_dtype == BNK_FLOAT32, [&](auto type, auto, auto float_bias) {
+        using T = typename decltype(type)::type;
+        using B = typename std::conditional<decltype(float_bias)::value == 1, float, T>::type;
+        auto kernel = fold_rows<T, B>;
+        BNK_LAUNCH(kernel, dim3((unsigned)blocks), dim3(BNK_STREAM_THREADS), 0, stream)(
+            static_cast<const T *>(weight_in), static_cast<T *>(weight_out), bias_in, static_cast<B *>(bias_out),
+            rows, rows * row_elements, row_divisor, bn);
+      });
+  return status != cudaSuccess ? status : cudaGetLastError();
 }

@@ -51,9 +51,51 @@ int bnk_dtype_vec(int dtype);
 bnk_reduce_plan bnk_plan_reduce(const bnk_view *view, int vec, int sm_count);
 /* The widest access that every pointer's alignment and the view's contiguous extent allow. */
 int bnk_choose_vec(const bnk_view *view, const void *const *pointers, int count);
-/* Blocks of BNK_STREAM_THREADS for a grid-stride loop over `items`: one per item, at most what the SMs
- * hold at once. */
-int64_t bnk_plan_grid_stride_blocks(int64_t items, int sm_count);
+/* Blocks of BNK_STREAM_THREADS for a grid-stride loop over `items`: one per item, at most
+ * `resident_blocks` (the blocks of BNK_STREAM_THREADS the GPU holds at once). */
+int64_t bnk_plan_grid_stride_blocks(int64_t items, int64_t resident_blocks);
+
+/* Longest run the channels-first elementwise walk counts exactly; longer runs are counted as this long,
+ * which is exact within a block because no block's piece is longer than half of it. */
+#define BNK_RUN_CAP ((int32_t)1 << 30)
+
+/* How an elementwise pass (normalize, dx) covers a tensor, computed once on the host
+ * (host/plan_elementwise.c) and handed to the launcher.
+ *
+ * Channels-first: a flat walk over the tensor in memory order, in vectors of `vec` elements whatever S is
+ * (only the last vector of the tensor may be partial). A tile is BNK_STREAM_THREADS consecutive vectors,
+ * one per thread; block b walks the tiles_per_block tiles from b * tiles_per_block. The block first puts
+ * the parameters of the runs (of S elements, one channel each) its piece touches into a table in shared
+ * memory, then each thread follows its position with a run counter advanced by constants (no division
+ * in the loop): from one of its vectors to the next, BNK_STREAM_THREADS * vec elements, it moves
+ * run_step runs and left_step elements. A vector that straddles a run boundary is done element by
+ * element.
+ *
+ * Channels-last: the tiling of bnk_plan_reduce (`tiling`); each thread keeps the parameters of its vec
+ * channels in registers. */
+typedef struct bnk_elementwise_plan {
+  int vec;
+  int64_t blocks;
+  int threads;
+  /* channels-first */
+  int64_t elements;
+  int tiles_per_block;
+  int table_runs;     /* entries of the per-block run table (16 bytes each, dynamic shared memory) */
+  int32_t run_step;
+  int32_t left_step;
+  int32_t run_length; /* S, capped at BNK_RUN_CAP */
+  /* channels-last */
+  bnk_reduce_plan tiling;
+  /* 1: every mask word is built by one warp (bnk_mask_word), so the mask needs no memset and no atomics;
+   * 0: bits are ORed in atomically into a mask the launcher zeroes first. */
+  int mask_words;
+} bnk_elementwise_plan;
+
+/* The plan of an elementwise pass over `view` whose tensors are `pointers` (NULL entries ignored), on a
+ * GPU of sm_count SMs (the channels-last tiling of bnk_plan_reduce) that holds `resident_blocks` blocks of
+ * BNK_STREAM_THREADS at once. */
+bnk_elementwise_plan bnk_plan_elementwise(const bnk_view *view, const void *const *pointers, int count,
+                                          int sm_count, int64_t resident_blocks);
 /* The most pieces per channel of any plan for this view: the launch picks its vector width from the
  * pointers' alignment, which a workspace size query cannot know. */
 int64_t bnk_plan_parts_bound(const bnk_view *view, int sm_count);
@@ -132,30 +174,31 @@ cudaError_t bnk_launch_backward_reduce(const bnk_view *view, const bnk_reduce_pl
                                        const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
                                        float *dgamma, float *dbeta, cudaStream_t stream);
 
-/* The elementwise pass writing dx. With `coefficients` (training), dx = dy * dy_scale[c] + (x - mean[c]) *
- * xmu_scale[c] + bias[c] from bnk_launch_backward_reduce; with NULL (frozen statistics),
- * dx = dy * gamma[c] * invstd[c] and x must be NULL, so that it is not read. dx may equal dy. */
-cudaError_t bnk_launch_backward_dx(const bnk_view *view, int sm_count, const void *x, const void *dy, void *dx,
-                                   bnk_backward_stats stats, const bnk_backward_workspace *coefficients,
-                                   cudaStream_t stream);
+/* The elementwise pass writing dx, on `plan` (of x, dy and dx). With `coefficients` (training), dx = dy *
+ * dy_scale[c] + (x - mean[c]) * xmu_scale[c] + bias[c] from bnk_launch_backward_reduce; with NULL (frozen
+ * statistics), dx = dy * gamma[c] * invstd[c] and x must be NULL, so that it is not read. dx may equal dy. */
+cudaError_t bnk_launch_backward_dx(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
+                                   const void *dy, void *dx, bnk_backward_stats stats,
+                                   const bnk_backward_workspace *coefficients, cudaStream_t stream);
 
 /* ---- fused epilogues and folding (kernels/normalize.cu, kernels/backward.cu, kernels/fold.cu) ---- */
 
 /* Bytes of the ReLU bit mask of a tensor of `elements` elements: bit i of byte i / 8 is element i in memory
- * order, in whole 32-bit words (the forward sets bits with word-wide integer ORs). */
-size_t bnk_mask_bytes(int64_t elements);
+ * order, in whole 32-bit words (the forward writes whole words). */
+static inline size_t bnk_mask_bytes(int64_t elements) { return (size_t)((elements + 31) / 32) * 4; }
 
 /* The epilogue of the normalize pass: kind (a bnk_epilogue_kind) gives y = bn(x), relu(bn(x)) or
- * relu(bn(x) + z). When mask is not NULL, its bit i becomes (y_i > 0) of y as stored; the launcher zeroes it
- * first, on the stream. */
+ * relu(bn(x) + z). When mask is not NULL, its bit i becomes (y_i > 0) of y as stored, and the padding bits of
+ * its last word 0. */
 typedef struct bnk_epilogue_args {
   int kind;
   const void *z;  /* ADD_RELU: the residual, x's view and dtype */
   uint32_t *mask; /* 4-byte aligned, bnk_mask_bytes() long, or NULL */
 } bnk_epilogue_args;
 
-/* The elementwise pass with bnk_normalize_params, through a fused epilogue (NULL: the plain pass). */
-cudaError_t bnk_launch_normalize_ex(const bnk_view *view, int sm_count, const void *x, void *y,
+/* The elementwise pass with bnk_normalize_params on `plan` (of x, y and z), through a fused epilogue (NULL:
+ * the plain pass). The mask is zeroed first only when plan->mask_words is 0. */
+cudaError_t bnk_launch_normalize_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x, void *y,
                                     bnk_normalize_params params, const bnk_epilogue_args *epilogue,
                                     cudaStream_t stream);
 
@@ -177,8 +220,9 @@ cudaError_t bnk_launch_backward_reduce_ex(const bnk_view *view, const bnk_reduce
                                           const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
                                           float *dgamma, float *dbeta, const bnk_grad_epilogue_args *epilogue,
                                           cudaStream_t stream);
-cudaError_t bnk_launch_backward_dx_ex(const bnk_view *view, int sm_count, const void *x, const void *dy, void *dx,
-                                      bnk_backward_stats stats, const bnk_backward_workspace *coefficients,
+cudaError_t bnk_launch_backward_dx_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
+                                      const void *dy, void *dx, bnk_backward_stats stats,
+                                      const bnk_backward_workspace *coefficients,
                                       const bnk_grad_epilogue_args *epilogue, cudaStream_t stream);
 
 /* A batch normalization with frozen statistics, per channel (every array of length C, float32). */
@@ -197,9 +241,10 @@ cudaError_t bnk_launch_inference_params(int64_t c, bnk_frozen_bn bn, float *scal
 /* Folds bn into the layer before it, whose weight is `rows` output channels of row_elements contiguous
  * values each (dtype): weight_out[k][i] = weight_in[k][i] * scale[k] and bias_out[k] = (bias_in[k] -
  * mean[k]) * scale[k] + beta[k], in fp32, bias_in NULL meaning 0 and bias_out of bias_dtype. In place is
- * allowed (each element is read and written by the same thread). */
+ * allowed (each element is read and written by the same thread). `blocks` of BNK_STREAM_THREADS walk the
+ * weight (bnk_plan_grid_stride_blocks). */
 cudaError_t bnk_launch_fold(int64_t rows, int64_t row_elements, int dtype, const void *weight_in, void *weight_out,
-                            const float *bias_in, void *bias_out, int bias_dtype, bnk_frozen_bn bn, int sm_count,
+                            const float *bias_in, void *bias_out, int bias_dtype, bnk_frozen_bn bn, int64_t blocks,
                             cudaStream_t stream);
 
 /* ---- the persistent training forward (kernels/persistent.cu, host/persistent.c) ---- */

@@ -440,6 +440,29 @@ Test(backward, inference_sweep, .timeout = 600) {
   bnk_context_destroy(ctx);
 }
 
+/* The channels-first dx walk (16-byte vectors whatever S is): S below and past a vector width, 7x7, 14x14,
+ * a run longer than a tile, misaligned, and more tiles than the GPU holds blocks. Every dtype. */
+static const backward_case walk_shapes[] = {
+    {BNK_FLOAT32, BNK_NCHW, 3, 5, S1(3), 0.0, 1.0, 0, 1},     {BNK_FLOAT32, BNK_NCHW, 5, 3, S1(9), 0.0, 1.0, 0, 1},
+    {BNK_FLOAT32, BNK_NCHW, 3, 7, S2(7, 7), 0.5, 1.0, 0, 1},  {BNK_FLOAT32, BNK_NCHW, 2, 6, S2(14, 14), 0.0, 1.0, 0, 0},
+    {BNK_FLOAT32, BNK_NCHW, 3, 5, S2(7, 7), 0.0, 1.0, 1, 1},  {BNK_FLOAT32, BNK_NCHW, 1, 3, S1(4099), 0.0, 1.0, 0, 1},
+    {BNK_FLOAT32, BNK_NCHW, 2, 16, S2(261, 261), 0.0, 1.0, 0, 1},
+};
+
+Test(backward, walk_shapes, .timeout = 900) {
+  bnk_context *ctx = test_context();
+  test_rng rng = rng_fresh();
+  const bnk_dtype dtypes[] = {BNK_FLOAT32, BNK_FLOAT16, BNK_BFLOAT16};
+  for (size_t t = 0; t < 3; ++t)
+    for (size_t i = 0; i < sizeof walk_shapes / sizeof walk_shapes[0]; ++i) {
+      backward_case bc = walk_shapes[i];
+      bc.dtype = dtypes[t];
+      run_training_case(&bc, ctx, &rng);
+      run_inference_case(&bc, ctx, &rng);
+    }
+  bnk_context_destroy(ctx);
+}
+
 /* Mean offset 1e4 with unit variance (x - mean must not lose the digits) and constant channels (xhat is
  * exactly 0, invstd is 1 / sqrt(eps) ~ 316). */
 static const backward_case hard_data[] = {
@@ -609,6 +632,8 @@ Test(backward, optional_outputs_and_in_place) {
       {BNK_FLOAT32, BNK_NHWC, 5, 12, S2(3, 3), 0.0, 1.0, 1, 0},
       {BNK_FLOAT16, BNK_NHWC, 4, 16, S1(9), 0.0, 1.0, 0, 1},
       {BNK_BFLOAT16, BNK_NCHW, 2, 3, S2(8, 8), 0.0, 1.0, 0, 1},
+      {BNK_FLOAT16, BNK_NCHW, 3, 5, S2(7, 7), 0.0, 1.0, 0, 1},
+      {BNK_FLOAT32, BNK_NCHW, 4, 3, S1(3), 0.0, 1.0, 0, 1},
   };
   for (size_t k = 0; k < sizeof cases / sizeof cases[0]; ++k) {
     char label[160];

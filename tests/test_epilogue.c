@@ -47,6 +47,11 @@ static const epilogue_case cases[] = {
     {BNK_FLOAT16, BNK_NHWC, 2, 16, S2(3, 5), 0},  {BNK_FLOAT16, BNK_NHWC, 2, 16, S2(3, 5), 1},
     {BNK_FLOAT16, BNK_NHWC, 5, 3, S1(7), 0},      {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0},
     {BNK_BFLOAT16, BNK_NHWC, 3, 24, S1(9), 0},    {BNK_BFLOAT16, BNK_NCHW, 4, 3, S2(16, 16), 1},
+    /* Mask words built in the warp: channels-first vectors straddling runs (7x7, S = 3 < a vector) and a
+     * tensor that ends mid-word; channels-last rows of whole words, 16-byte and (misaligned) scalar. */
+    {BNK_FLOAT16, BNK_NCHW, 3, 5, S2(7, 7), 0},   {BNK_FLOAT32, BNK_NCHW, 5, 3, S1(3), 0},
+    {BNK_BFLOAT16, BNK_NCHW, 2, 3, S2(14, 14), 1}, {BNK_FLOAT16, BNK_NHWC, 3, 64, S2(3, 3), 0},
+    {BNK_FLOAT32, BNK_NHWC, 5, 96, S1(3), 1},
 };
 
 static void describe(const epilogue_case *ec, char *out, size_t size) {

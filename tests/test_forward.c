@@ -343,6 +343,72 @@ Test(forward, hard_data, .timeout = 600) {
   bnk_context_destroy(ctx);
 }
 
+/* The channels-first elementwise walk (16-byte vectors whatever S is): S below, at and just past a vector
+ * width, 7x7 and 14x14, a run longer than a tile (2048 halves), a tensor whose size is not a multiple of a
+ * vector or of 32, misaligned pointers, and a tensor of more tiles than the GPU holds blocks, so that a
+ * block walks several tiles and its run table holds many runs. Every dtype; training and inference. */
+static const forward_case walk_shapes[] = {
+    {BNK_FLOAT32, BNK_NCHW, 3, 5, S1(3), 0.0, 1.0, 0, 1, 1e-5, 0.1},
+    {BNK_FLOAT32, BNK_NCHW, 37, 3, S1(2), 0.0, 1.0, 0, 1, 1e-5, 0.1},
+    {BNK_FLOAT32, BNK_NCHW, 5, 3, S1(9), 0.0, 1.0, 0, 1, 1e-5, 0.1},
+    {BNK_FLOAT32, BNK_NCHW, 3, 7, S2(7, 7), 0.5, 1.0, 0, 1, 1e-5, 0.1},
+    {BNK_FLOAT32, BNK_NCHW, 2, 6, S2(14, 14), 0.0, 1.0, 0, 0, 1e-5, 0.1},
+    {BNK_FLOAT32, BNK_NCHW, 3, 5, S2(7, 7), 0.0, 1.0, 1, 1, 1e-5, 0.1},
+    {BNK_FLOAT32, BNK_NCHW, 1, 3, S1(4099), 0.0, 1.0, 0, 1, 1e-5, 0.1},
+    {BNK_FLOAT32, BNK_NCHW, 2, 16, S2(261, 261), 0.0, 1.0, 0, 1, 1e-5, 0.1},
+};
+
+/* y written over x: each element is read by the thread that then writes it, so in place gives the same
+ * bits as out of place, on every schedule. */
+static void run_inference_in_place(const forward_case *fc, bnk_context *ctx, test_rng *rng) {
+  char label[160];
+  describe(fc, label, sizeof label);
+  forward_data d = make_data(fc, rng);
+  const int64_t c = fc->c;
+  const size_t y_bytes = (size_t)d.elements * dtype_size(fc->dtype);
+  float *gamma = dev_floats(d.gamma, c), *beta = dev_floats(d.beta, c);
+  float *running_mean = dev_floats(d.running_mean, c), *running_var = dev_floats(d.running_var, c);
+  dev_poison(d.y_dev, y_bytes);
+  cr_assert_eq(bnk_forward_inference(ctx, &d.desc, d.x_dev, d.y_dev, gamma, beta, running_mean, running_var, fc->eps),
+               BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
+  void *out_of_place = dev_snapshot(d.y_dev, y_bytes);
+  char what[200];
+  for (int schedule = 0; schedule < schedule_count(); ++schedule) {
+    schedule_use(schedule);
+    dev_upload(d.x_dev, d.x_storage, y_bytes);
+    cr_assert_eq(
+        bnk_forward_inference(ctx, &d.desc, d.x_dev, d.x_dev, gamma, beta, running_mean, running_var, fc->eps),
+        BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
+    void *in_place = dev_snapshot(d.x_dev, y_bytes);
+    snprintf(what, sizeof what, "inference in place %s [%s]", label, schedule_name(schedule));
+    expect_bitwise_equal(what, out_of_place, in_place, y_bytes);
+    free(in_place);
+  }
+  free(out_of_place);
+  dev_free(gamma);
+  dev_free(beta);
+  dev_free(running_mean);
+  dev_free(running_var);
+  free_data(&d);
+}
+
+static void run_walk_shapes(bnk_dtype dtype) {
+  bnk_context *ctx = test_context();
+  test_rng rng = rng_fresh();
+  for (size_t i = 0; i < sizeof walk_shapes / sizeof walk_shapes[0]; ++i) {
+    forward_case fc = walk_shapes[i];
+    fc.dtype = dtype;
+    run_training_case(&fc, ctx, &rng);
+    run_inference_case(&fc, ctx, &rng);
+    run_inference_in_place(&fc, ctx, &rng);
+  }
+  bnk_context_destroy(ctx);
+}
+
+Test(forward, walk_shapes_f32, .timeout = 600) { run_walk_shapes(BNK_FLOAT32); }
+Test(forward, walk_shapes_f16, .timeout = 600) { run_walk_shapes(BNK_FLOAT16); }
+Test(forward, walk_shapes_bf16, .timeout = 600) { run_walk_shapes(BNK_BFLOAT16); }
+
 /* Constant channels: the variance is exactly zero and y exactly beta, bit for bit. */
 Test(forward, constant_channels_give_beta_exactly) {
   bnk_context *ctx = test_context();
