@@ -61,13 +61,13 @@ static void add_launch(op_plan *plan, int64_t blocks, int threads, const char *f
 static op_plan plan_of_op(int op, const bnk_view *view, int sm_count) {
   static _Alignas(16) const char aligned[16] = {0};
   const void *pointers[5] = {aligned, aligned, aligned, aligned, aligned};
-  const int vec = bnk_choose_vec(view, pointers, 5);
-  const bnk_reduce_plan reduce = bnk_plan_reduce(view, vec, sm_count);
+  const int vec = bnk__choose_vec(view, pointers, 5);
+  const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count);
   const char *type = storage_type(view->dtype);
   const char *layout = view->channels_last ? "last" : "first";
   const int64_t vecs = view->n * view->c * view->s / vec;
   const int64_t elementwise_blocks =
-      view->channels_last ? reduce.blocks : bnk_plan_grid_stride_blocks(vecs, sm_count);
+      view->channels_last ? reduce.blocks : bnk__plan_grid_stride_blocks(vecs, sm_count);
   const int elementwise_threads = view->channels_last ? reduce.threads : BNK_STREAM_THREADS;
   const int64_t per_channel_blocks = (view->c + BNK_STREAM_THREADS / 32 - 1) / (BNK_STREAM_THREADS / 32);
 
@@ -157,7 +157,7 @@ int main(int argc, char **argv) {
   for (int i = first_shape; i < argc; ++i) descs[i] = parse_shape(argv[i]);
   printf("{\"sm_count\": %d, \"stream_threads\": %d, \"shapes\": [", sm_count, BNK_STREAM_THREADS);
   for (int i = first_shape; i < argc; ++i) {
-    const bnk_view view = bnk_view_of(&descs[i]);
+    const bnk_view view = bnk__view_of(&descs[i]);
     printf("%s\n {\"shape\": \"%s\", \"n\": %" PRId64 ", \"c\": %" PRId64 ", \"s\": %" PRId64
            ", \"channels_last\": %d, \"elements\": %" PRId64 ", \"ops\": {",
            i > first_shape ? "," : "", argv[i], view.n, view.c, view.s, view.channels_last,

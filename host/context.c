@@ -7,29 +7,29 @@ static int is_missing_device(cudaError_t error) {
 }
 
 bnk_status bnk_context_create(bnk_context **ctx, int device) {
-  bnk_clear_error();
-  if (ctx == NULL) return bnk_fail(BNK_ERROR_INVALID_VALUE, "ctx must not be NULL");
-  if (device < -1) return bnk_fail(BNK_ERROR_INVALID_VALUE, "device must be -1 or a device ordinal, got %d", device);
+  bnk__clear_error();
+  if (ctx == NULL) return bnk__fail(BNK_ERROR_INVALID_VALUE, "ctx must not be NULL");
+  if (device < -1) return bnk__fail(BNK_ERROR_INVALID_VALUE, "device must be -1 or a device ordinal, got %d", device);
   int count = 0;
   cudaError_t error = cudaGetDeviceCount(&count);
   if (is_missing_device(error) || (error == cudaSuccess && count == 0)) {
     cudaGetLastError(); /* not sticky: leave the runtime clean for the caller */
-    return bnk_fail(BNK_ERROR_NO_DEVICE, "no CUDA device: %s", cudaGetErrorString(error));
+    return bnk__fail(BNK_ERROR_NO_DEVICE, "no CUDA device: %s", cudaGetErrorString(error));
   }
-  BNK__TRY(bnk_check_cuda(error, "cudaGetDeviceCount"));
+  BNK__TRY(bnk__check_cuda(error, "cudaGetDeviceCount"));
   if (device == -1) {
-    BNK__TRY(bnk_check_cuda(cudaGetDevice(&device), "cudaGetDevice"));
+    BNK__TRY(bnk__check_cuda(cudaGetDevice(&device), "cudaGetDevice"));
   } else if (device >= count) {
-    return bnk_fail(BNK_ERROR_INVALID_VALUE, "device must be < %d (the number of devices), got %d", count, device);
+    return bnk__fail(BNK_ERROR_INVALID_VALUE, "device must be < %d (the number of devices), got %d", count, device);
   }
   int sm_count = 0;
-  BNK__TRY(bnk_check_cuda(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device),
+  BNK__TRY(bnk__check_cuda(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device),
                           "cudaDeviceGetAttribute(cudaDevAttrMultiProcessorCount)"));
   int cooperative = 0;
-  BNK__TRY(bnk_check_cuda(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device),
+  BNK__TRY(bnk__check_cuda(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device),
                           "cudaDeviceGetAttribute(cudaDevAttrCooperativeLaunch)"));
   bnk_context *created = malloc(sizeof *created);
-  if (created == NULL) return bnk_fail(BNK_ERROR_INTERNAL, "out of host memory allocating a context");
+  if (created == NULL) return bnk__fail(BNK_ERROR_INTERNAL, "out of host memory allocating a context");
   created->device = device;
   created->device_sm_count = sm_count;
   created->sm_count = sm_count;
@@ -37,7 +37,7 @@ bnk_status bnk_context_create(bnk_context **ctx, int device) {
   created->training_path = BNK_TRAINING_PATH_AUTO;
   created->stream = NULL;
   /* Here rather than in the first bnk_linear_bn: compute calls allocate nothing. */
-  const bnk_status status = bnk_cublaslt_create(&created->cublaslt);
+  const bnk_status status = bnk__cublaslt_create(&created->cublaslt);
   if (status != BNK_SUCCESS) {
     free(created);
     return status;
@@ -47,47 +47,47 @@ bnk_status bnk_context_create(bnk_context **ctx, int device) {
 }
 
 void bnk_context_destroy(bnk_context *ctx) {
-  bnk_clear_error();
-  if (ctx != NULL) bnk_cublaslt_destroy(ctx->cublaslt);
+  bnk__clear_error();
+  if (ctx != NULL) bnk__cublaslt_destroy(ctx->cublaslt);
   free(ctx);
 }
 
 bnk_status bnk_context_set_stream(bnk_context *ctx, bnk_stream stream) {
-  bnk_clear_error();
-  BNK__TRY(bnk_require_context(ctx));
+  bnk__clear_error();
+  BNK__TRY(bnk__require_context(ctx));
   ctx->stream = (cudaStream_t)stream;
   return BNK_SUCCESS;
 }
 
 bnk_status bnk_context_get_stream(const bnk_context *ctx, bnk_stream *stream) {
-  bnk_clear_error();
-  BNK__TRY(bnk_require_context(ctx));
-  BNK__TRY(bnk_require_pointer(stream, "stream"));
+  bnk__clear_error();
+  BNK__TRY(bnk__require_context(ctx));
+  BNK__TRY(bnk__require_pointer(stream, "stream"));
   *stream = (bnk_stream)ctx->stream;
   return BNK_SUCCESS;
 }
 
 bnk_status bnk_context_get_device(const bnk_context *ctx, int *device) {
-  bnk_clear_error();
-  BNK__TRY(bnk_require_context(ctx));
-  BNK__TRY(bnk_require_pointer(device, "device"));
+  bnk__clear_error();
+  BNK__TRY(bnk__require_context(ctx));
+  BNK__TRY(bnk__require_pointer(device, "device"));
   *device = ctx->device;
   return BNK_SUCCESS;
 }
 
 bnk_status bnk_context_get_sm_count(const bnk_context *ctx, int *sm_count) {
-  bnk_clear_error();
-  BNK__TRY(bnk_require_context(ctx));
-  BNK__TRY(bnk_require_pointer(sm_count, "sm_count"));
+  bnk__clear_error();
+  BNK__TRY(bnk__require_context(ctx));
+  BNK__TRY(bnk__require_pointer(sm_count, "sm_count"));
   *sm_count = ctx->device_sm_count;
   return BNK_SUCCESS;
 }
 
 bnk_status bnk_context_set_training_path(bnk_context *ctx, bnk_training_path path) {
-  bnk_clear_error();
-  BNK__TRY(bnk_require_context(ctx));
+  bnk__clear_error();
+  BNK__TRY(bnk__require_context(ctx));
   if (path != BNK_TRAINING_PATH_AUTO && path != BNK_TRAINING_PATH_PERSISTENT && path != BNK_TRAINING_PATH_TWO_PASS)
-    return bnk_fail(BNK_ERROR_INVALID_VALUE,
+    return bnk__fail(BNK_ERROR_INVALID_VALUE,
                     "path must be BNK_TRAINING_PATH_AUTO, BNK_TRAINING_PATH_PERSISTENT or "
                     "BNK_TRAINING_PATH_TWO_PASS, got %d",
                     (int)path);
@@ -96,18 +96,18 @@ bnk_status bnk_context_set_training_path(bnk_context *ctx, bnk_training_path pat
 }
 
 bnk_status bnk_context_get_training_path(const bnk_context *ctx, bnk_training_path *path) {
-  bnk_clear_error();
-  BNK__TRY(bnk_require_context(ctx));
-  BNK__TRY(bnk_require_pointer(path, "path"));
+  bnk__clear_error();
+  BNK__TRY(bnk__require_context(ctx));
+  BNK__TRY(bnk__require_pointer(path, "path"));
   *path = ctx->training_path;
   return BNK_SUCCESS;
 }
 
 bnk_status bnk_context_set_sm_limit(bnk_context *ctx, int sm_limit) {
-  bnk_clear_error();
-  BNK__TRY(bnk_require_context(ctx));
+  bnk__clear_error();
+  BNK__TRY(bnk__require_context(ctx));
   if (sm_limit < 0 || sm_limit > ctx->device_sm_count)
-    return bnk_fail(BNK_ERROR_INVALID_VALUE,
+    return bnk__fail(BNK_ERROR_INVALID_VALUE,
                     "sm_limit must be 0 (every SM) or in [1, %d] (the device's SMs), got %d", ctx->device_sm_count,
                     sm_limit);
   ctx->sm_count = sm_limit == 0 ? ctx->device_sm_count : sm_limit;
@@ -115,22 +115,22 @@ bnk_status bnk_context_set_sm_limit(bnk_context *ctx, int sm_limit) {
 }
 
 bnk_status bnk_context_get_sm_limit(const bnk_context *ctx, int *sm_limit) {
-  bnk_clear_error();
-  BNK__TRY(bnk_require_context(ctx));
-  BNK__TRY(bnk_require_pointer(sm_limit, "sm_limit"));
+  bnk__clear_error();
+  BNK__TRY(bnk__require_context(ctx));
+  BNK__TRY(bnk__require_pointer(sm_limit, "sm_limit"));
   *sm_limit = ctx->sm_count == ctx->device_sm_count ? 0 : ctx->sm_count;
   return BNK_SUCCESS;
 }
 
-bnk_status bnk_device_enter(const bnk_context *ctx, bnk_device_guard *guard) {
+bnk_status bnk__device_enter(const bnk_context *ctx, bnk_device_guard *guard) {
   guard->switched = 0;
-  BNK__TRY(bnk_check_cuda(cudaGetDevice(&guard->previous), "cudaGetDevice"));
+  BNK__TRY(bnk__check_cuda(cudaGetDevice(&guard->previous), "cudaGetDevice"));
   if (guard->previous == ctx->device) return BNK_SUCCESS;
-  const bnk_status status = bnk_check_cuda(cudaSetDevice(ctx->device), "cudaSetDevice");
+  const bnk_status status = bnk__check_cuda(cudaSetDevice(ctx->device), "cudaSetDevice");
   guard->switched = status == BNK_SUCCESS;
   return status;
 }
 
-void bnk_device_leave(const bnk_device_guard *guard) {
+void bnk__device_leave(const bnk_device_guard *guard) {
   if (guard->switched) cudaSetDevice(guard->previous);
 }

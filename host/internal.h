@@ -18,26 +18,26 @@ struct bnk_context {
 };
 
 /* The context's cuBLASLt handle (host/linear.c): created with the context, NULL in builds without cuBLASLt. */
-bnk_status bnk_cublaslt_create(void **handle);
-void bnk_cublaslt_destroy(void *handle);
+bnk_status bnk__cublaslt_create(void **handle);
+void bnk__cublaslt_destroy(void *handle);
 
 /* A double as the shortest text that reads back as the same value ("-1.0000001", "1e-05", "nan"), for
- * messages: bnk_double_text_of(x).text lives until the end of the full expression. */
+ * messages: bnk__double_text_of(x).text lives until the end of the full expression. */
 typedef struct bnk_double_text {
   char text[32];
 } bnk_double_text;
-bnk_double_text bnk_double_text_of(double value);
+bnk_double_text bnk__double_text_of(double value);
 
 /* Records the detail message of a failure for bnk_last_error_message() and returns status. */
-bnk_status bnk_fail(bnk_status status, const char *format, ...)
+bnk_status bnk__fail(bnk_status status, const char *format, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
 /* Every public entry point starts here, so that the message describes the last call only. */
-void bnk_clear_error(void);
+void bnk__clear_error(void);
 /* BNK_SUCCESS, or BNK_ERROR_CUDA with "<what>: <cuda error name>: <cuda message>". */
-bnk_status bnk_check_cuda(cudaError_t error, const char *what);
+bnk_status bnk__check_cuda(cudaError_t error, const char *what);
 
 /* ---- argument checks (host/checks.c): each failure names the argument and its value ---- */
 
@@ -48,40 +48,40 @@ bnk_status bnk_check_cuda(cudaError_t error, const char *what);
     if (bnk__tried_status != BNK_SUCCESS) return bnk__tried_status; \
   } while (0)
 
-bnk_status bnk_require_context(const bnk_context *ctx);
-bnk_status bnk_require_pointer(const void *pointer, const char *name);
+bnk_status bnk__require_context(const bnk_context *ctx);
+bnk_status bnk__require_pointer(const void *pointer, const char *name);
 /* A known bnk_dtype, named `name` in the message. */
-bnk_status bnk_require_dtype(bnk_dtype dtype, const char *name);
-bnk_status bnk_require_positive(int64_t value, const char *name);
+bnk_status bnk__require_dtype(bnk_dtype dtype, const char *name);
+bnk_status bnk__require_positive(int64_t value, const char *name);
 /* eps finite, >= 0 and at most FLT_MAX. */
-bnk_status bnk_require_eps(double eps);
+bnk_status bnk__require_eps(double eps);
 /* The float32 eps the kernels add to a variance: eps rounded to nearest, except that a positive eps stays
  * positive (FLT_TRUE_MIN where it would round to 0), so that only eps = 0 takes the zero-variance rule. */
-float bnk_eps_to_float(double eps);
+float bnk__eps_to_float(double eps);
 /* running_mean and running_var both or neither; with them, momentum in [0, 1] or BNK_MOMENTUM_CUMULATIVE,
  * which needs num_batches_tracked. Without them momentum is ignored. */
-bnk_status bnk_require_running(const float *running_mean, const float *running_var,
+bnk_status bnk__require_running(const float *running_mean, const float *running_var,
                                const int64_t *num_batches_tracked, double momentum);
 /* Frozen statistics: running_mean, running_var and eps. */
-bnk_status bnk_require_statistics(const float *running_mean, const float *running_var, double eps);
+bnk_status bnk__require_statistics(const float *running_mean, const float *running_var, double eps);
 /* The arguments of a workspace-size query: a context, a valid descriptor, somewhere to write. */
-bnk_status bnk_require_query(const bnk_context *ctx, const bnk_tensor_desc *desc, const size_t *bytes);
+bnk_status bnk__require_query(const bnk_context *ctx, const bnk_tensor_desc *desc, const size_t *bytes);
 /* workspace_bytes >= needed (naming the query that gives it) and a workspace when needed > 0. */
-bnk_status bnk_require_workspace(const void *workspace, size_t workspace_bytes, size_t needed, const char *query);
+bnk_status bnk__require_workspace(const void *workspace, size_t workspace_bytes, size_t needed, const char *query);
 /* What the per-channel calls check first: a context, a valid descriptor and the two per-channel arrays the
  * call requires (running statistics, saved statistics, scale and shift). */
-bnk_status bnk_require_channel_arrays(const bnk_context *ctx, const bnk_tensor_desc *desc, const float *first,
+bnk_status bnk__require_channel_arrays(const bnk_context *ctx, const bnk_tensor_desc *desc, const float *first,
                                       const char *first_name, const float *second, const char *second_name);
 /* The tensors of a non-empty forward pass (training, inference, scale_shift, normalize): x, y, and the
  * epilogue checked against them and translated into *fused. */
-bnk_status bnk_require_forward_tensors(const bnk_tensor_desc *desc, const void *x, const void *y,
+bnk_status bnk__require_forward_tensors(const bnk_tensor_desc *desc, const void *x, const void *y,
                                        const bnk_epilogue *epilogue, bnk_epilogue_args *fused);
 /* `out` is `in` or shares no byte of `bytes` with it; `in` may be NULL. In place is fine where each value is
  * read and written by one thread; a shifted overlap is not. */
-bnk_status bnk_require_same_or_apart(const void *out, const void *in, size_t bytes, const char *out_name,
+bnk_status bnk__require_same_or_apart(const void *out, const void *in, size_t bytes, const char *out_name,
                                      const char *in_name);
 /* Rounds a workspace array up to a multiple of 256 bytes, so every array starts aligned. */
-size_t bnk_align256(size_t bytes);
+size_t bnk__align256(size_t bytes);
 /* A workspace being laid out: arrays taken one after another from base, each 256-byte aligned. With base 0
  * nothing is carved (take returns NULL) and only the bytes are counted, so that one function describes a
  * workspace for both its size query and its launch. */
@@ -89,23 +89,23 @@ typedef struct bnk_workspace_layout {
   uintptr_t base;
   size_t bytes;
 } bnk_workspace_layout;
-void *bnk_layout_take(bnk_workspace_layout *layout, size_t bytes);
+void *bnk__layout_take(bnk_workspace_layout *layout, size_t bytes);
 /* BNK_ERROR_NOT_SUPPORTED when a plan needs more blocks than a one-dimensional grid holds. */
-bnk_status bnk_require_grid(const bnk_reduce_plan *plan);
-bnk_status bnk_require_elementwise_grid(const bnk_elementwise_plan *plan);
-/* Blocks of BNK_STREAM_THREADS that the GPU holds at once, for bnk_plan_grid_stride_blocks and
- * bnk_plan_elementwise: 8 per SM (2048 thread slots on sm_80..sm_90). */
-int64_t bnk_stream_resident_blocks(int sm_count);
-/* bnk_plan_elementwise on the context's GPU. */
-bnk_elementwise_plan bnk_elementwise_plan_of(const bnk_context *ctx, const bnk_view *view,
+bnk_status bnk__require_grid(const bnk_reduce_plan *plan);
+bnk_status bnk__require_elementwise_grid(const bnk_elementwise_plan *plan);
+/* Blocks of BNK_STREAM_THREADS that the GPU holds at once, for bnk__plan_grid_stride_blocks and
+ * bnk__plan_elementwise: 8 per SM (2048 thread slots on sm_80..sm_90). */
+int64_t bnk__stream_resident_blocks(int sm_count);
+/* bnk__plan_elementwise on the context's GPU. */
+bnk_elementwise_plan bnk__elementwise_plan_of(const bnk_context *ctx, const bnk_view *view,
                                              const void *const *pointers, int count);
 
 /* The kernels' view of a fused epilogue of the forward (NULL: plain), after checking it against the call's
  * tensors; each failure names the field and its value. */
-bnk_status bnk_epilogue_args_of(const bnk_epilogue *epilogue, const bnk_tensor_desc *desc, const void *x,
+bnk_status bnk__epilogue_args_of(const bnk_epilogue *epilogue, const bnk_tensor_desc *desc, const void *x,
                                 const void *y, bnk_epilogue_args *args);
 /* The same for the backward's epilogue, given its x, dy and dx (any may be NULL). */
-bnk_status bnk_grad_epilogue_args_of(const bnk_epilogue_grad *epilogue, const bnk_tensor_desc *desc, const void *x,
+bnk_status bnk__grad_epilogue_args_of(const bnk_epilogue_grad *epilogue, const bnk_tensor_desc *desc, const void *x,
                                      const void *dy, const void *dx, bnk_grad_epilogue_args *args);
 
 /* The training forward's path for a call (host/persistent.c): the persistent plan when the context allows it
@@ -115,28 +115,28 @@ typedef struct bnk_training_plan {
   int persistent;
   bnk_reduce_plan reduce;
 } bnk_training_plan;
-bnk_status bnk_plan_training_forward(const bnk_context *ctx, const bnk_view *view, const void *x, const void *y,
+bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *view, const void *x, const void *y,
                                      const bnk_epilogue_args *fused, bnk_training_plan *plan);
 /* The most pieces per channel of either path for this view: the training forward's workspace query. */
-int64_t bnk_training_parts_bound(const bnk_context *ctx, const bnk_view *view);
+int64_t bnk__training_parts_bound(const bnk_context *ctx, const bnk_view *view);
 
 /* The kernels' view of a checked descriptor. */
-bnk_view bnk_view_of(const bnk_tensor_desc *desc);
+bnk_view bnk__view_of(const bnk_tensor_desc *desc);
 /* Elements per channel (N x spatial). */
-int64_t bnk_view_per_channel(const bnk_view *view);
+int64_t bnk__view_per_channel(const bnk_view *view);
 /* Whether a checked descriptor has no elements (N = 0 or a zero spatial extent). */
-int bnk_is_empty(const bnk_tensor_desc *desc);
+int bnk__is_empty(const bnk_tensor_desc *desc);
 
 /* An NVTX range named by op and shape around a public compute call (no-op without a profiler, or when
  * built with BNK_NVTX=OFF). Every push is matched by a pop on the same thread. */
-void bnk_range_push(const char *op, const bnk_tensor_desc *desc);
-void bnk_range_pop(void);
+void bnk__range_push(const char *op, const bnk_tensor_desc *desc);
+void bnk__range_pop(void);
 /* The same for a call on per-channel arrays or weights, named "<rows>x<columns>" (ranks x C, K x C x R x S). */
-void bnk_range_push_rows(const char *op, int64_t rows, int64_t columns);
+void bnk__range_push_rows(const char *op, int64_t rows, int64_t columns);
 
 /* The one elementwise pass (inference forward, bnk_scale_shift, bnk_normalize), after the caller's checks:
  * plan, device, NVTX range `op`, launch; `what` names the launch in a failure message. */
-bnk_status bnk_launch_elementwise(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
+bnk_status bnk__launch_elementwise(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
                                   bnk_normalize_params params, const bnk_epilogue_args *fused, const char *op,
                                   const char *what);
 
@@ -145,7 +145,7 @@ typedef struct bnk_device_guard {
   int previous;
   int switched;
 } bnk_device_guard;
-bnk_status bnk_device_enter(const bnk_context *ctx, bnk_device_guard *guard);
-void bnk_device_leave(const bnk_device_guard *guard);
+bnk_status bnk__device_enter(const bnk_context *ctx, bnk_device_guard *guard);
+void bnk__device_leave(const bnk_device_guard *guard);
 
 #endif

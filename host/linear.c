@@ -10,31 +10,31 @@
 
 static bnk_status check_cublas(cublasStatus_t status, const char *what) {
   if (status == CUBLAS_STATUS_SUCCESS) return BNK_SUCCESS;
-  return bnk_fail(BNK_ERROR_CUBLAS, "%s: %s: %s", what, cublasLtGetStatusName(status),
+  return bnk__fail(BNK_ERROR_CUBLAS, "%s: %s: %s", what, cublasLtGetStatusName(status),
                   cublasLtGetStatusString(status));
 }
 
-bnk_status bnk_cublaslt_create(void **handle) {
+bnk_status bnk__cublaslt_create(void **handle) {
   cublasLtHandle_t created = NULL;
   const bnk_status status = check_cublas(cublasLtCreate(&created), "cublasLtCreate");
   *handle = status == BNK_SUCCESS ? (void *)created : NULL;
   return status;
 }
 
-void bnk_cublaslt_destroy(void *handle) {
+void bnk__cublaslt_destroy(void *handle) {
   if (handle != NULL) cublasLtDestroy((cublasLtHandle_t)handle);
 }
 #else
-bnk_status bnk_cublaslt_create(void **handle) {
+bnk_status bnk__cublaslt_create(void **handle) {
   *handle = NULL;
   return BNK_SUCCESS;
 }
 
-void bnk_cublaslt_destroy(void *handle) { (void)handle; }
+void bnk__cublaslt_destroy(void *handle) { (void)handle; }
 #endif
 
 static bnk_status no_cublas(const char *call) {
-  return bnk_fail(BNK_ERROR_NOT_SUPPORTED,
+  return bnk__fail(BNK_ERROR_NOT_SUPPORTED,
                   "%s needs cuBLASLt, and this build has none (the host emulation, bnk_emu, has no cuBLAS)", call);
 }
 
@@ -42,7 +42,7 @@ static bnk_status no_cublas(const char *call) {
 /* cuBLAS's guidance for its workspace: 32 MiB on Hopper and newer, 4 MiB before. */
 static bnk_status cublaslt_workspace_bytes(const bnk_context *ctx, size_t *bytes) {
   int major = 0;
-  const bnk_status status = bnk_check_cuda(
+  const bnk_status status = bnk__check_cuda(
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx->device),
       "cudaDeviceGetAttribute(cudaDevAttrComputeCapabilityMajor)");
   *bytes = (size_t)(major >= 9 ? 32 : 4) << 20;
@@ -51,9 +51,9 @@ static bnk_status cublaslt_workspace_bytes(const bnk_context *ctx, size_t *bytes
 #endif
 
 bnk_status bnk_linear_bn_workspace_size(const bnk_context *ctx, size_t *bytes) {
-  bnk_clear_error();
-  BNK__TRY(bnk_require_context(ctx));
-  BNK__TRY(bnk_require_pointer(bytes, "bytes"));
+  bnk__clear_error();
+  BNK__TRY(bnk__require_context(ctx));
+  BNK__TRY(bnk__require_pointer(bytes, "bytes"));
 #ifdef BNK_WITH_CUBLASLT
   return cublaslt_workspace_bytes(ctx, bytes);
 #else
@@ -111,7 +111,7 @@ static bnk_status matmul(const bnk_context *ctx, bnk_dtype dtype, int64_t batch,
   BNK__TRY(check_cublas(cublasLtMatmulAlgoGetHeuristic(handle, op, a, b, d, d, preference, 1, &result, &found),
                         "cublasLtMatmulAlgoGetHeuristic"));
   if (found == 0)
-    return bnk_fail(BNK_ERROR_CUBLAS,
+    return bnk__fail(BNK_ERROR_CUBLAS,
                     "cublasLtMatmulAlgoGetHeuristic: CUBLAS_STATUS_NOT_SUPPORTED: no algorithm for %" PRId64
                     " x %" PRId64 " x %" PRId64 " with a bias epilogue",
                     batch, in_features, out_features);
@@ -125,35 +125,35 @@ static bnk_status matmul(const bnk_context *ctx, bnk_dtype dtype, int64_t batch,
 bnk_status bnk_linear_bn(bnk_context *ctx, bnk_dtype dtype, int64_t batch, int64_t in_features, int64_t out_features,
                          const void *x, const void *weight, const void *bias, bnk_epilogue_kind epilogue, void *y,
                          void *workspace, size_t workspace_bytes) {
-  bnk_clear_error();
-  BNK__TRY(bnk_require_context(ctx));
-  BNK__TRY(bnk_require_dtype(dtype, "dtype"));
-  if (batch < 0) return bnk_fail(BNK_ERROR_INVALID_VALUE, "batch must be >= 0, got %" PRId64, batch);
-  BNK__TRY(bnk_require_positive(in_features, "in_features"));
-  BNK__TRY(bnk_require_positive(out_features, "out_features"));
+  bnk__clear_error();
+  BNK__TRY(bnk__require_context(ctx));
+  BNK__TRY(bnk__require_dtype(dtype, "dtype"));
+  if (batch < 0) return bnk__fail(BNK_ERROR_INVALID_VALUE, "batch must be >= 0, got %" PRId64, batch);
+  BNK__TRY(bnk__require_positive(in_features, "in_features"));
+  BNK__TRY(bnk__require_positive(out_features, "out_features"));
   if (epilogue == BNK_EPILOGUE_ADD_RELU)
-    return bnk_fail(BNK_ERROR_NOT_SUPPORTED, "epilogue BNK_EPILOGUE_ADD_RELU is not supported by bnk_linear_bn "
+    return bnk__fail(BNK_ERROR_NOT_SUPPORTED, "epilogue BNK_EPILOGUE_ADD_RELU is not supported by bnk_linear_bn "
                                              "(cuBLASLt's bias epilogues add no residual)");
   if (epilogue != BNK_EPILOGUE_NONE && epilogue != BNK_EPILOGUE_RELU)
-    return bnk_fail(BNK_ERROR_INVALID_VALUE, "epilogue must be BNK_EPILOGUE_NONE or BNK_EPILOGUE_RELU, got %d",
+    return bnk__fail(BNK_ERROR_INVALID_VALUE, "epilogue must be BNK_EPILOGUE_NONE or BNK_EPILOGUE_RELU, got %d",
                     (int)epilogue);
   if (batch == 0) return BNK_SUCCESS;
-  BNK__TRY(bnk_require_pointer(x, "x"));
-  BNK__TRY(bnk_require_pointer(weight, "weight"));
-  BNK__TRY(bnk_require_pointer(bias, "bias"));
-  BNK__TRY(bnk_require_pointer(y, "y"));
+  BNK__TRY(bnk__require_pointer(x, "x"));
+  BNK__TRY(bnk__require_pointer(weight, "weight"));
+  BNK__TRY(bnk__require_pointer(bias, "bias"));
+  BNK__TRY(bnk__require_pointer(y, "y"));
 #ifdef BNK_WITH_CUBLASLT
   size_t needed = 0;
   BNK__TRY(cublaslt_workspace_bytes(ctx, &needed));
-  BNK__TRY(bnk_require_workspace(workspace, workspace_bytes, needed, "bnk_linear_bn_workspace_size"));
+  BNK__TRY(bnk__require_workspace(workspace, workspace_bytes, needed, "bnk_linear_bn_workspace_size"));
   bnk_device_guard guard;
-  BNK__TRY(bnk_device_enter(ctx, &guard));
+  BNK__TRY(bnk__device_enter(ctx, &guard));
   const bnk_tensor_desc shape = {dtype, BNK_NCHW, 0, batch, out_features, {1, 1, 1}};
-  bnk_range_push("linear_bn", &shape);
+  bnk__range_push("linear_bn", &shape);
   const bnk_status status = matmul(ctx, dtype, batch, in_features, out_features, x, weight, bias,
                                    epilogue == BNK_EPILOGUE_RELU, y, workspace, workspace_bytes);
-  bnk_range_pop();
-  bnk_device_leave(&guard);
+  bnk__range_pop();
+  bnk__device_leave(&guard);
   return status;
 #else
   (void)workspace;

@@ -28,7 +28,7 @@ static int tool_present(void) {
   return present;
 }
 
-void bnk_range_push(const char *op, const bnk_tensor_desc *desc) {
+void bnk__range_push(const char *op, const bnk_tensor_desc *desc) {
   if (!tool_present()) return;
   static const char *const dtypes[] = {"f32", "f16", "bf16"};
   char name[160];
@@ -44,19 +44,19 @@ void bnk_range_push(const char *op, const bnk_tensor_desc *desc) {
   nvtxDomainRangePushEx(domain, &attributes);
 }
 
-void bnk_range_pop(void) {
+void bnk__range_pop(void) {
   if (tool_present()) nvtxDomainRangePop(domain);
 }
 #else
-void bnk_range_push(const char *op, const bnk_tensor_desc *desc) {
+void bnk__range_push(const char *op, const bnk_tensor_desc *desc) {
   (void)op;
   (void)desc;
 }
 
-void bnk_range_pop(void) {}
+void bnk__range_pop(void) {}
 #endif
 
-void bnk_range_push_rows(const char *op, int64_t rows, int64_t columns) {
+void bnk__range_push_rows(const char *op, int64_t rows, int64_t columns) {
   const bnk_tensor_desc shape = {BNK_FLOAT32, BNK_NCHW, 0, rows, columns, {1, 1, 1}};
-  bnk_range_push(op, &shape);
+  bnk__range_push(op, &shape);
 }

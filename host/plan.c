@@ -18,9 +18,9 @@ static int64_t target_blocks(int sm_count) { return (int64_t)sm_count * (2048 / 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
 
-int bnk_dtype_vec(int dtype) { return dtype == BNK_FLOAT32 ? 4 : 8; }
+int bnk__dtype_vec(int dtype) { return dtype == BNK_FLOAT32 ? 4 : 8; }
 
-bnk_reduce_plan bnk_plan_reduce(const bnk_view *view, int vec, int sm_count) {
+bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count) {
   bnk_reduce_plan plan = {0};
   plan.vec = vec;
   const int64_t target = target_blocks(sm_count);
@@ -67,30 +67,30 @@ bnk_reduce_plan bnk_plan_reduce(const bnk_view *view, int vec, int sm_count) {
   return plan;
 }
 
-int64_t bnk_plan_parts_bound(const bnk_view *view, int sm_count) {
-  const bnk_reduce_plan narrow = bnk_plan_reduce(view, 1, sm_count);
+int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count) {
+  const bnk_reduce_plan narrow = bnk__plan_reduce(view, 1, sm_count);
   int64_t parts = narrow.parts;
-  const int vec = bnk_dtype_vec(view->dtype);
+  const int vec = bnk__dtype_vec(view->dtype);
   if ((view->channels_last ? view->c : view->s) % vec == 0) {
-    const bnk_reduce_plan wide = bnk_plan_reduce(view, vec, sm_count);
+    const bnk_reduce_plan wide = bnk__plan_reduce(view, vec, sm_count);
     if (wide.parts > parts) parts = wide.parts;
   }
   return parts;
 }
 
-bnk_status bnk_require_grid(const bnk_reduce_plan *plan) {
+bnk_status bnk__require_grid(const bnk_reduce_plan *plan) {
   if (plan->blocks > INT32_MAX)
-    return bnk_fail(BNK_ERROR_NOT_SUPPORTED, "tensor needs %" PRId64 " blocks, more than a grid holds (2^31 - 1)",
+    return bnk__fail(BNK_ERROR_NOT_SUPPORTED, "tensor needs %" PRId64 " blocks, more than a grid holds (2^31 - 1)",
                     plan->blocks);
   return BNK_SUCCESS;
 }
 
 /* Workspaces are per-channel arrays followed by per-piece arrays, each 256-byte aligned. */
-size_t bnk_align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+size_t bnk__align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
 
-void *bnk_layout_take(bnk_workspace_layout *layout, size_t bytes) {
+void *bnk__layout_take(bnk_workspace_layout *layout, size_t bytes) {
   void *start = layout->base == 0 ? NULL : (void *)(layout->base + layout->bytes);
-  layout->bytes += bnk_align256(bytes);
+  layout->bytes += bnk__align256(bytes);
   return start;
 }
 
@@ -101,42 +101,42 @@ static size_t piece_floats(const bnk_view *view, int64_t parts) { return (size_t
  * the bytes they take, so that the size query and the launch cannot disagree. */
 static size_t stats_layout(void *base, const bnk_view *view, int64_t parts, bnk_stats_workspace *ws) {
   bnk_workspace_layout layout = {(uintptr_t)base, 0};
-  ws->shift = bnk_layout_take(&layout, channel_floats(view));
-  ws->dmean = bnk_layout_take(&layout, channel_floats(view));
-  ws->invstd = bnk_layout_take(&layout, channel_floats(view));
-  ws->count = bnk_layout_take(&layout, piece_floats(view, parts));
-  ws->mean = bnk_layout_take(&layout, piece_floats(view, parts));
-  ws->m2 = bnk_layout_take(&layout, piece_floats(view, parts));
+  ws->shift = bnk__layout_take(&layout, channel_floats(view));
+  ws->dmean = bnk__layout_take(&layout, channel_floats(view));
+  ws->invstd = bnk__layout_take(&layout, channel_floats(view));
+  ws->count = bnk__layout_take(&layout, piece_floats(view, parts));
+  ws->mean = bnk__layout_take(&layout, piece_floats(view, parts));
+  ws->m2 = bnk__layout_take(&layout, piece_floats(view, parts));
   return layout.bytes;
 }
 
 static size_t backward_layout(void *base, const bnk_view *view, int64_t parts, bnk_backward_workspace *ws) {
   bnk_workspace_layout layout = {(uintptr_t)base, 0};
-  ws->dy_scale = bnk_layout_take(&layout, channel_floats(view));
-  ws->xmu_scale = bnk_layout_take(&layout, channel_floats(view));
-  ws->bias = bnk_layout_take(&layout, channel_floats(view));
-  ws->sum_dy = bnk_layout_take(&layout, piece_floats(view, parts));
-  ws->sum_dy_xmu = bnk_layout_take(&layout, piece_floats(view, parts));
+  ws->dy_scale = bnk__layout_take(&layout, channel_floats(view));
+  ws->xmu_scale = bnk__layout_take(&layout, channel_floats(view));
+  ws->bias = bnk__layout_take(&layout, channel_floats(view));
+  ws->sum_dy = bnk__layout_take(&layout, piece_floats(view, parts));
+  ws->sum_dy_xmu = bnk__layout_take(&layout, piece_floats(view, parts));
   return layout.bytes;
 }
 
-size_t bnk_stats_workspace_bytes(const bnk_view *view, int64_t parts) {
+size_t bnk__stats_workspace_bytes(const bnk_view *view, int64_t parts) {
   bnk_stats_workspace ws;
   return stats_layout(NULL, view, parts, &ws);
 }
 
-bnk_stats_workspace bnk_stats_workspace_carve(void *base, const bnk_view *view, int64_t parts) {
+bnk_stats_workspace bnk__stats_workspace_carve(void *base, const bnk_view *view, int64_t parts) {
   bnk_stats_workspace ws;
   stats_layout(base, view, parts, &ws);
   return ws;
 }
 
-size_t bnk_backward_workspace_bytes(const bnk_view *view, int64_t parts) {
+size_t bnk__backward_workspace_bytes(const bnk_view *view, int64_t parts) {
   bnk_backward_workspace ws;
   return backward_layout(NULL, view, parts, &ws);
 }
 
-bnk_backward_workspace bnk_backward_workspace_carve(void *base, const bnk_view *view, int64_t parts) {
+bnk_backward_workspace bnk__backward_workspace_carve(void *base, const bnk_view *view, int64_t parts) {
   bnk_backward_workspace ws;
   backward_layout(base, view, parts, &ws);
   return ws;

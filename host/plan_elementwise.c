@@ -19,15 +19,15 @@ static int all_aligned(const void *const *pointers, int count) {
   return 1;
 }
 
-int64_t bnk_stream_resident_blocks(int sm_count) { return (int64_t)sm_count * (2048 / BNK_STREAM_THREADS); }
+int64_t bnk__stream_resident_blocks(int sm_count) { return (int64_t)sm_count * (2048 / BNK_STREAM_THREADS); }
 
-int bnk_choose_vec(const bnk_view *view, const void *const *pointers, int count) {
-  const int vec = bnk_dtype_vec(view->dtype);
+int bnk__choose_vec(const bnk_view *view, const void *const *pointers, int count) {
+  const int vec = bnk__dtype_vec(view->dtype);
   const int64_t contiguous = view->channels_last ? view->c : view->s;
   return contiguous % vec == 0 && all_aligned(pointers, count) ? vec : 1;
 }
 
-int64_t bnk_plan_grid_stride_blocks(int64_t items, int64_t resident_blocks) {
+int64_t bnk__plan_grid_stride_blocks(int64_t items, int64_t resident_blocks) {
   return min64(ceil_div(items, BNK_STREAM_THREADS), resident_blocks);
 }
 
@@ -54,10 +54,10 @@ static void plan_flat_walk(const bnk_view *view, int64_t resident_blocks, bnk_el
   plan->mask_words = 1;
 }
 
-bnk_elementwise_plan bnk_plan_elementwise(const bnk_view *view, const void *const *pointers, int count,
+bnk_elementwise_plan bnk__plan_elementwise(const bnk_view *view, const void *const *pointers, int count,
                                           int sm_count, int64_t resident_blocks) {
   bnk_elementwise_plan plan = {0};
-  const int vec = bnk_dtype_vec(view->dtype);
+  const int vec = bnk__dtype_vec(view->dtype);
   const int aligned = all_aligned(pointers, count);
   if (!view->channels_last) {
     plan.vec = aligned ? vec : 1;
@@ -65,7 +65,7 @@ bnk_elementwise_plan bnk_plan_elementwise(const bnk_view *view, const void *cons
     return plan;
   }
   plan.vec = aligned && view->c % vec == 0 ? vec : 1;
-  plan.tiling = bnk_plan_reduce(view, plan.vec, sm_count);
+  plan.tiling = bnk__plan_reduce(view, plan.vec, sm_count);
   plan.blocks = plan.tiling.blocks;
   plan.threads = plan.tiling.threads;
   /* A group of 32 / vec lanes covers 32 consecutive elements of one row, starting at a multiple of 32,
@@ -74,13 +74,13 @@ bnk_elementwise_plan bnk_plan_elementwise(const bnk_view *view, const void *cons
   return plan;
 }
 
-bnk_status bnk_require_elementwise_grid(const bnk_elementwise_plan *plan) {
+bnk_status bnk__require_elementwise_grid(const bnk_elementwise_plan *plan) {
   bnk_reduce_plan blocks_only = {0};
   blocks_only.blocks = plan->blocks;
-  return bnk_require_grid(&blocks_only);
+  return bnk__require_grid(&blocks_only);
 }
 
-bnk_elementwise_plan bnk_elementwise_plan_of(const bnk_context *ctx, const bnk_view *view,
+bnk_elementwise_plan bnk__elementwise_plan_of(const bnk_context *ctx, const bnk_view *view,
                                              const void *const *pointers, int count) {
-  return bnk_plan_elementwise(view, pointers, count, ctx->sm_count, bnk_stream_resident_blocks(ctx->sm_count));
+  return bnk__plan_elementwise(view, pointers, count, ctx->sm_count, bnk__stream_resident_blocks(ctx->sm_count));
 }

@@ -33,9 +33,9 @@ unsigned bnk_version(void) { return BNK_VERSION_NUMBER; }
 
 const char *bnk_version_string(void) { return BNK_VERSION_STRING; }
 
-void bnk_clear_error(void) { last_message[0] = '\0'; }
+void bnk__clear_error(void) { last_message[0] = '\0'; }
 
-bnk_status bnk_fail(bnk_status status, const char *format, ...) {
+bnk_status bnk__fail(bnk_status status, const char *format, ...) {
   va_list args;
   va_start(args, format);
   vsnprintf(last_message, sizeof last_message, format, args);
@@ -43,7 +43,7 @@ bnk_status bnk_fail(bnk_status status, const char *format, ...) {
   return status;
 }
 
-bnk_status bnk_check_cuda(cudaError_t error, const char *what) {
+bnk_status bnk__check_cuda(cudaError_t error, const char *what) {
   if (error == cudaSuccess) return BNK_SUCCESS;
-  return bnk_fail(BNK_ERROR_CUDA, "%s: %s: %s", what, cudaGetErrorName(error), cudaGetErrorString(error));
+  return bnk__fail(BNK_ERROR_CUDA, "%s: %s: %s", what, cudaGetErrorName(error), cudaGetErrorString(error));
 }

@@ -356,14 +356,14 @@ static void launch_sums(const bnk_view *view, const bnk_reduce_plan *plan, const
 
 static const bnk_grad_epilogue_args plain_gradient = {BNK_GRAD_PLAIN, NULL, NULL, NULL};
 
-extern "C" cudaError_t bnk_launch_backward_reduce(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+extern "C" cudaError_t bnk__launch_backward_reduce(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                                   const void *dy, bnk_backward_stats stats,
                                                   bnk_backward_workspace ws, float *dgamma, float *dbeta,
                                                   cudaStream_t stream) {
-  return bnk_launch_backward_reduce_ex(view, plan, x, dy, stats, ws, dgamma, dbeta, NULL, stream);
+  return bnk__launch_backward_reduce_ex(view, plan, x, dy, stats, ws, dgamma, dbeta, NULL, stream);
 }
 
-extern "C" cudaError_t bnk_launch_backward_reduce_ex(const bnk_view *view, const bnk_reduce_plan *plan,
+extern "C" cudaError_t bnk__launch_backward_reduce_ex(const bnk_view *view, const bnk_reduce_plan *plan,
                                                      const void *x, const void *dy, bnk_backward_stats stats,
                                                      bnk_backward_workspace ws, float *dgamma, float *dbeta,
                                                      const bnk_grad_epilogue_args *epilogue, cudaStream_t stream) {
@@ -397,13 +397,13 @@ static void launch_dx_typed(const bnk_view *view, const bnk_elementwise_plan &pl
   }
 }
 
-extern "C" cudaError_t bnk_launch_backward_dx(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
+extern "C" cudaError_t bnk__launch_backward_dx(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
                                               const void *dy, void *dx, bnk_backward_stats stats,
                                               const bnk_backward_workspace *coefficients, cudaStream_t stream) {
-  return bnk_launch_backward_dx_ex(view, plan, x, dy, dx, stats, coefficients, NULL, stream);
+  return bnk__launch_backward_dx_ex(view, plan, x, dy, dx, stats, coefficients, NULL, stream);
 }
 
-extern "C" cudaError_t bnk_launch_backward_dx_ex(const bnk_view *view, const bnk_elementwise_plan *plan,
+extern "C" cudaError_t bnk__launch_backward_dx_ex(const bnk_view *view, const bnk_elementwise_plan *plan,
                                                  const void *x, const void *dy, void *dx, bnk_backward_stats stats,
                                                  const bnk_backward_workspace *coefficients,
                                                  const bnk_grad_epilogue_args *epilogue, cudaStream_t stream) {
@@ -422,7 +422,7 @@ extern "C" cudaError_t bnk_launch_backward_dx_ex(const bnk_view *view, const bnk
   return status != cudaSuccess ? status : cudaGetLastError();
 }
 
-extern "C" cudaError_t bnk_launch_backward_gradients_from_sums(int64_t c, const float *sums, bnk_backward_stats stats,
+extern "C" cudaError_t bnk__launch_backward_gradients_from_sums(int64_t c, const float *sums, bnk_backward_stats stats,
                                                                bnk_backward_workspace ws, float *dgamma,
                                                                float *dbeta, cudaStream_t stream) {
   const dim3 grid((unsigned)((c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));

@@ -43,7 +43,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   }
 }
 
-extern "C" cudaError_t bnk_launch_inference_params(int64_t c, bnk_frozen_bn bn, float *scale, float *shift,
+extern "C" cudaError_t bnk__launch_inference_params(int64_t c, bnk_frozen_bn bn, float *scale, float *shift,
                                                    cudaStream_t stream) {
   const dim3 grid((unsigned)((c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));
   BNK_LAUNCH(inference_params, grid, dim3(BNK_STREAM_THREADS), 0, stream)(c, bn, scale, shift);
@@ -51,7 +51,7 @@ extern "C" cudaError_t bnk_launch_inference_params(int64_t c, bnk_frozen_bn bn, 
 }
 
 // The bias is float32, or of the weight's type (what cuBLASLt's bias epilogue reads for 16-bit outputs).
-extern "C" cudaError_t bnk_launch_fold(int64_t rows, int64_t row_elements, int dtype, const void *weight_in,
+extern "C" cudaError_t bnk__launch_fold(int64_t rows, int64_t row_elements, int dtype, const void *weight_in,
                                        void *weight_out, const float *bias_in, void *bias_out, int bias_dtype,
                                        bnk_frozen_bn bn, int64_t blocks, cudaStream_t stream) {
   const bnk_fastdiv row_divisor = bnk_fastdiv_make((uint64_t)row_elements);

@@ -46,14 +46,14 @@ typedef struct bnk_reduce_plan {
 } bnk_reduce_plan;
 
 /* Elements per 16-byte access for a dtype. */
-int bnk_dtype_vec(int dtype);
+int bnk__dtype_vec(int dtype);
 /* The plan for a view whose tensors allow `vec`-wide access, on a device with sm_count SMs. */
-bnk_reduce_plan bnk_plan_reduce(const bnk_view *view, int vec, int sm_count);
+bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count);
 /* The widest access that every pointer's alignment and the view's contiguous extent allow. */
-int bnk_choose_vec(const bnk_view *view, const void *const *pointers, int count);
+int bnk__choose_vec(const bnk_view *view, const void *const *pointers, int count);
 /* Blocks of BNK_STREAM_THREADS for a grid-stride loop over `items`: one per item, at most
  * `resident_blocks` (the blocks of BNK_STREAM_THREADS the GPU holds at once). */
-int64_t bnk_plan_grid_stride_blocks(int64_t items, int64_t resident_blocks);
+int64_t bnk__plan_grid_stride_blocks(int64_t items, int64_t resident_blocks);
 
 /* Longest run the channels-first elementwise walk counts exactly; longer runs are counted as this long,
  * which is exact within a block because no block's piece is longer than half of it. */
@@ -71,7 +71,7 @@ int64_t bnk_plan_grid_stride_blocks(int64_t items, int64_t resident_blocks);
  * run_step runs and left_step elements. A vector that straddles a run boundary is done element by
  * element.
  *
- * Channels-last: the tiling of bnk_plan_reduce (`tiling`); each thread keeps the parameters of its vec
+ * Channels-last: the tiling of bnk__plan_reduce (`tiling`); each thread keeps the parameters of its vec
  * channels in registers. */
 typedef struct bnk_elementwise_plan {
   int vec;
@@ -92,13 +92,13 @@ typedef struct bnk_elementwise_plan {
 } bnk_elementwise_plan;
 
 /* The plan of an elementwise pass over `view` whose tensors are `pointers` (NULL entries ignored), on a
- * GPU of sm_count SMs (the channels-last tiling of bnk_plan_reduce) that holds `resident_blocks` blocks of
+ * GPU of sm_count SMs (the channels-last tiling of bnk__plan_reduce) that holds `resident_blocks` blocks of
  * BNK_STREAM_THREADS at once. */
-bnk_elementwise_plan bnk_plan_elementwise(const bnk_view *view, const void *const *pointers, int count,
+bnk_elementwise_plan bnk__plan_elementwise(const bnk_view *view, const void *const *pointers, int count,
                                           int sm_count, int64_t resident_blocks);
 /* The most pieces per channel of any plan for this view: the launch picks its vector width from the
  * pointers' alignment, which a workspace size query cannot know. */
-int64_t bnk_plan_parts_bound(const bnk_view *view, int sm_count);
+int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count);
 
 /* Workspace of the statistics: per-channel arrays, then per-piece partials; 256-byte aligned arrays.
  * The per-channel part is the same for every plan of a view, so the normalize pass can find it. */
@@ -111,8 +111,8 @@ typedef struct bnk_stats_workspace {
   float *m2;     /* [parts][c] */
 } bnk_stats_workspace;
 
-size_t bnk_stats_workspace_bytes(const bnk_view *view, int64_t parts);
-bnk_stats_workspace bnk_stats_workspace_carve(void *base, const bnk_view *view, int64_t parts);
+size_t bnk__stats_workspace_bytes(const bnk_view *view, int64_t parts);
+bnk_stats_workspace bnk__stats_workspace_carve(void *base, const bnk_view *view, int64_t parts);
 
 /* Running-statistics update of the training forward. */
 typedef struct bnk_running_update {
@@ -126,7 +126,7 @@ typedef struct bnk_running_update {
 /* Batch statistics of x: stats kernel (pieces) then merge kernel. Fills ws.shift/dmean/invstd,
  * save_mean/save_invstd when not NULL, and applies `running`. rank_partials, when not NULL, receives the
  * batch's count[c], mean[c], m2[c] (3 x C doubles) for merging across ranks. */
-cudaError_t bnk_launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+cudaError_t bnk__launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                    bnk_stats_workspace ws, float eps, bnk_running_update running,
                                    float *save_mean, float *save_invstd, double *rank_partials,
                                    cudaStream_t stream);
@@ -154,8 +154,8 @@ typedef struct bnk_backward_workspace {
   float *sum_dy_xmu; /* [parts][c]: sum of dy * (x - mean[c]) */
 } bnk_backward_workspace;
 
-size_t bnk_backward_workspace_bytes(const bnk_view *view, int64_t parts);
-bnk_backward_workspace bnk_backward_workspace_carve(void *base, const bnk_view *view, int64_t parts);
+size_t bnk__backward_workspace_bytes(const bnk_view *view, int64_t parts);
+bnk_backward_workspace bnk__backward_workspace_carve(void *base, const bnk_view *view, int64_t parts);
 
 /* The per-channel statistics the backward differentiates through: the batch statistics that the training
  * forward saved, or the running statistics (frozen) of the inference forward. */
@@ -170,14 +170,14 @@ typedef struct bnk_backward_stats {
 /* The backward's per-channel sums over (x, dy): reduction kernel (pieces of `plan`) then merge kernel,
  * which writes dbeta = sum(dy) and dgamma = invstd * sum(dy * (x - mean)) when not NULL, and the dx
  * coefficients of the training backward to ws. x may be NULL when dgamma is NULL. */
-cudaError_t bnk_launch_backward_reduce(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+cudaError_t bnk__launch_backward_reduce(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                        const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
                                        float *dgamma, float *dbeta, cudaStream_t stream);
 
 /* The elementwise pass writing dx, on `plan` (of x, dy and dx). With `coefficients` (training), dx = dy *
- * dy_scale[c] + (x - mean[c]) * xmu_scale[c] + bias[c] from bnk_launch_backward_reduce; with NULL (frozen
+ * dy_scale[c] + (x - mean[c]) * xmu_scale[c] + bias[c] from bnk__launch_backward_reduce; with NULL (frozen
  * statistics), dx = dy * gamma[c] * invstd[c] and x must be NULL, so that it is not read. dx may equal dy. */
-cudaError_t bnk_launch_backward_dx(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
+cudaError_t bnk__launch_backward_dx(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
                                    const void *dy, void *dx, bnk_backward_stats stats,
                                    const bnk_backward_workspace *coefficients, cudaStream_t stream);
 
@@ -198,7 +198,7 @@ typedef struct bnk_epilogue_args {
 
 /* The elementwise pass with bnk_normalize_params on `plan` (of x, y and z), through a fused epilogue (NULL:
  * the plain pass). The mask is zeroed first only when plan->mask_words is 0. */
-cudaError_t bnk_launch_normalize_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x, void *y,
+cudaError_t bnk__launch_normalize_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x, void *y,
                                     bnk_normalize_params params, const bnk_epilogue_args *epilogue,
                                     cudaStream_t stream);
 
@@ -214,13 +214,13 @@ typedef struct bnk_grad_epilogue_args {
   void *dz;             /* NULL: not written */
 } bnk_grad_epilogue_args;
 
-/* bnk_launch_backward_reduce and bnk_launch_backward_dx through an epilogue (NULL: plain). The dx pass may
+/* bnk__launch_backward_reduce and bnk__launch_backward_dx through an epilogue (NULL: plain). The dx pass may
  * have dx NULL when it only writes dz. */
-cudaError_t bnk_launch_backward_reduce_ex(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+cudaError_t bnk__launch_backward_reduce_ex(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                           const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
                                           float *dgamma, float *dbeta, const bnk_grad_epilogue_args *epilogue,
                                           cudaStream_t stream);
-cudaError_t bnk_launch_backward_dx_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
+cudaError_t bnk__launch_backward_dx_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
                                       const void *dy, void *dx, bnk_backward_stats stats,
                                       const bnk_backward_workspace *coefficients,
                                       const bnk_grad_epilogue_args *epilogue, cudaStream_t stream);
@@ -235,15 +235,15 @@ typedef struct bnk_frozen_bn {
 } bnk_frozen_bn;
 
 /* scale[c] = gamma[c] * bnk_invstd_of(var[c], eps), shift[c] = beta[c] - mean[c] * scale[c]. */
-cudaError_t bnk_launch_inference_params(int64_t c, bnk_frozen_bn bn, float *scale, float *shift,
+cudaError_t bnk__launch_inference_params(int64_t c, bnk_frozen_bn bn, float *scale, float *shift,
                                         cudaStream_t stream);
 
 /* Folds bn into the layer before it, whose weight is `rows` output channels of row_elements contiguous
  * values each (dtype): weight_out[k][i] = weight_in[k][i] * scale[k] and bias_out[k] = (bias_in[k] -
  * mean[k]) * scale[k] + beta[k], in fp32, bias_in NULL meaning 0 and bias_out of bias_dtype. In place is
  * allowed (each element is read and written by the same thread). `blocks` of BNK_STREAM_THREADS walk the
- * weight (bnk_plan_grid_stride_blocks). */
-cudaError_t bnk_launch_fold(int64_t rows, int64_t row_elements, int dtype, const void *weight_in, void *weight_out,
+ * weight (bnk__plan_grid_stride_blocks). */
+cudaError_t bnk__launch_fold(int64_t rows, int64_t row_elements, int dtype, const void *weight_in, void *weight_out,
                             const float *bias_in, void *bias_out, int bias_dtype, bnk_frozen_bn bn, int64_t blocks,
                             cudaStream_t stream);
 
@@ -252,19 +252,19 @@ cudaError_t bnk_launch_fold(int64_t rows, int64_t row_elements, int dtype, const
 /* Vectors of x that each thread of the persistent forward keeps in registers across its grid barriers. */
 #define BNK_PERSISTENT_CACHE 8
 
-/* The plan of the persistent forward: bnk_plan_reduce's tiling with every thread's share of a piece at most
+/* The plan of the persistent forward: bnk__plan_reduce's tiling with every thread's share of a piece at most
  * BNK_PERSISTENT_CACHE vectors (channels-first) or rows (channels-last), BNK_STREAM_THREADS per block. Returns
  * whether its blocks fit the co-resident grid, blocks_per_sm x sm_count. */
-int bnk_plan_persistent(const bnk_view *view, int vec, int sm_count, int blocks_per_sm, bnk_reduce_plan *plan);
+int bnk__plan_persistent(const bnk_view *view, int vec, int sm_count, int blocks_per_sm, bnk_reduce_plan *plan);
 
 /* Blocks of the persistent forward kernel for this dtype, layout, vector width and epilogue kind that one SM
  * holds at once (cudaOccupancyMaxActiveBlocksPerMultiprocessor). */
-cudaError_t bnk_persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue, int *blocks_per_sm);
+cudaError_t bnk__persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue, int *blocks_per_sm);
 
-/* The training forward in one cooperative launch of plan->blocks blocks: the work of bnk_launch_batch_stats
- * (ws, running, save_mean, save_invstd) and of bnk_launch_normalize_ex with the batch statistics, x read once.
+/* The training forward in one cooperative launch of plan->blocks blocks: the work of bnk__launch_batch_stats
+ * (ws, running, save_mean, save_invstd) and of bnk__launch_normalize_ex with the batch statistics, x read once.
  * The launcher does not clear the mask: the kernel does, before its grid barrier. */
-cudaError_t bnk_launch_persistent_forward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x, void *y,
+cudaError_t bnk__launch_persistent_forward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x, void *y,
                                           bnk_stats_workspace ws, float eps, bnk_running_update running,
                                           float *save_mean, float *save_invstd, const float *gamma,
                                           const float *beta, const bnk_epilogue_args *epilogue, cudaStream_t stream);
@@ -274,16 +274,16 @@ cudaError_t bnk_launch_persistent_forward(const bnk_view *view, const bnk_reduce
 /* Merges `ranks` partial triples laid out rank-major ([rank][count | mean | m2][c], doubles) in rank order
  * into mean_out/invstd_out, applies `running` with the total count, and then counts the batch in
  * running.num_batches_tracked when not NULL. */
-cudaError_t bnk_launch_merge_ranks(int64_t c, int ranks, const double *gathered, float eps,
+cudaError_t bnk__launch_merge_ranks(int64_t c, int ranks, const double *gathered, float eps,
                                    bnk_running_update running, float *mean_out, float *invstd_out,
                                    cudaStream_t stream);
 /* *destination = value, in stream order (graph-capturable, unlike a copy from host memory). */
-cudaError_t bnk_launch_store_value(float *destination, float value, cudaStream_t stream);
+cudaError_t bnk__launch_store_value(float *destination, float value, cudaStream_t stream);
 /* *num_batches_tracked += 1, in stream order: how the training forward counts an empty batch. */
-cudaError_t bnk_launch_count_batch(int64_t *num_batches_tracked, cudaStream_t stream);
+cudaError_t bnk__launch_count_batch(int64_t *num_batches_tracked, cudaStream_t stream);
 /* The dgamma, dbeta and dx coefficients of the training backward from sums added over every rank:
  * sums = [sum dy (C) | sum dy * xhat (C) | M]. */
-cudaError_t bnk_launch_backward_gradients_from_sums(int64_t c, const float *sums, bnk_backward_stats stats,
+cudaError_t bnk__launch_backward_gradients_from_sums(int64_t c, const float *sums, bnk_backward_stats stats,
                                                     bnk_backward_workspace ws, float *dgamma, float *dbeta,
                                                     cudaStream_t stream);
 

@@ -109,7 +109,7 @@ static void launch_normalize_typed(const bnk_view *view, const bnk_elementwise_p
   }
 }
 
-extern "C" cudaError_t bnk_launch_normalize_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
+extern "C" cudaError_t bnk__launch_normalize_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
                                                void *y, bnk_normalize_params params,
                                                const bnk_epilogue_args *epilogue, cudaStream_t stream) {
   const bnk_epilogue_args plain = {BNK_EPILOGUE_NONE, NULL, NULL};

@@ -7,7 +7,7 @@
 //   2. grid barrier; one warp per channel merges that channel's pieces and derives the statistics
 //      (bnk_finalize_channel: the saved and running statistics are written once, by that warp);
 //   3. grid barrier; normalize the cached values with the fused epilogue (affine.cuh) and write y.
-// The blocks and pieces are bnk_plan_persistent's: the tiling of bnk_plan_reduce with each thread's share cut
+// The blocks and pieces are bnk__plan_persistent's: the tiling of bnk__plan_reduce with each thread's share cut
 // to fit its cache. The merge is the two-pass path's, so both paths agree wherever their pieces do.
 #include <cooperative_groups.h>
 
@@ -258,12 +258,12 @@ template <typename T, int V, int EPILOGUE> struct occupancy_op {
   }
 };
 
-extern "C" cudaError_t bnk_persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue,
+extern "C" cudaError_t bnk__persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue,
                                                         int *blocks_per_sm) {
   return dispatch<occupancy_op>(view->dtype, vec, epilogue, view->channels_last, blocks_per_sm);
 }
 
-extern "C" cudaError_t bnk_launch_persistent_forward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+extern "C" cudaError_t bnk__launch_persistent_forward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                                      void *y, bnk_stats_workspace ws, float eps,
                                                      bnk_running_update running, float *save_mean,
                                                      float *save_invstd, const float *gamma, const float *beta,

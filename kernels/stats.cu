@@ -155,7 +155,7 @@ static void launch_stats_pieces(const bnk_view *view, const bnk_reduce_plan *pla
   }
 }
 
-extern "C" cudaError_t bnk_launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+extern "C" cudaError_t bnk__launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                               bnk_stats_workspace ws, float eps, bnk_running_update running,
                                               float *save_mean, float *save_invstd, double *rank_partials,
                                               cudaStream_t stream) {

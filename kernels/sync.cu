@@ -41,7 +41,7 @@ static __global__ void count_batch(int64_t *num_batches_tracked) { *num_batches_
 
 static __global__ void store_value(float *destination, float value) { *destination = value; }
 
-extern "C" cudaError_t bnk_launch_merge_ranks(int64_t c, int ranks, const double *gathered, float eps,
+extern "C" cudaError_t bnk__launch_merge_ranks(int64_t c, int ranks, const double *gathered, float eps,
                                               bnk_running_update running, float *mean_out, float *invstd_out,
                                               cudaStream_t stream) {
   const dim3 grid((unsigned)((c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));
@@ -49,15 +49,15 @@ extern "C" cudaError_t bnk_launch_merge_ranks(int64_t c, int ranks, const double
                                                                           mean_out, invstd_out);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess || running.num_batches_tracked == NULL) return status;
-  return bnk_launch_count_batch(running.num_batches_tracked, stream);
+  return bnk__launch_count_batch(running.num_batches_tracked, stream);
 }
 
-extern "C" cudaError_t bnk_launch_store_value(float *destination, float value, cudaStream_t stream) {
+extern "C" cudaError_t bnk__launch_store_value(float *destination, float value, cudaStream_t stream) {
   BNK_LAUNCH(store_value, dim3(1), dim3(1), 0, stream)(destination, value);
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t bnk_launch_count_batch(int64_t *num_batches_tracked, cudaStream_t stream) {
+extern "C" cudaError_t bnk__launch_count_batch(int64_t *num_batches_tracked, cudaStream_t stream) {
   BNK_LAUNCH(count_batch, dim3(1), dim3(1), 0, stream)(num_batches_tracked);
   return cudaGetLastError();
 }

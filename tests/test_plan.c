@@ -69,15 +69,15 @@ static void check_pieces(const bnk_view *view, int vec, int sms, const bnk_reduc
 
 /* Every array a launch carves lies inside what the size query asked for, 256-byte aligned. */
 static void check_workspaces(const bnk_view *view, int vec, int sms, const bnk_reduce_plan *plan) {
-  const int64_t bound = bnk_plan_parts_bound(view, sms);
+  const int64_t bound = bnk__plan_parts_bound(view, sms);
   cr_assert(bound >= plan->parts, "parts bound %" PRId64 " < parts %" PRId64 " for " SHAPE_FORMAT, bound,
             plan->parts, SHAPE_ARGS(view, vec, sms));
   const uintptr_t base = 1 << 20;
   const uintptr_t channels = (uintptr_t)view->c * sizeof(float);
   const uintptr_t pieces = (uintptr_t)(plan->parts * view->c) * sizeof(float);
 
-  const size_t stats_bytes = bnk_stats_workspace_bytes(view, bound);
-  const bnk_stats_workspace stats = bnk_stats_workspace_carve((void *)base, view, plan->parts);
+  const size_t stats_bytes = bnk__stats_workspace_bytes(view, bound);
+  const bnk_stats_workspace stats = bnk__stats_workspace_carve((void *)base, view, plan->parts);
   const struct { const float *array; uintptr_t bytes; } stats_arrays[] = {
       {stats.shift, channels}, {stats.dmean, channels}, {stats.invstd, channels},
       {stats.count, pieces},   {stats.mean, pieces},    {stats.m2, pieces}};
@@ -88,8 +88,8 @@ static void check_workspaces(const bnk_view *view, int vec, int sms, const bnk_r
               i, start - base, stats_arrays[i].bytes, stats_bytes, SHAPE_ARGS(view, vec, sms));
   }
 
-  const size_t backward_bytes = bnk_backward_workspace_bytes(view, bound);
-  const bnk_backward_workspace backward = bnk_backward_workspace_carve((void *)base, view, plan->parts);
+  const size_t backward_bytes = bnk__backward_workspace_bytes(view, bound);
+  const bnk_backward_workspace backward = bnk__backward_workspace_carve((void *)base, view, plan->parts);
   const struct { const float *array; uintptr_t bytes; } backward_arrays[] = {
       {backward.dy_scale, channels}, {backward.xmu_scale, channels}, {backward.bias, channels},
       {backward.sum_dy, pieces},     {backward.sum_dy_xmu, pieces}};
@@ -121,11 +121,11 @@ Test(plan, reduction_plans_keep_their_invariants) {
                 view.n = batches[b] * spatial_sizes[s];
                 view.s = 1;
               }
-              const int wide = bnk_dtype_vec(view.dtype);
+              const int wide = bnk__dtype_vec(view.dtype);
               const int64_t contiguous = channels_last ? view.c : view.s;
               const int vecs[2] = {1, wide};
               for (int v = 0; v < (contiguous % wide == 0 ? 2 : 1); ++v) {
-                const bnk_reduce_plan plan = bnk_plan_reduce(&view, vecs[v], sm_counts[g]);
+                const bnk_reduce_plan plan = bnk__plan_reduce(&view, vecs[v], sm_counts[g]);
                 check_pieces(&view, vecs[v], sm_counts[g], &plan);
                 check_workspaces(&view, vecs[v], sm_counts[g], &plan);
                 ++checked;
