@@ -8,12 +8,12 @@
 //    the flat index by division.
 #ifdef BNK_EMULATION
 #include <bnk_emu/device.h>
-#define BASELINE_LAUNCH(kernel, grid, block, stream) BNK_EMU_LAUNCH(kernel, grid, block, 0, stream)
+#define BASELINE_LAUNCH(kernel, grid, block, stream, ...) BNK_EMU_LAUNCH(kernel, grid, block, 0, stream)(__VA_ARGS__)
 #else
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
-#define BASELINE_LAUNCH(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
+#define BASELINE_LAUNCH(kernel, grid, block, stream, ...) kernel<<<grid, block, 0, stream>>>(__VA_ARGS__)
 #endif
 
 #include "benchmarks/baselines.h"
@@ -244,10 +244,10 @@ extern "C" cudaError_t naive_forward_training(const bnk_tensor_desc *desc, const
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(naive_statistics<T>, dim3((unsigned)shape.c), dim3(BASELINE_THREADS), stream)(
+    BASELINE_LAUNCH(naive_statistics<T>, dim3((unsigned)shape.c), dim3(BASELINE_THREADS), stream, 
         static_cast<const T *>(x), shape, (float)momentum, (float)eps, running_mean, running_var, save_mean,
         save_invstd);
-    BASELINE_LAUNCH(normalize<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream)(
+    BASELINE_LAUNCH(normalize<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
         static_cast<const T *>(x), static_cast<T *>(y), shape, gamma, beta, (const float *)save_mean,
         (const float *)save_invstd);
   });
@@ -259,7 +259,7 @@ extern "C" cudaError_t naive_forward_inference(const bnk_tensor_desc *desc, cons
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(normalize_inference<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream)(
+    BASELINE_LAUNCH(normalize_inference<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
         static_cast<const T *>(x), static_cast<T *>(y), shape, gamma, beta, running_mean, running_var, (float)eps);
   });
 }
@@ -270,10 +270,10 @@ static cudaError_t naive_gradients(const bnk_tensor_desc *desc, const void *x, c
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(naive_gradient_sums<T>, dim3((unsigned)shape.c), dim3(BASELINE_THREADS), stream)(
+    BASELINE_LAUNCH(naive_gradient_sums<T>, dim3((unsigned)shape.c), dim3(BASELINE_THREADS), stream, 
         static_cast<const T *>(x), static_cast<const T *>(dy), shape, mean, spread, frozen, (float)eps, dgamma,
         dbeta);
-    BASELINE_LAUNCH(backward_dx<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream)(
+    BASELINE_LAUNCH(backward_dx<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
         static_cast<const T *>(x), static_cast<const T *>(dy), static_cast<T *>(dx), shape, gamma, mean, spread,
         frozen, (float)eps, (const float *)dgamma, (const float *)dbeta);
   });
@@ -296,7 +296,7 @@ extern "C" cudaError_t baseline_statistics_from_sums(int64_t channels, int64_t c
                                                      const float *sums_of_squares, double momentum, double eps,
                                                      float *running_mean, float *running_var, float *save_mean,
                                                      float *save_invstd, cudaStream_t stream) {
-  BASELINE_LAUNCH(statistics_from_sums, per_channel_grid(channels), dim3(BASELINE_THREADS), stream)(
+  BASELINE_LAUNCH(statistics_from_sums, per_channel_grid(channels), dim3(BASELINE_THREADS), stream, 
       channels, count, sums, sums_of_squares, (float)momentum, (float)eps, running_mean, running_var, save_mean,
       save_invstd);
   return cudaGetLastError();
@@ -308,7 +308,7 @@ extern "C" cudaError_t baseline_normalize(const bnk_tensor_desc *desc, const voi
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(normalize<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream)(
+    BASELINE_LAUNCH(normalize<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
         static_cast<const T *>(x), static_cast<T *>(y), shape, gamma, beta, mean, invstd);
   });
 }
@@ -316,7 +316,7 @@ extern "C" cudaError_t baseline_normalize(const bnk_tensor_desc *desc, const voi
 extern "C" cudaError_t baseline_gradients_from_sums(int64_t channels, const float *sum_dy, const float *sum_dy_x,
                                                     const float *mean, const float *spread, int frozen, double eps,
                                                     float *dgamma, float *dbeta, cudaStream_t stream) {
-  BASELINE_LAUNCH(gradients_from_sums, per_channel_grid(channels), dim3(BASELINE_THREADS), stream)(
+  BASELINE_LAUNCH(gradients_from_sums, per_channel_grid(channels), dim3(BASELINE_THREADS), stream, 
       channels, sum_dy, sum_dy_x, mean, spread, frozen, (float)eps, dgamma, dbeta);
   return cudaGetLastError();
 }
@@ -328,7 +328,7 @@ extern "C" cudaError_t baseline_backward_dx(const bnk_tensor_desc *desc, const v
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(backward_dx<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream)(
+    BASELINE_LAUNCH(backward_dx<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
         static_cast<const T *>(x), static_cast<const T *>(dy), static_cast<T *>(dx), shape, gamma, mean, spread,
         frozen, (float)eps, dgamma, dbeta);
   });
@@ -338,7 +338,7 @@ extern "C" cudaError_t baseline_add_relu(const bnk_tensor_desc *desc, void *y, c
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(add_relu<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream)(
+    BASELINE_LAUNCH(add_relu<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
         static_cast<T *>(y), static_cast<const T *>(z), shape.n * shape.c * shape.s);
   });
 }
@@ -348,7 +348,7 @@ extern "C" cudaError_t baseline_relu_backward(const bnk_tensor_desc *desc, const
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(relu_backward<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream)(
+    BASELINE_LAUNCH(relu_backward<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
         static_cast<const T *>(y), static_cast<const T *>(dy), static_cast<T *>(g), shape.n * shape.c * shape.s);
   });
 }

@@ -322,12 +322,12 @@ static void launch_sums_typed(const bnk_view *view, const bnk_reduce_plan *plan,
   const dim3 block((unsigned)plan->threads);
   if (view->channels_last) {
     auto kernel = backward_sums_channels_last<T, V, GRAD>;
-    BNK_LAUNCH(kernel, grid, block, 0, stream)(x, dy, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
+    BNK_LAUNCH(kernel, grid, block, 0, stream, x, dy, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
                                                 plan->rows_per_part, mean, ws, e);
   } else {
     const bnk_run_walk walk = bnk_run_walk_make(view->c, view->s, V, plan->threads);
     auto kernel = backward_sums_channels_first<T, V, GRAD>;
-    BNK_LAUNCH(kernel, grid, block, 0, stream)(x, dy, view->c, view->s, walk, plan->parts, plan->chunk,
+    BNK_LAUNCH(kernel, grid, block, 0, stream, x, dy, view->c, view->s, walk, plan->parts, plan->chunk,
                                                 view->n * view->s, mean, ws, e);
   }
 }
@@ -378,7 +378,7 @@ extern "C" cudaError_t bnk__launch_backward_reduce_ex(const bnk_view *view, cons
   if (status != cudaSuccess) return status;
   const int warps_per_block = BNK_STREAM_THREADS / BNK_WARP;
   const dim3 grid((unsigned)((view->c + warps_per_block - 1) / warps_per_block));
-  BNK_LAUNCH(merge_backward_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream)(
+  BNK_LAUNCH(merge_backward_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream, 
       view->c, plan->parts, view->n * view->s, stats, ws, dgamma, dbeta);
   return cudaGetLastError();
 }
@@ -389,11 +389,11 @@ static void launch_dx_typed(const bnk_view *view, const bnk_elementwise_plan &pl
   const dim3 grid((unsigned)plan.blocks), block((unsigned)plan.threads);
   if (view->channels_last) {
     auto kernel = backward_dx_channels_last<T, V, GRAD>;
-    BNK_LAUNCH(kernel, grid, block, 0, stream)(x, dy, dx, plan, view->n, view->c, p, e);
+    BNK_LAUNCH(kernel, grid, block, 0, stream, x, dy, dx, plan, view->n, view->c, p, e);
   } else {
     auto kernel = backward_dx_channels_first<T, V, GRAD>;
     const size_t table_bytes = (size_t)plan.table_runs * sizeof(dx_coefficients);
-    BNK_LAUNCH(kernel, grid, block, table_bytes, stream)(x, dy, dx, plan, view->c, view->s, p, e);
+    BNK_LAUNCH(kernel, grid, block, table_bytes, stream, x, dy, dx, plan, view->c, view->s, p, e);
   }
 }
 
@@ -426,6 +426,6 @@ extern "C" cudaError_t bnk__launch_backward_gradients_from_sums(int64_t c, const
                                                                bnk_backward_workspace ws, float *dgamma,
                                                                float *dbeta, cudaStream_t stream) {
   const dim3 grid((unsigned)((c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));
-  BNK_LAUNCH(gradients_from_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream)(c, sums, stats, ws, dgamma, dbeta);
+  BNK_LAUNCH(gradients_from_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream, c, sums, stats, ws, dgamma, dbeta);
   return cudaGetLastError();
 }

@@ -15,13 +15,15 @@
 #include "bnk.h"
 #include "kernels/launchers.h"
 
-// One macro so that the same launcher source runs on the GPU and on the host emulation.
+// One macro so that the same launcher source runs on the GPU and on the host emulation; the kernel's
+// arguments follow the launch configuration, so that a launch reads (and formats) as one call.
 // Dynamic shared memory (the launch's smem bytes) as a `type *name`, 16-byte aligned.
 #ifdef BNK_EMULATION
-#define BNK_LAUNCH(kernel, grid, block, smem, stream) BNK_EMU_LAUNCH(kernel, grid, block, smem, stream)
+#define BNK_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  BNK_EMU_LAUNCH(kernel, grid, block, smem, stream)(__VA_ARGS__)
 #define BNK_DYNAMIC_SHARED(type, name) type *name = static_cast<type *>(BNK_EMU_DYNAMIC_SHARED())
 #else
-#define BNK_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#define BNK_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
 #define BNK_DYNAMIC_SHARED(type, name)                      \
   extern __shared__ __align__(16) unsigned char name##_bytes[]; \
   type *name = reinterpret_cast<type *>(name##_bytes)

@@ -46,7 +46,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 extern "C" cudaError_t bnk__launch_inference_params(int64_t c, bnk_frozen_bn bn, float *scale, float *shift,
                                                    cudaStream_t stream) {
   const dim3 grid((unsigned)((c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));
-  BNK_LAUNCH(inference_params, grid, dim3(BNK_STREAM_THREADS), 0, stream)(c, bn, scale, shift);
+  BNK_LAUNCH(inference_params, grid, dim3(BNK_STREAM_THREADS), 0, stream, c, bn, scale, shift);
   return cudaGetLastError();
 }
 
@@ -60,7 +60,7 @@ extern "C" cudaError_t bnk__launch_fold(int64_t rows, int64_t row_elements, int 
         using T = typename decltype(type)::type;
         using B = typename std::conditional<decltype(float_bias)::value == 1, float, T>::type;
         auto kernel = fold_rows<T, B>;
-        BNK_LAUNCH(kernel, dim3((unsigned)blocks), dim3(BNK_STREAM_THREADS), 0, stream)(
+        BNK_LAUNCH(kernel, dim3((unsigned)blocks), dim3(BNK_STREAM_THREADS), 0, stream, 
             static_cast<const T *>(weight_in), static_cast<T *>(weight_out), bias_in, static_cast<B *>(bias_out),
             rows, rows * row_elements, row_divisor, bn);
       });

@@ -101,11 +101,11 @@ static void launch_normalize_typed(const bnk_view *view, const bnk_elementwise_p
   const dim3 grid((unsigned)plan.blocks), block((unsigned)plan.threads);
   if (view->channels_last) {
     auto kernel = normalize_channels_last<T, V, FROM_VARIANCE, EPILOGUE>;
-    BNK_LAUNCH(kernel, grid, block, 0, stream)(x, z, y, mask, plan, view->n, view->c, p);
+    BNK_LAUNCH(kernel, grid, block, 0, stream, x, z, y, mask, plan, view->n, view->c, p);
   } else {
     auto kernel = normalize_channels_first<T, V, FROM_VARIANCE, EPILOGUE>;
     const size_t table_bytes = (size_t)plan.table_runs * sizeof(bnk_channel_affine);
-    BNK_LAUNCH(kernel, grid, block, table_bytes, stream)(x, z, y, mask, plan, view->c, view->s, p);
+    BNK_LAUNCH(kernel, grid, block, table_bytes, stream, x, z, y, mask, plan, view->c, view->s, p);
   }
 }
 

@@ -145,12 +145,12 @@ static void launch_stats_pieces(const bnk_view *view, const bnk_reduce_plan *pla
   const dim3 block((unsigned)plan->threads);
   if (view->channels_last) {
     auto kernel = plan->vec == W ? stats_channels_last<T, W> : stats_channels_last<T, 1>;
-    BNK_LAUNCH(kernel, grid, block, 0, stream)(x, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
+    BNK_LAUNCH(kernel, grid, block, 0, stream, x, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
                                                 plan->rows_per_part, ws, num_batches_tracked);
   } else {
     const bnk_run_walk walk = bnk_run_walk_make(view->c, view->s, plan->vec, plan->threads);
     auto kernel = plan->vec == W ? stats_channels_first<T, W> : stats_channels_first<T, 1>;
-    BNK_LAUNCH(kernel, grid, block, 0, stream)(x, view->c, view->s, walk, plan->parts, plan->chunk,
+    BNK_LAUNCH(kernel, grid, block, 0, stream, x, view->c, view->s, walk, plan->parts, plan->chunk,
                                                 view->n * view->s, ws, num_batches_tracked);
   }
 }
@@ -171,7 +171,7 @@ extern "C" cudaError_t bnk__launch_batch_stats(const bnk_view *view, const bnk_r
   if (status != cudaSuccess) return status;
   const int warps_per_block = BNK_STREAM_THREADS / BNK_WARP;
   const dim3 grid((unsigned)((view->c + warps_per_block - 1) / warps_per_block));
-  BNK_LAUNCH(finalize_stats, grid, dim3(BNK_STREAM_THREADS), 0, stream)(
+  BNK_LAUNCH(finalize_stats, grid, dim3(BNK_STREAM_THREADS), 0, stream, 
       view->c, plan->parts, view->n * view->s, ws, eps, running, save_mean, save_invstd, rank_partials);
   return cudaGetLastError();
 }

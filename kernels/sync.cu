@@ -45,7 +45,7 @@ extern "C" cudaError_t bnk__launch_merge_ranks(int64_t c, int ranks, const doubl
                                               bnk_running_update running, float *mean_out, float *invstd_out,
                                               cudaStream_t stream) {
   const dim3 grid((unsigned)((c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));
-  BNK_LAUNCH(merge_rank_stats, grid, dim3(BNK_STREAM_THREADS), 0, stream)(c, ranks, gathered, eps, running,
+  BNK_LAUNCH(merge_rank_stats, grid, dim3(BNK_STREAM_THREADS), 0, stream, c, ranks, gathered, eps, running,
                                                                           mean_out, invstd_out);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess || running.num_batches_tracked == NULL) return status;
@@ -53,11 +53,11 @@ extern "C" cudaError_t bnk__launch_merge_ranks(int64_t c, int ranks, const doubl
 }
 
 extern "C" cudaError_t bnk__launch_store_value(float *destination, float value, cudaStream_t stream) {
-  BNK_LAUNCH(store_value, dim3(1), dim3(1), 0, stream)(destination, value);
+  BNK_LAUNCH(store_value, dim3(1), dim3(1), 0, stream, destination, value);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t bnk__launch_count_batch(int64_t *num_batches_tracked, cudaStream_t stream) {
-  BNK_LAUNCH(count_batch, dim3(1), dim3(1), 0, stream)(num_batches_tracked);
+  BNK_LAUNCH(count_batch, dim3(1), dim3(1), 0, stream, num_batches_tracked);
   return cudaGetLastError();
 }

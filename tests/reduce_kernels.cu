@@ -56,28 +56,28 @@ static __global__ void reverse_in_shared(const float *x, float *out) {
 }
 
 extern "C" cudaError_t test_reverse_in_shared(const float *x, int threads, float *out) {
-  BNK_LAUNCH(reverse_in_shared, dim3(1), dim3((unsigned)threads), (size_t)threads * sizeof(float), 0)(x, out);
+  BNK_LAUNCH(reverse_in_shared, dim3(1), dim3((unsigned)threads), (size_t)threads * sizeof(float), 0, x, out);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t test_welford_block(const float *x, int64_t count, int threads, int chunked, float *out) {
   auto kernel = chunked ? welford_block<4> : welford_block<1>;
-  BNK_LAUNCH(kernel, dim3(1), dim3((unsigned)threads), 0, 0)(x, count, out);
+  BNK_LAUNCH(kernel, dim3(1), dim3((unsigned)threads), 0, 0, x, count, out);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t test_sum_block(const float *x, int64_t count, int threads, float *out) {
-  BNK_LAUNCH(sum_block, dim3(1), dim3((unsigned)threads), 0, 0)(x, count, out);
+  BNK_LAUNCH(sum_block, dim3(1), dim3((unsigned)threads), 0, 0, x, count, out);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t test_sum_partial_warp(const float *x, int lanes, float *out) {
-  BNK_LAUNCH(sum_partial_warp, dim3(1), dim3(BNK_WARP), 0, 0)(x, lanes, out);
+  BNK_LAUNCH(sum_partial_warp, dim3(1), dim3(BNK_WARP), 0, 0, x, lanes, out);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t test_fast_division(const uint64_t *dividends, int count, uint64_t divisor, uint64_t *quotients) {
-  BNK_LAUNCH(fast_division, dim3((unsigned)((count + 127) / 128)), dim3(128), 0, 0)(
+  BNK_LAUNCH(fast_division, dim3((unsigned)((count + 127) / 128)), dim3(128), 0, 0, 
       dividends, count, bnk_fastdiv_make(divisor), quotients);
   return cudaGetLastError();
 }
@@ -117,7 +117,7 @@ static __global__ void tile_reduce(const float *x, int tile_x, int tile_y, int r
 }
 
 extern "C" cudaError_t test_tile_reduce(const float *x, int tile_x, int tile_y, int rows_per_thread, float *out) {
-  BNK_LAUNCH(tile_reduce, dim3(1), dim3((unsigned)(tile_x * tile_y)), 0, 0)(x, tile_x, tile_y, rows_per_thread,
+  BNK_LAUNCH(tile_reduce, dim3(1), dim3((unsigned)(tile_x * tile_y)), 0, 0, x, tile_x, tile_y, rows_per_thread,
                                                                             out);
   return cudaGetLastError();
 }

@@ -2,10 +2,10 @@
 // source is CUDA as nvcc would see it, with the emulation selected by BNK_EMULATION.
 #ifdef BNK_EMULATION
 #include <bnk_emu/device.h>
-#define LAUNCH(kernel, grid, block, smem, stream) BNK_EMU_LAUNCH(kernel, grid, block, smem, stream)
+#define LAUNCH(kernel, grid, block, smem, stream, ...) BNK_EMU_LAUNCH(kernel, grid, block, smem, stream)(__VA_ARGS__)
 #else
 #include <cuda_runtime.h>
-#define LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#define LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
 #endif
 
 #include "wrapped_kernels.h"
@@ -37,16 +37,16 @@ __global__ void scale(float *x, float s, int n) {
 }  // namespace
 
 cudaError_t wrapped_block_sum(const float *in, float *out, int n, cudaStream_t stream) {
-  LAUNCH((block_sum<float, 256>), 8, 256, 0, stream)(in, out, n);
+  LAUNCH((block_sum<float, 256>), 8, 256, 0, stream, in, out, n);
   return cudaGetLastError();
 }
 
 cudaError_t wrapped_block_sum_d(const double *in, double *out, int n, cudaStream_t stream) {
-  LAUNCH((block_sum<double, 128>), 8, 128, 0, stream)(in, out, n);
+  LAUNCH((block_sum<double, 128>), 8, 128, 0, stream, in, out, n);
   return cudaGetLastError();
 }
 
 cudaError_t wrapped_scale(float *x, float s, int n, cudaStream_t stream) {
-  LAUNCH(scale, (n + 127) / 128, 128, 0, stream)(x, s, n);
+  LAUNCH(scale, (n + 127) / 128, 128, 0, stream, x, s, n);
   return cudaGetLastError();
 }
