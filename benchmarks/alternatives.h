@@ -38,9 +38,9 @@ typedef struct op_arguments {
   float *running_mean, *running_var, *save_mean, *save_invstd, *dgamma, *dbeta;
   double momentum, eps;
   cudaStream_t stream;
-  const void *z;              /* the residual of the add + ReLU ops */
-  const void *y;              /* bwd_add_relu: the forward's output, whose sign gates dy */
-  const void *mask;           /* bwd_add_relu: the forward's ReLU mask (mask_bytes) */
+  const void *z;    /* the residual of the add + ReLU ops */
+  const void *y;    /* bwd_add_relu: the forward's output, whose sign gates dy */
+  const void *mask; /* bwd_add_relu: the forward's ReLU mask (mask_bytes) */
   size_t mask_bytes;
   void *dz;                   /* bwd_add_relu: receives the gradient of z */
   const float *scale, *shift; /* scale_shift: bnk_inference_params' output */

@@ -39,8 +39,7 @@ struct baseline_shape {
   int channels_last;
 };
 
-static __device__ __forceinline__ int64_t element_offset(const baseline_shape &shape, int64_t n, int64_t c,
-                                                         int64_t s) {
+static __device__ __forceinline__ int64_t element_offset(const baseline_shape &shape, int64_t n, int64_t c, int64_t s) {
   return shape.channels_last ? (n * shape.s + s) * shape.c + c : (n * shape.c + c) * shape.s + s;
 }
 
@@ -67,9 +66,9 @@ static __device__ void block_sum2(float &a, float &b) {
   b = shared_b[0];
 }
 
-static __device__ void store_statistics(int64_t channel, int64_t count, float sum, float sum_of_squares,
-                                        float momentum, float eps, float *running_mean, float *running_var,
-                                        float *save_mean, float *save_invstd) {
+static __device__ void store_statistics(int64_t channel, int64_t count, float sum, float sum_of_squares, float momentum,
+                                        float eps, float *running_mean, float *running_var, float *save_mean,
+                                        float *save_invstd) {
   const float mean = sum / (float)count;
   // E[x^2] - E[x]^2 cancels when the mean is large against the spread, and can even come out negative.
   float variance = sum_of_squares / (float)count - mean * mean;
@@ -85,8 +84,7 @@ static __device__ void store_statistics(int64_t channel, int64_t count, float su
 
 template <typename T>
 static __global__ void naive_statistics(const T *x, baseline_shape shape, float momentum, float eps,
-                                        float *running_mean, float *running_var, float *save_mean,
-                                        float *save_invstd) {
+                                        float *running_mean, float *running_var, float *save_mean, float *save_invstd) {
   const int64_t channel = blockIdx.x;
   const int64_t count = shape.n * shape.s;
   float sum = 0.0f, sum_of_squares = 0.0f;
@@ -107,8 +105,8 @@ static __global__ void statistics_from_sums(int64_t channels, int64_t count, con
                                             float *save_invstd) {
   const int64_t channel = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (channel < channels)
-    store_statistics(channel, count, sums[channel], sums_of_squares[channel], momentum, eps, running_mean,
-                     running_var, save_mean, save_invstd);
+    store_statistics(channel, count, sums[channel], sums_of_squares[channel], momentum, eps, running_mean, running_var,
+                     save_mean, save_invstd);
 }
 
 template <typename T>
@@ -160,8 +158,8 @@ static __global__ void naive_gradient_sums(const T *x, const T *dy, baseline_sha
 }
 
 static __global__ void gradients_from_sums(int64_t channels, const float *sum_dy, const float *sum_dy_x,
-                                           const float *mean, const float *spread, int frozen, float eps,
-                                           float *dgamma, float *dbeta) {
+                                           const float *mean, const float *spread, int frozen, float eps, float *dgamma,
+                                           float *dbeta) {
   const int64_t channel = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (channel >= channels) return;
   // sum dy (x - mean) invstd, expanded so that it needs only the two totals; it cancels like E[x^2] - E[x]^2.
@@ -171,8 +169,8 @@ static __global__ void gradients_from_sums(int64_t channels, const float *sum_dy
 
 template <typename T>
 static __global__ void backward_dx(const T *x, const T *dy, T *dx, baseline_shape shape, const float *gamma,
-                                   const float *mean, const float *spread, int frozen, float eps,
-                                   const float *dgamma, const float *dbeta) {
+                                   const float *mean, const float *spread, int frozen, float eps, const float *dgamma,
+                                   const float *dbeta) {
   const int64_t total = shape.n * shape.c * shape.s;
   const float count = (float)(shape.n * shape.s);
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
@@ -193,14 +191,14 @@ template <typename T>
 static __global__ void add_relu(T *y, const T *z, int64_t total) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const float v = load_float(y, i) + (z != nullptr ? load_float(z, i) : 0.0f);
-    store_float(y, i, v < 0.0f ? 0.0f : v); // NaN compares false and stays NaN
+    store_float(y, i, v < 0.0f ? 0.0f : v);  // NaN compares false and stays NaN
   }
 }
 
 template <typename T>
 static __global__ void relu_backward(const T *y, const T *dy, T *g, int64_t total) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
-    store_float(g, i, load_float(y, i) > 0.0f ? load_float(dy, i) : 0.0f); // exact: dy is widened, then narrowed
+    store_float(g, i, load_float(y, i) > 0.0f ? load_float(dy, i) : 0.0f);  // exact: dy is widened, then narrowed
 }
 
 // ---- launchers ------------------------------------------------------------------------------------------
@@ -229,38 +227,45 @@ static dim3 per_channel_grid(int64_t channels) {
 template <typename Launch>
 static cudaError_t by_dtype(const bnk_tensor_desc *desc, Launch launch) {
   switch (desc->dtype) {
-    case BNK_FLOAT32: launch(float{}); break;
-    case BNK_FLOAT16: launch(__half{}); break;
-    case BNK_BFLOAT16: launch(__nv_bfloat16{}); break;
-    default: return cudaErrorInvalidValue;
+  case BNK_FLOAT32:
+    launch(float{});
+    break;
+  case BNK_FLOAT16:
+    launch(__half{});
+    break;
+  case BNK_BFLOAT16:
+    launch(__nv_bfloat16{});
+    break;
+  default:
+    return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t naive_forward_training(const bnk_tensor_desc *desc, const void *x, void *y,
-                                              const float *gamma, const float *beta, float *running_mean,
-                                              float *running_var, double momentum, double eps, float *save_mean,
-                                              float *save_invstd, cudaStream_t stream) {
+extern "C" cudaError_t naive_forward_training(const bnk_tensor_desc *desc, const void *x, void *y, const float *gamma,
+                                              const float *beta, float *running_mean, float *running_var,
+                                              double momentum, double eps, float *save_mean, float *save_invstd,
+                                              cudaStream_t stream) {
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(naive_statistics<T>, dim3((unsigned)shape.c), dim3(BASELINE_THREADS), stream, 
-        static_cast<const T *>(x), shape, (float)momentum, (float)eps, running_mean, running_var, save_mean,
-        save_invstd);
-    BASELINE_LAUNCH(normalize<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
-        static_cast<const T *>(x), static_cast<T *>(y), shape, gamma, beta, (const float *)save_mean,
-        (const float *)save_invstd);
+    BASELINE_LAUNCH(naive_statistics<T>, dim3((unsigned)shape.c), dim3(BASELINE_THREADS), stream,
+                    static_cast<const T *>(x), shape, (float)momentum, (float)eps, running_mean, running_var, save_mean,
+                    save_invstd);
+    BASELINE_LAUNCH(normalize<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, static_cast<const T *>(x),
+                    static_cast<T *>(y), shape, gamma, beta, (const float *)save_mean, (const float *)save_invstd);
   });
 }
 
-extern "C" cudaError_t naive_forward_inference(const bnk_tensor_desc *desc, const void *x, void *y,
-                                               const float *gamma, const float *beta, const float *running_mean,
-                                               const float *running_var, double eps, cudaStream_t stream) {
+extern "C" cudaError_t naive_forward_inference(const bnk_tensor_desc *desc, const void *x, void *y, const float *gamma,
+                                               const float *beta, const float *running_mean, const float *running_var,
+                                               double eps, cudaStream_t stream) {
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(normalize_inference<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
-        static_cast<const T *>(x), static_cast<T *>(y), shape, gamma, beta, running_mean, running_var, (float)eps);
+    BASELINE_LAUNCH(normalize_inference<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream,
+                    static_cast<const T *>(x), static_cast<T *>(y), shape, gamma, beta, running_mean, running_var,
+                    (float)eps);
   });
 }
 
@@ -270,12 +275,12 @@ static cudaError_t naive_gradients(const bnk_tensor_desc *desc, const void *x, c
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(naive_gradient_sums<T>, dim3((unsigned)shape.c), dim3(BASELINE_THREADS), stream, 
-        static_cast<const T *>(x), static_cast<const T *>(dy), shape, mean, spread, frozen, (float)eps, dgamma,
-        dbeta);
-    BASELINE_LAUNCH(backward_dx<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
-        static_cast<const T *>(x), static_cast<const T *>(dy), static_cast<T *>(dx), shape, gamma, mean, spread,
-        frozen, (float)eps, (const float *)dgamma, (const float *)dbeta);
+    BASELINE_LAUNCH(naive_gradient_sums<T>, dim3((unsigned)shape.c), dim3(BASELINE_THREADS), stream,
+                    static_cast<const T *>(x), static_cast<const T *>(dy), shape, mean, spread, frozen, (float)eps,
+                    dgamma, dbeta);
+    BASELINE_LAUNCH(backward_dx<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, static_cast<const T *>(x),
+                    static_cast<const T *>(dy), static_cast<T *>(dx), shape, gamma, mean, spread, frozen, (float)eps,
+                    (const float *)dgamma, (const float *)dbeta);
   });
 }
 
@@ -296,9 +301,9 @@ extern "C" cudaError_t baseline_statistics_from_sums(int64_t channels, int64_t c
                                                      const float *sums_of_squares, double momentum, double eps,
                                                      float *running_mean, float *running_var, float *save_mean,
                                                      float *save_invstd, cudaStream_t stream) {
-  BASELINE_LAUNCH(statistics_from_sums, per_channel_grid(channels), dim3(BASELINE_THREADS), stream, 
-      channels, count, sums, sums_of_squares, (float)momentum, (float)eps, running_mean, running_var, save_mean,
-      save_invstd);
+  BASELINE_LAUNCH(statistics_from_sums, per_channel_grid(channels), dim3(BASELINE_THREADS), stream, channels, count,
+                  sums, sums_of_squares, (float)momentum, (float)eps, running_mean, running_var, save_mean,
+                  save_invstd);
   return cudaGetLastError();
 }
 
@@ -308,29 +313,28 @@ extern "C" cudaError_t baseline_normalize(const bnk_tensor_desc *desc, const voi
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(normalize<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
-        static_cast<const T *>(x), static_cast<T *>(y), shape, gamma, beta, mean, invstd);
+    BASELINE_LAUNCH(normalize<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, static_cast<const T *>(x),
+                    static_cast<T *>(y), shape, gamma, beta, mean, invstd);
   });
 }
 
 extern "C" cudaError_t baseline_gradients_from_sums(int64_t channels, const float *sum_dy, const float *sum_dy_x,
                                                     const float *mean, const float *spread, int frozen, double eps,
                                                     float *dgamma, float *dbeta, cudaStream_t stream) {
-  BASELINE_LAUNCH(gradients_from_sums, per_channel_grid(channels), dim3(BASELINE_THREADS), stream, 
-      channels, sum_dy, sum_dy_x, mean, spread, frozen, (float)eps, dgamma, dbeta);
+  BASELINE_LAUNCH(gradients_from_sums, per_channel_grid(channels), dim3(BASELINE_THREADS), stream, channels, sum_dy,
+                  sum_dy_x, mean, spread, frozen, (float)eps, dgamma, dbeta);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t baseline_backward_dx(const bnk_tensor_desc *desc, const void *x, const void *dy, void *dx,
                                             const float *gamma, const float *mean, const float *spread, int frozen,
-                                            double eps, const float *dgamma, const float *dbeta,
-                                            cudaStream_t stream) {
+                                            double eps, const float *dgamma, const float *dbeta, cudaStream_t stream) {
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(backward_dx<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
-        static_cast<const T *>(x), static_cast<const T *>(dy), static_cast<T *>(dx), shape, gamma, mean, spread,
-        frozen, (float)eps, dgamma, dbeta);
+    BASELINE_LAUNCH(backward_dx<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, static_cast<const T *>(x),
+                    static_cast<const T *>(dy), static_cast<T *>(dx), shape, gamma, mean, spread, frozen, (float)eps,
+                    dgamma, dbeta);
   });
 }
 
@@ -338,8 +342,8 @@ extern "C" cudaError_t baseline_add_relu(const bnk_tensor_desc *desc, void *y, c
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(add_relu<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
-        static_cast<T *>(y), static_cast<const T *>(z), shape.n * shape.c * shape.s);
+    BASELINE_LAUNCH(add_relu<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, static_cast<T *>(y),
+                    static_cast<const T *>(z), shape.n * shape.c * shape.s);
   });
 }
 
@@ -348,7 +352,8 @@ extern "C" cudaError_t baseline_relu_backward(const bnk_tensor_desc *desc, const
   const baseline_shape shape = shape_of(desc);
   return by_dtype(desc, [&](auto type) {
     using T = decltype(type);
-    BASELINE_LAUNCH(relu_backward<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream, 
-        static_cast<const T *>(y), static_cast<const T *>(dy), static_cast<T *>(g), shape.n * shape.c * shape.s);
+    BASELINE_LAUNCH(relu_backward<T>, elementwise_grid(shape), dim3(BASELINE_THREADS), stream,
+                    static_cast<const T *>(y), static_cast<const T *>(dy), static_cast<T *>(g),
+                    shape.n * shape.c * shape.s);
   });
 }

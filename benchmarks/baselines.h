@@ -26,8 +26,8 @@ cudaError_t naive_forward_training(const bnk_tensor_desc *desc, const void *x, v
                                    const float *beta, float *running_mean, float *running_var, double momentum,
                                    double eps, float *save_mean, float *save_invstd, cudaStream_t stream);
 cudaError_t naive_forward_inference(const bnk_tensor_desc *desc, const void *x, void *y, const float *gamma,
-                                    const float *beta, const float *running_mean, const float *running_var,
-                                    double eps, cudaStream_t stream);
+                                    const float *beta, const float *running_mean, const float *running_var, double eps,
+                                    cudaStream_t stream);
 cudaError_t naive_backward(const bnk_tensor_desc *desc, const void *x, const void *dy, void *dx, const float *gamma,
                            float *dgamma, float *dbeta, const float *save_mean, const float *save_invstd,
                            cudaStream_t stream);
@@ -39,16 +39,16 @@ cudaError_t naive_backward_inference(const bnk_tensor_desc *desc, const void *x,
  * statistics follow (mean, 1/sqrt(E[x^2] - mean^2 + eps), the running update with the unbiased variance). */
 cudaError_t baseline_statistics_from_sums(int64_t channels, int64_t count, const float *sums,
                                           const float *sums_of_squares, double momentum, double eps,
-                                          float *running_mean, float *running_var, float *save_mean,
-                                          float *save_invstd, cudaStream_t stream);
+                                          float *running_mean, float *running_var, float *save_mean, float *save_invstd,
+                                          cudaStream_t stream);
 /* y = (x - mean) invstd gamma + beta, elementwise. */
 cudaError_t baseline_normalize(const bnk_tensor_desc *desc, const void *x, void *y, const float *gamma,
                                const float *beta, const float *mean, const float *invstd, cudaStream_t stream);
 /* dbeta = sum dy and dgamma = (sum dy x - mean sum dy) invstd, from the totals; with frozen set, `spread` is
  * the running variance and invstd = 1/sqrt(spread + eps), else `spread` is the saved invstd. */
 cudaError_t baseline_gradients_from_sums(int64_t channels, const float *sum_dy, const float *sum_dy_x,
-                                         const float *mean, const float *spread, int frozen, double eps,
-                                         float *dgamma, float *dbeta, cudaStream_t stream);
+                                         const float *mean, const float *spread, int frozen, double eps, float *dgamma,
+                                         float *dbeta, cudaStream_t stream);
 /* dx from dgamma and dbeta, elementwise: the training formula, or dy gamma invstd when frozen (`spread` as
  * above). */
 cudaError_t baseline_backward_dx(const bnk_tensor_desc *desc, const void *x, const void *dy, void *dx,

@@ -33,7 +33,8 @@
 /* No device: hand over to the emulation build next to this executable, with the same arguments. */
 static void run_emulation_instead(char **argv, const char *reason) {
   printf(PROGRAM ": no CUDA device (%s).\n" PROGRAM ": running " EMULATION_PROGRAM
-         " instead: the kernels on the host emulation, validated, not timed.\n\n", reason);
+                 " instead: the kernels on the host emulation, validated, not timed.\n\n",
+         reason);
   fflush(stdout);
   char path[4096];
   const ssize_t length = readlink("/proc/self/exe", path, sizeof path - 1);
@@ -181,8 +182,8 @@ static int run_op_rows(const bench_env *env, const bench_options *options, case_
     row->dtype = data->dtype;
     row->shape = *shape;
     row->run_shape = *run_shape;
-    row->validated_channels = op == OP_LINEAR_BN ? (data->linear != NULL ? data->linear->row_count : 0)
-                                                 : data->channel_count;
+    row->validated_channels =
+        op == OP_LINEAR_BN ? (data->linear != NULL ? data->linear->row_count : 0) : data->channel_count;
     row->bytes = op_bytes(op, impl, shape, data->dtype);
     row->run_bytes = op_bytes(op, impl, run_shape, data->dtype);
     row->bytes_ratio_to_unfused = bytes_ratio_to_unfused(op, impl, shape, data->dtype);

@@ -136,13 +136,13 @@ typedef struct bench_env {
  * the per-channel arrays the BN's. */
 typedef struct linear_data {
   int64_t in_features;
-  void *x_host, *weight_host;          /* storage type: x (batch x in), weight (out x in), row-major */
-  void *x, *weight;                    /* device: the unfused GEMM's */
-  void *folded_weight, *folded_bias;   /* device: bnk_fold_linear's, storage type both, for bnk_linear_bn */
-  void *workspace;                     /* bnk_linear_bn's */
+  void *x_host, *weight_host;        /* storage type: x (batch x in), weight (out x in), row-major */
+  void *x, *weight;                  /* device: the unfused GEMM's */
+  void *folded_weight, *folded_bias; /* device: bnk_fold_linear's, storage type both, for bnk_linear_bn */
+  void *workspace;                   /* bnk_linear_bn's */
   size_t workspace_bytes;
-  char fused_unavailable[200];         /* why bnk_linear_bn cannot run in this build, or "" */
-  int64_t *rows;                       /* the validated rows of y */
+  char fused_unavailable[200]; /* why bnk_linear_bn cannot run in this build, or "" */
+  int64_t *rows;               /* the validated rows of y */
   int64_t row_count;
 } linear_data;
 
@@ -183,9 +183,9 @@ typedef struct case_data {
 /* The outcome of one validated run. */
 typedef struct validation {
   int passed;
-  double max_error;         /* largest |y - reference| or |dx - reference| over the validated elements */
+  double max_error;           /* largest |y - reference| or |dx - reference| over the validated elements */
   double worst_channel_error; /* largest error / scale over the per-channel outputs; -1 if the op has none */
-  char failure[400];        /* the first quantity out of tolerance, with both values */
+  char failure[400];          /* the first quantity out of tolerance, with both values */
   /* Emulation only (the traffic meter, docs/emulation.md): what the validated call's kernels moved, as distinct
    * 32-byte sectors per launch, and its launches; -1 on the GPU. */
   double metered_bytes;
@@ -211,11 +211,11 @@ typedef struct bench_row {
   char note[400]; /* why n/a, the failed call, or the first value out of tolerance */
   int timed;
   double median_us, min_us, p10_us, p90_us;
-  double bytes;    /* what the op must move for `shape`: the same for every implementation of a plain op, each
-                    * variant's own for the epilogue ops */
+  double bytes; /* what the op must move for `shape`: the same for every implementation of a plain op, each
+                 * variant's own for the epilogue ops */
   double bytes_ratio_to_unfused; /* bytes / the unfused sequence's bytes; NAN for the plain ops */
   double run_bytes; /* what the op must move for `run_shape` (the traffic meter's yardstick in emulation) */
-  double floor_us; /* bytes at the copy bandwidth: measured on the GPU, the H100 reference in emulation */
+  double floor_us;  /* bytes at the copy bandwidth: measured on the GPU, the H100 reference in emulation */
   double gigabytes_per_second, percent_of_copy;
   double ratio_to_cudnn;   /* the fastest validated cuDNN mode's median / this median; NAN without one */
   double ratio_to_unfused; /* the validated unfused sequence's median / this median; NAN without one */
@@ -291,8 +291,7 @@ int print_summary(const bench_row *rows, int count);
 /* ---- timing.c (GPU build only) ---- */
 #ifndef BNK_BENCH_EMULATION
 void measure_copy_bandwidth(bench_env *env);
-void time_op(const bench_env *env, case_data *data, bench_impl impl, bench_op op, int runs, int warmup,
-             bench_row *row);
+void time_op(const bench_env *env, case_data *data, bench_impl impl, bench_op op, int runs, int warmup, bench_row *row);
 #endif
 
 #endif

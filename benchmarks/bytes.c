@@ -30,31 +30,33 @@ double op_bytes(bench_op op, bench_impl impl, const bench_shape *shape, bnk_dtyp
   const double mask = (double)shape_elements(shape) / 8.0;
   const int separate = impl == IMPL_BNK_SEPARATE;
   switch (op) {
-    case OP_FWD_TRAIN: /* x for statistics, x again to normalize, y; gamma, beta, running mean and var read and
-                          written, saved mean and invstd */
-      return 3.0 * tensor + 8.0 * channel_array;
-    case OP_FWD_INFER: /* x, y; gamma, beta, running mean and var */
-      return 2.0 * tensor + 4.0 * channel_array;
-    case OP_BWD: /* x and dy for the sums, x and dy again for dx, dx; gamma, saved mean and invstd, dgamma,
-                    dbeta */
-      return 5.0 * tensor + 5.0 * channel_array;
-    case OP_BWD_INFER: /* x and dy for the sums, dy again for dx, dx; gamma, running mean and var, dgamma, dbeta */
-      return 4.0 * tensor + 5.0 * channel_array;
-    case OP_FWD_INFER_RELU: /* fwd_infer; unfused, the ReLU pass reads and writes y again */
-      return (separate ? 4.0 : 2.0) * tensor + 4.0 * channel_array;
-    case OP_FWD_INFER_ADD_RELU: /* fwd_infer and z read; unfused, the add + ReLU pass reads y and z, writes y */
-      return (separate ? 5.0 : 3.0) * tensor + 4.0 * channel_array;
-    case OP_FWD_TRAIN_ADD_RELU: /* fwd_train and z read; unfused, the same add + ReLU pass after it */
-      return (separate ? 6.0 : 4.0) * tensor + 8.0 * channel_array;
-    case OP_BWD_ADD_RELU:
-      /* The sums pass reads x, dy and y (or the mask) and writes dz = g; the dx pass reads x and dz. Unfused:
-       * the ReLU backward reads dy and y and writes g = dz, then bwd on it. Per-channel arrays as bwd. */
-      if (impl == IMPL_BNK_MASK) return 6.0 * tensor + mask + 5.0 * channel_array;
-      return (separate ? 8.0 : 7.0) * tensor + 5.0 * channel_array;
-    case OP_SCALE_SHIFT: /* x, y; scale and shift, against fwd_infer's 4 arrays */
-      return 2.0 * tensor + (impl == IMPL_BNK_SCALE_SHIFT ? 2.0 : 4.0) * channel_array;
-    case OP_LINEAR_BN: return linear_bytes(impl, shape, dtype);
-    case OP_COUNT: break;
+  case OP_FWD_TRAIN: /* x for statistics, x again to normalize, y; gamma, beta, running mean and var read and
+                        written, saved mean and invstd */
+    return 3.0 * tensor + 8.0 * channel_array;
+  case OP_FWD_INFER: /* x, y; gamma, beta, running mean and var */
+    return 2.0 * tensor + 4.0 * channel_array;
+  case OP_BWD: /* x and dy for the sums, x and dy again for dx, dx; gamma, saved mean and invstd, dgamma,
+                  dbeta */
+    return 5.0 * tensor + 5.0 * channel_array;
+  case OP_BWD_INFER: /* x and dy for the sums, dy again for dx, dx; gamma, running mean and var, dgamma, dbeta */
+    return 4.0 * tensor + 5.0 * channel_array;
+  case OP_FWD_INFER_RELU: /* fwd_infer; unfused, the ReLU pass reads and writes y again */
+    return (separate ? 4.0 : 2.0) * tensor + 4.0 * channel_array;
+  case OP_FWD_INFER_ADD_RELU: /* fwd_infer and z read; unfused, the add + ReLU pass reads y and z, writes y */
+    return (separate ? 5.0 : 3.0) * tensor + 4.0 * channel_array;
+  case OP_FWD_TRAIN_ADD_RELU: /* fwd_train and z read; unfused, the same add + ReLU pass after it */
+    return (separate ? 6.0 : 4.0) * tensor + 8.0 * channel_array;
+  case OP_BWD_ADD_RELU:
+    /* The sums pass reads x, dy and y (or the mask) and writes dz = g; the dx pass reads x and dz. Unfused:
+     * the ReLU backward reads dy and y and writes g = dz, then bwd on it. Per-channel arrays as bwd. */
+    if (impl == IMPL_BNK_MASK) return 6.0 * tensor + mask + 5.0 * channel_array;
+    return (separate ? 8.0 : 7.0) * tensor + 5.0 * channel_array;
+  case OP_SCALE_SHIFT: /* x, y; scale and shift, against fwd_infer's 4 arrays */
+    return 2.0 * tensor + (impl == IMPL_BNK_SCALE_SHIFT ? 2.0 : 4.0) * channel_array;
+  case OP_LINEAR_BN:
+    return linear_bytes(impl, shape, dtype);
+  case OP_COUNT:
+    break;
   }
   return 0.0;
 }

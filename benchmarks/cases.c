@@ -111,8 +111,8 @@ static int needs_residual(const bench_options *options) {
   return 0;
 }
 
-case_data make_case(const bench_env *env, const bench_options *options, const bench_shape *shape,
-                           bnk_layout layout, bnk_dtype dtype, rng_state *rng) {
+case_data make_case(const bench_env *env, const bench_options *options, const bench_shape *shape, bnk_layout layout,
+                    bnk_dtype dtype, rng_state *rng) {
   case_data data;
   memset(&data, 0, sizeof data);
   data.dtype = dtype;
@@ -177,8 +177,7 @@ case_data make_case(const bench_env *env, const bench_options *options, const be
     size_t free_bytes = 0, total_bytes = 0;
     check_cuda(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
     size_t budget = free_bytes / 4 < ROTATION_BUDGET_BYTES ? free_bytes / 4 : ROTATION_BUDGET_BYTES;
-    while (data.rotation < MAX_ROTATION &&
-           (size_t)(data.rotation + 1) * (size_t)inputs * data.tensor_bytes <= budget) {
+    while (data.rotation < MAX_ROTATION && (size_t)(data.rotation + 1) * (size_t)inputs * data.tensor_bytes <= budget) {
       for (int k = 0; k < inputs; ++k) {
         copies[k][data.rotation] = device_alloc(data.tensor_bytes);
         check_cuda(cudaMemcpy(copies[k][data.rotation], copies[k][0], data.tensor_bytes, cudaMemcpyDeviceToDevice),
@@ -227,14 +226,14 @@ case_data make_case(const bench_env *env, const bench_options *options, const be
 }
 
 void free_case(case_data *data) {
-  void *host_buffers[] = {data->x_host,         data->dy_host,         data->z_host,    data->out_host,
-                          data->gamma_host,     data->beta_host,       data->running_mean_host,
-                          data->running_var_host, data->channels,      data->x_sample,  data->dy_sample,
-                          data->z_sample};
+  void *host_buffers[] = {
+      data->x_host,    data->dy_host,           data->z_host,           data->out_host, data->gamma_host,
+      data->beta_host, data->running_mean_host, data->running_var_host, data->channels, data->x_sample,
+      data->dy_sample, data->z_sample};
   for (size_t i = 0; i < sizeof host_buffers / sizeof host_buffers[0]; ++i) free(host_buffers[i]);
-  void *device_buffers[] = {data->out,       data->gamma,  data->beta,   data->running_mean, data->running_var,
-                            data->save_mean, data->save_invstd, data->dgamma, data->dbeta, data->workspace,
-                            data->forward_y, data->mask,   data->dz,     data->scale,        data->shift};
+  void *device_buffers[] = {data->out,       data->gamma,       data->beta,   data->running_mean, data->running_var,
+                            data->save_mean, data->save_invstd, data->dgamma, data->dbeta,        data->workspace,
+                            data->forward_y, data->mask,        data->dz,     data->scale,        data->shift};
   for (size_t i = 0; i < sizeof device_buffers / sizeof device_buffers[0]; ++i) device_free(device_buffers[i]);
   for (int i = 0; i < data->rotation; ++i) {
     device_free(data->x_copies[i]);
@@ -246,8 +245,7 @@ void free_case(case_data *data) {
     free(linear->x_host);
     free(linear->weight_host);
     free(linear->rows);
-    void *linear_buffers[] = {linear->x, linear->weight, linear->folded_weight, linear->folded_bias,
-                              linear->workspace};
+    void *linear_buffers[] = {linear->x, linear->weight, linear->folded_weight, linear->folded_bias, linear->workspace};
     for (size_t i = 0; i < sizeof linear_buffers / sizeof linear_buffers[0]; ++i) device_free(linear_buffers[i]);
     free(linear);
   }
@@ -313,4 +311,3 @@ case_data make_linear_case(const bench_env *env, const bench_shape *shape, bnk_d
   linear->rows = choose_indices(shape->n, rng, 0, &linear->row_count);
   return data;
 }
-

@@ -34,25 +34,26 @@ call_result cuda_call_result(cudaError_t error, const char *call) {
 
 static call_result run_bnk(const bench_env *env, case_data *data, const op_arguments *a, bench_op op) {
   switch (op) {
-    case OP_FWD_TRAIN:
-      return bnk_result(bnk_forward_training(env->ctx, a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
-                                             a->running_var, NULL, a->momentum, a->eps, a->save_mean, a->save_invstd,
-                                             data->workspace, data->workspace_bytes),
-                        "bnk_forward_training");
-    case OP_FWD_INFER:
-      return bnk_result(bnk_forward_inference(env->ctx, a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
-                                              a->running_var, a->eps),
-                        "bnk_forward_inference");
-    case OP_BWD:
-      return bnk_result(bnk_backward(env->ctx, a->desc, a->x, a->dy, a->out, a->gamma, a->dgamma, a->dbeta,
-                                     a->save_mean, a->save_invstd, data->workspace, data->workspace_bytes),
-                        "bnk_backward");
-    case OP_BWD_INFER:
-      return bnk_result(bnk_backward_inference(env->ctx, a->desc, a->x, a->dy, a->out, a->gamma, a->dgamma, a->dbeta,
-                                               a->running_mean, a->running_var, a->eps, data->workspace,
-                                               data->workspace_bytes),
-                        "bnk_backward_inference");
-    default: break;
+  case OP_FWD_TRAIN:
+    return bnk_result(bnk_forward_training(env->ctx, a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
+                                           a->running_var, NULL, a->momentum, a->eps, a->save_mean, a->save_invstd,
+                                           data->workspace, data->workspace_bytes),
+                      "bnk_forward_training");
+  case OP_FWD_INFER:
+    return bnk_result(bnk_forward_inference(env->ctx, a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
+                                            a->running_var, a->eps),
+                      "bnk_forward_inference");
+  case OP_BWD:
+    return bnk_result(bnk_backward(env->ctx, a->desc, a->x, a->dy, a->out, a->gamma, a->dgamma, a->dbeta, a->save_mean,
+                                   a->save_invstd, data->workspace, data->workspace_bytes),
+                      "bnk_backward");
+  case OP_BWD_INFER:
+    return bnk_result(bnk_backward_inference(env->ctx, a->desc, a->x, a->dy, a->out, a->gamma, a->dgamma, a->dbeta,
+                                             a->running_mean, a->running_var, a->eps, data->workspace,
+                                             data->workspace_bytes),
+                      "bnk_backward_inference");
+  default:
+    break;
   }
   die("internal error: %s is not a plain op", op_names[op]);
   return call_ok();
@@ -64,48 +65,48 @@ static call_result run_bnk_variant(const bench_env *env, case_data *data, const 
                                    bench_op op) {
   const int fused = impl != IMPL_BNK_SEPARATE;
   switch (op) {
-    case OP_FWD_INFER_RELU:
-    case OP_FWD_INFER_ADD_RELU:
-    case OP_FWD_TRAIN_ADD_RELU: {
-      const int training = op == OP_FWD_TRAIN_ADD_RELU;
-      const void *z = adds_residual(op) ? a->z : NULL;
-      if (!fused) {
-        const call_result plain = run_bnk(env, data, a, training ? OP_FWD_TRAIN : OP_FWD_INFER);
-        if (plain.failed) return plain;
-        return cuda_call_result(baseline_add_relu(a->desc, a->out, z, a->stream), "baseline_add_relu");
-      }
-      const bnk_epilogue epilogue = {z != NULL ? BNK_EPILOGUE_ADD_RELU : BNK_EPILOGUE_RELU, z, NULL, 0};
-      if (training)
-        return bnk_result(bnk_forward_training_ex(env->ctx, a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
-                                                  a->running_var, NULL, a->momentum, a->eps, a->save_mean,
-                                                  a->save_invstd, data->workspace, data->workspace_bytes, &epilogue),
-                          "bnk_forward_training_ex");
-      return bnk_result(bnk_forward_inference_ex(env->ctx, a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
-                                                 a->running_var, a->eps, &epilogue),
-                        "bnk_forward_inference_ex");
+  case OP_FWD_INFER_RELU:
+  case OP_FWD_INFER_ADD_RELU:
+  case OP_FWD_TRAIN_ADD_RELU: {
+    const int training = op == OP_FWD_TRAIN_ADD_RELU;
+    const void *z = adds_residual(op) ? a->z : NULL;
+    if (!fused) {
+      const call_result plain = run_bnk(env, data, a, training ? OP_FWD_TRAIN : OP_FWD_INFER);
+      if (plain.failed) return plain;
+      return cuda_call_result(baseline_add_relu(a->desc, a->out, z, a->stream), "baseline_add_relu");
     }
-    case OP_BWD_ADD_RELU: {
-      if (!fused) {
-        /* The ReLU's backward writes g, which is dz; the BN's backward then takes it as its dy. */
-        const call_result relu = cuda_call_result(baseline_relu_backward(a->desc, a->y, a->dy, a->dz, a->stream),
-                                                  "baseline_relu_backward");
-        if (relu.failed) return relu;
-        op_arguments through_relu = *a;
-        through_relu.dy = a->dz;
-        return run_bnk(env, data, &through_relu, OP_BWD);
-      }
-      const int from_mask = impl == IMPL_BNK_MASK;
-      const bnk_epilogue_grad epilogue = {BNK_EPILOGUE_ADD_RELU, from_mask ? NULL : a->y, from_mask ? a->mask : NULL,
-                                          from_mask ? a->mask_bytes : 0, a->dz};
-      return bnk_result(bnk_backward_ex(env->ctx, a->desc, a->x, a->dy, a->out, a->gamma, a->dgamma, a->dbeta,
-                                        a->save_mean, a->save_invstd, data->workspace, data->workspace_bytes,
-                                        &epilogue),
-                        "bnk_backward_ex");
+    const bnk_epilogue epilogue = {z != NULL ? BNK_EPILOGUE_ADD_RELU : BNK_EPILOGUE_RELU, z, NULL, 0};
+    if (training)
+      return bnk_result(bnk_forward_training_ex(env->ctx, a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
+                                                a->running_var, NULL, a->momentum, a->eps, a->save_mean, a->save_invstd,
+                                                data->workspace, data->workspace_bytes, &epilogue),
+                        "bnk_forward_training_ex");
+    return bnk_result(bnk_forward_inference_ex(env->ctx, a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
+                                               a->running_var, a->eps, &epilogue),
+                      "bnk_forward_inference_ex");
+  }
+  case OP_BWD_ADD_RELU: {
+    if (!fused) {
+      /* The ReLU's backward writes g, which is dz; the BN's backward then takes it as its dy. */
+      const call_result relu =
+          cuda_call_result(baseline_relu_backward(a->desc, a->y, a->dy, a->dz, a->stream), "baseline_relu_backward");
+      if (relu.failed) return relu;
+      op_arguments through_relu = *a;
+      through_relu.dy = a->dz;
+      return run_bnk(env, data, &through_relu, OP_BWD);
     }
-    case OP_SCALE_SHIFT:
-      if (impl == IMPL_BNK_FWD_INFER) return run_bnk(env, data, a, OP_FWD_INFER);
-      return bnk_result(bnk_scale_shift(env->ctx, a->desc, a->x, a->out, a->scale, a->shift, NULL), "bnk_scale_shift");
-    default: break;
+    const int from_mask = impl == IMPL_BNK_MASK;
+    const bnk_epilogue_grad epilogue = {BNK_EPILOGUE_ADD_RELU, from_mask ? NULL : a->y, from_mask ? a->mask : NULL,
+                                        from_mask ? a->mask_bytes : 0, a->dz};
+    return bnk_result(bnk_backward_ex(env->ctx, a->desc, a->x, a->dy, a->out, a->gamma, a->dgamma, a->dbeta,
+                                      a->save_mean, a->save_invstd, data->workspace, data->workspace_bytes, &epilogue),
+                      "bnk_backward_ex");
+  }
+  case OP_SCALE_SHIFT:
+    if (impl == IMPL_BNK_FWD_INFER) return run_bnk(env, data, a, OP_FWD_INFER);
+    return bnk_result(bnk_scale_shift(env->ctx, a->desc, a->x, a->out, a->scale, a->shift, NULL), "bnk_scale_shift");
+  default:
+    break;
   }
   die("internal error: %s has no variant %s", op_names[op], impl_names[impl]);
   return call_ok();
@@ -140,24 +141,25 @@ static call_result run_linear(const bench_env *env, case_data *data, bench_impl 
 static call_result run_naive(const op_arguments *a, bench_op op) {
   /* Only the plain ops reach here (impl_has_op). */
   switch (op) {
-    case OP_FWD_TRAIN:
-      return cuda_call_result(naive_forward_training(a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
-                                                     a->running_var, a->momentum, a->eps, a->save_mean,
-                                                     a->save_invstd, a->stream),
-                              "naive_forward_training");
-    case OP_FWD_INFER:
-      return cuda_call_result(naive_forward_inference(a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
-                                                      a->running_var, a->eps, a->stream),
-                              "naive_forward_inference");
-    case OP_BWD:
-      return cuda_call_result(naive_backward(a->desc, a->x, a->dy, a->out, a->gamma, a->dgamma, a->dbeta,
-                                             a->save_mean, a->save_invstd, a->stream),
-                              "naive_backward");
-    case OP_BWD_INFER:
-      return cuda_call_result(naive_backward_inference(a->desc, a->x, a->dy, a->out, a->gamma, a->dgamma, a->dbeta,
-                                                       a->running_mean, a->running_var, a->eps, a->stream),
-                              "naive_backward_inference");
-    default: break;
+  case OP_FWD_TRAIN:
+    return cuda_call_result(naive_forward_training(a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
+                                                   a->running_var, a->momentum, a->eps, a->save_mean, a->save_invstd,
+                                                   a->stream),
+                            "naive_forward_training");
+  case OP_FWD_INFER:
+    return cuda_call_result(naive_forward_inference(a->desc, a->x, a->out, a->gamma, a->beta, a->running_mean,
+                                                    a->running_var, a->eps, a->stream),
+                            "naive_forward_inference");
+  case OP_BWD:
+    return cuda_call_result(naive_backward(a->desc, a->x, a->dy, a->out, a->gamma, a->dgamma, a->dbeta, a->save_mean,
+                                           a->save_invstd, a->stream),
+                            "naive_backward");
+  case OP_BWD_INFER:
+    return cuda_call_result(naive_backward_inference(a->desc, a->x, a->dy, a->out, a->gamma, a->dgamma, a->dbeta,
+                                                     a->running_mean, a->running_var, a->eps, a->stream),
+                            "naive_backward_inference");
+  default:
+    break;
   }
   die("internal error: unknown op %d", (int)op);
   return call_ok();
@@ -190,23 +192,31 @@ call_result run_impl(const bench_env *env, case_data *data, bench_impl impl, ben
   };
   if (op == OP_LINEAR_BN) return run_linear(env, data, impl);
   switch (impl) {
-    case IMPL_BNK: return run_bnk(env, data, &arguments, op);
-    case IMPL_NAIVE: return run_naive(&arguments, op);
-    case IMPL_BNK_FUSED:
-    case IMPL_BNK_MASK:
-    case IMPL_BNK_FROM_Y:
-    case IMPL_BNK_SCALE_SHIFT:
-    case IMPL_BNK_SEPARATE:
-    case IMPL_BNK_FWD_INFER: return run_bnk_variant(env, data, &arguments, impl, op);
+  case IMPL_BNK:
+    return run_bnk(env, data, &arguments, op);
+  case IMPL_NAIVE:
+    return run_naive(&arguments, op);
+  case IMPL_BNK_FUSED:
+  case IMPL_BNK_MASK:
+  case IMPL_BNK_FROM_Y:
+  case IMPL_BNK_SCALE_SHIFT:
+  case IMPL_BNK_SEPARATE:
+  case IMPL_BNK_FWD_INFER:
+    return run_bnk_variant(env, data, &arguments, impl, op);
 #ifdef BNK_BENCH_WITH_CUDNN
-    case IMPL_CUDNN: return cudnn_bench_run(env->cudnn, CUDNN_BENCH_SPATIAL, op, &arguments);
-    case IMPL_CUDNN_PERSISTENT: return cudnn_bench_run(env->cudnn, CUDNN_BENCH_PERSISTENT, op, &arguments);
-    case IMPL_CUDNN_PERSISTENT_EX: return cudnn_bench_run(env->cudnn, CUDNN_BENCH_PERSISTENT_EX, op, &arguments);
+  case IMPL_CUDNN:
+    return cudnn_bench_run(env->cudnn, CUDNN_BENCH_SPATIAL, op, &arguments);
+  case IMPL_CUDNN_PERSISTENT:
+    return cudnn_bench_run(env->cudnn, CUDNN_BENCH_PERSISTENT, op, &arguments);
+  case IMPL_CUDNN_PERSISTENT_EX:
+    return cudnn_bench_run(env->cudnn, CUDNN_BENCH_PERSISTENT_EX, op, &arguments);
 #endif
 #ifdef BNK_BENCH_WITH_CUBLAS
-    case IMPL_CUBLAS: return cublas_bench_run(env->cublas, op, &arguments);
+  case IMPL_CUBLAS:
+    return cublas_bench_run(env->cublas, op, &arguments);
 #endif
-    default: break;
+  default:
+    break;
   }
   die("internal error: implementation %d cannot run in this build", (int)impl);
   return call_ok();
@@ -224,7 +234,7 @@ call_result runtime_error(const bench_env *env, bench_impl impl) {
 
 /* Why the implementation cannot run the op on this case, or NULL when it can. */
 const char *unavailable_reason(const bench_env *env, const case_data *data, bench_impl impl, bench_op op,
-                                      const bench_shape *run_shape) {
+                               const bench_shape *run_shape) {
   if (op == OP_LINEAR_BN) {
     /* Both variants need cuBLAS: bnk_linear_bn is a cuBLASLt matmul, the unfused GEMM a cuBLAS one. */
     if (env->emulation) return "needs a GPU (cuBLASLt)";
@@ -242,7 +252,6 @@ const char *unavailable_reason(const bench_env *env, const case_data *data, benc
   return NULL;
 }
 
-
 /* Puts the case in the state the op starts from: the initial running statistics (an earlier op's timed runs
  * moved them), poisoned outputs, for bwd the saved statistics of a training forward of this x, for
  * bwd_add_relu also that forward's relu(bn(x) + z) and ReLU mask, and for scale_shift the precomputed
@@ -252,8 +261,8 @@ void prepare_op(const bench_env *env, case_data *data, bench_op op) {
   upload(data->running_mean, data->running_mean_host, channel_bytes);
   upload(data->running_var, data->running_var_host, channel_bytes);
   if (op == OP_BWD) {
-    check_bnk(bnk_forward_training(env->ctx, &data->desc, data->x, data->out, data->gamma, data->beta, NULL, NULL,
-                                   NULL, MOMENTUM, EPS, data->save_mean, data->save_invstd, data->workspace,
+    check_bnk(bnk_forward_training(env->ctx, &data->desc, data->x, data->out, data->gamma, data->beta, NULL, NULL, NULL,
+                                   MOMENTUM, EPS, data->save_mean, data->save_invstd, data->workspace,
                                    data->workspace_bytes),
               "bnk_forward_training (the statistics bnk_backward starts from)");
   } else if (op == OP_BWD_ADD_RELU) {
@@ -276,4 +285,3 @@ void prepare_op(const bench_env *env, case_data *data, bench_op op) {
   device_poison(data->dgamma, channel_bytes);
   device_poison(data->dbeta, channel_bytes);
 }
-

@@ -11,8 +11,8 @@
 
 /* The distinct batch-normalization layers of ResNet-50 as (C, H, W), at every batch of --batch. */
 static const int64_t resnet50_layers[][3] = {
-    {64, 112, 112}, {64, 56, 56},   {256, 56, 56}, {128, 56, 56}, {128, 28, 28}, {512, 28, 28},
-    {256, 28, 28},  {256, 14, 14},  {1024, 14, 14}, {512, 14, 14}, {512, 7, 7},  {2048, 7, 7},
+    {64, 112, 112}, {64, 56, 56},  {256, 56, 56},  {128, 56, 56}, {128, 28, 28}, {512, 28, 28},
+    {256, 28, 28},  {256, 14, 14}, {1024, 14, 14}, {512, 14, 14}, {512, 7, 7},   {2048, 7, 7},
 };
 #define DEFAULT_BATCH 32
 
@@ -147,8 +147,8 @@ static bench_shape parse_linear(const char *text) {
   const bench_shape extents = parse_shape(text);
   if (extents.spatial_dims != 1)
     usage_error("--linear expects batch,in_features,out_features (three positive integers), got '%s'", text);
-  bench_shape shape = {.n = extents.n, .c = extents.spatial[0], .spatial_dims = 0, .spatial = {1, 1, 1},
-                       .in_features = extents.c};
+  bench_shape shape = {
+      .n = extents.n, .c = extents.spatial[0], .spatial_dims = 0, .spatial = {1, 1, 1}, .in_features = extents.c};
   return shape;
 }
 
@@ -258,8 +258,11 @@ bench_options parse_options(int argc, char **argv) {
   add_presets(&options);
   if (options.linear_count == 0)
     for (size_t i = 0; i < sizeof default_linear_shapes / sizeof default_linear_shapes[0]; ++i) {
-      bench_shape shape = {.n = default_linear_shapes[i][0], .c = default_linear_shapes[i][2], .spatial_dims = 0,
-                           .spatial = {1, 1, 1}, .in_features = default_linear_shapes[i][1]};
+      bench_shape shape = {.n = default_linear_shapes[i][0],
+                           .c = default_linear_shapes[i][2],
+                           .spatial_dims = 0,
+                           .spatial = {1, 1, 1},
+                           .in_features = default_linear_shapes[i][1]};
       add_linear_shape(&options, shape);
     }
   return options;

@@ -66,8 +66,7 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count) {
   const char *type = storage_type(view->dtype);
   const char *layout = view->channels_last ? "last" : "first";
   const int64_t vecs = view->n * view->c * view->s / vec;
-  const int64_t elementwise_blocks =
-      view->channels_last ? reduce.blocks : bnk__plan_grid_stride_blocks(vecs, sm_count);
+  const int64_t elementwise_blocks = view->channels_last ? reduce.blocks : bnk__plan_grid_stride_blocks(vecs, sm_count);
   const int elementwise_threads = view->channels_last ? reduce.threads : BNK_STREAM_THREADS;
   const int64_t per_channel_blocks = (view->c + BNK_STREAM_THREADS / 32 - 1) / (BNK_STREAM_THREADS / 32);
 
@@ -77,27 +76,28 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count) {
     plan.parts = reduce.parts;
     add_launch(&plan, reduce.blocks, reduce.threads, "stats_channels_%s<%s, %d>", layout, type, vec);
     add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "finalize_stats");
-    add_launch(&plan, elementwise_blocks, elementwise_threads, "normalize_channels_%s<%s, %d, false, 0>", layout,
-               type, vec);
+    add_launch(&plan, elementwise_blocks, elementwise_threads, "normalize_channels_%s<%s, %d, false, 0>", layout, type,
+               vec);
     break;
   case OP_FWD_INFER:
-    add_launch(&plan, elementwise_blocks, elementwise_threads, "normalize_channels_%s<%s, %d, true, 0>", layout,
-               type, vec);
+    add_launch(&plan, elementwise_blocks, elementwise_threads, "normalize_channels_%s<%s, %d, true, 0>", layout, type,
+               vec);
     break;
   default:
     plan.parts = reduce.parts;
     add_launch(&plan, reduce.blocks, reduce.threads, "backward_sums_channels_%s<%s, %d, 0>", layout, type, vec);
     add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "merge_backward_sums");
-    add_launch(&plan, elementwise_blocks, elementwise_threads, "backward_dx_channels_%s<%s, %d, 0>", layout, type,
-               vec);
+    add_launch(&plan, elementwise_blocks, elementwise_threads, "backward_dx_channels_%s<%s, %d, 0>", layout, type, vec);
     break;
   }
   return plan;
 }
 
 static void usage_error(const char *what, const char *value) {
-  fprintf(stderr, "bnk-plan: %s: '%s'\nusage: bnk-plan [--sm-count N] LAYOUT:DTYPE:N,C[,D1[,D2[,D3]]] ...\n"
-                  "  LAYOUT nchw | nhwc, DTYPE f32 | f16 | bf16\n", what, value);
+  fprintf(stderr,
+          "bnk-plan: %s: '%s'\nusage: bnk-plan [--sm-count N] LAYOUT:DTYPE:N,C[,D1[,D2[,D3]]] ...\n"
+          "  LAYOUT nchw | nhwc, DTYPE f32 | f16 | bf16\n",
+          what, value);
   exit(2);
 }
 
@@ -160,15 +160,14 @@ int main(int argc, char **argv) {
     const bnk_view view = bnk__view_of(&descs[i]);
     printf("%s\n {\"shape\": \"%s\", \"n\": %" PRId64 ", \"c\": %" PRId64 ", \"s\": %" PRId64
            ", \"channels_last\": %d, \"elements\": %" PRId64 ", \"ops\": {",
-           i > first_shape ? "," : "", argv[i], view.n, view.c, view.s, view.channels_last,
-           view.n * view.c * view.s);
+           i > first_shape ? "," : "", argv[i], view.n, view.c, view.s, view.channels_last, view.n * view.c * view.s);
     for (int op = 0; op < OP_COUNT; ++op) {
       const op_plan plan = plan_of_op(op, &view, sm_count);
       printf("%s\n  \"%s\": {\"vec\": %d, \"parts\": %" PRId64 ", \"launches\": [", op ? "," : "", op_names[op],
              plan.vec, plan.parts);
       for (int l = 0; l < plan.launches; ++l)
-        printf("%s{\"kernel\": \"%s\", \"blocks\": %" PRId64 ", \"threads\": %d}", l ? ", " : "",
-               plan.launch[l].kernel, plan.launch[l].blocks, plan.launch[l].threads);
+        printf("%s{\"kernel\": \"%s\", \"blocks\": %" PRId64 ", \"threads\": %d}", l ? ", " : "", plan.launch[l].kernel,
+               plan.launch[l].blocks, plan.launch[l].threads);
       printf("]}");
     }
     printf("}}");

@@ -11,7 +11,8 @@
 static const char *const status_names[] = {"PASS", "FAIL", "n/a", "ERROR"};
 
 static /* linear_bn's matrices have no layout. */
-const char *row_layout_name(const bench_row *row) {
+    const char *
+    row_layout_name(const bench_row *row) {
   if (row->op == OP_LINEAR_BN) return "-";
   return row->layout == BNK_NCHW ? "nchw" : "nhwc";
 }
@@ -38,13 +39,13 @@ void set_ratios(bench_row *rows, int count) {
 
 void print_table_header(const bench_env *env) {
   if (env->emulation) {
-    printf("%-18s %-6s %-5s %-18s %-14s %-19s %-5s %9s %9s " BYTES_HEADER_FORMAT " %14s  %s\n", "op", "layout",
-           "dtype", "shape", "run shape", "impl", "check", "max err", "chan err", "MB", "B/unfused", "H100 floor us",
+    printf("%-18s %-6s %-5s %-18s %-14s %-19s %-5s %9s %9s " BYTES_HEADER_FORMAT " %14s  %s\n", "op", "layout", "dtype",
+           "shape", "run shape", "impl", "check", "max err", "chan err", "MB", "B/unfused", "H100 floor us",
            "traffic meter: bytes moved (32-byte sectors) and launches, not timed");
   } else {
-    printf("%-18s %-6s %-5s %-18s %-19s %-5s %9s %9s %10s %19s %9s %8s %7s %9s " BYTES_HEADER_FORMAT " %9s %8s\n",
-           "op", "layout", "dtype", "shape", "impl", "check", "max err", "chan err", "median us", "p10-p90 us",
-           "min us", "GB/s", "% copy", "floor us", "MB", "B/unfused", "x unfused", "x cuDNN");
+    printf("%-18s %-6s %-5s %-18s %-19s %-5s %9s %9s %10s %19s %9s %8s %7s %9s " BYTES_HEADER_FORMAT " %9s %8s\n", "op",
+           "layout", "dtype", "shape", "impl", "check", "max err", "chan err", "median us", "p10-p90 us", "min us",
+           "GB/s", "% copy", "floor us", "MB", "B/unfused", "x unfused", "x cuDNN");
   }
 }
 
@@ -77,8 +78,8 @@ void print_row(const bench_env *env, const bench_row *row) {
     char traffic[96] = "";
     if (row->status != ROW_NOT_RUN && row->check.metered_bytes >= 0.0)
       snprintf(traffic, sizeof traffic, "moved %.3f MB = %.1f%% of the run shape's floor, %lld launch%s",
-               row->check.metered_bytes / 1e6, 100.0 * row->check.metered_bytes / row->run_bytes,
-               row->check.launches, row->check.launches == 1 ? "" : "es");
+               row->check.metered_bytes / 1e6, 100.0 * row->check.metered_bytes / row->run_bytes, row->check.launches,
+               row->check.launches == 1 ? "" : "es");
     printf("%-18s %-6s %-5s %-18s %-14s %-19s %-5s %9s %9s " BYTES_HEADER_FORMAT " %14.3f  %s%s\n", op_names[row->op],
            layout, storage_name(row->dtype), shape, run_shape, impl, check, max_error, channel_error, megabytes,
            bytes_ratio, row->floor_us, row->status == ROW_NOT_RUN ? "n/a: " : "",
@@ -96,8 +97,8 @@ void print_row(const bench_env *env, const bench_row *row) {
   } else {
     printf("%-18s %-6s %-5s %-18s %-19s %-5s %9s %9s %10s %19s %9s %8s %7s %9.3f " BYTES_HEADER_FORMAT " %9s %8s\n",
            op_names[row->op], layout, storage_name(row->dtype), shape, impl, check, max_error, channel_error,
-           row->status == ROW_NOT_RUN ? "n/a" : "not timed", "", "", "", "", row->floor_us, megabytes, bytes_ratio,
-           "-", "-");
+           row->status == ROW_NOT_RUN ? "n/a" : "not timed", "", "", "", "", row->floor_us, megabytes, bytes_ratio, "-",
+           "-");
   }
   if (row->status == ROW_NOT_RUN && !env->emulation)
     printf("    n/a %s %s %s %s: %s\n", impl, op_names[row->op], layout, shape, row->note);
@@ -142,9 +143,8 @@ void write_csv(const char *path, const bench_env *env, const bench_row *rows, in
     format_shape(&row->run_shape, run_shape, sizeof run_shape);
     fprintf(file, "%s,", env->emulation ? "emulation" : "gpu");
     csv_text(file, env->device_name);
-    fprintf(file, ",%s,%s,%s,%s,%s,%s,%" PRId64 ",%s,", impl_names[row->impl], op_names[row->op],
-            row_layout_name(row), storage_name(row->dtype), shape, run_shape, row->validated_channels,
-            status_names[row->status]);
+    fprintf(file, ",%s,%s,%s,%s,%s,%s,%" PRId64 ",%s,", impl_names[row->impl], op_names[row->op], row_layout_name(row),
+            storage_name(row->dtype), shape, run_shape, row->validated_channels, status_names[row->status]);
     /* A NaN in the output makes the error infinite: written as "inf", which every CSV reader takes. */
     if (row_ran(row)) fprintf(file, isinf(row->check.max_error) ? "inf," : "%.3e,", row->check.max_error);
     else fputc(',', file);
@@ -210,10 +210,11 @@ void write_json(const char *path, const bench_env *env, const bench_row *rows, i
     json_number(file, "%.3e", row->check.max_error, row_ran(row));
     fprintf(file, ", \"channel_error\": ");
     json_number(file, "%.3e", row->check.worst_channel_error, row_ran(row) && row->check.worst_channel_error >= 0.0);
-    const char *names[] = {"median_us",       "min_us",         "p10_us",          "p90_us",
-                           "gb_per_s",        "percent_of_copy", "ratio_to_cudnn", "ratio_to_unfused"};
-    const double values[] = {row->median_us,           row->min_us,          row->p10_us,         row->p90_us,
-                             row->gigabytes_per_second, row->percent_of_copy, row->ratio_to_cudnn, row->ratio_to_unfused};
+    const char *names[] = {"median_us", "min_us",          "p10_us",         "p90_us",
+                           "gb_per_s",  "percent_of_copy", "ratio_to_cudnn", "ratio_to_unfused"};
+    const double values[] = {
+        row->median_us,       row->min_us,         row->p10_us,          row->p90_us, row->gigabytes_per_second,
+        row->percent_of_copy, row->ratio_to_cudnn, row->ratio_to_unfused};
     for (size_t k = 0; k < sizeof values / sizeof values[0]; ++k) {
       fprintf(file, ", \"%s\": ", names[k]);
       json_number(file, "%.4f", values[k], row->timed);

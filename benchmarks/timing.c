@@ -65,7 +65,7 @@ void measure_copy_bandwidth(bench_env *env) {
  * through the case's copies of x and dy. A call that fails here (it passed validation, so this is rare)
  * makes the row an ERROR without timings. */
 void time_op(const bench_env *env, case_data *data, bench_impl impl, bench_op op, int runs, int warmup,
-                    bench_row *row) {
+             bench_row *row) {
   call_result call = call_ok();
   for (int i = 0; i < warmup && !call.failed; ++i) call = run_impl(env, data, impl, op, i % data->rotation);
   cudaEvent_t *starts = host_alloc((size_t)runs * sizeof(cudaEvent_t));

@@ -80,8 +80,8 @@ static double *download_sample(case_data *data, const void *device) {
 }
 
 /* An output tensor (y, dx or dz), at the validated channels; rounded_before as in check_elements. */
-static void check_tensor(validation *result, case_data *data, const char *what, const void *device,
-                         const double *want, const double *rounded_before) {
+static void check_tensor(validation *result, case_data *data, const char *what, const void *device, const double *want,
+                         const double *rounded_before) {
   double *got = download_sample(data, device);
   check_elements(result, data, what, got, want, rounded_before);
   free(got);
@@ -226,8 +226,7 @@ validation validate_linear(const bench_env *env, case_data *data, bench_impl imp
 
 /* Runs the implementation once on poisoned outputs and checks what it wrote. *call says whether the call
  * itself failed (a status, or a kernel fault found by the synchronization); the checks run only if not. */
-validation validate_op(const bench_env *env, case_data *data, bench_impl impl, bench_op op,
-                              call_result *call) {
+validation validate_op(const bench_env *env, case_data *data, bench_impl impl, bench_op op, call_result *call) {
   validation result = {.passed = 1, .worst_channel_error = -1.0, .metered_bytes = -1.0, .launches = -1};
   prepare_op(env, data, op);
 #ifdef BNK_BENCH_EMULATION
@@ -262,81 +261,80 @@ validation validate_op(const bench_env *env, case_data *data, bench_impl impl, b
   double *scale = host_zeros(k), *second_scale = host_zeros(k), *dgamma = host_zeros(k), *dbeta = host_zeros(k);
 
   switch (op) {
-    case OP_FWD_TRAIN:
-    case OP_FWD_TRAIN_ADD_RELU: {
-      ref_channel_stats(&data->sample_desc, data->x_sample, mean, var, var_unbiased);
-      ref_normalize(&data->sample_desc, data->x_sample, mean, var, EPS, gamma, beta, want);
-      check_forward_output(&result, data, impl, op, want);
-      for (int64_t j = 0; j < k; ++j) {
-        invstd[j] = 1.0 / sqrt(var[j] + EPS);
-        scale[j] = fabs(mean[j]) + sqrt(var[j]);
-      }
-      check_channel_output(&result, data, "save_mean", data->save_mean, mean, scale);
-      check_channel_output(&result, data, "save_invstd", data->save_invstd, invstd, invstd);
-      ref_running_update(k, MOMENTUM, mean, var_unbiased, running_mean, running_var);
-      for (int64_t j = 0; j < k; ++j) scale[j] = fabs(running_mean[j]) + sqrt(var[j]);
-      check_channel_output(&result, data, "running_mean", data->running_mean, running_mean, scale);
-      check_channel_output(&result, data, "running_var", data->running_var, running_var, running_var);
-      break;
+  case OP_FWD_TRAIN:
+  case OP_FWD_TRAIN_ADD_RELU: {
+    ref_channel_stats(&data->sample_desc, data->x_sample, mean, var, var_unbiased);
+    ref_normalize(&data->sample_desc, data->x_sample, mean, var, EPS, gamma, beta, want);
+    check_forward_output(&result, data, impl, op, want);
+    for (int64_t j = 0; j < k; ++j) {
+      invstd[j] = 1.0 / sqrt(var[j] + EPS);
+      scale[j] = fabs(mean[j]) + sqrt(var[j]);
     }
-    case OP_FWD_INFER:
-    case OP_FWD_INFER_RELU:
-    case OP_FWD_INFER_ADD_RELU:
-      ref_normalize(&data->sample_desc, data->x_sample, running_mean, running_var, EPS, gamma, beta, want);
-      check_forward_output(&result, data, impl, op, want);
-      break;
-    case OP_SCALE_SHIFT:
-      if (impl == IMPL_BNK_SCALE_SHIFT) check_scale_shift(&result, data, gamma, beta, running_mean, running_var, want);
-      else ref_normalize(&data->sample_desc, data->x_sample, running_mean, running_var, EPS, gamma, beta, want);
-      check_tensor(&result, data, "y", data->out, want, NULL);
-      break;
-    case OP_BWD:
-    case OP_BWD_ADD_RELU: {
-      /* From the statistics the device saved, as bnk_backward gets them: this validates the backward on its
-       * own, whatever small error the forward's statistics carry. Through the ReLU, the gradient that reaches
-       * the BN is g = dy where the forward's stored y > 0 (else 0), which is also dz. */
-      double *g = op == OP_BWD_ADD_RELU ? download_sample(data, data->forward_y) : NULL;
-      for (int64_t i = 0; g != NULL && i < data->sample_elements; ++i) g[i] = g[i] > 0.0 ? data->dy_sample[i] : 0.0;
-      const double *dy = g != NULL ? g : data->dy_sample;
-      double *saved_mean = download_channel_array(data, data->save_mean);
-      double *saved_invstd = download_channel_array(data, data->save_invstd);
-      double *sample_mean = sample_channels(data, saved_mean), *sample_invstd = sample_channels(data, saved_invstd);
-      ref_backward(&data->sample_desc, data->x_sample, dy, sample_mean, sample_invstd, gamma, want, dgamma, dbeta);
-      check_tensor(&result, data, "dx", data->out, want, NULL);
-      if (g != NULL) check_tensor(&result, data, "dz", data->dz, g, NULL);
-      gradient_sum_scales(data, dy, sample_mean, sample_invstd, scale, second_scale);
-      check_channel_output(&result, data, "dbeta", data->dbeta, dbeta, scale);
-      check_channel_output(&result, data, "dgamma", data->dgamma, dgamma, second_scale);
-      free(g);
-      free(saved_mean);
-      free(saved_invstd);
-      free(sample_mean);
-      free(sample_invstd);
-      break;
-    }
-    case OP_BWD_INFER: {
-      /* The frozen-statistics gradients from the shared reference: dgamma and dbeta are ref_backward's sums
-       * with the running mean and invstd in place of the batch's, and dx = dy gamma invstd is
-       * ref_normalize of dy with mean 0 and the running variance. */
-      double *zeros = host_zeros(k);
-      for (int64_t j = 0; j < k; ++j) invstd[j] = 1.0 / sqrt(running_var[j] + EPS);
-      ref_backward(&data->sample_desc, data->x_sample, data->dy_sample, running_mean, invstd, gamma, NULL, dgamma,
-                   dbeta);
-      ref_normalize(&data->sample_desc, data->dy_sample, zeros, running_var, EPS, gamma, NULL, want);
-      check_tensor(&result, data, "dx", data->out, want, NULL);
-      gradient_sum_scales(data, data->dy_sample, running_mean, invstd, scale, second_scale);
-      check_channel_output(&result, data, "dbeta", data->dbeta, dbeta, scale);
-      check_channel_output(&result, data, "dgamma", data->dgamma, dgamma, second_scale);
-      free(zeros);
-      break;
-    }
-    case OP_LINEAR_BN: /* validate_linear's */
-    case OP_COUNT: break;
+    check_channel_output(&result, data, "save_mean", data->save_mean, mean, scale);
+    check_channel_output(&result, data, "save_invstd", data->save_invstd, invstd, invstd);
+    ref_running_update(k, MOMENTUM, mean, var_unbiased, running_mean, running_var);
+    for (int64_t j = 0; j < k; ++j) scale[j] = fabs(running_mean[j]) + sqrt(var[j]);
+    check_channel_output(&result, data, "running_mean", data->running_mean, running_mean, scale);
+    check_channel_output(&result, data, "running_var", data->running_var, running_var, running_var);
+    break;
+  }
+  case OP_FWD_INFER:
+  case OP_FWD_INFER_RELU:
+  case OP_FWD_INFER_ADD_RELU:
+    ref_normalize(&data->sample_desc, data->x_sample, running_mean, running_var, EPS, gamma, beta, want);
+    check_forward_output(&result, data, impl, op, want);
+    break;
+  case OP_SCALE_SHIFT:
+    if (impl == IMPL_BNK_SCALE_SHIFT) check_scale_shift(&result, data, gamma, beta, running_mean, running_var, want);
+    else ref_normalize(&data->sample_desc, data->x_sample, running_mean, running_var, EPS, gamma, beta, want);
+    check_tensor(&result, data, "y", data->out, want, NULL);
+    break;
+  case OP_BWD:
+  case OP_BWD_ADD_RELU: {
+    /* From the statistics the device saved, as bnk_backward gets them: this validates the backward on its
+     * own, whatever small error the forward's statistics carry. Through the ReLU, the gradient that reaches
+     * the BN is g = dy where the forward's stored y > 0 (else 0), which is also dz. */
+    double *g = op == OP_BWD_ADD_RELU ? download_sample(data, data->forward_y) : NULL;
+    for (int64_t i = 0; g != NULL && i < data->sample_elements; ++i) g[i] = g[i] > 0.0 ? data->dy_sample[i] : 0.0;
+    const double *dy = g != NULL ? g : data->dy_sample;
+    double *saved_mean = download_channel_array(data, data->save_mean);
+    double *saved_invstd = download_channel_array(data, data->save_invstd);
+    double *sample_mean = sample_channels(data, saved_mean), *sample_invstd = sample_channels(data, saved_invstd);
+    ref_backward(&data->sample_desc, data->x_sample, dy, sample_mean, sample_invstd, gamma, want, dgamma, dbeta);
+    check_tensor(&result, data, "dx", data->out, want, NULL);
+    if (g != NULL) check_tensor(&result, data, "dz", data->dz, g, NULL);
+    gradient_sum_scales(data, dy, sample_mean, sample_invstd, scale, second_scale);
+    check_channel_output(&result, data, "dbeta", data->dbeta, dbeta, scale);
+    check_channel_output(&result, data, "dgamma", data->dgamma, dgamma, second_scale);
+    free(g);
+    free(saved_mean);
+    free(saved_invstd);
+    free(sample_mean);
+    free(sample_invstd);
+    break;
+  }
+  case OP_BWD_INFER: {
+    /* The frozen-statistics gradients from the shared reference: dgamma and dbeta are ref_backward's sums
+     * with the running mean and invstd in place of the batch's, and dx = dy gamma invstd is
+     * ref_normalize of dy with mean 0 and the running variance. */
+    double *zeros = host_zeros(k);
+    for (int64_t j = 0; j < k; ++j) invstd[j] = 1.0 / sqrt(running_var[j] + EPS);
+    ref_backward(&data->sample_desc, data->x_sample, data->dy_sample, running_mean, invstd, gamma, NULL, dgamma, dbeta);
+    ref_normalize(&data->sample_desc, data->dy_sample, zeros, running_var, EPS, gamma, NULL, want);
+    check_tensor(&result, data, "dx", data->out, want, NULL);
+    gradient_sum_scales(data, data->dy_sample, running_mean, invstd, scale, second_scale);
+    check_channel_output(&result, data, "dbeta", data->dbeta, dbeta, scale);
+    check_channel_output(&result, data, "dgamma", data->dgamma, dgamma, second_scale);
+    free(zeros);
+    break;
+  }
+  case OP_LINEAR_BN: /* validate_linear's */
+  case OP_COUNT:
+    break;
   }
 
-  double *to_free[] = {gamma, beta, running_mean, running_var, want, mean, var, var_unbiased, invstd, scale,
-                       second_scale, dgamma, dbeta};
+  double *to_free[] = {gamma,        beta,   running_mean, running_var,  want,   mean, var,
+                       var_unbiased, invstd, scale,        second_scale, dgamma, dbeta};
   for (size_t i = 0; i < sizeof to_free / sizeof to_free[0]; ++i) free(to_free[i]);
   return result;
 }
-

@@ -35,10 +35,10 @@ struct cublas_bench {
   cudaStream_t stream;
   bnk_tensor_desc prepared; /* the case the scratch below was sized for */
   int prepared_valid;
-  void *ones;               /* storage type, length M: the GEMV's vector */
-  float *ones_over_batch;   /* float32, length N: the NCHW second step */
-  float *partials;          /* N x C, NCHW only */
-  float *sums, *products;   /* length C */
+  void *ones;             /* storage type, length M: the GEMV's vector */
+  float *ones_over_batch; /* float32, length N: the NCHW second step */
+  float *partials;        /* N x C, NCHW only */
+  float *sums, *products; /* length C */
 };
 
 static void release_scratch(cublas_bench *bench) {
@@ -163,9 +163,12 @@ call_result cublas_bench_prepare(cublas_bench *bench, const bnk_tensor_desc *des
 
 static cudaDataType_t data_type(bnk_dtype dtype) {
   switch (dtype) {
-    case BNK_FLOAT16: return CUDA_R_16F;
-    case BNK_BFLOAT16: return CUDA_R_16BF;
-    case BNK_FLOAT32: break;
+  case BNK_FLOAT16:
+    return CUDA_R_16F;
+  case BNK_BFLOAT16:
+    return CUDA_R_16BF;
+  case BNK_FLOAT32:
+    break;
   }
   return CUDA_R_32F;
 }
@@ -188,11 +191,11 @@ static call_result channel_sums(cublas_bench *bench, const bnk_tensor_desc *desc
                                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                          "cublasGemmEx (GEMV against ones)");
   /* The (n, c) runs as the columns of an S x (N C) matrix: its transpose times ones(S). */
-  call_result result = cublas_result(
-      cublasGemmEx(bench->handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)(g.n * g.c), 1, (int)g.s, &one, a, type, (int)g.s,
-                   bench->ones, type, (int)g.s, &zero, bench->partials, CUDA_R_32F, (int)(g.n * g.c),
-                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-      "cublasGemmEx (GEMV against ones over the spatial positions)");
+  call_result result =
+      cublas_result(cublasGemmEx(bench->handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)(g.n * g.c), 1, (int)g.s, &one, a, type,
+                                 (int)g.s, bench->ones, type, (int)g.s, &zero, bench->partials, CUDA_R_32F,
+                                 (int)(g.n * g.c), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    "cublasGemmEx (GEMV against ones over the spatial positions)");
   if (result.failed) return result;
   return cublas_result(sum_over_batch(bench, &g, out), "cublasSgemv (sum over the batch)");
 }
@@ -206,8 +209,8 @@ static call_result channel_dots(cublas_bench *bench, const bnk_tensor_desc *desc
   const float one = 1.0f, zero = 0.0f;
   if (g.channels_last)
     return cublas_result(cublasGemmStridedBatchedEx(bench->handle, CUBLAS_OP_N, CUBLAS_OP_T, 1, 1, (int)g.m, &one, a,
-                                                    type, (int)g.c, 1, b, type, (int)g.c, 1, &zero, out, CUDA_R_32F,
-                                                    1, 1, (int)g.c, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                                                    type, (int)g.c, 1, b, type, (int)g.c, 1, &zero, out, CUDA_R_32F, 1,
+                                                    1, (int)g.c, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                          "cublasGemmStridedBatchedEx (one dot per channel)");
   call_result result = cublas_result(
       cublasGemmStridedBatchedEx(bench->handle, CUBLAS_OP_N, CUBLAS_OP_T, 1, 1, (int)g.s, &one, a, type, 1,
@@ -225,39 +228,38 @@ call_result cublas_bench_run(cublas_bench *bench, bench_op op, const op_argument
   const int64_t m = geometry_of(desc).m;
   call_result result;
   switch (op) {
-    case OP_FWD_TRAIN:
-      if ((result = channel_sums(bench, desc, args->x, bench->sums)).failed) return result;
-      if ((result = channel_dots(bench, desc, args->x, args->x, bench->products)).failed) return result;
-      if ((result = cuda_result(baseline_statistics_from_sums(desc->c, m, bench->sums, bench->products,
-                                                              args->momentum, args->eps, args->running_mean,
-                                                              args->running_var, args->save_mean, args->save_invstd,
-                                                              args->stream),
-                                "the statistics kernel"))
-              .failed)
-        return result;
-      return cuda_result(baseline_normalize(desc, args->x, args->out, args->gamma, args->beta, args->save_mean,
-                                            args->save_invstd, args->stream),
-                         "the normalize kernel");
-    case OP_BWD:
-    case OP_BWD_INFER: {
-      const int frozen = op == OP_BWD_INFER;
-      const float *mean = frozen ? args->running_mean : args->save_mean;
-      const float *spread = frozen ? args->running_var : args->save_invstd;
-      if ((result = channel_sums(bench, desc, args->dy, bench->sums)).failed) return result;
-      if ((result = channel_dots(bench, desc, args->dy, args->x, bench->products)).failed) return result;
-      if ((result = cuda_result(baseline_gradients_from_sums(desc->c, bench->sums, bench->products, mean, spread,
-                                                             frozen, args->eps, args->dgamma, args->dbeta,
-                                                             args->stream),
-                                "the gradients kernel"))
-              .failed)
-        return result;
-      return cuda_result(baseline_backward_dx(desc, args->x, args->dy, args->out, args->gamma, mean, spread, frozen,
-                                              args->eps, args->dgamma, args->dbeta, args->stream),
-                         "the dx kernel");
-    }
-    case OP_FWD_INFER: break;
-    default: /* bnk's epilogue ops are measured against bnk's own unfused sequence: never routed here */
-      return failure(1, "%s", "the cuBLAS baseline has no counterpart of this op");
+  case OP_FWD_TRAIN:
+    if ((result = channel_sums(bench, desc, args->x, bench->sums)).failed) return result;
+    if ((result = channel_dots(bench, desc, args->x, args->x, bench->products)).failed) return result;
+    if ((result = cuda_result(baseline_statistics_from_sums(desc->c, m, bench->sums, bench->products, args->momentum,
+                                                            args->eps, args->running_mean, args->running_var,
+                                                            args->save_mean, args->save_invstd, args->stream),
+                              "the statistics kernel"))
+            .failed)
+      return result;
+    return cuda_result(baseline_normalize(desc, args->x, args->out, args->gamma, args->beta, args->save_mean,
+                                          args->save_invstd, args->stream),
+                       "the normalize kernel");
+  case OP_BWD:
+  case OP_BWD_INFER: {
+    const int frozen = op == OP_BWD_INFER;
+    const float *mean = frozen ? args->running_mean : args->save_mean;
+    const float *spread = frozen ? args->running_var : args->save_invstd;
+    if ((result = channel_sums(bench, desc, args->dy, bench->sums)).failed) return result;
+    if ((result = channel_dots(bench, desc, args->dy, args->x, bench->products)).failed) return result;
+    if ((result = cuda_result(baseline_gradients_from_sums(desc->c, bench->sums, bench->products, mean, spread, frozen,
+                                                           args->eps, args->dgamma, args->dbeta, args->stream),
+                              "the gradients kernel"))
+            .failed)
+      return result;
+    return cuda_result(baseline_backward_dx(desc, args->x, args->dy, args->out, args->gamma, mean, spread, frozen,
+                                            args->eps, args->dgamma, args->dbeta, args->stream),
+                       "the dx kernel");
+  }
+  case OP_FWD_INFER:
+    break;
+  default: /* bnk's epilogue ops are measured against bnk's own unfused sequence: never routed here */
+    return failure(1, "%s", "the cuBLAS baseline has no counterpart of this op");
   }
   return failure(1, "%s", "the cuBLAS baseline has no reduction to do in inference");
 }

@@ -18,18 +18,18 @@ bnk_status bnk_backward_workspace_size(const bnk_context *ctx, const bnk_tensor_
 static bnk_status require_workspace(const bnk_context *ctx, const bnk_view *view, const void *workspace,
                                     size_t workspace_bytes) {
   return bnk__require_workspace(workspace, workspace_bytes, backward_workspace_bytes(ctx, view),
-                               "bnk_backward_workspace_size");
+                                "bnk_backward_workspace_size");
 }
 
 /* An empty batch: dgamma and dbeta are sums over no elements. */
-static bnk_status zero_parameter_gradients(const bnk_context *ctx, const bnk_view *view, float *dgamma,
-                                           float *dbeta) {
+static bnk_status zero_parameter_gradients(const bnk_context *ctx, const bnk_view *view, float *dgamma, float *dbeta) {
   if (dgamma == NULL && dbeta == NULL) return BNK_SUCCESS;
   bnk_device_guard guard;
   BNK__TRY(bnk__device_enter(ctx, &guard));
   const size_t bytes = (size_t)view->c * sizeof(float);
   bnk_status status = BNK_SUCCESS;
-  if (dgamma != NULL) status = bnk__check_cuda(cudaMemsetAsync(dgamma, 0, bytes, ctx->stream), "cudaMemsetAsync(dgamma)");
+  if (dgamma != NULL)
+    status = bnk__check_cuda(cudaMemsetAsync(dgamma, 0, bytes, ctx->stream), "cudaMemsetAsync(dgamma)");
   if (status == BNK_SUCCESS && dbeta != NULL)
     status = bnk__check_cuda(cudaMemsetAsync(dbeta, 0, bytes, ctx->stream), "cudaMemsetAsync(dbeta)");
   bnk__device_leave(&guard);
@@ -69,15 +69,15 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_tensor_desc 
   if (sums_wanted) {
     ws = bnk__backward_workspace_carve(workspace, view, sums_plan.parts);
     snprintf(what, sizeof what, "%s: reduction kernels", caller);
-    status = bnk__check_cuda(bnk__launch_backward_reduce_ex(view, &sums_plan, sums_x, dy, stats, ws, dgamma, dbeta,
-                                                          fused, ctx->stream),
-                            what);
+    status = bnk__check_cuda(
+        bnk__launch_backward_reduce_ex(view, &sums_plan, sums_x, dy, stats, ws, dgamma, dbeta, fused, ctx->stream),
+        what);
   }
   if (status == BNK_SUCCESS && dx_pass_wanted) {
     snprintf(what, sizeof what, "%s: dx kernel", caller);
     status = bnk__check_cuda(bnk__launch_backward_dx_ex(view, &dx_plan, dx_x, dx_dy, dx, stats,
-                                                      coefficients ? &ws : NULL, dx_fused, ctx->stream),
-                            what);
+                                                        coefficients ? &ws : NULL, dx_fused, ctx->stream),
+                             what);
   }
   bnk__range_pop();
   bnk__device_leave(&guard);
@@ -87,8 +87,8 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_tensor_desc 
 bnk_status bnk_backward(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy, void *dx,
                         const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
                         const float *save_invstd, void *workspace, size_t workspace_bytes) {
-  return bnk_backward_ex(ctx, desc, x, dy, dx, gamma, dgamma, dbeta, save_mean, save_invstd, workspace,
-                         workspace_bytes, NULL);
+  return bnk_backward_ex(ctx, desc, x, dy, dx, gamma, dgamma, dbeta, save_mean, save_invstd, workspace, workspace_bytes,
+                         NULL);
 }
 
 bnk_status bnk_backward_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy, void *dx,
@@ -109,24 +109,24 @@ bnk_status bnk_backward_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const 
 }
 
 bnk_status bnk_backward_inference(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
-                                  void *dx, const float *gamma, float *dgamma, float *dbeta,
-                                  const float *running_mean, const float *running_var, double eps, void *workspace,
-                                  size_t workspace_bytes) {
+                                  void *dx, const float *gamma, float *dgamma, float *dbeta, const float *running_mean,
+                                  const float *running_var, double eps, void *workspace, size_t workspace_bytes) {
   return bnk_backward_inference_ex(ctx, desc, x, dy, dx, gamma, dgamma, dbeta, running_mean, running_var, eps,
                                    workspace, workspace_bytes, NULL);
 }
 
 bnk_status bnk_backward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
                                      void *dx, const float *gamma, float *dgamma, float *dbeta,
-                                     const float *running_mean, const float *running_var, double eps,
-                                     void *workspace, size_t workspace_bytes, const bnk_epilogue_grad *epilogue) {
+                                     const float *running_mean, const float *running_var, double eps, void *workspace,
+                                     size_t workspace_bytes, const bnk_epilogue_grad *epilogue) {
   bnk__clear_error();
   BNK__TRY(bnk__require_channel_arrays(ctx, desc, running_mean, "running_mean", running_var, "running_var"));
   BNK__TRY(bnk__require_eps(eps));
   const bnk_view view = bnk__view_of(desc);
   if (bnk__view_per_channel(&view) == 0) return zero_parameter_gradients(ctx, &view, dgamma, dbeta);
   BNK__TRY(bnk__require_pointer(dy, "dy"));
-  if (dgamma != NULL && x == NULL) return bnk__fail(BNK_ERROR_INVALID_VALUE, "x must not be NULL when dgamma is wanted");
+  if (dgamma != NULL && x == NULL)
+    return bnk__fail(BNK_ERROR_INVALID_VALUE, "x must not be NULL when dgamma is wanted");
   bnk_grad_epilogue_args fused;
   BNK__TRY(bnk__grad_epilogue_args_of(epilogue, desc, x, dy, dx, &fused));
   if (dgamma != NULL || dbeta != NULL) BNK__TRY(require_workspace(ctx, &view, workspace, workspace_bytes));

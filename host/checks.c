@@ -25,7 +25,7 @@ bnk_status bnk__require_eps(double eps) {
   /* The kernels add eps to a float32 variance. */
   if (eps > FLT_MAX)
     return bnk__fail(BNK_ERROR_INVALID_VALUE, "eps must be at most FLT_MAX (%s), got %s",
-                    bnk__double_text_of(FLT_MAX).text, bnk__double_text_of(eps).text);
+                     bnk__double_text_of(FLT_MAX).text, bnk__double_text_of(eps).text);
   return BNK_SUCCESS;
 }
 
@@ -35,23 +35,23 @@ float bnk__eps_to_float(double eps) {
   return rounded == 0.0f && eps > 0.0 ? FLT_TRUE_MIN : rounded;
 }
 
-bnk_status bnk__require_running(const float *running_mean, const float *running_var,
-                               const int64_t *num_batches_tracked, double momentum) {
+bnk_status bnk__require_running(const float *running_mean, const float *running_var, const int64_t *num_batches_tracked,
+                                double momentum) {
   if ((running_mean == NULL) != (running_var == NULL))
     return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                    "running_mean and running_var must both be given or both be NULL, got running_mean=%p "
-                    "and running_var=%p",
-                    (const void *)running_mean, (const void *)running_var);
+                     "running_mean and running_var must both be given or both be NULL, got running_mean=%p "
+                     "and running_var=%p",
+                     (const void *)running_mean, (const void *)running_var);
   if (running_mean == NULL) return BNK_SUCCESS; /* momentum is then ignored, as the header says */
   if (momentum == BNK_MOMENTUM_CUMULATIVE) {
     if (num_batches_tracked == NULL)
       return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                      "num_batches_tracked must not be NULL when momentum is BNK_MOMENTUM_CUMULATIVE");
+                       "num_batches_tracked must not be NULL when momentum is BNK_MOMENTUM_CUMULATIVE");
     return BNK_SUCCESS;
   }
   if (!(momentum >= 0.0 && momentum <= 1.0))
     return bnk__fail(BNK_ERROR_INVALID_VALUE, "momentum must be in [0, 1] or BNK_MOMENTUM_CUMULATIVE, got %s",
-                    bnk__double_text_of(momentum).text);
+                     bnk__double_text_of(momentum).text);
   return BNK_SUCCESS;
 }
 
@@ -66,7 +66,7 @@ bnk_status bnk__require_pointer(const void *pointer, const char *name) {
 bnk_status bnk__require_dtype(bnk_dtype dtype, const char *name) {
   if (dtype != BNK_FLOAT32 && dtype != BNK_FLOAT16 && dtype != BNK_BFLOAT16)
     return bnk__fail(BNK_ERROR_INVALID_VALUE, "%s must be BNK_FLOAT32, BNK_FLOAT16 or BNK_BFLOAT16, got %d", name,
-                    (int)dtype);
+                     (int)dtype);
   return BNK_SUCCESS;
 }
 
@@ -83,7 +83,7 @@ bnk_status bnk_tensor_desc_check(const bnk_tensor_desc *desc) {
     return bnk__fail(BNK_ERROR_INVALID_VALUE, "layout must be BNK_NCHW or BNK_NHWC, got %d", (int)desc->layout);
   if (desc->spatial_dims < 0 || desc->spatial_dims > BNK_MAX_SPATIAL_DIMS)
     return bnk__fail(BNK_ERROR_INVALID_VALUE, "spatial_dims must be in [0, %d], got %d", BNK_MAX_SPATIAL_DIMS,
-                    desc->spatial_dims);
+                     desc->spatial_dims);
   if (desc->n < 0) return bnk__fail(BNK_ERROR_INVALID_VALUE, "N must be >= 0, got %" PRId64, desc->n);
   BNK__TRY(bnk__require_positive(desc->c, "C"));
   /* The product of the non-zero extents: an empty tensor must not hide a shape whose other extents overflow
@@ -101,8 +101,8 @@ bnk_status bnk_tensor_desc_check(const bnk_tensor_desc *desc) {
   }
   if (overflow)
     return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                    "tensor of N=%" PRId64 ", C=%" PRId64 " and %d spatial dims is larger than 2^63 bytes%s",
-                    desc->n, desc->c, desc->spatial_dims, empty ? " in its non-zero extents" : "");
+                     "tensor of N=%" PRId64 ", C=%" PRId64 " and %d spatial dims is larger than 2^63 bytes%s", desc->n,
+                     desc->c, desc->spatial_dims, empty ? " in its non-zero extents" : "");
   return BNK_SUCCESS;
 }
 
@@ -115,13 +115,13 @@ bnk_status bnk__require_query(const bnk_context *ctx, const bnk_tensor_desc *des
 bnk_status bnk__require_workspace(const void *workspace, size_t workspace_bytes, size_t needed, const char *query) {
   if (workspace_bytes < needed)
     return bnk__fail(BNK_ERROR_WORKSPACE_TOO_SMALL, "workspace_bytes must be >= %zu (%s) for this shape, got %zu",
-                    needed, query, workspace_bytes);
+                     needed, query, workspace_bytes);
   if (needed > 0 && workspace == NULL) return bnk__fail(BNK_ERROR_INVALID_VALUE, "workspace must not be NULL");
   return BNK_SUCCESS;
 }
 
 bnk_status bnk__require_channel_arrays(const bnk_context *ctx, const bnk_tensor_desc *desc, const float *first,
-                                      const char *first_name, const float *second, const char *second_name) {
+                                       const char *first_name, const float *second, const char *second_name) {
   BNK__TRY(bnk__require_context(ctx));
   BNK__TRY(bnk_tensor_desc_check(desc));
   BNK__TRY(bnk__require_pointer(first, first_name));
@@ -129,7 +129,7 @@ bnk_status bnk__require_channel_arrays(const bnk_context *ctx, const bnk_tensor_
 }
 
 bnk_status bnk__require_forward_tensors(const bnk_tensor_desc *desc, const void *x, const void *y,
-                                       const bnk_epilogue *epilogue, bnk_epilogue_args *fused) {
+                                        const bnk_epilogue *epilogue, bnk_epilogue_args *fused) {
   BNK__TRY(bnk__require_pointer(x, "x"));
   BNK__TRY(bnk__require_pointer(y, "y"));
   return bnk__epilogue_args_of(epilogue, desc, x, y, fused);
@@ -142,10 +142,10 @@ bnk_status bnk__require_statistics(const float *running_mean, const float *runni
 }
 
 bnk_status bnk__require_same_or_apart(const void *out, const void *in, size_t bytes, const char *out_name,
-                                     const char *in_name) {
+                                      const char *in_name) {
   const uintptr_t o = (uintptr_t)out, i = (uintptr_t)in;
   if (in != NULL && out != in && o < i + bytes && i < o + bytes)
     return bnk__fail(BNK_ERROR_INVALID_VALUE, "%s must be %s or not overlap it, got %s=%p and %s=%p (%zu bytes)",
-                    out_name, in_name, out_name, out, in_name, in, bytes);
+                     out_name, in_name, out_name, out, in_name, in, bytes);
   return BNK_SUCCESS;
 }

@@ -24,10 +24,10 @@ bnk_status bnk_context_create(bnk_context **ctx, int device) {
   }
   int sm_count = 0;
   BNK__TRY(bnk__check_cuda(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device),
-                          "cudaDeviceGetAttribute(cudaDevAttrMultiProcessorCount)"));
+                           "cudaDeviceGetAttribute(cudaDevAttrMultiProcessorCount)"));
   int cooperative = 0;
   BNK__TRY(bnk__check_cuda(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device),
-                          "cudaDeviceGetAttribute(cudaDevAttrCooperativeLaunch)"));
+                           "cudaDeviceGetAttribute(cudaDevAttrCooperativeLaunch)"));
   bnk_context *created = malloc(sizeof *created);
   if (created == NULL) return bnk__fail(BNK_ERROR_INTERNAL, "out of host memory allocating a context");
   created->device = device;
@@ -88,9 +88,9 @@ bnk_status bnk_context_set_training_path(bnk_context *ctx, bnk_training_path pat
   BNK__TRY(bnk__require_context(ctx));
   if (path != BNK_TRAINING_PATH_AUTO && path != BNK_TRAINING_PATH_PERSISTENT && path != BNK_TRAINING_PATH_TWO_PASS)
     return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                    "path must be BNK_TRAINING_PATH_AUTO, BNK_TRAINING_PATH_PERSISTENT or "
-                    "BNK_TRAINING_PATH_TWO_PASS, got %d",
-                    (int)path);
+                     "path must be BNK_TRAINING_PATH_AUTO, BNK_TRAINING_PATH_PERSISTENT or "
+                     "BNK_TRAINING_PATH_TWO_PASS, got %d",
+                     (int)path);
   ctx->training_path = path;
   return BNK_SUCCESS;
 }
@@ -107,9 +107,8 @@ bnk_status bnk_context_set_sm_limit(bnk_context *ctx, int sm_limit) {
   bnk__clear_error();
   BNK__TRY(bnk__require_context(ctx));
   if (sm_limit < 0 || sm_limit > ctx->device_sm_count)
-    return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                    "sm_limit must be 0 (every SM) or in [1, %d] (the device's SMs), got %d", ctx->device_sm_count,
-                    sm_limit);
+    return bnk__fail(BNK_ERROR_INVALID_VALUE, "sm_limit must be 0 (every SM) or in [1, %d] (the device's SMs), got %d",
+                     ctx->device_sm_count, sm_limit);
   ctx->sm_count = sm_limit == 0 ? ctx->device_sm_count : sm_limit;
   return BNK_SUCCESS;
 }

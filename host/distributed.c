@@ -20,16 +20,16 @@ static bnk_status launch_local_stats(const bnk_context *ctx, const bnk_tensor_de
                                      const void *x, double *partials, void *workspace) {
   if (bnk__view_per_channel(view) == 0)
     return bnk__check_cuda(cudaMemsetAsync(partials, 0, partials_bytes(view->c), ctx->stream),
-                          "cudaMemsetAsync(partials)");
+                           "cudaMemsetAsync(partials)");
   const void *pointers[1] = {x};
   const bnk_reduce_plan plan = bnk__plan_reduce(view, bnk__choose_vec(view, pointers, 1), ctx->sm_count);
   BNK__TRY(bnk__require_grid(&plan));
   bnk__range_push("batch_stats", desc);
   const bnk_stats_workspace ws = bnk__stats_workspace_carve(workspace, view, plan.parts);
   const bnk_running_update untracked = {NULL, NULL, NULL, 0.0f, 0};
-  const bnk_status status = bnk__check_cuda(
-      bnk__launch_batch_stats(view, &plan, x, ws, 0.0f, untracked, NULL, NULL, partials, ctx->stream),
-      "bnk_batch_stats: statistics kernels");
+  const bnk_status status =
+      bnk__check_cuda(bnk__launch_batch_stats(view, &plan, x, ws, 0.0f, untracked, NULL, NULL, partials, ctx->stream),
+                      "bnk_batch_stats: statistics kernels");
   bnk__range_pop();
   return status;
 }
@@ -55,21 +55,20 @@ bnk_status bnk_batch_stats(bnk_context *ctx, const bnk_tensor_desc *desc, const 
 }
 
 static bnk_status launch_merge(const bnk_context *ctx, int64_t c, int ranks, const double *gathered,
-                               float *running_mean, float *running_var, int64_t *num_batches_tracked,
-                               double momentum, double eps, float *mean, float *invstd) {
+                               float *running_mean, float *running_var, int64_t *num_batches_tracked, double momentum,
+                               double eps, float *mean, float *invstd) {
   bnk__range_push_rows("merge_stats", ranks, c);
   const bnk_running_update running = {running_mean, running_var, num_batches_tracked, (float)momentum,
                                       momentum == BNK_MOMENTUM_CUMULATIVE};
-  const bnk_status status =
-      bnk__check_cuda(bnk__launch_merge_ranks(c, ranks, gathered, bnk__eps_to_float(eps), running, mean, invstd,
-                                            ctx->stream),
-                     "bnk_merge_stats: merge kernel");
+  const bnk_status status = bnk__check_cuda(
+      bnk__launch_merge_ranks(c, ranks, gathered, bnk__eps_to_float(eps), running, mean, invstd, ctx->stream),
+      "bnk_merge_stats: merge kernel");
   bnk__range_pop();
   return status;
 }
 
-static bnk_status check_merge(int64_t c, int ranks, double eps, const float *running_mean,
-                              const float *running_var, const int64_t *num_batches_tracked, double momentum) {
+static bnk_status check_merge(int64_t c, int ranks, double eps, const float *running_mean, const float *running_var,
+                              const int64_t *num_batches_tracked, double momentum) {
   BNK__TRY(bnk__require_positive(c, "C"));
   if (ranks < 1) return bnk__fail(BNK_ERROR_INVALID_VALUE, "ranks must be >= 1, got %d", ranks);
   BNK__TRY(bnk__require_eps(eps));
@@ -122,16 +121,16 @@ static bnk_status check_backward_share(const bnk_context *ctx, const bnk_tensor_
   return bnk__require_pointer(dy, "dy");
 }
 
-static bnk_status check_backward_workspace(const bnk_context *ctx, const bnk_tensor_desc *desc,
-                                           const void *workspace, size_t workspace_bytes) {
+static bnk_status check_backward_workspace(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *workspace,
+                                           size_t workspace_bytes) {
   size_t needed = 0;
   BNK__TRY(bnk_backward_workspace_size(ctx, desc, &needed));
   return bnk__require_workspace(workspace, workspace_bytes, needed, "bnk_backward_workspace_size");
 }
 
 static bnk_status launch_local_sums(const bnk_context *ctx, const bnk_tensor_desc *desc, const bnk_view *view,
-                                    const void *x, const void *dy, const float *save_mean,
-                                    const float *save_invstd, float *sums, void *workspace) {
+                                    const void *x, const void *dy, const float *save_mean, const float *save_invstd,
+                                    float *sums, void *workspace) {
   const int64_t m = bnk__view_per_channel(view);
   if (m == 0)
     return bnk__check_cuda(cudaMemsetAsync(sums, 0, sums_bytes(view->c), ctx->stream), "cudaMemsetAsync(sums)");
@@ -142,12 +141,12 @@ static bnk_status launch_local_sums(const bnk_context *ctx, const bnk_tensor_des
   const bnk_backward_workspace ws = bnk__backward_workspace_carve(workspace, view, plan.parts);
   const bnk_backward_stats stats = {save_mean, save_invstd, NULL, 0.0f, NULL};
   /* The merge writes sum(dy) as "dbeta" and sum(dy * xhat) as "dgamma": exactly the two sums wanted. */
-  bnk_status status = bnk__check_cuda(
-      bnk__launch_backward_reduce(view, &plan, x, dy, stats, ws, sums + view->c, sums, ctx->stream),
-      "bnk_backward_local_sums: reduction kernels");
+  bnk_status status =
+      bnk__check_cuda(bnk__launch_backward_reduce(view, &plan, x, dy, stats, ws, sums + view->c, sums, ctx->stream),
+                      "bnk_backward_local_sums: reduction kernels");
   if (status == BNK_SUCCESS)
     status = bnk__check_cuda(bnk__launch_store_value(sums + 2 * view->c, (float)m, ctx->stream),
-                            "bnk_backward_local_sums: count");
+                             "bnk_backward_local_sums: count");
   bnk__range_pop();
   return status;
 }
@@ -167,21 +166,20 @@ bnk_status bnk_backward_local_sums(bnk_context *ctx, const bnk_tensor_desc *desc
   return status;
 }
 
-static bnk_status launch_apply(const bnk_context *ctx, const bnk_tensor_desc *desc, const bnk_view *view,
-                               const void *x, const void *dy, void *dx, const float *gamma, float *dgamma,
-                               float *dbeta, const float *save_mean, const float *save_invstd, const float *sums,
-                               void *workspace) {
+static bnk_status launch_apply(const bnk_context *ctx, const bnk_tensor_desc *desc, const bnk_view *view, const void *x,
+                               const void *dy, void *dx, const float *gamma, float *dgamma, float *dbeta,
+                               const float *save_mean, const float *save_invstd, const float *sums, void *workspace) {
   const size_t channel_bytes = (size_t)view->c * sizeof(float);
   bnk_status status = BNK_SUCCESS;
   if (bnk__view_per_channel(view) == 0) {
     /* No dx to compute here, but the gradients of gamma and beta are the whole batch's. */
     if (dbeta != NULL)
       status = bnk__check_cuda(cudaMemcpyAsync(dbeta, sums, channel_bytes, cudaMemcpyDeviceToDevice, ctx->stream),
-                              "cudaMemcpyAsync(dbeta)");
+                               "cudaMemcpyAsync(dbeta)");
     if (status == BNK_SUCCESS && dgamma != NULL)
-      status = bnk__check_cuda(
-          cudaMemcpyAsync(dgamma, sums + view->c, channel_bytes, cudaMemcpyDeviceToDevice, ctx->stream),
-          "cudaMemcpyAsync(dgamma)");
+      status =
+          bnk__check_cuda(cudaMemcpyAsync(dgamma, sums + view->c, channel_bytes, cudaMemcpyDeviceToDevice, ctx->stream),
+                          "cudaMemcpyAsync(dgamma)");
     return status;
   }
   const void *pointers[3] = {x, dy, dx};
@@ -193,20 +191,19 @@ static bnk_status launch_apply(const bnk_context *ctx, const bnk_tensor_desc *de
   /* Only the per-channel coefficient arrays are used, which sit first whatever the number of pieces. */
   const bnk_backward_workspace ws = bnk__backward_workspace_carve(workspace, view, plan.parts);
   const bnk_backward_stats stats = {save_mean, save_invstd, NULL, 0.0f, gamma};
-  status = bnk__check_cuda(
-      bnk__launch_backward_gradients_from_sums(view->c, sums, stats, ws, dgamma, dbeta, ctx->stream),
-      "bnk_backward_apply: gradients kernel");
+  status =
+      bnk__check_cuda(bnk__launch_backward_gradients_from_sums(view->c, sums, stats, ws, dgamma, dbeta, ctx->stream),
+                      "bnk_backward_apply: gradients kernel");
   if (status == BNK_SUCCESS && dx != NULL)
     status = bnk__check_cuda(bnk__launch_backward_dx(view, &dx_plan, x, dy, dx, stats, &ws, ctx->stream),
-                            "bnk_backward_apply: dx kernel");
+                             "bnk_backward_apply: dx kernel");
   bnk__range_pop();
   return status;
 }
 
-bnk_status bnk_backward_apply(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
-                              void *dx, const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
-                              const float *save_invstd, const float *sums, void *workspace,
-                              size_t workspace_bytes) {
+bnk_status bnk_backward_apply(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy, void *dx,
+                              const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
+                              const float *save_invstd, const float *sums, void *workspace, size_t workspace_bytes) {
   bnk__clear_error();
   bnk_view view;
   BNK__TRY(check_backward_share(ctx, desc, x, dy, save_mean, save_invstd, &view));
@@ -262,8 +259,8 @@ static bnk_status check_nccl(ncclResult_t result, const char *what) {
 }
 
 /* The communicator's size and this rank, and the workspace laid out for them. */
-static bnk_status sync_prepare(const bnk_context *ctx, const bnk_tensor_desc *desc, bnk_nccl_comm comm,
-                               void *workspace, size_t workspace_bytes, int *ranks, int *rank, sync_workspace *ws) {
+static bnk_status sync_prepare(const bnk_context *ctx, const bnk_tensor_desc *desc, bnk_nccl_comm comm, void *workspace,
+                               size_t workspace_bytes, int *ranks, int *rank, sync_workspace *ws) {
   BNK__TRY(bnk__require_pointer(comm, "comm"));
   BNK__TRY(check_nccl(ncclCommCount(comm, ranks), "ncclCommCount"));
   BNK__TRY(check_nccl(ncclCommUserRank(comm, rank), "ncclCommUserRank"));
@@ -275,8 +272,7 @@ static bnk_status sync_prepare(const bnk_context *ctx, const bnk_tensor_desc *de
 bnk_status bnk_forward_training_sync(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
                                      const float *gamma, const float *beta, float *running_mean, float *running_var,
                                      int64_t *num_batches_tracked, double momentum, double eps, float *save_mean,
-                                     float *save_invstd, bnk_nccl_comm comm, void *workspace,
-                                     size_t workspace_bytes) {
+                                     float *save_invstd, bnk_nccl_comm comm, void *workspace, size_t workspace_bytes) {
   bnk__clear_error();
   BNK__TRY(bnk__require_context(ctx));
   BNK__TRY(bnk_tensor_desc_check(desc));
@@ -305,8 +301,7 @@ bnk_status bnk_forward_training_sync(bnk_context *ctx, const bnk_tensor_desc *de
   if (status == BNK_SUCCESS)
     status = launch_merge(ctx, view.c, ranks, ws.gathered, running_mean, running_var, num_batches_tracked, momentum,
                           eps, mean, invstd);
-  if (status == BNK_SUCCESS && !empty)
-    status = launch_normalize(ctx, desc, x, y, gamma, beta, mean, invstd);
+  if (status == BNK_SUCCESS && !empty) status = launch_normalize(ctx, desc, x, y, gamma, beta, mean, invstd);
   bnk__range_pop();
   bnk__device_leave(&guard);
   return status;
@@ -326,12 +321,11 @@ bnk_status bnk_backward_sync(bnk_context *ctx, const bnk_tensor_desc *desc, cons
   bnk__range_push("bwd_sync", desc);
   bnk_status status = launch_local_sums(ctx, desc, &view, x, dy, save_mean, save_invstd, ws.sums, ws.local);
   if (status == BNK_SUCCESS)
-    status = check_nccl(ncclAllReduce(ws.sums, ws.sums, (size_t)BNK_BACKWARD_SUMS(view.c), ncclFloat, ncclSum, comm,
-                                      ctx->stream),
-                        "ncclAllReduce");
+    status = check_nccl(
+        ncclAllReduce(ws.sums, ws.sums, (size_t)BNK_BACKWARD_SUMS(view.c), ncclFloat, ncclSum, comm, ctx->stream),
+        "ncclAllReduce");
   if (status == BNK_SUCCESS)
-    status = launch_apply(ctx, desc, &view, x, dy, dx, gamma, dgamma, dbeta, save_mean, save_invstd, ws.sums,
-                          ws.local);
+    status = launch_apply(ctx, desc, &view, x, dy, dx, gamma, dgamma, dbeta, save_mean, save_invstd, ws.sums, ws.local);
   bnk__range_pop();
   bnk__device_leave(&guard);
   return status;
@@ -339,14 +333,13 @@ bnk_status bnk_backward_sync(bnk_context *ctx, const bnk_tensor_desc *desc, cons
 #else
 static bnk_status no_nccl(void) {
   return bnk__fail(BNK_ERROR_NOT_SUPPORTED, "bnk was built without NCCL: use the split-statistics calls "
-                                           "(bnk_batch_stats, bnk_merge_stats, ...) with your own communication");
+                                            "(bnk_batch_stats, bnk_merge_stats, ...) with your own communication");
 }
 
 bnk_status bnk_forward_training_sync(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
                                      const float *gamma, const float *beta, float *running_mean, float *running_var,
                                      int64_t *num_batches_tracked, double momentum, double eps, float *save_mean,
-                                     float *save_invstd, bnk_nccl_comm comm, void *workspace,
-                                     size_t workspace_bytes) {
+                                     float *save_invstd, bnk_nccl_comm comm, void *workspace, size_t workspace_bytes) {
   (void)ctx, (void)desc, (void)x, (void)y, (void)gamma, (void)beta, (void)running_mean, (void)running_var;
   (void)num_batches_tracked, (void)momentum, (void)eps, (void)save_mean, (void)save_invstd, (void)comm;
   (void)workspace, (void)workspace_bytes;

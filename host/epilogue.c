@@ -30,8 +30,8 @@ static int overlaps(const void *a, size_t a_bytes, const void *b, size_t b_bytes
 static bnk_status require_kind(bnk_epilogue_kind kind) {
   if (kind != BNK_EPILOGUE_NONE && kind != BNK_EPILOGUE_RELU && kind != BNK_EPILOGUE_ADD_RELU)
     return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                    "epilogue->kind must be BNK_EPILOGUE_NONE, BNK_EPILOGUE_RELU or BNK_EPILOGUE_ADD_RELU, got %d",
-                    (int)kind);
+                     "epilogue->kind must be BNK_EPILOGUE_NONE, BNK_EPILOGUE_RELU or BNK_EPILOGUE_ADD_RELU, got %d",
+                     (int)kind);
   return BNK_SUCCESS;
 }
 
@@ -42,13 +42,13 @@ static bnk_status require_mask(const void *mask, size_t mask_bytes, const bnk_te
   const size_t needed = bnk_mask_bytes(elements_of(desc));
   if (mask_bytes < needed)
     return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                    "epilogue->mask_bytes must be >= %zu (bnk_epilogue_mask_size) for this shape, got %zu", needed,
-                    mask_bytes);
+                     "epilogue->mask_bytes must be >= %zu (bnk_epilogue_mask_size) for this shape, got %zu", needed,
+                     mask_bytes);
   return BNK_SUCCESS;
 }
 
 bnk_status bnk__epilogue_args_of(const bnk_epilogue *epilogue, const bnk_tensor_desc *desc, const void *x,
-                                const void *y, bnk_epilogue_args *args) {
+                                 const void *y, bnk_epilogue_args *args) {
   const bnk_epilogue_args plain = {BNK_EPILOGUE_NONE, NULL, NULL};
   *args = plain;
   if (epilogue == NULL) return BNK_SUCCESS;
@@ -59,30 +59,31 @@ bnk_status bnk__epilogue_args_of(const bnk_epilogue *epilogue, const bnk_tensor_
   if (epilogue->kind == BNK_EPILOGUE_ADD_RELU) {
     if (z == NULL)
       return bnk__fail(BNK_ERROR_INVALID_VALUE, "epilogue->z must not be NULL when epilogue->kind is "
-                                               "BNK_EPILOGUE_ADD_RELU");
+                                                "BNK_EPILOGUE_ADD_RELU");
     /* Equal to y, each element of z is read by the thread that then writes y there; a shifted overlap would
      * let one thread overwrite residual values that another has yet to read. */
     if (z != y && overlaps(z, bytes, y, bytes))
       return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                      "epilogue->z must be y or not overlap it, got z=%p and y=%p (%zu bytes each)", z, y, bytes);
+                       "epilogue->z must be y or not overlap it, got z=%p and y=%p (%zu bytes each)", z, y, bytes);
   } else if (z != NULL) {
-    return bnk__fail(BNK_ERROR_INVALID_VALUE, "epilogue->z must be NULL unless epilogue->kind is "
-                                             "BNK_EPILOGUE_ADD_RELU, got %p with kind %d",
-                    z, (int)epilogue->kind);
+    return bnk__fail(BNK_ERROR_INVALID_VALUE,
+                     "epilogue->z must be NULL unless epilogue->kind is "
+                     "BNK_EPILOGUE_ADD_RELU, got %p with kind %d",
+                     z, (int)epilogue->kind);
   }
   if (epilogue->mask != NULL) {
     if (epilogue->kind == BNK_EPILOGUE_NONE)
       return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                      "epilogue->mask must be NULL when epilogue->kind is BNK_EPILOGUE_NONE (no ReLU to record), "
-                      "got %p",
-                      epilogue->mask);
+                       "epilogue->mask must be NULL when epilogue->kind is BNK_EPILOGUE_NONE (no ReLU to record), "
+                       "got %p",
+                       epilogue->mask);
     status = require_mask(epilogue->mask, epilogue->mask_bytes, desc);
     if (status != BNK_SUCCESS) return status;
     const size_t mask_bytes = bnk_mask_bytes(elements_of(desc));
     if (overlaps(epilogue->mask, mask_bytes, x, bytes) || overlaps(epilogue->mask, mask_bytes, y, bytes) ||
         overlaps(epilogue->mask, mask_bytes, z, bytes))
       return bnk__fail(BNK_ERROR_INVALID_VALUE, "epilogue->mask (%p, %zu bytes) must not overlap x, y or z",
-                      epilogue->mask, mask_bytes);
+                       epilogue->mask, mask_bytes);
   }
   args->kind = (int)epilogue->kind;
   args->z = z;
@@ -91,7 +92,7 @@ bnk_status bnk__epilogue_args_of(const bnk_epilogue *epilogue, const bnk_tensor_
 }
 
 bnk_status bnk__grad_epilogue_args_of(const bnk_epilogue_grad *epilogue, const bnk_tensor_desc *desc, const void *x,
-                                     const void *dy, const void *dx, bnk_grad_epilogue_args *args) {
+                                      const void *dy, const void *dx, bnk_grad_epilogue_args *args) {
   const bnk_grad_epilogue_args plain = {BNK_GRAD_PLAIN, NULL, NULL, NULL};
   *args = plain;
   if (epilogue == NULL) return BNK_SUCCESS;
@@ -102,33 +103,34 @@ bnk_status bnk__grad_epilogue_args_of(const bnk_epilogue_grad *epilogue, const b
   if (epilogue->kind == BNK_EPILOGUE_NONE) {
     if (y != NULL || mask != NULL || dz != NULL)
       return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                      "epilogue->y, epilogue->mask and epilogue->dz must be NULL when epilogue->kind is "
-                      "BNK_EPILOGUE_NONE, got y=%p, mask=%p, dz=%p",
-                      y, mask, dz);
+                       "epilogue->y, epilogue->mask and epilogue->dz must be NULL when epilogue->kind is "
+                       "BNK_EPILOGUE_NONE, got y=%p, mask=%p, dz=%p",
+                       y, mask, dz);
     return BNK_SUCCESS;
   }
   if (y == NULL && mask == NULL)
     return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                    "epilogue->y or epilogue->mask must be given for a ReLU epilogue (where y > 0 decides the "
-                    "gradient), got neither");
+                     "epilogue->y or epilogue->mask must be given for a ReLU epilogue (where y > 0 decides the "
+                     "gradient), got neither");
   if (y != NULL && mask != NULL)
     return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                    "only one of epilogue->y and epilogue->mask may be given, got y=%p and mask=%p", y, mask);
+                     "only one of epilogue->y and epilogue->mask may be given, got y=%p and mask=%p", y, mask);
   if (mask != NULL) {
     status = require_mask(mask, epilogue->mask_bytes, desc);
     if (status != BNK_SUCCESS) return status;
   }
   if (dz != NULL && epilogue->kind != BNK_EPILOGUE_ADD_RELU)
     return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                    "epilogue->dz must be NULL unless epilogue->kind is BNK_EPILOGUE_ADD_RELU, got %p", dz);
+                     "epilogue->dz must be NULL unless epilogue->kind is BNK_EPILOGUE_ADD_RELU, got %p", dz);
   const size_t bytes = tensor_bytes(desc);
   const size_t mask_bytes = bnk_mask_bytes(elements_of(desc));
   /* dz is written while x, dy, y and the mask are still to be read by other threads and by the dx pass. */
   if (overlaps(dz, bytes, x, bytes) || overlaps(dz, bytes, dy, bytes) || overlaps(dz, bytes, dx, bytes) ||
       overlaps(dz, bytes, y, bytes) || overlaps(dz, bytes, mask, mask_bytes))
-    return bnk__fail(BNK_ERROR_INVALID_VALUE, "epilogue->dz (%p) must not overlap x, dy, dx, epilogue->y or "
-                                             "epilogue->mask",
-                    dz);
+    return bnk__fail(BNK_ERROR_INVALID_VALUE,
+                     "epilogue->dz (%p) must not overlap x, dy, dx, epilogue->y or "
+                     "epilogue->mask",
+                     dz);
   if (overlaps(dx, bytes, y, bytes) || overlaps(dx, bytes, mask, mask_bytes))
     return bnk__fail(BNK_ERROR_INVALID_VALUE, "dx (%p) must not overlap epilogue->y or epilogue->mask", dx);
   args->source = y != NULL ? BNK_GRAD_FROM_Y : BNK_GRAD_FROM_MASK;

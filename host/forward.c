@@ -22,7 +22,7 @@ static bnk_status count_empty_batch(const bnk_context *ctx, int64_t *num_batches
   bnk_device_guard guard;
   BNK__TRY(bnk__device_enter(ctx, &guard));
   const bnk_status status = bnk__check_cuda(bnk__launch_count_batch(num_batches_tracked, ctx->stream),
-                                           "bnk_forward_training: counting an empty batch");
+                                            "bnk_forward_training: counting an empty batch");
   bnk__device_leave(&guard);
   return status;
 }
@@ -31,8 +31,8 @@ bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, c
                                 const float *gamma, const float *beta, float *running_mean, float *running_var,
                                 int64_t *num_batches_tracked, double momentum, double eps, float *save_mean,
                                 float *save_invstd, void *workspace, size_t workspace_bytes) {
-  return bnk_forward_training_ex(ctx, desc, x, y, gamma, beta, running_mean, running_var, num_batches_tracked,
-                                 momentum, eps, save_mean, save_invstd, workspace, workspace_bytes, NULL);
+  return bnk_forward_training_ex(ctx, desc, x, y, gamma, beta, running_mean, running_var, num_batches_tracked, momentum,
+                                 eps, save_mean, save_invstd, workspace, workspace_bytes, NULL);
 }
 
 bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
@@ -50,13 +50,13 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
   if (per_channel == 0) return count_empty_batch(ctx, num_batches_tracked);
   if (per_channel == 1)
     return bnk__fail(BNK_ERROR_INVALID_VALUE,
-                    "expected more than 1 value per channel when training, got N=%" PRId64
-                    " with spatial size 1 (C=%" PRId64 ")",
-                    desc->n, desc->c);
+                     "expected more than 1 value per channel when training, got N=%" PRId64
+                     " with spatial size 1 (C=%" PRId64 ")",
+                     desc->n, desc->c);
   bnk_epilogue_args fused;
   BNK__TRY(bnk__require_forward_tensors(desc, x, y, epilogue, &fused));
   BNK__TRY(bnk__require_workspace(workspace, workspace_bytes, training_workspace_bytes(ctx, &view),
-                                 "bnk_forward_training_workspace_size"));
+                                  "bnk_forward_training_workspace_size"));
 
   bnk_training_plan path;
   BNK__TRY(bnk__plan_training_forward(ctx, &view, x, y, &fused, &path));
@@ -74,17 +74,16 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
   bnk_status status;
   if (path.persistent)
     status = bnk__check_cuda(bnk__launch_persistent_forward(&view, &plan, x, y, ws, bnk__eps_to_float(eps), running,
-                                                          save_mean, save_invstd, gamma, beta, &fused, ctx->stream),
-                            "bnk_forward_training: persistent kernel");
+                                                            save_mean, save_invstd, gamma, beta, &fused, ctx->stream),
+                             "bnk_forward_training: persistent kernel");
   else
     status = bnk__check_cuda(bnk__launch_batch_stats(&view, &plan, x, ws, bnk__eps_to_float(eps), running, save_mean,
-                                                   save_invstd, NULL, ctx->stream),
-                            "bnk_forward_training: statistics kernels");
+                                                     save_invstd, NULL, ctx->stream),
+                             "bnk_forward_training: statistics kernels");
   if (status == BNK_SUCCESS && !path.persistent) {
-    const bnk_normalize_params params = {ws.shift, ws.dmean, ws.invstd, NULL, bnk__eps_to_float(eps),
-                                         gamma, beta};
+    const bnk_normalize_params params = {ws.shift, ws.dmean, ws.invstd, NULL, bnk__eps_to_float(eps), gamma, beta};
     status = bnk__check_cuda(bnk__launch_normalize_ex(&view, &normalize_plan, x, y, params, &fused, ctx->stream),
-                            "bnk_forward_training: normalize kernel");
+                             "bnk_forward_training: normalize kernel");
   }
   bnk__range_pop();
   bnk__device_leave(&guard);
@@ -92,8 +91,8 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
 }
 
 bnk_status bnk__launch_elementwise(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
-                                  bnk_normalize_params params, const bnk_epilogue_args *fused, const char *op,
-                                  const char *what) {
+                                   bnk_normalize_params params, const bnk_epilogue_args *fused, const char *op,
+                                   const char *what) {
   const bnk_view view = bnk__view_of(desc);
   const void *pointers[3] = {x, y, fused->z};
   const bnk_elementwise_plan plan = bnk__elementwise_plan_of(ctx, &view, pointers, 3);
@@ -124,10 +123,9 @@ bnk_status bnk_forward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *des
   if (bnk__is_empty(desc)) return BNK_SUCCESS;
   bnk_epilogue_args fused;
   BNK__TRY(bnk__require_forward_tensors(desc, x, y, epilogue, &fused));
-  const bnk_normalize_params params = {running_mean, NULL, NULL, running_var, bnk__eps_to_float(eps), gamma,
-                                       beta};
+  const bnk_normalize_params params = {running_mean, NULL, NULL, running_var, bnk__eps_to_float(eps), gamma, beta};
   return bnk__launch_elementwise(ctx, desc, x, y, params, &fused, "fwd_infer",
-                                "bnk_forward_inference: normalize kernel");
+                                 "bnk_forward_inference: normalize kernel");
 }
 
 bnk_status bnk_scale_shift(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y, const float *scale,

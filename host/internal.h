@@ -60,8 +60,8 @@ bnk_status bnk__require_eps(double eps);
 float bnk__eps_to_float(double eps);
 /* running_mean and running_var both or neither; with them, momentum in [0, 1] or BNK_MOMENTUM_CUMULATIVE,
  * which needs num_batches_tracked. Without them momentum is ignored. */
-bnk_status bnk__require_running(const float *running_mean, const float *running_var,
-                               const int64_t *num_batches_tracked, double momentum);
+bnk_status bnk__require_running(const float *running_mean, const float *running_var, const int64_t *num_batches_tracked,
+                                double momentum);
 /* Frozen statistics: running_mean, running_var and eps. */
 bnk_status bnk__require_statistics(const float *running_mean, const float *running_var, double eps);
 /* The arguments of a workspace-size query: a context, a valid descriptor, somewhere to write. */
@@ -71,15 +71,15 @@ bnk_status bnk__require_workspace(const void *workspace, size_t workspace_bytes,
 /* What the per-channel calls check first: a context, a valid descriptor and the two per-channel arrays the
  * call requires (running statistics, saved statistics, scale and shift). */
 bnk_status bnk__require_channel_arrays(const bnk_context *ctx, const bnk_tensor_desc *desc, const float *first,
-                                      const char *first_name, const float *second, const char *second_name);
+                                       const char *first_name, const float *second, const char *second_name);
 /* The tensors of a non-empty forward pass (training, inference, scale_shift, normalize): x, y, and the
  * epilogue checked against them and translated into *fused. */
 bnk_status bnk__require_forward_tensors(const bnk_tensor_desc *desc, const void *x, const void *y,
-                                       const bnk_epilogue *epilogue, bnk_epilogue_args *fused);
+                                        const bnk_epilogue *epilogue, bnk_epilogue_args *fused);
 /* `out` is `in` or shares no byte of `bytes` with it; `in` may be NULL. In place is fine where each value is
  * read and written by one thread; a shifted overlap is not. */
 bnk_status bnk__require_same_or_apart(const void *out, const void *in, size_t bytes, const char *out_name,
-                                     const char *in_name);
+                                      const char *in_name);
 /* Rounds a workspace array up to a multiple of 256 bytes, so every array starts aligned. */
 size_t bnk__align256(size_t bytes);
 /* A workspace being laid out: arrays taken one after another from base, each 256-byte aligned. With base 0
@@ -97,16 +97,16 @@ bnk_status bnk__require_elementwise_grid(const bnk_elementwise_plan *plan);
  * bnk__plan_elementwise: 8 per SM (2048 thread slots on sm_80..sm_90). */
 int64_t bnk__stream_resident_blocks(int sm_count);
 /* bnk__plan_elementwise on the context's GPU. */
-bnk_elementwise_plan bnk__elementwise_plan_of(const bnk_context *ctx, const bnk_view *view,
-                                             const void *const *pointers, int count);
+bnk_elementwise_plan bnk__elementwise_plan_of(const bnk_context *ctx, const bnk_view *view, const void *const *pointers,
+                                              int count);
 
 /* The kernels' view of a fused epilogue of the forward (NULL: plain), after checking it against the call's
  * tensors; each failure names the field and its value. */
 bnk_status bnk__epilogue_args_of(const bnk_epilogue *epilogue, const bnk_tensor_desc *desc, const void *x,
-                                const void *y, bnk_epilogue_args *args);
+                                 const void *y, bnk_epilogue_args *args);
 /* The same for the backward's epilogue, given its x, dy and dx (any may be NULL). */
 bnk_status bnk__grad_epilogue_args_of(const bnk_epilogue_grad *epilogue, const bnk_tensor_desc *desc, const void *x,
-                                     const void *dy, const void *dx, bnk_grad_epilogue_args *args);
+                                      const void *dy, const void *dx, bnk_grad_epilogue_args *args);
 
 /* The training forward's path for a call (host/persistent.c): the persistent plan when the context allows it
  * and the tensor fits the co-resident grid, else the two-pass statistics plan (x's alignment). A forced
@@ -116,7 +116,7 @@ typedef struct bnk_training_plan {
   bnk_reduce_plan reduce;
 } bnk_training_plan;
 bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *view, const void *x, const void *y,
-                                     const bnk_epilogue_args *fused, bnk_training_plan *plan);
+                                      const bnk_epilogue_args *fused, bnk_training_plan *plan);
 /* The most pieces per channel of either path for this view: the training forward's workspace query. */
 int64_t bnk__training_parts_bound(const bnk_context *ctx, const bnk_view *view);
 
@@ -137,8 +137,8 @@ void bnk__range_push_rows(const char *op, int64_t rows, int64_t columns);
 /* The one elementwise pass (inference forward, bnk_scale_shift, bnk_normalize), after the caller's checks:
  * plan, device, NVTX range `op`, launch; `what` names the launch in a failure message. */
 bnk_status bnk__launch_elementwise(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
-                                  bnk_normalize_params params, const bnk_epilogue_args *fused, const char *op,
-                                  const char *what);
+                                   bnk_normalize_params params, const bnk_epilogue_args *fused, const char *op,
+                                   const char *what);
 
 /* Makes the context's device current for the duration of a call. */
 typedef struct bnk_device_guard {

@@ -11,7 +11,7 @@
 static bnk_status check_cublas(cublasStatus_t status, const char *what) {
   if (status == CUBLAS_STATUS_SUCCESS) return BNK_SUCCESS;
   return bnk__fail(BNK_ERROR_CUBLAS, "%s: %s: %s", what, cublasLtGetStatusName(status),
-                  cublasLtGetStatusString(status));
+                   cublasLtGetStatusString(status));
 }
 
 bnk_status bnk__cublaslt_create(void **handle) {
@@ -35,16 +35,16 @@ void bnk__cublaslt_destroy(void *handle) { (void)handle; }
 
 static bnk_status no_cublas(const char *call) {
   return bnk__fail(BNK_ERROR_NOT_SUPPORTED,
-                  "%s needs cuBLASLt, and this build has none (the host emulation, bnk_emu, has no cuBLAS)", call);
+                   "%s needs cuBLASLt, and this build has none (the host emulation, bnk_emu, has no cuBLAS)", call);
 }
 
 #ifdef BNK_WITH_CUBLASLT
 /* cuBLAS's guidance for its workspace: 32 MiB on Hopper and newer, 4 MiB before. */
 static bnk_status cublaslt_workspace_bytes(const bnk_context *ctx, size_t *bytes) {
   int major = 0;
-  const bnk_status status = bnk__check_cuda(
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx->device),
-      "cudaDeviceGetAttribute(cudaDevAttrComputeCapabilityMajor)");
+  const bnk_status status =
+      bnk__check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx->device),
+                      "cudaDeviceGetAttribute(cudaDevAttrComputeCapabilityMajor)");
   *bytes = (size_t)(major >= 9 ? 32 : 4) << 20;
   return status;
 }
@@ -85,18 +85,15 @@ static bnk_status matmul(const bnk_context *ctx, bnk_dtype dtype, int64_t batch,
   const uint64_t max_workspace = workspace_bytes;
 
   BNK__TRY(check_cublas(cublasLtMatmulDescInit(op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescInit"));
-  BNK__TRY(check_cublas(
-      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose),
-      "cublasLtMatmulDescSetAttribute(TRANSA)"));
+  BNK__TRY(check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose),
+                        "cublasLtMatmulDescSetAttribute(TRANSA)"));
   BNK__TRY(check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof keep),
                         "cublasLtMatmulDescSetAttribute(TRANSB)"));
-  BNK__TRY(check_cublas(
-      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue),
-      "cublasLtMatmulDescSetAttribute(EPILOGUE)"));
+  BNK__TRY(check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue),
+                        "cublasLtMatmulDescSetAttribute(EPILOGUE)"));
   BNK__TRY(check_cublas(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
                         "cublasLtMatmulDescSetAttribute(BIAS_POINTER)"));
-  BNK__TRY(check_cublas(cublasLtMatrixLayoutInit(a, type, (uint64_t)in_features, (uint64_t)out_features,
-                                                 in_features),
+  BNK__TRY(check_cublas(cublasLtMatrixLayoutInit(a, type, (uint64_t)in_features, (uint64_t)out_features, in_features),
                         "cublasLtMatrixLayoutInit(weight)"));
   BNK__TRY(check_cublas(cublasLtMatrixLayoutInit(b, type, (uint64_t)in_features, (uint64_t)batch, in_features),
                         "cublasLtMatrixLayoutInit(x)"));
@@ -112,9 +109,9 @@ static bnk_status matmul(const bnk_context *ctx, bnk_dtype dtype, int64_t batch,
                         "cublasLtMatmulAlgoGetHeuristic"));
   if (found == 0)
     return bnk__fail(BNK_ERROR_CUBLAS,
-                    "cublasLtMatmulAlgoGetHeuristic: CUBLAS_STATUS_NOT_SUPPORTED: no algorithm for %" PRId64
-                    " x %" PRId64 " x %" PRId64 " with a bias epilogue",
-                    batch, in_features, out_features);
+                     "cublasLtMatmulAlgoGetHeuristic: CUBLAS_STATUS_NOT_SUPPORTED: no algorithm for %" PRId64
+                     " x %" PRId64 " x %" PRId64 " with a bias epilogue",
+                     batch, in_features, out_features);
   const float one = 1.0f, zero = 0.0f;
   return check_cublas(cublasLtMatmul(handle, op, &one, weight, a, x, b, &zero, y, d, y, d, &result.algo, workspace,
                                      workspace_bytes, ctx->stream),
@@ -133,10 +130,10 @@ bnk_status bnk_linear_bn(bnk_context *ctx, bnk_dtype dtype, int64_t batch, int64
   BNK__TRY(bnk__require_positive(out_features, "out_features"));
   if (epilogue == BNK_EPILOGUE_ADD_RELU)
     return bnk__fail(BNK_ERROR_NOT_SUPPORTED, "epilogue BNK_EPILOGUE_ADD_RELU is not supported by bnk_linear_bn "
-                                             "(cuBLASLt's bias epilogues add no residual)");
+                                              "(cuBLASLt's bias epilogues add no residual)");
   if (epilogue != BNK_EPILOGUE_NONE && epilogue != BNK_EPILOGUE_RELU)
     return bnk__fail(BNK_ERROR_INVALID_VALUE, "epilogue must be BNK_EPILOGUE_NONE or BNK_EPILOGUE_RELU, got %d",
-                    (int)epilogue);
+                     (int)epilogue);
   if (batch == 0) return BNK_SUCCESS;
   BNK__TRY(bnk__require_pointer(x, "x"));
   BNK__TRY(bnk__require_pointer(weight, "weight"));

@@ -46,34 +46,34 @@ static const char *path_name(bnk_training_path path) {
 }
 
 bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *view, const void *x, const void *y,
-                                     const bnk_epilogue_args *fused, bnk_training_plan *plan) {
+                                      const bnk_epilogue_args *fused, bnk_training_plan *plan) {
   plan->persistent = 0;
   if (ctx->training_path != BNK_TRAINING_PATH_TWO_PASS && ctx->cooperative_launch) {
     const void *pointers[3] = {x, y, fused->z};
     const int vec = bnk__choose_vec(view, pointers, fused->z != NULL ? 3 : 2);
     int blocks_per_sm = 0;
     BNK__TRY(bnk__check_cuda(bnk__persistent_forward_occupancy(view, vec, fused->kind, &blocks_per_sm),
-                            "cudaOccupancyMaxActiveBlocksPerMultiprocessor (persistent forward)"));
+                             "cudaOccupancyMaxActiveBlocksPerMultiprocessor (persistent forward)"));
     plan->persistent = bnk__plan_persistent(view, vec, ctx->sm_count, blocks_per_sm, &plan->reduce);
     if (plan->persistent) return BNK_SUCCESS;
     if (ctx->training_path == BNK_TRAINING_PATH_PERSISTENT)
       return bnk__fail(BNK_ERROR_NOT_SUPPORTED,
-                      "training path is %s but this tensor does not fit the co-resident grid: it needs %" PRId64
-                      " blocks of %d threads caching %d vectors of %d elements each, and %d SMs x %d blocks "
-                      "hold %" PRId64,
-                      path_name(ctx->training_path), plan->reduce.blocks, BNK_STREAM_THREADS, BNK_PERSISTENT_CACHE,
-                      vec, ctx->sm_count, blocks_per_sm, (int64_t)ctx->sm_count * blocks_per_sm);
+                       "training path is %s but this tensor does not fit the co-resident grid: it needs %" PRId64
+                       " blocks of %d threads caching %d vectors of %d elements each, and %d SMs x %d blocks "
+                       "hold %" PRId64,
+                       path_name(ctx->training_path), plan->reduce.blocks, BNK_STREAM_THREADS, BNK_PERSISTENT_CACHE,
+                       vec, ctx->sm_count, blocks_per_sm, (int64_t)ctx->sm_count * blocks_per_sm);
   } else if (ctx->training_path == BNK_TRAINING_PATH_PERSISTENT) {
     return bnk__fail(BNK_ERROR_NOT_SUPPORTED, "training path is %s but device %d has no cooperative launch",
-                    path_name(ctx->training_path), ctx->device);
+                     path_name(ctx->training_path), ctx->device);
   }
   const void *stats_pointers[1] = {x};
   plan->reduce = bnk__plan_reduce(view, bnk__choose_vec(view, stats_pointers, 1), ctx->sm_count);
   return bnk__require_grid(&plan->reduce);
 }
 
-bnk_status bnk_forward_training_path(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
-                                     const void *y, const bnk_epilogue *epilogue, bnk_training_path *path) {
+bnk_status bnk_forward_training_path(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *y,
+                                     const bnk_epilogue *epilogue, bnk_training_path *path) {
   bnk__clear_error();
   BNK__TRY(bnk__require_context(ctx));
   BNK__TRY(bnk_tensor_desc_check(desc));

@@ -54,7 +54,7 @@ bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count) {
     const int64_t parts_long = view->n / (rows_per_block_chunk * BNK_MIN_ITERATIONS);
     const int64_t parts_one_per_sm = ceil_div(sm_count, plan.tiles);
     const int64_t parts_one_chunk = ceil_div(view->n, rows_per_block_chunk);
-    const int64_t parts_wanted = parts_long > parts_one_per_sm ? parts_long
+    const int64_t parts_wanted = parts_long > parts_one_per_sm        ? parts_long
                                  : parts_one_per_sm < parts_one_chunk ? parts_one_per_sm
                                                                       : parts_one_chunk;
     int64_t parts = clamp64(parts_wanted, 1, ceil_div(target, plan.tiles));
@@ -81,7 +81,7 @@ int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count) {
 bnk_status bnk__require_grid(const bnk_reduce_plan *plan) {
   if (plan->blocks > INT32_MAX)
     return bnk__fail(BNK_ERROR_NOT_SUPPORTED, "tensor needs %" PRId64 " blocks, more than a grid holds (2^31 - 1)",
-                    plan->blocks);
+                     plan->blocks);
   return BNK_SUCCESS;
 }
 

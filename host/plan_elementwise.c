@@ -54,8 +54,8 @@ static void plan_flat_walk(const bnk_view *view, int64_t resident_blocks, bnk_el
   plan->mask_words = 1;
 }
 
-bnk_elementwise_plan bnk__plan_elementwise(const bnk_view *view, const void *const *pointers, int count,
-                                          int sm_count, int64_t resident_blocks) {
+bnk_elementwise_plan bnk__plan_elementwise(const bnk_view *view, const void *const *pointers, int count, int sm_count,
+                                           int64_t resident_blocks) {
   bnk_elementwise_plan plan = {0};
   const int vec = bnk__dtype_vec(view->dtype);
   const int aligned = all_aligned(pointers, count);
@@ -80,7 +80,7 @@ bnk_status bnk__require_elementwise_grid(const bnk_elementwise_plan *plan) {
   return bnk__require_grid(&blocks_only);
 }
 
-bnk_elementwise_plan bnk__elementwise_plan_of(const bnk_context *ctx, const bnk_view *view,
-                                             const void *const *pointers, int count) {
+bnk_elementwise_plan bnk__elementwise_plan_of(const bnk_context *ctx, const bnk_view *view, const void *const *pointers,
+                                              int count) {
   return bnk__plan_elementwise(view, pointers, count, ctx->sm_count, bnk__stream_resident_blocks(ctx->sm_count));
 }

@@ -26,15 +26,15 @@
 #define BNK_VERSION_STRING "0.1.0"
 
 #if defined(_WIN32)
-#  if defined(BNK_BUILDING_LIBRARY)
-#    define BNK_API __declspec(dllexport)
-#  else
-#    define BNK_API
-#  endif
-#elif defined(__GNUC__)
-#  define BNK_API __attribute__((visibility("default")))
+#if defined(BNK_BUILDING_LIBRARY)
+#define BNK_API __declspec(dllexport)
 #else
-#  define BNK_API
+#define BNK_API
+#endif
+#elif defined(__GNUC__)
+#define BNK_API __attribute__((visibility("default")))
+#else
+#define BNK_API
 #endif
 
 #ifdef __cplusplus
@@ -47,15 +47,15 @@ typedef struct CUstream_st *bnk_stream;
 /* ---------------------------------------------------------------------------------------------------
  * Status codes. The values are stable across releases; new codes are only ever appended.
  * ------------------------------------------------------------------------------------------------- */
-#define BNK_STATUS_LIST(X)                                                                                  \
-  X(BNK_SUCCESS, 0, "success")                                                                              \
-  X(BNK_ERROR_INVALID_VALUE, 1, "an argument has an invalid value")                                         \
-  X(BNK_ERROR_NOT_SUPPORTED, 2, "the operation is not supported for these arguments or by this build")      \
-  X(BNK_ERROR_WORKSPACE_TOO_SMALL, 3, "the workspace is smaller than the size query returned")              \
-  X(BNK_ERROR_CUDA, 4, "a CUDA runtime call or kernel launch failed")                                       \
-  X(BNK_ERROR_NO_DEVICE, 5, "no CUDA device is available")                                                  \
-  X(BNK_ERROR_CUBLAS, 6, "a cuBLAS call failed")                                                            \
-  X(BNK_ERROR_NCCL, 7, "an NCCL call failed")                                                               \
+#define BNK_STATUS_LIST(X)                                                                             \
+  X(BNK_SUCCESS, 0, "success")                                                                         \
+  X(BNK_ERROR_INVALID_VALUE, 1, "an argument has an invalid value")                                    \
+  X(BNK_ERROR_NOT_SUPPORTED, 2, "the operation is not supported for these arguments or by this build") \
+  X(BNK_ERROR_WORKSPACE_TOO_SMALL, 3, "the workspace is smaller than the size query returned")         \
+  X(BNK_ERROR_CUDA, 4, "a CUDA runtime call or kernel launch failed")                                  \
+  X(BNK_ERROR_NO_DEVICE, 5, "no CUDA device is available")                                             \
+  X(BNK_ERROR_CUBLAS, 6, "a cuBLAS call failed")                                                       \
+  X(BNK_ERROR_NCCL, 7, "an NCCL call failed")                                                          \
   X(BNK_ERROR_INTERNAL, 8, "internal error in bnk (please report it)")
 
 #define BNK_STATUS_ENUMERATOR_(name, value, message) name = value,
@@ -78,11 +78,7 @@ BNK_API const char *bnk_version_string(void);
 /* ---------------------------------------------------------------------------------------------------
  * Tensors
  * ------------------------------------------------------------------------------------------------- */
-typedef enum bnk_dtype {
-  BNK_FLOAT32 = 0,
-  BNK_FLOAT16 = 1,
-  BNK_BFLOAT16 = 2
-} bnk_dtype;
+typedef enum bnk_dtype { BNK_FLOAT32 = 0, BNK_FLOAT16 = 1, BNK_BFLOAT16 = 2 } bnk_dtype;
 
 typedef enum bnk_layout {
   BNK_NCHW = 0, /* channels-first: x[n][c][spatial...] (NCL, NCHW, NCDHW) */
@@ -107,8 +103,8 @@ typedef struct bnk_tensor_desc {
  * layout, and a byte size that fits in int64, counting the non-zero extents only (so that an empty tensor
  * cannot carry extents whose product overflows). spatial may be NULL when spatial_dims is 0. On failure
  * *desc is left unchanged. */
-BNK_API bnk_status bnk_tensor_desc_init(bnk_tensor_desc *desc, bnk_dtype dtype, bnk_layout layout, int64_t n,
-                                        int64_t c, int spatial_dims, const int64_t *spatial);
+BNK_API bnk_status bnk_tensor_desc_init(bnk_tensor_desc *desc, bnk_dtype dtype, bnk_layout layout, int64_t n, int64_t c,
+                                        int spatial_dims, const int64_t *spatial);
 /* The checks of bnk_tensor_desc_init on a descriptor filled by hand. */
 BNK_API bnk_status bnk_tensor_desc_check(const bnk_tensor_desc *desc);
 /* Number of elements, N * C * product(spatial); 0 for an invalid descriptor. */
@@ -184,10 +180,9 @@ BNK_API bnk_status bnk_forward_training_workspace_size(const bnk_context *ctx, c
  * An empty batch (N = 0 or a zero spatial extent) writes nothing but num_batches_tracked and succeeds. M == 1
  * is rejected, as in PyTorch ("expected more than 1 value per channel when training"). */
 BNK_API bnk_status bnk_forward_training(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
-                                        const float *gamma, const float *beta, float *running_mean,
-                                        float *running_var, int64_t *num_batches_tracked, double momentum,
-                                        double eps, float *save_mean, float *save_invstd, void *workspace,
-                                        size_t workspace_bytes);
+                                        const float *gamma, const float *beta, float *running_mean, float *running_var,
+                                        int64_t *num_batches_tracked, double momentum, double eps, float *save_mean,
+                                        float *save_invstd, void *workspace, size_t workspace_bytes);
 
 /* Inference-mode forward with the running statistics:
  *   y = (x - running_mean) * (gamma / sqrt(running_var + eps)) + beta, in one pass over x.
@@ -213,18 +208,18 @@ BNK_API bnk_status bnk_backward_workspace_size(const bnk_context *ctx, const bnk
  * dgamma, dbeta:          length C, receive the parameter gradients (overwritten, not accumulated), or NULL.
  * save_mean, save_invstd: what bnk_forward_training saved for this batch; required.
  * An empty batch writes zeros to dgamma and dbeta and nothing else. */
-BNK_API bnk_status bnk_backward(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
-                                void *dx, const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
+BNK_API bnk_status bnk_backward(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy, void *dx,
+                                const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
                                 const float *save_invstd, void *workspace, size_t workspace_bytes);
 
 /* Gradients of bnk_forward_inference (frozen statistics): with invstd = 1 / sqrt(running_var + eps),
  *   dx = dy * gamma * invstd, dbeta = sum(dy), dgamma = sum(dy * (x - running_mean) * invstd).
  * x is read only when dgamma is wanted (it may be NULL otherwise); dx, dgamma, dbeta may each be NULL;
  * the workspace may be NULL (0 bytes) when dgamma and dbeta are both NULL. */
-BNK_API bnk_status bnk_backward_inference(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
-                                          const void *dy, void *dx, const float *gamma, float *dgamma,
-                                          float *dbeta, const float *running_mean, const float *running_var,
-                                          double eps, void *workspace, size_t workspace_bytes);
+BNK_API bnk_status bnk_backward_inference(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
+                                          void *dx, const float *gamma, float *dgamma, float *dbeta,
+                                          const float *running_mean, const float *running_var, double eps,
+                                          void *workspace, size_t workspace_bytes);
 
 /* ---------------------------------------------------------------------------------------------------
  * Fused epilogues: BN + ReLU and BN + add + ReLU (the tail of a ResNet block) in the normalize pass itself,
@@ -273,8 +268,7 @@ BNK_API bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_de
  * context forces a persistent path that does not fit. BNK_TRAINING_PATH_TWO_PASS for an empty batch or one value
  * per channel, where no persistent kernel runs. */
 BNK_API bnk_status bnk_forward_training_path(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
-                                             const void *y, const bnk_epilogue *epilogue,
-                                             bnk_training_path *path);
+                                             const void *y, const bnk_epilogue *epilogue, bnk_training_path *path);
 
 BNK_API bnk_status bnk_forward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
                                             const float *gamma, const float *beta, const float *running_mean,
@@ -285,9 +279,9 @@ BNK_API bnk_status bnk_backward_ex(bnk_context *ctx, const bnk_tensor_desc *desc
                                    const float *save_invstd, void *workspace, size_t workspace_bytes,
                                    const bnk_epilogue_grad *epilogue);
 BNK_API bnk_status bnk_backward_inference_ex(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
-                                             const void *dy, void *dx, const float *gamma, float *dgamma,
-                                             float *dbeta, const float *running_mean, const float *running_var,
-                                             double eps, void *workspace, size_t workspace_bytes,
+                                             const void *dy, void *dx, const float *gamma, float *dgamma, float *dbeta,
+                                             const float *running_mean, const float *running_var, double eps,
+                                             void *workspace, size_t workspace_bytes,
                                              const bnk_epilogue_grad *epilogue);
 
 /* ---------------------------------------------------------------------------------------------------
@@ -299,8 +293,8 @@ BNK_API bnk_status bnk_backward_inference_ex(bnk_context *ctx, const bnk_tensor_
  * shift = beta - running_mean * scale, by a kernel. gamma, beta may be NULL (1 and 0); scale and shift may be
  * gamma and beta (in place). */
 BNK_API bnk_status bnk_inference_params(bnk_context *ctx, int64_t c, const float *gamma, const float *beta,
-                                        const float *running_mean, const float *running_var, double eps,
-                                        float *scale, float *shift);
+                                        const float *running_mean, const float *running_var, double eps, float *scale,
+                                        float *shift);
 
 /* y = x * scale + shift (one fma per element), then the epilogue (may be NULL), in one pass over x: the
  * folded form of bnk_forward_inference_ex. It loses |mean| / std digits to cancellation where
@@ -323,19 +317,18 @@ typedef enum bnk_weight_layout {
  * the input channels per group for grouped and depthwise convolutions. The weight is of dtype, the
  * arithmetic fp32; bias_in (NULL: 0), gamma (NULL: 1), beta (NULL: 0), the statistics and bias_out are float32
  * of length K. weight_out may be weight_in and bias_out bias_in (in place). By a kernel on the device. */
-BNK_API bnk_status bnk_fold_conv(bnk_context *ctx, int64_t k, int64_t c_in, int kernel_dims,
-                                 const int64_t *kernel_size, bnk_weight_layout layout, bnk_dtype dtype,
-                                 const void *weight_in, const float *bias_in, const float *gamma, const float *beta,
-                                 const float *running_mean, const float *running_var, double eps, void *weight_out,
-                                 float *bias_out);
+BNK_API bnk_status bnk_fold_conv(bnk_context *ctx, int64_t k, int64_t c_in, int kernel_dims, const int64_t *kernel_size,
+                                 bnk_weight_layout layout, bnk_dtype dtype, const void *weight_in, const float *bias_in,
+                                 const float *gamma, const float *beta, const float *running_mean,
+                                 const float *running_var, double eps, void *weight_out, float *bias_out);
 
 /* bnk_fold_conv for a Linear layer followed by BatchNorm1d: weight is the (out_features, in_features)
  * row-major matrix of PyTorch's Linear. bias_out is of bias_dtype: BNK_FLOAT32, or dtype itself, which is
  * what bnk_linear_bn needs for 16-bit storage (cuBLASLt's bias epilogue reads the output's type). */
 BNK_API bnk_status bnk_fold_linear(bnk_context *ctx, int64_t out_features, int64_t in_features, bnk_dtype dtype,
-                                   const void *weight_in, const float *bias_in, const float *gamma,
-                                   const float *beta, const float *running_mean, const float *running_var,
-                                   double eps, void *weight_out, void *bias_out, bnk_dtype bias_dtype);
+                                   const void *weight_in, const float *bias_in, const float *gamma, const float *beta,
+                                   const float *running_mean, const float *running_var, double eps, void *weight_out,
+                                   void *bias_out, bnk_dtype bias_dtype);
 
 /* Workspace of bnk_linear_bn on this context's device (cuBLASLt's workspace). */
 BNK_API bnk_status bnk_linear_bn_workspace_size(const bnk_context *ctx, size_t *bytes);
@@ -385,23 +378,23 @@ BNK_API bnk_status bnk_batch_stats(bnk_context *ctx, const bnk_tensor_desc *desc
  * bnk_forward_training does, updates the running statistics (optional) with the whole batch's count M. With
  * M < 2 the running statistics are left as they were (the unbiased variance needs two values); eps, momentum
  * and num_batches_tracked follow bnk_forward_training's rules (zero variance with eps = 0 gives invstd 0). */
-BNK_API bnk_status bnk_merge_stats(bnk_context *ctx, int64_t c, int ranks, const double *gathered,
-                                   float *running_mean, float *running_var, int64_t *num_batches_tracked,
-                                   double momentum, double eps, float *save_mean, float *save_invstd);
+BNK_API bnk_status bnk_merge_stats(bnk_context *ctx, int64_t c, int ranks, const double *gathered, float *running_mean,
+                                   float *running_var, int64_t *num_batches_tracked, double momentum, double eps,
+                                   float *save_mean, float *save_invstd);
 /* y = (x - mean) * invstd * gamma + beta with given per-channel statistics (gamma, beta may be NULL). */
 BNK_API bnk_status bnk_normalize(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
                                  const float *gamma, const float *beta, const float *mean, const float *invstd);
 /* This rank's sums for the backward into `sums` (BNK_BACKWARD_SUMS(C) floats, device), given the merged
  * statistics. The workspace is bnk_backward_workspace_size()'s. */
-BNK_API bnk_status bnk_backward_local_sums(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
-                                           const void *dy, const float *save_mean, const float *save_invstd,
-                                           float *sums, void *workspace, size_t workspace_bytes);
+BNK_API bnk_status bnk_backward_local_sums(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
+                                           const float *save_mean, const float *save_invstd, float *sums,
+                                           void *workspace, size_t workspace_bytes);
 /* From the sums added over every rank: dgamma and dbeta of the whole batch (each may be NULL), and dx of
  * this rank's share (may be NULL). The workspace is bnk_backward_workspace_size()'s. */
 BNK_API bnk_status bnk_backward_apply(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
-                                      void *dx, const float *gamma, float *dgamma, float *dbeta,
-                                      const float *save_mean, const float *save_invstd, const float *sums,
-                                      void *workspace, size_t workspace_bytes);
+                                      void *dx, const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
+                                      const float *save_invstd, const float *sums, void *workspace,
+                                      size_t workspace_bytes);
 
 /* Same type as ncclComm_t, declared here so that this header needs no NCCL header. */
 typedef struct ncclComm *bnk_nccl_comm;
@@ -416,15 +409,15 @@ BNK_API bnk_status bnk_sync_workspace_size(const bnk_context *ctx, const bnk_ten
 BNK_API bnk_status bnk_forward_training_sync(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, void *y,
                                              const float *gamma, const float *beta, float *running_mean,
                                              float *running_var, int64_t *num_batches_tracked, double momentum,
-                                             double eps, float *save_mean, float *save_invstd,
-                                             bnk_nccl_comm comm, void *workspace, size_t workspace_bytes);
+                                             double eps, float *save_mean, float *save_invstd, bnk_nccl_comm comm,
+                                             void *workspace, size_t workspace_bytes);
 /* bnk_backward over the batch spread across the ranks: local sums, ncclAllReduce of BNK_BACKWARD_SUMS(C)
  * floats, then dgamma, dbeta (whole batch) and dx (this share). save_mean and save_invstd are what
  * bnk_forward_training_sync saved. */
 BNK_API bnk_status bnk_backward_sync(bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *dy,
-                                     void *dx, const float *gamma, float *dgamma, float *dbeta,
-                                     const float *save_mean, const float *save_invstd, bnk_nccl_comm comm,
-                                     void *workspace, size_t workspace_bytes);
+                                     void *dx, const float *gamma, float *dgamma, float *dbeta, const float *save_mean,
+                                     const float *save_invstd, bnk_nccl_comm comm, void *workspace,
+                                     size_t workspace_bytes);
 
 #ifdef __cplusplus
 }

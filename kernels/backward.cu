@@ -94,8 +94,7 @@ template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     backward_sums_channels_first(const T *__restrict__ x, const T *__restrict__ dy, int64_t c, int64_t s,
                                  bnk_run_walk walk, int64_t parts, int64_t chunk, int64_t m,
-                                 const float *__restrict__ mean, bnk_backward_workspace ws,
-                                 bnk_grad_epilogue_args e) {
+                                 const float *__restrict__ mean, bnk_backward_workspace ws, bnk_grad_epilogue_args e) {
   __shared__ float2 shared[BNK_WARP];
   const int64_t block = blockIdx.x;
   const int64_t channel = block / parts;
@@ -136,10 +135,9 @@ static __device__ __forceinline__ void add_rows(const T *x, const T *dy, const b
 // ty + tile_y, ... of its piece; the block merges its tile_y partial sums per channel (bnk_tile_reduce).
 template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
-    backward_sums_channels_last(const T *__restrict__ x, const T *__restrict__ dy, int64_t rows, int64_t c,
-                                int tile_x, int tile_y, int64_t tiles, int64_t rows_per_part,
-                                const float *__restrict__ mean, bnk_backward_workspace ws,
-                                bnk_grad_epilogue_args e) {
+    backward_sums_channels_last(const T *__restrict__ x, const T *__restrict__ dy, int64_t rows, int64_t c, int tile_x,
+                                int tile_y, int64_t tiles, int64_t rows_per_part, const float *__restrict__ mean,
+                                bnk_backward_workspace ws, bnk_grad_epilogue_args e) {
   typedef bnk_sums_vec<V> state;
   __shared__ float shared[bnk_fields<state>::count * BNK_STREAM_THREADS];
   int64_t part, channel0;
@@ -182,8 +180,7 @@ static __device__ __forceinline__ float channel_invstd(const bnk_backward_stats 
 // with k = gamma invstd and xhat = (x - mean) invstd.
 static __device__ __forceinline__ void store_gradients(int64_t channel, float channel_dbeta, float channel_dgamma,
                                                        float m, float invstd, const bnk_backward_stats &stats,
-                                                       const bnk_backward_workspace &ws, float *dgamma,
-                                                       float *dbeta) {
+                                                       const bnk_backward_workspace &ws, float *dgamma, float *dbeta) {
   if (dbeta != NULL) dbeta[channel] = channel_dbeta;
   if (dgamma != NULL) dgamma[channel] = channel_dgamma;
   const float k = stats.gamma != NULL ? invstd * stats.gamma[channel] : invstd;
@@ -200,7 +197,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
                         float *dgamma, float *dbeta) {
   const int lane = (int)(threadIdx.x % BNK_WARP);
   const int64_t channel = (int64_t)blockIdx.x * (blockDim.x / BNK_WARP) + threadIdx.x / BNK_WARP;
-  if (channel >= c) return; // the whole warp leaves together
+  if (channel >= c) return;  // the whole warp leaves together
   float2 acc = make_float2(0.0f, 0.0f);
   for (int64_t p = lane; p < parts; p += BNK_WARP) {
     const int64_t slot = p * c + channel;
@@ -323,12 +320,12 @@ static void launch_sums_typed(const bnk_view *view, const bnk_reduce_plan *plan,
   if (view->channels_last) {
     auto kernel = backward_sums_channels_last<T, V, GRAD>;
     BNK_LAUNCH(kernel, grid, block, 0, stream, x, dy, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
-                                                plan->rows_per_part, mean, ws, e);
+               plan->rows_per_part, mean, ws, e);
   } else {
     const bnk_run_walk walk = bnk_run_walk_make(view->c, view->s, V, plan->threads);
     auto kernel = backward_sums_channels_first<T, V, GRAD>;
     BNK_LAUNCH(kernel, grid, block, 0, stream, x, dy, view->c, view->s, walk, plan->parts, plan->chunk,
-                                                view->n * view->s, mean, ws, e);
+               view->n * view->s, mean, ws, e);
   }
 }
 
@@ -337,9 +334,15 @@ static void launch_sums_source(const bnk_view *view, const bnk_reduce_plan *plan
                                const float *mean, bnk_backward_workspace ws, const bnk_grad_epilogue_args &e,
                                cudaStream_t stream) {
   switch (e.source) {
-  case BNK_GRAD_FROM_Y: launch_sums_typed<T, V, BNK_GRAD_FROM_Y>(view, plan, x, dy, mean, ws, e, stream); break;
-  case BNK_GRAD_FROM_MASK: launch_sums_typed<T, V, BNK_GRAD_FROM_MASK>(view, plan, x, dy, mean, ws, e, stream); break;
-  default: launch_sums_typed<T, V, BNK_GRAD_PLAIN>(view, plan, x, dy, mean, ws, e, stream); break;
+  case BNK_GRAD_FROM_Y:
+    launch_sums_typed<T, V, BNK_GRAD_FROM_Y>(view, plan, x, dy, mean, ws, e, stream);
+    break;
+  case BNK_GRAD_FROM_MASK:
+    launch_sums_typed<T, V, BNK_GRAD_FROM_MASK>(view, plan, x, dy, mean, ws, e, stream);
+    break;
+  default:
+    launch_sums_typed<T, V, BNK_GRAD_PLAIN>(view, plan, x, dy, mean, ws, e, stream);
+    break;
   }
 }
 
@@ -357,29 +360,35 @@ static void launch_sums(const bnk_view *view, const bnk_reduce_plan *plan, const
 static const bnk_grad_epilogue_args plain_gradient = {BNK_GRAD_PLAIN, NULL, NULL, NULL};
 
 extern "C" cudaError_t bnk__launch_backward_reduce(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
-                                                  const void *dy, bnk_backward_stats stats,
-                                                  bnk_backward_workspace ws, float *dgamma, float *dbeta,
-                                                  cudaStream_t stream) {
+                                                   const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
+                                                   float *dgamma, float *dbeta, cudaStream_t stream) {
   return bnk__launch_backward_reduce_ex(view, plan, x, dy, stats, ws, dgamma, dbeta, NULL, stream);
 }
 
-extern "C" cudaError_t bnk__launch_backward_reduce_ex(const bnk_view *view, const bnk_reduce_plan *plan,
-                                                     const void *x, const void *dy, bnk_backward_stats stats,
-                                                     bnk_backward_workspace ws, float *dgamma, float *dbeta,
-                                                     const bnk_grad_epilogue_args *epilogue, cudaStream_t stream) {
+extern "C" cudaError_t bnk__launch_backward_reduce_ex(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+                                                      const void *dy, bnk_backward_stats stats,
+                                                      bnk_backward_workspace ws, float *dgamma, float *dbeta,
+                                                      const bnk_grad_epilogue_args *epilogue, cudaStream_t stream) {
   const bnk_grad_epilogue_args &e = epilogue != NULL ? *epilogue : plain_gradient;
   switch (view->dtype) {
-  case BNK_FLOAT32: launch_sums<float>(view, plan, x, dy, stats.mean, ws, e, stream); break;
-  case BNK_FLOAT16: launch_sums<__half>(view, plan, x, dy, stats.mean, ws, e, stream); break;
-  case BNK_BFLOAT16: launch_sums<__nv_bfloat16>(view, plan, x, dy, stats.mean, ws, e, stream); break;
-  default: return cudaErrorInvalidValue;
+  case BNK_FLOAT32:
+    launch_sums<float>(view, plan, x, dy, stats.mean, ws, e, stream);
+    break;
+  case BNK_FLOAT16:
+    launch_sums<__half>(view, plan, x, dy, stats.mean, ws, e, stream);
+    break;
+  case BNK_BFLOAT16:
+    launch_sums<__nv_bfloat16>(view, plan, x, dy, stats.mean, ws, e, stream);
+    break;
+  default:
+    return cudaErrorInvalidValue;
   }
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return status;
   const int warps_per_block = BNK_STREAM_THREADS / BNK_WARP;
   const dim3 grid((unsigned)((view->c + warps_per_block - 1) / warps_per_block));
-  BNK_LAUNCH(merge_backward_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream, 
-      view->c, plan->parts, view->n * view->s, stats, ws, dgamma, dbeta);
+  BNK_LAUNCH(merge_backward_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream, view->c, plan->parts, view->n * view->s,
+             stats, ws, dgamma, dbeta);
   return cudaGetLastError();
 }
 
@@ -398,15 +407,15 @@ static void launch_dx_typed(const bnk_view *view, const bnk_elementwise_plan &pl
 }
 
 extern "C" cudaError_t bnk__launch_backward_dx(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
-                                              const void *dy, void *dx, bnk_backward_stats stats,
-                                              const bnk_backward_workspace *coefficients, cudaStream_t stream) {
+                                               const void *dy, void *dx, bnk_backward_stats stats,
+                                               const bnk_backward_workspace *coefficients, cudaStream_t stream) {
   return bnk__launch_backward_dx_ex(view, plan, x, dy, dx, stats, coefficients, NULL, stream);
 }
 
-extern "C" cudaError_t bnk__launch_backward_dx_ex(const bnk_view *view, const bnk_elementwise_plan *plan,
-                                                 const void *x, const void *dy, void *dx, bnk_backward_stats stats,
-                                                 const bnk_backward_workspace *coefficients,
-                                                 const bnk_grad_epilogue_args *epilogue, cudaStream_t stream) {
+extern "C" cudaError_t bnk__launch_backward_dx_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
+                                                  const void *dy, void *dx, bnk_backward_stats stats,
+                                                  const bnk_backward_workspace *coefficients,
+                                                  const bnk_grad_epilogue_args *epilogue, cudaStream_t stream) {
   const bnk_grad_epilogue_args &e = epilogue != NULL ? *epilogue : plain_gradient;
   dx_params p;
   p.stats = stats;
@@ -423,8 +432,8 @@ extern "C" cudaError_t bnk__launch_backward_dx_ex(const bnk_view *view, const bn
 }
 
 extern "C" cudaError_t bnk__launch_backward_gradients_from_sums(int64_t c, const float *sums, bnk_backward_stats stats,
-                                                               bnk_backward_workspace ws, float *dgamma,
-                                                               float *dbeta, cudaStream_t stream) {
+                                                                bnk_backward_workspace ws, float *dgamma, float *dbeta,
+                                                                cudaStream_t stream) {
   const dim3 grid((unsigned)((c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));
   BNK_LAUNCH(gradients_from_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream, c, sums, stats, ws, dgamma, dbeta);
   return cudaGetLastError();

@@ -24,7 +24,7 @@
 #define BNK_DYNAMIC_SHARED(type, name) type *name = static_cast<type *>(BNK_EMU_DYNAMIC_SHARED())
 #else
 #define BNK_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
-#define BNK_DYNAMIC_SHARED(type, name)                      \
+#define BNK_DYNAMIC_SHARED(type, name)                          \
   extern __shared__ __align__(16) unsigned char name##_bytes[]; \
   type *name = reinterpret_cast<type *>(name##_bytes)
 #endif
@@ -39,7 +39,8 @@
 // Steps in flight of the channels-last elementwise kernels that hold the most per step (8 channels'
 // parameters, and two 8-wide inputs or a mask to decode): half of BNK_UNROLL, so that they fit 128
 // registers without spilling; 2 steps of 2 inputs are still 4 16-byte loads in flight per thread.
-template <int V, bool HEAVY> struct bnk_tile_unroll {
+template <int V, bool HEAVY>
+struct bnk_tile_unroll {
   static constexpr int value = V == 8 && HEAVY ? BNK_UNROLL / 2 : BNK_UNROLL;
 };
 
@@ -49,15 +50,26 @@ static __device__ __forceinline__ float bnk_to_float(float v) { return v; }
 static __device__ __forceinline__ float bnk_to_float(__half v) { return __half2float(v); }
 static __device__ __forceinline__ float bnk_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-template <typename T> static __device__ __forceinline__ T bnk_from_float(float v);
-template <> __device__ __forceinline__ float bnk_from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half bnk_from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 bnk_from_float<__nv_bfloat16>(float v) {
+template <typename T>
+static __device__ __forceinline__ T bnk_from_float(float v);
+template <>
+__device__ __forceinline__ float bnk_from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half bnk_from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 bnk_from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
 // Elements per 16-byte access for a storage type: 4 floats or 8 halves.
-template <typename T> struct bnk_vec_width { static constexpr int value = 16 / (int)sizeof(T); };
+template <typename T>
+struct bnk_vec_width {
+  static constexpr int value = 16 / (int)sizeof(T);
+};
 
 // V consecutive elements starting at p. A 16-byte access when V * sizeof(T) == 16 (the caller
 // guarantees 16-byte alignment then); element-wise otherwise, which also serves V == 1. Plain coherent
@@ -67,7 +79,10 @@ template <typename T> struct bnk_vec_width { static constexpr int value = 16 / (
 template <typename T, int V>
 static __device__ __forceinline__ void bnk_load(const T *p, float (&out)[V]) {
   if constexpr (V * sizeof(T) == 16) {
-    union { uint4 raw; T elem[V]; } u;
+    union {
+      uint4 raw;
+      T elem[V];
+    } u;
     u.raw = *reinterpret_cast<const uint4 *>(p);
 #pragma unroll
     for (int i = 0; i < V; ++i) out[i] = bnk_to_float(u.elem[i]);
@@ -80,7 +95,10 @@ static __device__ __forceinline__ void bnk_load(const T *p, float (&out)[V]) {
 template <typename T, int V>
 static __device__ __forceinline__ void bnk_store(T *p, const float (&in)[V]) {
   if constexpr (V * sizeof(T) == 16) {
-    union { uint4 raw; T elem[V]; } u;
+    union {
+      uint4 raw;
+      T elem[V];
+    } u;
 #pragma unroll
     for (int i = 0; i < V; ++i) u.elem[i] = bnk_from_float<T>(in[i]);
     *reinterpret_cast<uint4 *>(p) = u.raw;

@@ -14,8 +14,12 @@
 
 #include "kernels/common.cuh"
 
-template <typename T> struct bnk_type_tag { using type = T; };
-template <int N> using bnk_int_tag = std::integral_constant<int, N>;
+template <typename T>
+struct bnk_type_tag {
+  using type = T;
+};
+template <int N>
+using bnk_int_tag = std::integral_constant<int, N>;
 
 // f(bnk_int_tag<K>{}) for the first K of Ks equal to value.
 template <int... Ks, typename F>
@@ -33,10 +37,14 @@ static cudaError_t bnk_dispatch_storage(int dtype, int vec, F &&f) {
     return bnk_dispatch_value<bnk_vec_width<T>::value, 1>(vec, [&](auto width) { f(type, width); });
   };
   switch (dtype) {
-  case BNK_FLOAT32: return with_type(bnk_type_tag<float>{});
-  case BNK_FLOAT16: return with_type(bnk_type_tag<__half>{});
-  case BNK_BFLOAT16: return with_type(bnk_type_tag<__nv_bfloat16>{});
-  default: return cudaErrorInvalidValue;
+  case BNK_FLOAT32:
+    return with_type(bnk_type_tag<float>{});
+  case BNK_FLOAT16:
+    return with_type(bnk_type_tag<__half>{});
+  case BNK_BFLOAT16:
+    return with_type(bnk_type_tag<__nv_bfloat16>{});
+  default:
+    return cudaErrorInvalidValue;
   }
 }
 

@@ -32,9 +32,9 @@ struct bnk_flat_start {
 // k (k < plan.table_runs), for `params` a per-channel function returning a 16-byte struct, and returns
 // the thread's start. The divisions here run once per block and thread, never in the loop.
 template <int V, typename P, typename Params>
-static __device__ __forceinline__ bnk_flat_start bnk_flat_begin(const bnk_elementwise_plan &plan, int64_t c,
-                                                                int64_t s, P *table, Params &&params) {
-  __shared__ int64_t origin[2]; // the block's first element's offset in its run, and that run's channel
+static __device__ __forceinline__ bnk_flat_start bnk_flat_begin(const bnk_elementwise_plan &plan, int64_t c, int64_t s,
+                                                                P *table, Params &&params) {
+  __shared__ int64_t origin[2];  // the block's first element's offset in its run, and that run's channel
   const int64_t tile = (int64_t)BNK_STREAM_THREADS * V;
   const int64_t first_element = (int64_t)blockIdx.x * plan.tiles_per_block * tile;
   if (threadIdx.x == 0) {
@@ -58,7 +58,7 @@ static __device__ __forceinline__ bnk_flat_start bnk_flat_begin(const bnk_elemen
   int64_t position = offset + (int64_t)threadIdx.x * V;
   start.cursor.run = 0;
   if (position >= s) {
-    position -= s; // < tile now
+    position -= s;  // < tile now
     start.cursor.run = 1;
     if (s <= tile) {
       start.cursor.run += (uint32_t)position / (uint32_t)s;
@@ -78,8 +78,8 @@ static __device__ __forceinline__ bnk_flat_start bnk_flat_begin(const bnk_elemen
 // the tensor's last vector.
 template <typename P, int V, typename F>
 static __device__ __forceinline__ void bnk_apply_runs(float (&v)[V], float (&w)[V], int count,
-                                                      const bnk_flat_cursor &cursor, const P *table,
-                                                      int32_t run_length, F &&f) {
+                                                      const bnk_flat_cursor &cursor, const P *table, int32_t run_length,
+                                                      F &&f) {
   if (count == V && cursor.left >= V) {
     const P params = table[cursor.run];
 #pragma unroll

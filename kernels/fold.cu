@@ -44,7 +44,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 }
 
 extern "C" cudaError_t bnk__launch_inference_params(int64_t c, bnk_frozen_bn bn, float *scale, float *shift,
-                                                   cudaStream_t stream) {
+                                                    cudaStream_t stream) {
   const dim3 grid((unsigned)((c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));
   BNK_LAUNCH(inference_params, grid, dim3(BNK_STREAM_THREADS), 0, stream, c, bn, scale, shift);
   return cudaGetLastError();
@@ -52,17 +52,17 @@ extern "C" cudaError_t bnk__launch_inference_params(int64_t c, bnk_frozen_bn bn,
 
 // The bias is float32, or of the weight's type (what cuBLASLt's bias epilogue reads for 16-bit outputs).
 extern "C" cudaError_t bnk__launch_fold(int64_t rows, int64_t row_elements, int dtype, const void *weight_in,
-                                       void *weight_out, const float *bias_in, void *bias_out, int bias_dtype,
-                                       bnk_frozen_bn bn, int64_t blocks, cudaStream_t stream) {
+                                        void *weight_out, const float *bias_in, void *bias_out, int bias_dtype,
+                                        bnk_frozen_bn bn, int64_t blocks, cudaStream_t stream) {
   const bnk_fastdiv row_divisor = bnk_fastdiv_make((uint64_t)row_elements);
   const cudaError_t status =
       bnk_dispatch<0, 1>(dtype, 1, bias_dtype == BNK_FLOAT32, [&](auto type, auto, auto float_bias) {
         using T = typename decltype(type)::type;
         using B = typename std::conditional<decltype(float_bias)::value == 1, float, T>::type;
         auto kernel = fold_rows<T, B>;
-        BNK_LAUNCH(kernel, dim3((unsigned)blocks), dim3(BNK_STREAM_THREADS), 0, stream, 
-            static_cast<const T *>(weight_in), static_cast<T *>(weight_out), bias_in, static_cast<B *>(bias_out),
-            rows, rows * row_elements, row_divisor, bn);
+        BNK_LAUNCH(kernel, dim3((unsigned)blocks), dim3(BNK_STREAM_THREADS), 0, stream,
+                   static_cast<const T *>(weight_in), static_cast<T *>(weight_out), bias_in, static_cast<B *>(bias_out),
+                   rows, rows * row_elements, row_divisor, bn);
       });
   return status != cudaSuccess ? status : cudaGetLastError();
 }

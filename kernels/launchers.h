@@ -34,8 +34,8 @@ typedef struct bnk_view {
  * (channels-first) or one piece of rows of a tile of channels (channels-last), and writes one partial
  * result per channel and piece to the workspace. A second kernel merges the pieces in a fixed order. */
 typedef struct bnk_reduce_plan {
-  int vec;               /* elements per access: 16 bytes when alignment allows, else 1 */
-  int threads;           /* per block */
+  int vec;     /* elements per access: 16 bytes when alignment allows, else 1 */
+  int threads; /* per block */
   int64_t blocks;
   int64_t parts;         /* pieces per channel = partial results per channel */
   int64_t chunk;         /* channels-first: elements of one channel per piece (a multiple of vec) */
@@ -80,7 +80,7 @@ typedef struct bnk_elementwise_plan {
   /* channels-first */
   int64_t elements;
   int tiles_per_block;
-  int table_runs;     /* entries of the per-block run table (16 bytes each, dynamic shared memory) */
+  int table_runs; /* entries of the per-block run table (16 bytes each, dynamic shared memory) */
   int32_t run_step;
   int32_t left_step;
   int32_t run_length; /* S, capped at BNK_RUN_CAP */
@@ -94,8 +94,8 @@ typedef struct bnk_elementwise_plan {
 /* The plan of an elementwise pass over `view` whose tensors are `pointers` (NULL entries ignored), on a
  * GPU of sm_count SMs (the channels-last tiling of bnk__plan_reduce) that holds `resident_blocks` blocks of
  * BNK_STREAM_THREADS at once. */
-bnk_elementwise_plan bnk__plan_elementwise(const bnk_view *view, const void *const *pointers, int count,
-                                          int sm_count, int64_t resident_blocks);
+bnk_elementwise_plan bnk__plan_elementwise(const bnk_view *view, const void *const *pointers, int count, int sm_count,
+                                           int64_t resident_blocks);
 /* The most pieces per channel of any plan for this view: the launch picks its vector width from the
  * pointers' alignment, which a workspace size query cannot know. */
 int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count);
@@ -116,7 +116,7 @@ bnk_stats_workspace bnk__stats_workspace_carve(void *base, const bnk_view *view,
 
 /* Running-statistics update of the training forward. */
 typedef struct bnk_running_update {
-  float *running_mean;          /* NULL: not tracked */
+  float *running_mean; /* NULL: not tracked */
   float *running_var;
   int64_t *num_batches_tracked; /* incremented when not NULL */
   float momentum;               /* weight of the batch; ignored when cumulative */
@@ -127,27 +127,26 @@ typedef struct bnk_running_update {
  * save_mean/save_invstd when not NULL, and applies `running`. rank_partials, when not NULL, receives the
  * batch's count[c], mean[c], m2[c] (3 x C doubles) for merging across ranks. */
 cudaError_t bnk__launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
-                                   bnk_stats_workspace ws, float eps, bnk_running_update running,
-                                   float *save_mean, float *save_invstd, double *rank_partials,
-                                   cudaStream_t stream);
+                                    bnk_stats_workspace ws, float eps, bnk_running_update running, float *save_mean,
+                                    float *save_invstd, double *rank_partials, cudaStream_t stream);
 
 /* Per-channel parameters of the elementwise pass
  *   y = ((x - shift[c]) - dmean[c]) * invstd[c] * gamma[c] + beta[c],
  * where invstd[c] = bnk_invstd_of(variance[c], eps) when `variance` is given instead of `invstd`. */
 typedef struct bnk_normalize_params {
-  const float *shift;    /* NULL: 0 */
-  const float *dmean;    /* NULL: 0 */
-  const float *invstd;   /* exactly one of invstd and variance is not NULL */
+  const float *shift;  /* NULL: 0 */
+  const float *dmean;  /* NULL: 0 */
+  const float *invstd; /* exactly one of invstd and variance is not NULL */
   const float *variance;
   float eps;
-  const float *gamma;    /* NULL: 1 */
-  const float *beta;     /* NULL: 0 */
+  const float *gamma; /* NULL: 1 */
+  const float *beta;  /* NULL: 0 */
 } bnk_normalize_params;
 
 /* Workspace of the backward: per-channel coefficients of the dx pass, then per-piece partial sums;
  * 256-byte aligned arrays. */
 typedef struct bnk_backward_workspace {
-  float *dy_scale;   /* dx = dy * dy_scale[c] + (x - mean[c]) * xmu_scale[c] + bias[c] */
+  float *dy_scale; /* dx = dy * dy_scale[c] + (x - mean[c]) * xmu_scale[c] + bias[c] */
   float *xmu_scale;
   float *bias;
   float *sum_dy;     /* [parts][c] */
@@ -160,26 +159,26 @@ bnk_backward_workspace bnk__backward_workspace_carve(void *base, const bnk_view 
 /* The per-channel statistics the backward differentiates through: the batch statistics that the training
  * forward saved, or the running statistics (frozen) of the inference forward. */
 typedef struct bnk_backward_stats {
-  const float *mean;     /* save_mean or running_mean */
-  const float *invstd;   /* save_invstd; NULL: bnk_invstd_of(variance[c], eps) */
+  const float *mean;   /* save_mean or running_mean */
+  const float *invstd; /* save_invstd; NULL: bnk_invstd_of(variance[c], eps) */
   const float *variance;
   float eps;
-  const float *gamma;    /* NULL: 1 */
+  const float *gamma; /* NULL: 1 */
 } bnk_backward_stats;
 
 /* The backward's per-channel sums over (x, dy): reduction kernel (pieces of `plan`) then merge kernel,
  * which writes dbeta = sum(dy) and dgamma = invstd * sum(dy * (x - mean)) when not NULL, and the dx
  * coefficients of the training backward to ws. x may be NULL when dgamma is NULL. */
 cudaError_t bnk__launch_backward_reduce(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
-                                       const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
-                                       float *dgamma, float *dbeta, cudaStream_t stream);
+                                        const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
+                                        float *dgamma, float *dbeta, cudaStream_t stream);
 
 /* The elementwise pass writing dx, on `plan` (of x, dy and dx). With `coefficients` (training), dx = dy *
  * dy_scale[c] + (x - mean[c]) * xmu_scale[c] + bias[c] from bnk__launch_backward_reduce; with NULL (frozen
  * statistics), dx = dy * gamma[c] * invstd[c] and x must be NULL, so that it is not read. dx may equal dy. */
 cudaError_t bnk__launch_backward_dx(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
-                                   const void *dy, void *dx, bnk_backward_stats stats,
-                                   const bnk_backward_workspace *coefficients, cudaStream_t stream);
+                                    const void *dy, void *dx, bnk_backward_stats stats,
+                                    const bnk_backward_workspace *coefficients, cudaStream_t stream);
 
 /* ---- fused epilogues and folding (kernels/normalize.cu, kernels/backward.cu, kernels/fold.cu) ---- */
 
@@ -199,8 +198,8 @@ typedef struct bnk_epilogue_args {
 /* The elementwise pass with bnk_normalize_params on `plan` (of x, y and z), through a fused epilogue (NULL:
  * the plain pass). The mask is zeroed first only when plan->mask_words is 0. */
 cudaError_t bnk__launch_normalize_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x, void *y,
-                                    bnk_normalize_params params, const bnk_epilogue_args *epilogue,
-                                    cudaStream_t stream);
+                                     bnk_normalize_params params, const bnk_epilogue_args *epilogue,
+                                     cudaStream_t stream);
 
 /* Where the backward through a ReLU epilogue finds which elements the ReLU passed (y > 0). */
 typedef enum bnk_grad_source { BNK_GRAD_PLAIN = 0, BNK_GRAD_FROM_Y = 1, BNK_GRAD_FROM_MASK = 2 } bnk_grad_source;
@@ -217,13 +216,13 @@ typedef struct bnk_grad_epilogue_args {
 /* bnk__launch_backward_reduce and bnk__launch_backward_dx through an epilogue (NULL: plain). The dx pass may
  * have dx NULL when it only writes dz. */
 cudaError_t bnk__launch_backward_reduce_ex(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
-                                          const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
-                                          float *dgamma, float *dbeta, const bnk_grad_epilogue_args *epilogue,
-                                          cudaStream_t stream);
+                                           const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
+                                           float *dgamma, float *dbeta, const bnk_grad_epilogue_args *epilogue,
+                                           cudaStream_t stream);
 cudaError_t bnk__launch_backward_dx_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
-                                      const void *dy, void *dx, bnk_backward_stats stats,
-                                      const bnk_backward_workspace *coefficients,
-                                      const bnk_grad_epilogue_args *epilogue, cudaStream_t stream);
+                                       const void *dy, void *dx, bnk_backward_stats stats,
+                                       const bnk_backward_workspace *coefficients,
+                                       const bnk_grad_epilogue_args *epilogue, cudaStream_t stream);
 
 /* A batch normalization with frozen statistics, per channel (every array of length C, float32). */
 typedef struct bnk_frozen_bn {
@@ -235,8 +234,7 @@ typedef struct bnk_frozen_bn {
 } bnk_frozen_bn;
 
 /* scale[c] = gamma[c] * bnk_invstd_of(var[c], eps), shift[c] = beta[c] - mean[c] * scale[c]. */
-cudaError_t bnk__launch_inference_params(int64_t c, bnk_frozen_bn bn, float *scale, float *shift,
-                                        cudaStream_t stream);
+cudaError_t bnk__launch_inference_params(int64_t c, bnk_frozen_bn bn, float *scale, float *shift, cudaStream_t stream);
 
 /* Folds bn into the layer before it, whose weight is `rows` output channels of row_elements contiguous
  * values each (dtype): weight_out[k][i] = weight_in[k][i] * scale[k] and bias_out[k] = (bias_in[k] -
@@ -244,8 +242,8 @@ cudaError_t bnk__launch_inference_params(int64_t c, bnk_frozen_bn bn, float *sca
  * allowed (each element is read and written by the same thread). `blocks` of BNK_STREAM_THREADS walk the
  * weight (bnk__plan_grid_stride_blocks). */
 cudaError_t bnk__launch_fold(int64_t rows, int64_t row_elements, int dtype, const void *weight_in, void *weight_out,
-                            const float *bias_in, void *bias_out, int bias_dtype, bnk_frozen_bn bn, int64_t blocks,
-                            cudaStream_t stream);
+                             const float *bias_in, void *bias_out, int bias_dtype, bnk_frozen_bn bn, int64_t blocks,
+                             cudaStream_t stream);
 
 /* ---- the persistent training forward (kernels/persistent.cu, host/persistent.c) ---- */
 
@@ -265,18 +263,17 @@ cudaError_t bnk__persistent_forward_occupancy(const bnk_view *view, int vec, int
  * (ws, running, save_mean, save_invstd) and of bnk__launch_normalize_ex with the batch statistics, x read once.
  * The launcher does not clear the mask: the kernel does, before its grid barrier. */
 cudaError_t bnk__launch_persistent_forward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x, void *y,
-                                          bnk_stats_workspace ws, float eps, bnk_running_update running,
-                                          float *save_mean, float *save_invstd, const float *gamma,
-                                          const float *beta, const bnk_epilogue_args *epilogue, cudaStream_t stream);
+                                           bnk_stats_workspace ws, float eps, bnk_running_update running,
+                                           float *save_mean, float *save_invstd, const float *gamma, const float *beta,
+                                           const bnk_epilogue_args *epilogue, cudaStream_t stream);
 
 /* ---- synchronized batch normalization (kernels/sync.cu, kernels/backward.cu) ---- */
 
 /* Merges `ranks` partial triples laid out rank-major ([rank][count | mean | m2][c], doubles) in rank order
  * into mean_out/invstd_out, applies `running` with the total count, and then counts the batch in
  * running.num_batches_tracked when not NULL. */
-cudaError_t bnk__launch_merge_ranks(int64_t c, int ranks, const double *gathered, float eps,
-                                   bnk_running_update running, float *mean_out, float *invstd_out,
-                                   cudaStream_t stream);
+cudaError_t bnk__launch_merge_ranks(int64_t c, int ranks, const double *gathered, float eps, bnk_running_update running,
+                                    float *mean_out, float *invstd_out, cudaStream_t stream);
 /* *destination = value, in stream order (graph-capturable, unlike a copy from host memory). */
 cudaError_t bnk__launch_store_value(float *destination, float value, cudaStream_t stream);
 /* *num_batches_tracked += 1, in stream order: how the training forward counts an empty batch. */
@@ -284,8 +281,8 @@ cudaError_t bnk__launch_count_batch(int64_t *num_batches_tracked, cudaStream_t s
 /* The dgamma, dbeta and dx coefficients of the training backward from sums added over every rank:
  * sums = [sum dy (C) | sum dy * xhat (C) | M]. */
 cudaError_t bnk__launch_backward_gradients_from_sums(int64_t c, const float *sums, bnk_backward_stats stats,
-                                                    bnk_backward_workspace ws, float *dgamma, float *dbeta,
-                                                    cudaStream_t stream);
+                                                     bnk_backward_workspace ws, float *dgamma, float *dbeta,
+                                                     cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -40,8 +40,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     normalize_channels_first(const T *x, const T *z, T *y, uint32_t *mask, bnk_elementwise_plan plan, int64_t c,
                              int64_t s, bnk_normalize_params p) {
   BNK_DYNAMIC_SHARED(bnk_channel_affine, table);
-  const bnk_flat_start start = bnk_flat_begin<V>(plan, c, s, table,
-                                                 [&](int64_t channel) { return channel_affine<FROM_VARIANCE>(p, channel); });
+  const bnk_flat_start start =
+      bnk_flat_begin<V>(plan, c, s, table, [&](int64_t channel) { return channel_affine<FROM_VARIANCE>(p, channel); });
   float v[BNK_UNROLL][V] = {}, vz[BNK_UNROLL][V] = {};
   bnk_flat_walk<V>(
       plan, start,
@@ -71,7 +71,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, BNK_MIN_RESIDENT_BL
   int64_t part, channel0;
   int ty;
   bnk_tile_position<V>(tiling.tile_x, tiling.tiles, &part, &ty, &channel0);
-  if (channel0 >= c) return; // with mask words, whole word groups leave together (C % 32 == 0)
+  if (channel0 >= c) return;  // with mask words, whole word groups leave together (C % 32 == 0)
   bnk_channel_affine a[V];
 #pragma unroll
   for (int i = 0; i < V; ++i) a[i] = channel_affine<FROM_VARIANCE>(p, channel0 + i);
@@ -96,8 +96,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, BNK_MIN_RESIDENT_BL
 }
 
 template <typename T, int V, bool FROM_VARIANCE, int EPILOGUE>
-static void launch_normalize_typed(const bnk_view *view, const bnk_elementwise_plan &plan, const T *x, const T *z,
-                                   T *y, uint32_t *mask, const bnk_normalize_params &p, cudaStream_t stream) {
+static void launch_normalize_typed(const bnk_view *view, const bnk_elementwise_plan &plan, const T *x, const T *z, T *y,
+                                   uint32_t *mask, const bnk_normalize_params &p, cudaStream_t stream) {
   const dim3 grid((unsigned)plan.blocks), block((unsigned)plan.threads);
   if (view->channels_last) {
     auto kernel = normalize_channels_last<T, V, FROM_VARIANCE, EPILOGUE>;
@@ -110,8 +110,8 @@ static void launch_normalize_typed(const bnk_view *view, const bnk_elementwise_p
 }
 
 extern "C" cudaError_t bnk__launch_normalize_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
-                                               void *y, bnk_normalize_params params,
-                                               const bnk_epilogue_args *epilogue, cudaStream_t stream) {
+                                                void *y, bnk_normalize_params params, const bnk_epilogue_args *epilogue,
+                                                cudaStream_t stream) {
   const bnk_epilogue_args plain = {BNK_EPILOGUE_NONE, NULL, NULL};
   const bnk_epilogue_args &e = epilogue != NULL ? *epilogue : plain;
   if (e.mask != NULL && !plan->mask_words) {
@@ -126,7 +126,8 @@ extern "C" cudaError_t bnk__launch_normalize_ex(const bnk_view *view, const bnk_
         constexpr int V = decltype(vec)::value, EPILOGUE = decltype(kind)::value;
         const T *xt = static_cast<const T *>(x), *zt = static_cast<const T *>(e.z);
         T *yt = static_cast<T *>(y);
-        if (from_variance) launch_normalize_typed<T, V, true, EPILOGUE>(view, *plan, xt, zt, yt, e.mask, params, stream);
+        if (from_variance)
+          launch_normalize_typed<T, V, true, EPILOGUE>(view, *plan, xt, zt, yt, e.mask, params, stream);
         else launch_normalize_typed<T, V, false, EPILOGUE>(view, *plan, xt, zt, yt, e.mask, params, stream);
       });
   return status != cudaSuccess ? status : cudaGetLastError();

@@ -19,15 +19,15 @@ namespace cg = cooperative_groups;
 // What every persistent forward kernel takes besides its tensors and tiling.
 struct persistent_forward_args {
   bnk_stats_workspace ws;
-  int64_t m; // elements per channel
+  int64_t m;  // elements per channel
   float eps;
   bnk_running_update running;
   float *save_mean;
   float *save_invstd;
   const float *gamma;
   const float *beta;
-  uint32_t *mask;     // NULL: not written
-  int64_t mask_words; // bnk_mask_bytes / 4
+  uint32_t *mask;      // NULL: not written
+  int64_t mask_words;  // bnk_mask_bytes / 4
 };
 
 // The first phase's common part: the batch is counted before the merge reads num_batches_tracked, and the
@@ -40,13 +40,11 @@ static __device__ __forceinline__ void begin_forward(const persistent_forward_ar
 }
 
 // Phases 2 and 3's barriers around the merge: warp w of the grid finalizes channels w, w + warps, ...
-static __device__ __forceinline__ void merge_statistics(const persistent_forward_args &a, int64_t c,
-                                                        int64_t parts) {
+static __device__ __forceinline__ void merge_statistics(const persistent_forward_args &a, int64_t c, int64_t parts) {
   cg::grid_group grid = cg::this_grid();
   grid.sync();
   const int64_t warps = (int64_t)gridDim.x * (blockDim.x / BNK_WARP);
-  for (int64_t channel = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / BNK_WARP; channel < c;
-       channel += warps)
+  for (int64_t channel = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / BNK_WARP; channel < c; channel += warps)
     bnk_finalize_channel(channel, c, parts, a.m, a.ws, a.eps, a.running, a.save_mean, a.save_invstd, NULL);
   grid.sync();
 }
@@ -72,8 +70,8 @@ static __device__ __forceinline__ void write_outputs(const float (&v)[V], const 
 
 // Offset, from the channel's first element, of vector j of a channels-first channel (runs of s elements,
 // run_stride apart).
-static __device__ __forceinline__ int64_t channel_vector_offset(int64_t j, bnk_fastdiv vecs_per_run,
-                                                                int64_t run_stride, int vec) {
+static __device__ __forceinline__ int64_t channel_vector_offset(int64_t j, bnk_fastdiv vecs_per_run, int64_t run_stride,
+                                                                int vec) {
   const int64_t run = (int64_t)bnk_div((uint64_t)j, vecs_per_run);
   return run * run_stride + (j - run * (int64_t)vecs_per_run.divisor) * vec;
 }
@@ -181,7 +179,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     }
   }
 
-  merge_statistics(a, c, (int64_t)gridDim.x / tiles); // blocks = tiles x parts
+  merge_statistics(a, c, (int64_t)gridDim.x / tiles);  // blocks = tiles x parts
 
   if (!active) return;
   bnk_channel_affine affine[V];
@@ -189,7 +187,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   for (int i = 0; i < V; ++i) affine[i] = shifted_affine(a, channel0 + i);
 #pragma unroll
   for (int u = 0; u < K; ++u)
-    if (u < cached) write_outputs<T, V, EPILOGUE>(v[u], affine, z, y, a.mask, (first_row + (int64_t)u * tile_y) * c + channel0);
+    if (u < cached)
+      write_outputs<T, V, EPILOGUE>(v[u], affine, z, y, a.mask, (first_row + (int64_t)u * tile_y) * c + channel0);
 }
 
 // ---- launch and occupancy: one kernel per (dtype, layout, vector width, epilogue) ----
@@ -205,71 +204,91 @@ static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *pl
     int64_t rows = view->n, c = view->c, tiles = plan->tiles, rows_per_part = plan->rows_per_part;
     int tile_x = plan->tile_x, tile_y = plan->tile_y;
     void *args[] = {&x, &z, &y, &rows, &c, &tile_x, &tile_y, &tiles, &rows_per_part, &a};
-    return cudaLaunchCooperativeKernel(persistent_forward_channels_last<T, V, EPILOGUE>, grid, block, args, 0,
-                                       stream);
+    return cudaLaunchCooperativeKernel(persistent_forward_channels_last<T, V, EPILOGUE>, grid, block, args, 0, stream);
   }
   int64_t c = view->c, s = view->s, parts = plan->parts, chunk = plan->chunk;
   bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / V));
   void *args[] = {&x, &z, &y, &c, &s, &vecs_per_run, &parts, &chunk, &a};
-  return cudaLaunchCooperativeKernel(persistent_forward_channels_first<T, V, EPILOGUE>, grid, block, args, 0,
-                                     stream);
+  return cudaLaunchCooperativeKernel(persistent_forward_channels_first<T, V, EPILOGUE>, grid, block, args, 0, stream);
 }
 
 template <typename T, int V, int EPILOGUE>
 static cudaError_t occupancy_layout(int channels_last, int *blocks_per_sm) {
-  const void *kernel = channels_last ? reinterpret_cast<const void *>(persistent_forward_channels_last<T, V, EPILOGUE>)
-                                     : reinterpret_cast<const void *>(persistent_forward_channels_first<T, V, EPILOGUE>);
+  const void *kernel = channels_last
+                           ? reinterpret_cast<const void *>(persistent_forward_channels_last<T, V, EPILOGUE>)
+                           : reinterpret_cast<const void *>(persistent_forward_channels_first<T, V, EPILOGUE>);
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS, 0);
 }
 
 // Calls F<T, V, EPILOGUE>::run(args...) for the run-time dtype, vector width and epilogue kind.
 template <template <typename, int, int> class F, typename... A>
 static cudaError_t dispatch(int dtype, int vec, int epilogue, A... args) {
-#define BNK_PERSISTENT_EPILOGUES(T, V)                                                   \
-  switch (epilogue) {                                                                    \
-  case BNK_EPILOGUE_NONE: return F<T, V, BNK_EPILOGUE_NONE>::run(args...);               \
-  case BNK_EPILOGUE_RELU: return F<T, V, BNK_EPILOGUE_RELU>::run(args...);               \
-  case BNK_EPILOGUE_ADD_RELU: return F<T, V, BNK_EPILOGUE_ADD_RELU>::run(args...);       \
-  default: return cudaErrorInvalidValue;                                                 \
+#define BNK_PERSISTENT_EPILOGUES(T, V)                   \
+  switch (epilogue) {                                    \
+  case BNK_EPILOGUE_NONE:                                \
+    return F<T, V, BNK_EPILOGUE_NONE>::run(args...);     \
+  case BNK_EPILOGUE_RELU:                                \
+    return F<T, V, BNK_EPILOGUE_RELU>::run(args...);     \
+  case BNK_EPILOGUE_ADD_RELU:                            \
+    return F<T, V, BNK_EPILOGUE_ADD_RELU>::run(args...); \
+  default:                                               \
+    return cudaErrorInvalidValue;                        \
   }
-#define BNK_PERSISTENT_VECS(T)                                                           \
-  if (vec == bnk_vec_width<T>::value) { BNK_PERSISTENT_EPILOGUES(T, bnk_vec_width<T>::value) } \
-  else { BNK_PERSISTENT_EPILOGUES(T, 1) }
+#define BNK_PERSISTENT_VECS(T)                           \
+  if (vec == bnk_vec_width<T>::value) {                  \
+    BNK_PERSISTENT_EPILOGUES(T, bnk_vec_width<T>::value) \
+  } else {                                               \
+    BNK_PERSISTENT_EPILOGUES(T, 1)                       \
+  }
   switch (dtype) {
-  case BNK_FLOAT32: BNK_PERSISTENT_VECS(float)
-  case BNK_FLOAT16: BNK_PERSISTENT_VECS(__half)
-  case BNK_BFLOAT16: BNK_PERSISTENT_VECS(__nv_bfloat16)
-  default: return cudaErrorInvalidValue;
+  case BNK_FLOAT32:
+    BNK_PERSISTENT_VECS(float)
+  case BNK_FLOAT16:
+    BNK_PERSISTENT_VECS(__half)
+  case BNK_BFLOAT16:
+    BNK_PERSISTENT_VECS(__nv_bfloat16)
+  default:
+    return cudaErrorInvalidValue;
   }
 #undef BNK_PERSISTENT_VECS
 #undef BNK_PERSISTENT_EPILOGUES
 }
 
-template <typename T, int V, int EPILOGUE> struct launch_op {
+template <typename T, int V, int EPILOGUE>
+struct launch_op {
   static cudaError_t run(const bnk_view *view, const bnk_reduce_plan *plan, const void *x, const void *z, void *y,
                          persistent_forward_args a, cudaStream_t stream) {
     return launch_layout<T, V, EPILOGUE>(view, plan, x, z, y, a, stream);
   }
 };
 
-template <typename T, int V, int EPILOGUE> struct occupancy_op {
+template <typename T, int V, int EPILOGUE>
+struct occupancy_op {
   static cudaError_t run(int channels_last, int *blocks_per_sm) {
     return occupancy_layout<T, V, EPILOGUE>(channels_last, blocks_per_sm);
   }
 };
 
 extern "C" cudaError_t bnk__persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue,
-                                                        int *blocks_per_sm) {
+                                                         int *blocks_per_sm) {
   return dispatch<occupancy_op>(view->dtype, vec, epilogue, view->channels_last, blocks_per_sm);
 }
 
 extern "C" cudaError_t bnk__launch_persistent_forward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
-                                                     void *y, bnk_stats_workspace ws, float eps,
-                                                     bnk_running_update running, float *save_mean,
-                                                     float *save_invstd, const float *gamma, const float *beta,
-                                                     const bnk_epilogue_args *epilogue, cudaStream_t stream) {
+                                                      void *y, bnk_stats_workspace ws, float eps,
+                                                      bnk_running_update running, float *save_mean, float *save_invstd,
+                                                      const float *gamma, const float *beta,
+                                                      const bnk_epilogue_args *epilogue, cudaStream_t stream) {
   const int64_t elements = view->n * view->c * view->s;
-  const persistent_forward_args a = {ws,    view->n * view->s, eps,  running,        save_mean,
-                                     save_invstd, gamma,       beta, epilogue->mask, (int64_t)bnk_mask_bytes(elements) / 4};
+  const persistent_forward_args a = {ws,
+                                     view->n * view->s,
+                                     eps,
+                                     running,
+                                     save_mean,
+                                     save_invstd,
+                                     gamma,
+                                     beta,
+                                     epilogue->mask,
+                                     (int64_t)bnk_mask_bytes(elements) / 4};
   return dispatch<launch_op>(view->dtype, plan->vec, epilogue->kind, view, plan, x, epilogue->z, y, a, stream);
 }

@@ -37,9 +37,7 @@ static __device__ __forceinline__ bnk_welford bnk_combine(bnk_welford a, bnk_wel
 
 static __device__ __forceinline__ float bnk_combine(float a, float b) { return a + b; }
 
-static __device__ __forceinline__ float2 bnk_combine(float2 a, float2 b) {
-  return make_float2(a.x + b.x, a.y + b.y);
-}
+static __device__ __forceinline__ float2 bnk_combine(float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); }
 
 // The triple of the first `rows` rows of v (U rows of V values), by two passes over registers, so that
 // folding them into a running triple costs one division per chunk instead of one per value. With rows a
@@ -72,7 +70,7 @@ static __device__ __forceinline__ bnk_welford bnk_welford_of(const float (&v)[U]
 // thread of a 2^31-element channel. Compensated, the mean stays within a few ulps.
 struct bnk_welford_run {
   bnk_welford w;
-  float mean_error; // by how much w.mean exceeds the exact running mean
+  float mean_error;  // by how much w.mean exceeds the exact running mean
 };
 
 static __device__ __forceinline__ bnk_welford_run bnk_run_empty() {
@@ -111,17 +109,17 @@ static __device__ __forceinline__ bnk_welford bnk_run_result(const bnk_welford_r
 #define BNK_RUN_LEFT_CAP ((int32_t)1 << 30)
 
 struct bnk_run_walk {
-  bnk_fastdiv run_vectors_div; // vectors per run: for a thread's start only
-  int64_t run_stride;          // elements from a run to the next of the same channel: C x S
-  int64_t step_offset;         // elements one step moves the offset within a run
-  int64_t wrap_offset;         // elements more when the step crosses into the next run
-  int32_t step_left;           // vectors one step takes off the vectors left, modulo a run
-  int32_t run_vectors;         // vectors per run, capped
+  bnk_fastdiv run_vectors_div;  // vectors per run: for a thread's start only
+  int64_t run_stride;           // elements from a run to the next of the same channel: C x S
+  int64_t step_offset;          // elements one step moves the offset within a run
+  int64_t wrap_offset;          // elements more when the step crosses into the next run
+  int32_t step_left;            // vectors one step takes off the vectors left, modulo a run
+  int32_t run_vectors;          // vectors per run, capped
 };
 
 struct bnk_run_cursor {
-  int64_t offset; // of the vector, in elements from the tensor's start
-  int32_t left;   // vectors from it to the end of its run, capped
+  int64_t offset;  // of the vector, in elements from the tensor's start
+  int32_t left;    // vectors from it to the end of its run, capped
 };
 
 static inline bnk_run_walk bnk_run_walk_make(int64_t c, int64_t s, int vec, int step) {
@@ -161,25 +159,29 @@ static __device__ __forceinline__ void bnk_run_cursor_step(bnk_run_cursor &curso
 // ---- channels-last: V channels of one thread, which has seen the same rows of each ----
 
 // V channels' triples sharing one count.
-template <int V> struct bnk_welford_vec {
+template <int V>
+struct bnk_welford_vec {
   float count;
   float mean[V];
   float m2[V];
 };
 
 // V channels' running triples with their means' rounding errors (Kahan, as bnk_welford_run).
-template <int V> struct bnk_welford_vec_run {
+template <int V>
+struct bnk_welford_vec_run {
   bnk_welford_vec<V> w;
   float mean_error[V];
 };
 
 // The backward's two sums of V channels: sum dy and sum dy * (x - mean).
-template <int V> struct bnk_sums_vec {
+template <int V>
+struct bnk_sums_vec {
   float dy[V];
   float dy_xmu[V];
 };
 
-template <int V> static __device__ __forceinline__ bnk_welford_vec<V> bnk_welford_vec_empty() {
+template <int V>
+static __device__ __forceinline__ bnk_welford_vec<V> bnk_welford_vec_empty() {
   bnk_welford_vec<V> w;
   w.count = 0.0f;
 #pragma unroll
@@ -190,7 +192,8 @@ template <int V> static __device__ __forceinline__ bnk_welford_vec<V> bnk_welfor
   return w;
 }
 
-template <int V> static __device__ __forceinline__ bnk_welford_vec_run<V> bnk_run_vec_empty() {
+template <int V>
+static __device__ __forceinline__ bnk_welford_vec_run<V> bnk_run_vec_empty() {
   bnk_welford_vec_run<V> run;
   run.w = bnk_welford_vec_empty<V>();
 #pragma unroll
@@ -198,7 +201,8 @@ template <int V> static __device__ __forceinline__ bnk_welford_vec_run<V> bnk_ru
   return run;
 }
 
-template <int V> static __device__ __forceinline__ bnk_sums_vec<V> bnk_sums_vec_empty() {
+template <int V>
+static __device__ __forceinline__ bnk_sums_vec<V> bnk_sums_vec_empty() {
   bnk_sums_vec<V> s;
 #pragma unroll
   for (int i = 0; i < V; ++i) {
@@ -242,8 +246,7 @@ static __device__ __forceinline__ bnk_sums_vec<V> bnk_combine(const bnk_sums_vec
 // and M2 by two passes over registers, then Chan's merge with one division for all V channels, instead of
 // one per element. With rows a compile-time U (full chunks, after inlining) the predicates fold away.
 template <int U, int V>
-static __device__ __forceinline__ void bnk_run_add_rows(bnk_welford_vec_run<V> &run, const float (&v)[U][V],
-                                                        int rows) {
+static __device__ __forceinline__ void bnk_run_add_rows(bnk_welford_vec_run<V> &run, const float (&v)[U][V], int rows) {
   const float count = (float)rows;
   const float inv_count = 1.0f / count;
   const float total = run.w.count + count;
@@ -272,7 +275,8 @@ static __device__ __forceinline__ void bnk_run_add_rows(bnk_welford_vec_run<V> &
   run.w.count = total;
 }
 
-template <int V> static __device__ __forceinline__ bnk_welford_vec<V> bnk_run_result(const bnk_welford_vec_run<V> &run) {
+template <int V>
+static __device__ __forceinline__ bnk_welford_vec<V> bnk_run_result(const bnk_welford_vec_run<V> &run) {
   bnk_welford_vec<V> w = run.w;
 #pragma unroll
   for (int i = 0; i < V; ++i) w.mean[i] -= run.mean_error[i];
@@ -280,11 +284,13 @@ template <int V> static __device__ __forceinline__ bnk_welford_vec<V> bnk_run_re
 }
 
 // A struct of floats seen as its fields, for the generic shuffle and shared-memory moves below.
-template <typename S> struct bnk_fields {
+template <typename S>
+struct bnk_fields {
   static constexpr int count = (int)(sizeof(S) / sizeof(float));
 };
 
-template <typename S> static __device__ __forceinline__ S bnk_shfl_down_fields(unsigned mask, const S &v, int offset) {
+template <typename S>
+static __device__ __forceinline__ S bnk_shfl_down_fields(unsigned mask, const S &v, int offset) {
   S r;
   const float *in = reinterpret_cast<const float *>(&v);
   float *out = reinterpret_cast<float *>(&r);
@@ -302,7 +308,8 @@ static __device__ __forceinline__ void bnk_store_fields(float *shared, int slots
   for (int k = 0; k < bnk_fields<S>::count; ++k) shared[k * slots + slot] = in[k];
 }
 
-template <typename S> static __device__ __forceinline__ S bnk_load_fields(const float *shared, int slots, int slot) {
+template <typename S>
+static __device__ __forceinline__ S bnk_load_fields(const float *shared, int slots, int slot) {
   S r;
   float *out = reinterpret_cast<float *>(&r);
 #pragma unroll

@@ -51,8 +51,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   bnk_welford_run run = bnk_run_empty();
   bnk_run_cursor cursor = bnk_run_cursor_at<V>(walk, channel * s, first);
   int done = 0;
-  for (; done + BNK_UNROLL <= vectors; done += BNK_UNROLL)
-    fold_vectors<T, V>(x, walk, cursor, BNK_UNROLL, shift, run);
+  for (; done + BNK_UNROLL <= vectors; done += BNK_UNROLL) fold_vectors<T, V>(x, walk, cursor, BNK_UNROLL, shift, run);
   if (done < vectors) fold_vectors<T, V>(x, walk, cursor, vectors - done, shift, run);
   const bnk_welford acc = bnk_block_reduce(bnk_run_result(run), shared);
   if (threadIdx.x == 0) {
@@ -85,9 +84,8 @@ static __device__ __forceinline__ void fold_rows(const T *p, int64_t stride, int
 // channel (bnk_tile_reduce).
 template <typename T, int V>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
-    stats_channels_last(const T *__restrict__ x, int64_t rows, int64_t c, int tile_x, int tile_y,
-                        int64_t tiles, int64_t rows_per_part, bnk_stats_workspace ws,
-                        int64_t *num_batches_tracked) {
+    stats_channels_last(const T *__restrict__ x, int64_t rows, int64_t c, int tile_x, int tile_y, int64_t tiles,
+                        int64_t rows_per_part, bnk_stats_workspace ws, int64_t *num_batches_tracked) {
   typedef bnk_welford_vec<V> state;
   __shared__ float shared[bnk_fields<state>::count * BNK_STREAM_THREADS];
   int64_t part, channel0;
@@ -129,10 +127,10 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 // Stage 2: one warp per channel merges the channel's pieces and derives everything per-channel
 // (bnk_finalize_channel, batch_stats.cuh).
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
-    finalize_stats(int64_t c, int64_t parts, int64_t m, bnk_stats_workspace ws, float eps,
-                   bnk_running_update running, float *save_mean, float *save_invstd, double *rank_partials) {
+    finalize_stats(int64_t c, int64_t parts, int64_t m, bnk_stats_workspace ws, float eps, bnk_running_update running,
+                   float *save_mean, float *save_invstd, double *rank_partials) {
   const int64_t channel = (int64_t)blockIdx.x * (blockDim.x / BNK_WARP) + threadIdx.x / BNK_WARP;
-  if (channel >= c) return; // the whole warp leaves together
+  if (channel >= c) return;  // the whole warp leaves together
   bnk_finalize_channel(channel, c, parts, m, ws, eps, running, save_mean, save_invstd, rank_partials);
 }
 
@@ -146,32 +144,37 @@ static void launch_stats_pieces(const bnk_view *view, const bnk_reduce_plan *pla
   if (view->channels_last) {
     auto kernel = plan->vec == W ? stats_channels_last<T, W> : stats_channels_last<T, 1>;
     BNK_LAUNCH(kernel, grid, block, 0, stream, x, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
-                                                plan->rows_per_part, ws, num_batches_tracked);
+               plan->rows_per_part, ws, num_batches_tracked);
   } else {
     const bnk_run_walk walk = bnk_run_walk_make(view->c, view->s, plan->vec, plan->threads);
     auto kernel = plan->vec == W ? stats_channels_first<T, W> : stats_channels_first<T, 1>;
-    BNK_LAUNCH(kernel, grid, block, 0, stream, x, view->c, view->s, walk, plan->parts, plan->chunk,
-                                                view->n * view->s, ws, num_batches_tracked);
+    BNK_LAUNCH(kernel, grid, block, 0, stream, x, view->c, view->s, walk, plan->parts, plan->chunk, view->n * view->s,
+               ws, num_batches_tracked);
   }
 }
 
 extern "C" cudaError_t bnk__launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
-                                              bnk_stats_workspace ws, float eps, bnk_running_update running,
-                                              float *save_mean, float *save_invstd, double *rank_partials,
-                                              cudaStream_t stream) {
+                                               bnk_stats_workspace ws, float eps, bnk_running_update running,
+                                               float *save_mean, float *save_invstd, double *rank_partials,
+                                               cudaStream_t stream) {
   switch (view->dtype) {
-  case BNK_FLOAT32: launch_stats_pieces<float>(view, plan, x, ws, running.num_batches_tracked, stream); break;
-  case BNK_FLOAT16: launch_stats_pieces<__half>(view, plan, x, ws, running.num_batches_tracked, stream); break;
+  case BNK_FLOAT32:
+    launch_stats_pieces<float>(view, plan, x, ws, running.num_batches_tracked, stream);
+    break;
+  case BNK_FLOAT16:
+    launch_stats_pieces<__half>(view, plan, x, ws, running.num_batches_tracked, stream);
+    break;
   case BNK_BFLOAT16:
     launch_stats_pieces<__nv_bfloat16>(view, plan, x, ws, running.num_batches_tracked, stream);
     break;
-  default: return cudaErrorInvalidValue;
+  default:
+    return cudaErrorInvalidValue;
   }
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return status;
   const int warps_per_block = BNK_STREAM_THREADS / BNK_WARP;
   const dim3 grid((unsigned)((view->c + warps_per_block - 1) / warps_per_block));
-  BNK_LAUNCH(finalize_stats, grid, dim3(BNK_STREAM_THREADS), 0, stream, 
-      view->c, plan->parts, view->n * view->s, ws, eps, running, save_mean, save_invstd, rank_partials);
+  BNK_LAUNCH(finalize_stats, grid, dim3(BNK_STREAM_THREADS), 0, stream, view->c, plan->parts, view->n * view->s, ws,
+             eps, running, save_mean, save_invstd, rank_partials);
   return cudaGetLastError();
 }

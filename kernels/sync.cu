@@ -15,7 +15,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   for (int r = 0; r < ranks; ++r) {
     const double *rank = gathered + (int64_t)r * 3 * c;
     const double rank_count = rank[channel];
-    if (rank_count == 0.0) continue; // a rank with an empty share
+    if (rank_count == 0.0) continue;  // a rank with an empty share
     const double total = count + rank_count;
     const double delta = rank[c + channel] - mean;
     mean += delta * (rank_count / total);
@@ -28,8 +28,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   invstd_out[channel] = invstd;
   // The unbiased variance needs two values; with fewer the running statistics stay as they were.
   if (running.running_mean != NULL && count > 1.0) {
-    const float weight =
-        running.cumulative ? 1.0f / (float)(*running.num_batches_tracked + 1) : running.momentum;
+    const float weight = running.cumulative ? 1.0f / (float)(*running.num_batches_tracked + 1) : running.momentum;
     const float unbiased_var = (float)(m2 / (count - 1.0));
     running.running_mean[channel] = (1.0f - weight) * running.running_mean[channel] + weight * (float)mean;
     running.running_var[channel] = (1.0f - weight) * running.running_var[channel] + weight * unbiased_var;
@@ -42,11 +41,11 @@ static __global__ void count_batch(int64_t *num_batches_tracked) { *num_batches_
 static __global__ void store_value(float *destination, float value) { *destination = value; }
 
 extern "C" cudaError_t bnk__launch_merge_ranks(int64_t c, int ranks, const double *gathered, float eps,
-                                              bnk_running_update running, float *mean_out, float *invstd_out,
-                                              cudaStream_t stream) {
+                                               bnk_running_update running, float *mean_out, float *invstd_out,
+                                               cudaStream_t stream) {
   const dim3 grid((unsigned)((c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));
-  BNK_LAUNCH(merge_rank_stats, grid, dim3(BNK_STREAM_THREADS), 0, stream, c, ranks, gathered, eps, running,
-                                                                          mean_out, invstd_out);
+  BNK_LAUNCH(merge_rank_stats, grid, dim3(BNK_STREAM_THREADS), 0, stream, c, ranks, gathered, eps, running, mean_out,
+             invstd_out);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess || running.num_batches_tracked == NULL) return status;
   return bnk__launch_count_batch(running.num_batches_tracked, stream);

@@ -12,7 +12,7 @@ namespace cg = cooperative_groups;
 // Every block adds up a strided part of x, the grid syncs, and each block then adds up all the partials:
 // out[b] is the total in every block. A second round on the totals checks that the barrier is reusable.
 static __global__ void __launch_bounds__(COOP_THREADS)
-grid_total(const float *x, int64_t count, float *partial, float *out) {
+    grid_total(const float *x, int64_t count, float *partial, float *out) {
   cg::grid_group grid = cg::this_grid();
   cg::thread_block block = cg::this_thread_block();
   __shared__ float acc[COOP_THREADS];

@@ -207,8 +207,8 @@ void expect_within_ulps(const char *what, bnk_dtype dtype, const double *got, co
   for (int64_t i = 0; i < count; ++i) {
     const double allowed = ulps * storage_ulp(dtype, want[i]) + atol;
     if (!(fabs(got[i] - want[i]) <= allowed)) {
-      cr_expect(0, "%s[%" PRId64 "] = %.9g, reference %.9g: more than %g %s ulp + %g apart", what, i, got[i],
-                want[i], ulps, dtype_name(dtype), atol);
+      cr_expect(0, "%s[%" PRId64 "] = %.9g, reference %.9g: more than %g %s ulp + %g apart", what, i, got[i], want[i],
+                ulps, dtype_name(dtype), atol);
       return;
     }
   }

@@ -77,8 +77,8 @@ extern "C" cudaError_t test_sum_partial_warp(const float *x, int lanes, float *o
 }
 
 extern "C" cudaError_t test_fast_division(const uint64_t *dividends, int count, uint64_t divisor, uint64_t *quotients) {
-  BNK_LAUNCH(fast_division, dim3((unsigned)((count + 127) / 128)), dim3(128), 0, 0, 
-      dividends, count, bnk_fastdiv_make(divisor), quotients);
+  BNK_LAUNCH(fast_division, dim3((unsigned)((count + 127) / 128)), dim3(128), 0, 0, dividends, count,
+             bnk_fastdiv_make(divisor), quotients);
   return cudaGetLastError();
 }
 
@@ -117,7 +117,6 @@ static __global__ void tile_reduce(const float *x, int tile_x, int tile_y, int r
 }
 
 extern "C" cudaError_t test_tile_reduce(const float *x, int tile_x, int tile_y, int rows_per_thread, float *out) {
-  BNK_LAUNCH(tile_reduce, dim3(1), dim3((unsigned)(tile_x * tile_y)), 0, 0, x, tile_x, tile_y, rows_per_thread,
-                                                                            out);
+  BNK_LAUNCH(tile_reduce, dim3(1), dim3((unsigned)(tile_x * tile_y)), 0, 0, x, tile_x, tile_y, rows_per_thread, out);
   return cudaGetLastError();
 }

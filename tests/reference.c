@@ -86,9 +86,9 @@ void ref_backward(const bnk_tensor_desc *desc, const double *x, const double *dy
   }
 }
 
-void ref_backward_inference(const bnk_tensor_desc *desc, const double *x, const double *dy,
-                            const double *running_mean, const double *running_var, double eps,
-                            const double *gamma, double *dx, double *dgamma, double *dbeta) {
+void ref_backward_inference(const bnk_tensor_desc *desc, const double *x, const double *dy, const double *running_mean,
+                            const double *running_var, double eps, const double *gamma, double *dx, double *dgamma,
+                            double *dbeta) {
   const int64_t spatial = ref_spatial(desc);
   for (int64_t c = 0; c < desc->c; ++c) {
     const double invstd = ref_invstd(running_var[c], eps);

@@ -37,8 +37,8 @@ void ref_backward(const bnk_tensor_desc *desc, const double *x, const double *dy
 /* Gradients of the inference forward (frozen statistics), invstd = ref_invstd(running_var, eps):
  * dx = dy gamma invstd, dgamma = sum dy (x - running_mean) invstd, dbeta = sum dy. Any output may be NULL;
  * x is read only for dgamma. */
-void ref_backward_inference(const bnk_tensor_desc *desc, const double *x, const double *dy,
-                            const double *running_mean, const double *running_var, double eps,
-                            const double *gamma, double *dx, double *dgamma, double *dbeta);
+void ref_backward_inference(const bnk_tensor_desc *desc, const double *x, const double *dy, const double *running_mean,
+                            const double *running_var, double eps, const double *gamma, double *dx, double *dgamma,
+                            double *dbeta);
 
 #endif

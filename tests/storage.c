@@ -7,9 +7,12 @@ size_t storage_element_bytes(bnk_dtype dtype) { return dtype == BNK_FLOAT32 ? 4 
 
 const char *storage_name(bnk_dtype dtype) {
   switch (dtype) {
-    case BNK_FLOAT32: return "f32";
-    case BNK_FLOAT16: return "f16";
-    case BNK_BFLOAT16: return "bf16";
+  case BNK_FLOAT32:
+    return "f32";
+  case BNK_FLOAT16:
+    return "f16";
+  case BNK_BFLOAT16:
+    return "bf16";
   }
   return "unknown";
 }
@@ -19,7 +22,7 @@ static uint16_t half_from_float(float value) {
   memcpy(&bits, &value, sizeof bits);
   const uint16_t sign = (uint16_t)((bits >> 16) & 0x8000u);
   const uint32_t magnitude = bits & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return sign | 0x7e00u; /* NaN stays a (quiet) NaN */
+  if (magnitude > 0x7f800000u) return sign | 0x7e00u;  /* NaN stays a (quiet) NaN */
   if (magnitude >= 0x477ff000u) return sign | 0x7c00u; /* 65520 and up round to infinity */
   if (magnitude < 0x38800000u) {
     /* Below 2^-14 the half is subnormal, counted in units of 2^-24: scaling by 2^24 is exact, so the one
@@ -62,17 +65,26 @@ static double bfloat16_to_double(uint16_t bfloat) {
 
 void storage_store(bnk_dtype dtype, void *base, int64_t index, float value) {
   switch (dtype) {
-    case BNK_FLOAT32: ((float *)base)[index] = value; break;
-    case BNK_FLOAT16: ((uint16_t *)base)[index] = half_from_float(value); break;
-    case BNK_BFLOAT16: ((uint16_t *)base)[index] = bfloat16_from_float(value); break;
+  case BNK_FLOAT32:
+    ((float *)base)[index] = value;
+    break;
+  case BNK_FLOAT16:
+    ((uint16_t *)base)[index] = half_from_float(value);
+    break;
+  case BNK_BFLOAT16:
+    ((uint16_t *)base)[index] = bfloat16_from_float(value);
+    break;
   }
 }
 
 double storage_load(bnk_dtype dtype, const void *base, int64_t index) {
   switch (dtype) {
-    case BNK_FLOAT32: return ((const float *)base)[index];
-    case BNK_FLOAT16: return half_to_double(((const uint16_t *)base)[index]);
-    case BNK_BFLOAT16: return bfloat16_to_double(((const uint16_t *)base)[index]);
+  case BNK_FLOAT32:
+    return ((const float *)base)[index];
+  case BNK_FLOAT16:
+    return half_to_double(((const uint16_t *)base)[index]);
+  case BNK_BFLOAT16:
+    return bfloat16_to_double(((const uint16_t *)base)[index]);
   }
   return NAN;
 }

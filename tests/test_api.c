@@ -57,8 +57,10 @@ Test(api, descriptor_rejects_bad_shapes_and_leaves_it_unchanged) {
   const int64_t huge[3] = {INT64_C(1) << 40, INT64_C(1) << 20, 1};
   expect_rejected(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NCHW, 2, 0, 0, NULL), "C must be > 0, got 0");
   expect_rejected(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NCHW, -1, 3, 0, NULL), "N must be >= 0, got -1");
-  expect_rejected(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NCHW, 2, 3, 2, spatial), "spatial[1] must be >= 0, got -2");
-  expect_rejected(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NCHW, 2, 3, 4, spatial), "spatial_dims must be in [0, 3], got 4");
+  expect_rejected(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NCHW, 2, 3, 2, spatial),
+                  "spatial[1] must be >= 0, got -2");
+  expect_rejected(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NCHW, 2, 3, 4, spatial),
+                  "spatial_dims must be in [0, 3], got 4");
   expect_rejected(bnk_tensor_desc_init(&desc, (bnk_dtype)7, BNK_NCHW, 2, 3, 0, NULL), "dtype");
   expect_rejected(bnk_tensor_desc_init(&desc, BNK_FLOAT32, (bnk_layout)2, 2, 3, 0, NULL), "layout must be");
   expect_rejected(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NCHW, 2, 3, 2, NULL), "spatial must not be NULL");

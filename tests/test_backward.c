@@ -52,12 +52,12 @@ static void describe(const backward_case *bc, char *out, size_t size) {
 typedef struct backward_data {
   bnk_tensor_desc desc;
   int64_t elements;
-  size_t bytes;                 /* of one tensor */
-  double *x, *dy;               /* the stored values, as doubles */
-  double *gamma;                /* NULL without affine */
-  double *mean, *invstd;        /* the float32 statistics of the training forward, as doubles */
+  size_t bytes;          /* of one tensor */
+  double *x, *dy;        /* the stored values, as doubles */
+  double *gamma;         /* NULL without affine */
+  double *mean, *invstd; /* the float32 statistics of the training forward, as doubles */
   double *running_mean, *running_var;
-  void *dy_storage;             /* host copy of dy, to restore it after an in-place call */
+  void *dy_storage; /* host copy of dy, to restore it after an in-place call */
   unsigned char *x_base, *dy_base, *dx_base;
   void *x_dev, *dy_dev, *dx_dev;
 } backward_data;
@@ -164,8 +164,8 @@ static void check_sums(const char *what, const double *got, const double *want, 
   for (int64_t i = 0; i < c; ++i) {
     const double allowed = SUM_TOLERANCE * (fabs(want[i]) + norms[i]);
     if (!(fabs(got[i] - want[i]) <= allowed)) {
-      cr_expect(0, "%s[%lld] = %.9g, reference %.9g (error %.3g > %.3g allowed)", what, (long long)i, got[i],
-                want[i], fabs(got[i] - want[i]), allowed);
+      cr_expect(0, "%s[%lld] = %.9g, reference %.9g (error %.3g > %.3g allowed)", what, (long long)i, got[i], want[i],
+                fabs(got[i] - want[i]), allowed);
       return;
     }
   }
@@ -333,9 +333,8 @@ static void run_inference_case(const backward_case *bc, bnk_context *ctx, test_r
     schedule_use(schedule);
     snprintf(what, sizeof what, "inference %s [%s]", label, schedule_name(schedule));
     poison_outputs(&d, &p);
-    bnk_status status =
-        bnk_backward_inference(ctx, &d.desc, d.x_dev, d.dy_dev, d.dx_dev, p.gamma, p.dgamma, p.dbeta,
-                               p.running_mean, p.running_var, EPS, p.workspace, p.workspace_bytes);
+    bnk_status status = bnk_backward_inference(ctx, &d.desc, d.x_dev, d.dy_dev, d.dx_dev, p.gamma, p.dgamma, p.dbeta,
+                                               p.running_mean, p.running_var, EPS, p.workspace, p.workspace_bytes);
     cr_assert_eq(status, BNK_SUCCESS, "%s: %s", what, bnk_last_error_message());
     output_bytes now = read_outputs(&d, &p);
     from_storage(bc->dtype, now.dx, got, d.elements);
@@ -382,10 +381,14 @@ static void run_inference_case(const backward_case *bc, bnk_context *ctx, test_r
   free_data(&d);
 }
 
-#define S0 0, {1, 1, 1}
-#define S1(a) 1, {a, 1, 1}
-#define S2(a, b) 2, {a, b, 1}
-#define S3(a, b, c) 3, {a, b, c}
+#define S0 \
+  0, { 1, 1, 1 }
+#define S1(a) \
+  1, { a, 1, 1 }
+#define S2(a, b) \
+  2, { a, b, 1 }
+#define S3(a, b, c) \
+  3, { a, b, c }
 
 /* The shapes of the forward sweep: both layouts, ranks 1-D to 3-D, odd and prime sizes, C = 1, S = 1,
  * N = 1, vectorizable and not, misaligned pointers, several pieces per channel, C > 65535; and the same
@@ -443,9 +446,12 @@ Test(backward, inference_sweep, .timeout = 600) {
 /* The channels-first dx walk (16-byte vectors whatever S is): S below and past a vector width, 7x7, 14x14,
  * a run longer than a tile, misaligned, and more tiles than the GPU holds blocks. Every dtype. */
 static const backward_case walk_shapes[] = {
-    {BNK_FLOAT32, BNK_NCHW, 3, 5, S1(3), 0.0, 1.0, 0, 1},     {BNK_FLOAT32, BNK_NCHW, 5, 3, S1(9), 0.0, 1.0, 0, 1},
-    {BNK_FLOAT32, BNK_NCHW, 3, 7, S2(7, 7), 0.5, 1.0, 0, 1},  {BNK_FLOAT32, BNK_NCHW, 2, 6, S2(14, 14), 0.0, 1.0, 0, 0},
-    {BNK_FLOAT32, BNK_NCHW, 3, 5, S2(7, 7), 0.0, 1.0, 1, 1},  {BNK_FLOAT32, BNK_NCHW, 1, 3, S1(4099), 0.0, 1.0, 0, 1},
+    {BNK_FLOAT32, BNK_NCHW, 3, 5, S1(3), 0.0, 1.0, 0, 1},
+    {BNK_FLOAT32, BNK_NCHW, 5, 3, S1(9), 0.0, 1.0, 0, 1},
+    {BNK_FLOAT32, BNK_NCHW, 3, 7, S2(7, 7), 0.5, 1.0, 0, 1},
+    {BNK_FLOAT32, BNK_NCHW, 2, 6, S2(14, 14), 0.0, 1.0, 0, 0},
+    {BNK_FLOAT32, BNK_NCHW, 3, 5, S2(7, 7), 0.0, 1.0, 1, 1},
+    {BNK_FLOAT32, BNK_NCHW, 1, 3, S1(4099), 0.0, 1.0, 0, 1},
     {BNK_FLOAT32, BNK_NCHW, 2, 16, S2(261, 261), 0.0, 1.0, 0, 1},
 };
 
@@ -573,8 +579,8 @@ static double reference_loss(const bnk_tensor_desc *desc, const double *x, const
 #define FD_STEP 1e-6
 #define FD_TOLERANCE 1e-7
 
-static double central_difference(const bnk_tensor_desc *desc, double *x, double *gamma, double *beta,
-                                 const double *w, double eps, double *value, double *y) {
+static double central_difference(const bnk_tensor_desc *desc, double *x, double *gamma, double *beta, const double *w,
+                                 double eps, double *value, double *y) {
   const double saved = *value;
   *value = saved + FD_STEP;
   const double up = reference_loss(desc, x, gamma, beta, w, eps, y);
@@ -613,10 +619,10 @@ Test(backward, reference_matches_finite_differences) {
     for (int c = 0; c < FD_C; ++c) {
       const double fd_gamma = central_difference(&desc, x, gamma, beta, w, eps, &gamma[c], y);
       const double fd_beta = central_difference(&desc, x, gamma, beta, w, eps, &beta[c], y);
-      cr_expect(fabs(fd_gamma - dgamma[c]) <= FD_TOLERANCE, "layout %d: dgamma[%d] = %.12g, finite difference %.12g",
-                l, c, dgamma[c], fd_gamma);
-      cr_expect(fabs(fd_beta - dbeta[c]) <= FD_TOLERANCE, "layout %d: dbeta[%d] = %.12g, finite difference %.12g", l,
-                c, dbeta[c], fd_beta);
+      cr_expect(fabs(fd_gamma - dgamma[c]) <= FD_TOLERANCE, "layout %d: dgamma[%d] = %.12g, finite difference %.12g", l,
+                c, dgamma[c], fd_gamma);
+      cr_expect(fabs(fd_beta - dbeta[c]) <= FD_TOLERANCE, "layout %d: dbeta[%d] = %.12g, finite difference %.12g", l, c,
+                dbeta[c], fd_beta);
     }
   }
 }
@@ -641,9 +647,9 @@ Test(backward, optional_outputs_and_in_place) {
     backward_data d = make_data(&cases[k], &rng);
     const size_t c_bytes = (size_t)d.desc.c * 4;
     device_params p = upload_params(&d, ctx);
-#define BACKWARD(dx, dgamma, dbeta)                                                                              \
-  cr_assert_eq(bnk_backward(ctx, &d.desc, d.x_dev, d.dy_dev, dx, p.gamma, dgamma, dbeta, p.save_mean,          \
-                            p.save_invstd, p.workspace, p.workspace_bytes),                                      \
+#define BACKWARD(dx, dgamma, dbeta)                                                                                  \
+  cr_assert_eq(bnk_backward(ctx, &d.desc, d.x_dev, d.dy_dev, dx, p.gamma, dgamma, dbeta, p.save_mean, p.save_invstd, \
+                            p.workspace, p.workspace_bytes),                                                         \
                BNK_SUCCESS, "%s: %s", label, bnk_last_error_message())
     poison_outputs(&d, &p);
     BACKWARD(d.dx_dev, p.dgamma, p.dbeta);
@@ -661,8 +667,7 @@ Test(backward, optional_outputs_and_in_place) {
     BACKWARD(d.dx_dev, NULL, NULL);
     output_bytes no_params = read_outputs(&d, &p);
     expect_bitwise_equal("dx without dgamma and dbeta", full.dx, no_params.dx, d.bytes);
-    cr_expect(memcmp(no_params.params, poisoned, 2 * c_bytes) == 0, "%s: dgamma or dbeta written although NULL",
-              label);
+    cr_expect(memcmp(no_params.params, poisoned, 2 * c_bytes) == 0, "%s: dgamma or dbeta written although NULL", label);
 
     poison_outputs(&d, &p);
     BACKWARD(d.dy_dev, p.dgamma, p.dbeta);
@@ -781,9 +786,9 @@ Test(backward, empty_batch_zeroes_parameter_gradients) {
       dev_poison(dgamma, C * 4);
       dev_poison(dbeta, C * 4);
       const bnk_status status =
-          inference ? bnk_backward_inference(ctx, &empty, NULL, NULL, dx, NULL, dgamma, dbeta, stats, stats, EPS,
-                                             NULL, 0)
-                    : bnk_backward(ctx, &empty, NULL, NULL, dx, NULL, dgamma, dbeta, stats, stats, NULL, 0);
+          inference
+              ? bnk_backward_inference(ctx, &empty, NULL, NULL, dx, NULL, dgamma, dbeta, stats, stats, EPS, NULL, 0)
+              : bnk_backward(ctx, &empty, NULL, NULL, dx, NULL, dgamma, dbeta, stats, stats, NULL, 0);
       cr_expect_eq(status, BNK_SUCCESS, "%s", bnk_last_error_message());
       float got[2 * C];
       dev_download(got, dgamma, C * 4);

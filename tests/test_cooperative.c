@@ -51,10 +51,8 @@ Test(cooperative, grid_total_with_grid_barriers) {
       snprintf(what, sizeof what, "grid total of %d blocks [%s]", blocks, schedule_name(schedule));
       expect_close(what, got, wants, blocks, 1e-4, 1e-5);
       dev_download(now, out, (size_t)blocks * sizeof(float));
-      if (use_launch_ex == 0 && schedule == 0)
-        memcpy(first, now, (size_t)blocks * sizeof(float));
-      else
-        expect_bitwise_equal(what, first, now, (size_t)blocks * sizeof(float));
+      if (use_launch_ex == 0 && schedule == 0) memcpy(first, now, (size_t)blocks * sizeof(float));
+      else expect_bitwise_equal(what, first, now, (size_t)blocks * sizeof(float));
     }
   cr_assert_eq(test_cooperative_total(x, count, blocks + 1, 0, partial, out), cudaErrorCooperativeLaunchTooLarge);
   cr_assert_eq(cudaGetLastError(), cudaErrorCooperativeLaunchTooLarge);

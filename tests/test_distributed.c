@@ -108,9 +108,9 @@ static void run_split(const split_case *sc, bnk_context *ctx, test_rng *rng) {
     share[r] = whole;
     share[r].n = sc->shares[r];
     first[r] = start * per_sample;
-    cr_assert_eq(bnk_batch_stats(ctx, &share[r], x_dev + first[r], gathered + (size_t)r * 3 * (size_t)c, workspace,
-                                 ws_bytes),
-                 BNK_SUCCESS, "%s: rank %d: %s", label, r, bnk_last_error_message());
+    cr_assert_eq(
+        bnk_batch_stats(ctx, &share[r], x_dev + first[r], gathered + (size_t)r * 3 * (size_t)c, workspace, ws_bytes),
+        BNK_SUCCESS, "%s: rank %d: %s", label, r, bnk_last_error_message());
   }
   cr_assert_eq(bnk_merge_stats(ctx, c, sc->ranks, gathered, running_mean, running_var, tracked, 0.1, 1e-5, save_mean,
                                save_invstd),
@@ -118,9 +118,9 @@ static void run_split(const split_case *sc, bnk_context *ctx, test_rng *rng) {
   cr_assert_eq(bnk_merge_stats(ctx, c, sc->ranks, gathered, NULL, NULL, NULL, 0.1, 1e-5, again_mean, again_invstd),
                BNK_SUCCESS);
   for (int r = 0; r < sc->ranks; ++r)
-    cr_assert_eq(bnk_normalize(ctx, &share[r], x_dev + first[r], y_dev + first[r], gamma_dev, beta_dev, save_mean,
-                               save_invstd),
-                 BNK_SUCCESS, "%s", bnk_last_error_message());
+    cr_assert_eq(
+        bnk_normalize(ctx, &share[r], x_dev + first[r], y_dev + first[r], gamma_dev, beta_dev, save_mean, save_invstd),
+        BNK_SUCCESS, "%s", bnk_last_error_message());
 
   char what[160];
   double *got = malloc((size_t)elements * sizeof(double)), got_c[8];
@@ -188,8 +188,7 @@ static void run_split(const split_case *sc, bnk_context *ctx, test_rng *rng) {
                 "%s: rank %d dgamma[%lld] = %.9g, reference %.9g", label, r, (long long)k, rank_dgamma[k],
                 dgamma_ref[k]);
       cr_expect(fabs(rank_dbeta[k] - dbeta_ref[k]) <= GRAD_TOLERANCE * scale_beta,
-                "%s: rank %d dbeta[%lld] = %.9g, reference %.9g", label, r, (long long)k, rank_dbeta[k],
-                dbeta_ref[k]);
+                "%s: rank %d dbeta[%lld] = %.9g, reference %.9g", label, r, (long long)k, rank_dbeta[k], dbeta_ref[k]);
     }
   }
   float rank0[16], other[16];
@@ -203,9 +202,9 @@ static void run_split(const split_case *sc, bnk_context *ctx, test_rng *rng) {
   free(dy);
   free(y_ref);
   free(got);
-  void *buffers[] = {x_dev, dy_dev, y_dev, dx_dev, gamma_dev, beta_dev, running_mean, running_var, save_mean,
-                     save_invstd, again_mean, again_invstd, gathered, sums, total_sums, dgamma, dbeta, workspace,
-                     tracked};
+  void *buffers[] = {x_dev,       dy_dev,    y_dev,       dx_dev,     gamma_dev,    beta_dev, running_mean,
+                     running_var, save_mean, save_invstd, again_mean, again_invstd, gathered, sums,
+                     total_sums,  dgamma,    dbeta,       workspace,  tracked};
   for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; ++i) dev_free(buffers[i]);
 }
 
@@ -257,11 +256,11 @@ Test(distributed, merge_is_deterministic_across_schedules) {
       const double d = host[(r * 3 + 1) * C + k] - mu;
       m2 += host[(r * 3 + 2) * C + k] + host[(r * 3 + 0) * C + k] * d * d;
     }
-    cr_expect(fabs(now[k] - mu) <= 1e-6 * (fabs(mu) + sqrt(m2 / count)), "mean[%d] = %.9g, reference %.9g", k,
-              now[k], mu);
+    cr_expect(fabs(now[k] - mu) <= 1e-6 * (fabs(mu) + sqrt(m2 / count)), "mean[%d] = %.9g, reference %.9g", k, now[k],
+              mu);
     const double want_invstd = 1.0 / sqrt(m2 / count + 1e-5);
-    cr_expect(fabs(now[C + k] - want_invstd) <= 1e-6 * want_invstd, "invstd[%d] = %.9g, reference %.9g", k,
-              now[C + k], want_invstd);
+    cr_expect(fabs(now[C + k] - want_invstd) <= 1e-6 * want_invstd, "invstd[%d] = %.9g, reference %.9g", k, now[C + k],
+              want_invstd);
   }
   dev_free(gathered);
   dev_free(mean);
@@ -290,9 +289,11 @@ Test(distributed, rejections_write_nothing) {
     cr_expect_eq(calls[i].status, BNK_ERROR_INVALID_VALUE, "call %zu: %s", i, bnk_status_name(calls[i].status));
   }
   /* Each message, re-created call by call (the message is the last call's). */
-  cr_expect_eq(bnk_merge_stats(ctx, 0, 1, gathered, NULL, NULL, NULL, 0.1, 1e-5, mean, invstd), BNK_ERROR_INVALID_VALUE);
+  cr_expect_eq(bnk_merge_stats(ctx, 0, 1, gathered, NULL, NULL, NULL, 0.1, 1e-5, mean, invstd),
+               BNK_ERROR_INVALID_VALUE);
   cr_expect(strstr(bnk_last_error_message(), calls[0].needle) != NULL, "%s", bnk_last_error_message());
-  cr_expect_eq(bnk_merge_stats(ctx, 3, 0, gathered, NULL, NULL, NULL, 0.1, 1e-5, mean, invstd), BNK_ERROR_INVALID_VALUE);
+  cr_expect_eq(bnk_merge_stats(ctx, 3, 0, gathered, NULL, NULL, NULL, 0.1, 1e-5, mean, invstd),
+               BNK_ERROR_INVALID_VALUE);
   cr_expect(strstr(bnk_last_error_message(), calls[1].needle) != NULL, "%s", bnk_last_error_message());
   const int64_t spatial[1] = {4};
   bnk_tensor_desc desc;
@@ -358,7 +359,8 @@ static void *nccl_rank_main(void *argument) {
   r->status = bnk_context_create(&ctx, r->device);
   const int64_t spatial[1] = {NCCL_HW};
   bnk_tensor_desc desc;
-  if (r->status == BNK_SUCCESS) r->status = bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NCHW, r->n, NCCL_C, 1, spatial);
+  if (r->status == BNK_SUCCESS)
+    r->status = bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NCHW, r->n, NCCL_C, 1, spatial);
   const size_t bytes = (size_t)(r->n * NCCL_C * NCCL_HW) * 4 + 4;
   float *x, *dy, *y, *dx, *mean, *invstd, *dgamma;
   void *ws;
@@ -417,8 +419,8 @@ Test(distributed, nccl_forward_and_backward_match_one_device, .timeout = 300) {
   int64_t start = 0;
   for (int i = 0; i < ranks; ++i) {
     const int64_t n = i == ranks - 1 ? n_total - start : (i == 1 && ranks > 2 ? 0 : 3 + (i % 2));
-    rank[i] = (nccl_rank){.device = i, .comm = comms[i], .n = n, .first = start * NCCL_C * NCCL_HW,
-                          .x_host = x, .dy_host = dy};
+    rank[i] = (nccl_rank){
+        .device = i, .comm = comms[i], .n = n, .first = start * NCCL_C * NCCL_HW, .x_host = x, .dy_host = dy};
     start += n;
     pthread_create(&threads[i], NULL, nccl_rank_main, &rank[i]);
   }

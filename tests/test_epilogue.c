@@ -32,25 +32,38 @@ typedef struct epilogue_case {
   int misalign; /* every tensor starts one element past a 256-byte boundary */
 } epilogue_case;
 
-#define S0 0, {1, 1, 1}
-#define S1(a) 1, {a, 1, 1}
-#define S2(a, b) 2, {a, b, 1}
-#define S3(a, b, c) 3, {a, b, c}
+#define S0 \
+  0, { 1, 1, 1 }
+#define S1(a) \
+  1, { a, 1, 1 }
+#define S2(a, b) \
+  2, { a, b, 1 }
+#define S3(a, b, c) \
+  3, { a, b, c }
 
 /* Both layouts, ranks 0 to 3, every dtype with and without the 16-byte path, misaligned tensors, C = 3 and 5
  * (mask bytes that span rows of a channels-last tensor), and a channel cut into two pieces. */
 static const epilogue_case cases[] = {
-    {BNK_FLOAT32, BNK_NCHW, 2, 3, S2(5, 7), 0},   {BNK_FLOAT32, BNK_NHWC, 2, 3, S2(5, 7), 0},
-    {BNK_FLOAT32, BNK_NCHW, 3, 4, S1(33), 1},     {BNK_FLOAT32, BNK_NHWC, 2, 8, S3(2, 3, 4), 0},
-    {BNK_FLOAT32, BNK_NHWC, 37, 5, S0, 0},        {BNK_FLOAT32, BNK_NCHW, 4, 4, S2(8, 8), 0},
-    {BNK_FLOAT32, BNK_NCHW, 8, 2, S2(32, 32), 0}, {BNK_FLOAT16, BNK_NCHW, 2, 3, S2(8, 8), 0},
-    {BNK_FLOAT16, BNK_NHWC, 2, 16, S2(3, 5), 0},  {BNK_FLOAT16, BNK_NHWC, 2, 16, S2(3, 5), 1},
-    {BNK_FLOAT16, BNK_NHWC, 5, 3, S1(7), 0},      {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0},
-    {BNK_BFLOAT16, BNK_NHWC, 3, 24, S1(9), 0},    {BNK_BFLOAT16, BNK_NCHW, 4, 3, S2(16, 16), 1},
+    {BNK_FLOAT32, BNK_NCHW, 2, 3, S2(5, 7), 0},
+    {BNK_FLOAT32, BNK_NHWC, 2, 3, S2(5, 7), 0},
+    {BNK_FLOAT32, BNK_NCHW, 3, 4, S1(33), 1},
+    {BNK_FLOAT32, BNK_NHWC, 2, 8, S3(2, 3, 4), 0},
+    {BNK_FLOAT32, BNK_NHWC, 37, 5, S0, 0},
+    {BNK_FLOAT32, BNK_NCHW, 4, 4, S2(8, 8), 0},
+    {BNK_FLOAT32, BNK_NCHW, 8, 2, S2(32, 32), 0},
+    {BNK_FLOAT16, BNK_NCHW, 2, 3, S2(8, 8), 0},
+    {BNK_FLOAT16, BNK_NHWC, 2, 16, S2(3, 5), 0},
+    {BNK_FLOAT16, BNK_NHWC, 2, 16, S2(3, 5), 1},
+    {BNK_FLOAT16, BNK_NHWC, 5, 3, S1(7), 0},
+    {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0},
+    {BNK_BFLOAT16, BNK_NHWC, 3, 24, S1(9), 0},
+    {BNK_BFLOAT16, BNK_NCHW, 4, 3, S2(16, 16), 1},
     /* Mask words built in the warp: channels-first vectors straddling runs (7x7, S = 3 < a vector) and a
      * tensor that ends mid-word; channels-last rows of whole words, 16-byte and (misaligned) scalar. */
-    {BNK_FLOAT16, BNK_NCHW, 3, 5, S2(7, 7), 0},   {BNK_FLOAT32, BNK_NCHW, 5, 3, S1(3), 0},
-    {BNK_BFLOAT16, BNK_NCHW, 2, 3, S2(14, 14), 1}, {BNK_FLOAT16, BNK_NHWC, 3, 64, S2(3, 3), 0},
+    {BNK_FLOAT16, BNK_NCHW, 3, 5, S2(7, 7), 0},
+    {BNK_FLOAT32, BNK_NCHW, 5, 3, S1(3), 0},
+    {BNK_BFLOAT16, BNK_NCHW, 2, 3, S2(14, 14), 1},
+    {BNK_FLOAT16, BNK_NHWC, 3, 64, S2(3, 3), 0},
     {BNK_FLOAT32, BNK_NHWC, 5, 96, S1(3), 1},
 };
 
@@ -198,19 +211,19 @@ static bnk_status run_forward(const forward_run *r) {
   const problem *p = r->p;
   switch (r->call) {
   case INFERENCE:
-    return bnk_forward_inference_ex(r->ctx, &p->desc, r->x->dev, r->y, p->gamma_dev, p->beta_dev,
-                                    p->running_mean_dev, p->running_var_dev, EPS, r->epilogue);
+    return bnk_forward_inference_ex(r->ctx, &p->desc, r->x->dev, r->y, p->gamma_dev, p->beta_dev, p->running_mean_dev,
+                                    p->running_var_dev, EPS, r->epilogue);
   case TRAINING:
-    return bnk_forward_training_ex(r->ctx, &p->desc, r->x->dev, r->y, p->gamma_dev, p->beta_dev, NULL, NULL, NULL,
-                                   0.1, EPS, NULL, NULL, r->workspace, r->workspace_bytes, r->epilogue);
-  default: return bnk_scale_shift(r->ctx, &p->desc, r->x->dev, r->y, r->scale, r->shift, r->epilogue);
+    return bnk_forward_training_ex(r->ctx, &p->desc, r->x->dev, r->y, p->gamma_dev, p->beta_dev, NULL, NULL, NULL, 0.1,
+                                   EPS, NULL, NULL, r->workspace, r->workspace_bytes, r->epilogue);
+  default:
+    return bnk_scale_shift(r->ctx, &p->desc, r->x->dev, r->y, r->scale, r->shift, r->epilogue);
   }
 }
 
 /* Runs r on every schedule (y and the mask poisoned first), checks y against want and the mask against y, and
  * requires the same bits on every schedule. Leaves y's stored values in `stored`. */
-static void check_forward(const forward_run *r, tensor *y, const double *want, const char *label,
-                          double *stored) {
+static void check_forward(const forward_run *r, tensor *y, const double *want, const char *label, double *stored) {
   const problem *p = r->p;
   void *mask = r->epilogue != NULL ? r->epilogue->mask : NULL;
   void *first_y = NULL, *first_mask = NULL;
@@ -288,8 +301,8 @@ static void run_forward_case(const epilogue_case *ec, bnk_context *ctx, test_rng
   dev_upload(z_copy.dev, z_bytes, p.bytes);
   free(z_bytes);
   const bnk_epilogue in_place = {BNK_EPILOGUE_ADD_RELU, z_copy.dev, NULL, 0};
-  cr_assert_eq(bnk_forward_inference_ex(ctx, &p.desc, x.dev, z_copy.dev, p.gamma_dev, p.beta_dev,
-                                        p.running_mean_dev, p.running_var_dev, EPS, &in_place),
+  cr_assert_eq(bnk_forward_inference_ex(ctx, &p.desc, x.dev, z_copy.dev, p.gamma_dev, p.beta_dev, p.running_mean_dev,
+                                        p.running_var_dev, EPS, &in_place),
                BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
   free(read_tensor(&p, &z_copy));
   expect_close(label, z_copy.values, separate, p.elements, 0.0, 0.0);
@@ -322,9 +335,9 @@ static void run_scale_shift_case(const epilogue_case *ec, bnk_context *ctx, test
   problem p = make_problem(ec, rng);
   const int64_t c = ec->c;
   float *scale = dev_alloc((size_t)c * 4), *shift = dev_alloc((size_t)c * 4);
-  cr_assert_eq(bnk_inference_params(ctx, c, p.gamma_dev, p.beta_dev, p.running_mean_dev, p.running_var_dev, EPS,
-                                    scale, shift),
-               BNK_SUCCESS, "%s", bnk_last_error_message());
+  cr_assert_eq(
+      bnk_inference_params(ctx, c, p.gamma_dev, p.beta_dev, p.running_mean_dev, p.running_var_dev, EPS, scale, shift),
+      BNK_SUCCESS, "%s", bnk_last_error_message());
   double *scale_got = malloc((size_t)c * 8), *shift_got = malloc((size_t)c * 8);
   double *scale_want = malloc((size_t)c * 8), *shift_want = malloc((size_t)c * 8);
   dev_read_floats(scale, scale_got, c);
@@ -380,8 +393,7 @@ Test(epilogue, inference_params_and_scale_shift, .timeout = 600) {
 /* ---- the backward through the epilogue ---- */
 
 /* dx within DX_TOLERANCE |gamma| invstd (float32), or 1 ulp plus DX_FP32_ERROR |gamma| invstd (16-bit). */
-static void check_dx(const problem *p, const char *what, const double *got, const double *want,
-                     const double *scale) {
+static void check_dx(const problem *p, const char *what, const double *got, const double *want, const double *scale) {
   const int64_t spatial = ref_spatial(&p->desc);
   for (int64_t c = 0; c < p->desc.c; ++c)
     for (int64_t n = 0; n < p->desc.n; ++n)
@@ -393,8 +405,8 @@ static void check_dx(const problem *p, const char *what, const double *got, cons
           allowed = storage_ulp(p->desc.dtype, expected) + DX_FP32_ERROR * scale[c];
         }
         if (!(fabs(got[i] - expected) <= allowed)) {
-          cr_expect(0, "%s: dx[%lld] = %.9g, reference %.9g (error %.3g > %.3g)", what, (long long)i, got[i],
-                    expected, fabs(got[i] - expected), allowed);
+          cr_expect(0, "%s: dx[%lld] = %.9g, reference %.9g (error %.3g > %.3g)", what, (long long)i, got[i], expected,
+                    fabs(got[i] - expected), allowed);
           return;
         }
       }
@@ -416,8 +428,8 @@ static void check_sums(const problem *p, const char *what, const double *got, co
       }
     const double gamma_allowed = SUM_TOLERANCE * (fabs(dgamma[c]) + sqrt(gamma_squares));
     const double beta_allowed = SUM_TOLERANCE * (fabs(dbeta[c]) + sqrt(beta_squares));
-    cr_expect(fabs(got[c] - dgamma[c]) <= gamma_allowed, "%s: dgamma[%lld] = %.9g, reference %.9g", what,
-              (long long)c, got[c], dgamma[c]);
+    cr_expect(fabs(got[c] - dgamma[c]) <= gamma_allowed, "%s: dgamma[%lld] = %.9g, reference %.9g", what, (long long)c,
+              got[c], dgamma[c]);
     cr_expect(fabs(got[p->desc.c + c] - dbeta[c]) <= beta_allowed, "%s: dbeta[%lld] = %.9g, reference %.9g", what,
               (long long)c, got[p->desc.c + c], dbeta[c]);
   }
@@ -492,9 +504,8 @@ static void run_backward_case(const epilogue_case *ec, bnk_context *ctx, test_rn
   cr_assert_eq(bnk_forward_training_workspace_size(ctx, &p.desc, &forward_bytes), BNK_SUCCESS);
   void *forward_workspace = dev_alloc(forward_bytes);
   const bnk_epilogue forward_epilogue = {BNK_EPILOGUE_ADD_RELU, z.dev, mask, p.mask_bytes};
-  cr_assert_eq(bnk_forward_training_ex(ctx, &p.desc, x.dev, y.dev, p.gamma_dev, p.beta_dev, NULL, NULL, NULL, 0.1,
-                                       EPS, save_mean, save_invstd, forward_workspace, forward_bytes,
-                                       &forward_epilogue),
+  cr_assert_eq(bnk_forward_training_ex(ctx, &p.desc, x.dev, y.dev, p.gamma_dev, p.beta_dev, NULL, NULL, NULL, 0.1, EPS,
+                                       save_mean, save_invstd, forward_workspace, forward_bytes, &forward_epilogue),
                BNK_SUCCESS, "%s: %s", base, bnk_last_error_message());
   free(read_tensor(&p, &y));
   double *mean = malloc((size_t)c * 8), *invstd = malloc((size_t)c * 8), *scale = malloc((size_t)c * 8);
@@ -512,8 +523,8 @@ static void run_backward_case(const epilogue_case *ec, bnk_context *ctx, test_rn
   double *dx_ref = malloc((size_t)(p.elements + 1) * 8), *dgamma_ref = malloc((size_t)c * 8);
   double *dbeta_ref = malloc((size_t)c * 8), *got_params = malloc((size_t)c * 16);
 
-  backward_buffers b = {output_tensor(&p), output_tensor(&p), dev_alloc((size_t)c * 4), dev_alloc((size_t)c * 4),
-                        NULL, 0};
+  backward_buffers b = {
+      output_tensor(&p), output_tensor(&p), dev_alloc((size_t)c * 4), dev_alloc((size_t)c * 4), NULL, 0};
   cr_assert_eq(bnk_backward_workspace_size(ctx, &p.desc, &b.workspace_bytes), BNK_SUCCESS);
   b.workspace = dev_alloc(b.workspace_bytes);
 
@@ -524,16 +535,15 @@ static void run_backward_case(const epilogue_case *ec, bnk_context *ctx, test_rn
     ref_backward(&p.desc, x.values, g, mean, invstd, p.gamma, dx_ref, dgamma_ref, dbeta_ref);
     backward_outputs first = {NULL, NULL, NULL};
     for (int source = 0; source < 2; ++source) {
-      const bnk_epilogue_grad epilogue = {kinds[k], source == 0 ? y.dev : NULL, source == 1 ? mask : NULL,
-                                          p.mask_bytes, with_dz ? b.dz.dev : NULL};
+      const bnk_epilogue_grad epilogue = {kinds[k], source == 0 ? y.dev : NULL, source == 1 ? mask : NULL, p.mask_bytes,
+                                          with_dz ? b.dz.dev : NULL};
       for (int schedule = 0; schedule < schedule_count(); ++schedule) {
         schedule_use(schedule);
         snprintf(label, sizeof label, "backward %s from %s %s [%s]", kind_name(kinds[k]), source == 0 ? "y" : "mask",
                  base, schedule_name(schedule));
         poison_backward(&p, &b);
-        const bnk_status status =
-            bnk_backward_ex(ctx, &p.desc, x.dev, dy.dev, b.dx.dev, p.gamma_dev, b.dgamma, b.dbeta, save_mean,
-                            save_invstd, b.workspace, b.workspace_bytes, &epilogue);
+        const bnk_status status = bnk_backward_ex(ctx, &p.desc, x.dev, dy.dev, b.dx.dev, p.gamma_dev, b.dgamma, b.dbeta,
+                                                  save_mean, save_invstd, b.workspace, b.workspace_bytes, &epilogue);
         cr_assert_eq(status, BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
         backward_outputs now = read_backward(&p, &b, with_dz);
         check_dx(&p, label, b.dx.values, dx_ref, scale);
@@ -633,20 +643,21 @@ Test(epilogue, rejections_write_nothing) {
   size_t ws_bytes = 0;
   cr_assert_eq(bnk_backward_workspace_size(ctx, &p.desc, &ws_bytes), BNK_SUCCESS);
   void *ws = dev_alloc(ws_bytes);
-  void *before[6] = {dev_snapshot(y.dev, p.bytes), dev_snapshot(dx.dev, p.bytes), dev_snapshot(dz.dev, p.bytes),
-                     dev_snapshot(mask, p.mask_bytes), dev_snapshot(scale, 20), dev_snapshot(dgamma, 20)};
+  void *before[6] = {dev_snapshot(y.dev, p.bytes),     dev_snapshot(dx.dev, p.bytes), dev_snapshot(dz.dev, p.bytes),
+                     dev_snapshot(mask, p.mask_bytes), dev_snapshot(scale, 20),       dev_snapshot(dgamma, 20)};
   const bnk_status invalid = BNK_ERROR_INVALID_VALUE;
   const bnk_tensor_desc *d = &p.desc;
   const size_t mb = p.mask_bytes;
 #define INFER(e) \
   bnk_forward_inference_ex(ctx, d, x.dev, y.dev, p.gamma_dev, p.beta_dev, p.running_mean_dev, p.running_var_dev, EPS, e)
-#define BACKWARD(out, e) \
+#define BACKWARD(out, e)                                                                                            \
   bnk_backward_ex(ctx, d, x.dev, dy.dev, out, p.gamma_dev, dgamma, NULL, p.running_mean_dev, p.running_var_dev, ws, \
                   ws_bytes, e)
 
   bnk_epilogue e = {(bnk_epilogue_kind)7, NULL, NULL, 0};
-  expect_rejection(INFER(&e), invalid, "epilogue->kind must be BNK_EPILOGUE_NONE, BNK_EPILOGUE_RELU or "
-                                       "BNK_EPILOGUE_ADD_RELU, got 7");
+  expect_rejection(INFER(&e), invalid,
+                   "epilogue->kind must be BNK_EPILOGUE_NONE, BNK_EPILOGUE_RELU or "
+                   "BNK_EPILOGUE_ADD_RELU, got 7");
   e = (bnk_epilogue){BNK_EPILOGUE_ADD_RELU, NULL, NULL, 0};
   expect_rejection(INFER(&e), invalid, "epilogue->z must not be NULL when epilogue->kind is BNK_EPILOGUE_ADD_RELU");
   e = (bnk_epilogue){BNK_EPILOGUE_RELU, z.dev, NULL, 0};
@@ -663,8 +674,8 @@ Test(epilogue, rejections_write_nothing) {
   expect_rejection(INFER(&e), invalid, "must not overlap x, y or z");
   e = (bnk_epilogue){BNK_EPILOGUE_ADD_RELU, NULL, NULL, 0};
   expect_rejection(bnk_scale_shift(ctx, d, x.dev, y.dev, scale, shift, &e), invalid, "epilogue->z must not be NULL");
-  expect_rejection(bnk_forward_training_ex(ctx, d, x.dev, y.dev, NULL, NULL, NULL, NULL, NULL, 0.1, EPS, NULL, NULL,
-                                           ws, ws_bytes, &e),
+  expect_rejection(bnk_forward_training_ex(ctx, d, x.dev, y.dev, NULL, NULL, NULL, NULL, NULL, 0.1, EPS, NULL, NULL, ws,
+                                           ws_bytes, &e),
                    invalid, "epilogue->z must not be NULL");
 
   bnk_epilogue_grad g = {BNK_EPILOGUE_RELU, NULL, NULL, 0, NULL};
@@ -672,8 +683,9 @@ Test(epilogue, rejections_write_nothing) {
   g = (bnk_epilogue_grad){BNK_EPILOGUE_RELU, y.dev, mask, mb, NULL};
   expect_rejection(BACKWARD(dx.dev, &g), invalid, "only one of epilogue->y and epilogue->mask");
   g = (bnk_epilogue_grad){BNK_EPILOGUE_RELU, y.dev, NULL, 0, dz.dev};
-  expect_rejection(BACKWARD(dx.dev, &g), invalid, "epilogue->dz must be NULL unless epilogue->kind is "
-                                                  "BNK_EPILOGUE_ADD_RELU");
+  expect_rejection(BACKWARD(dx.dev, &g), invalid,
+                   "epilogue->dz must be NULL unless epilogue->kind is "
+                   "BNK_EPILOGUE_ADD_RELU");
   g = (bnk_epilogue_grad){BNK_EPILOGUE_NONE, y.dev, NULL, 0, NULL};
   expect_rejection(BACKWARD(dx.dev, &g), invalid, "must be NULL when epilogue->kind is BNK_EPILOGUE_NONE");
   g = (bnk_epilogue_grad){BNK_EPILOGUE_ADD_RELU, NULL, mask, 3, dz.dev};

@@ -296,7 +296,7 @@ Test(fold, rejections_write_nothing) {
   void *w_before = dev_snapshot(w_out, sizeof w / 2), *b_before = dev_snapshot(b_out, 16);
   const int64_t ks[3] = {3, 3, 1}, bad_ks[2] = {3, 0};
   const bnk_status invalid = BNK_ERROR_INVALID_VALUE;
-#define FOLD(k, c, dims, sizes, layout, dtype, in, out, bias_out, eps)                                              \
+#define FOLD(k, c, dims, sizes, layout, dtype, in, out, bias_out, eps)                                               \
   bnk_fold_conv(ctx, k, c, dims, sizes, layout, dtype, in, NULL, bn.gamma_dev, bn.beta_dev, bn.mean_dev, bn.var_dev, \
                 eps, out, bias_out)
   expect_rejection(FOLD(0, 3, 2, ks, BNK_WEIGHTS_KCRS, BNK_FLOAT32, w_dev, w_out, b_out, EPS), invalid,
@@ -325,8 +325,8 @@ Test(fold, rejections_write_nothing) {
   expect_rejection(bnk_fold_linear(ctx, 4, 27, BNK_FLOAT16, w_dev, NULL, NULL, NULL, bn.mean_dev, bn.var_dev, EPS,
                                    w_out, b_out, BNK_BFLOAT16),
                    invalid, "bias_dtype must be BNK_FLOAT32 or dtype (1), got 2");
-  expect_rejection(bnk_fold_linear(ctx, 4, 0, BNK_FLOAT32, w_dev, NULL, NULL, NULL, bn.mean_dev, bn.var_dev, EPS,
-                                   w_out, b_out, BNK_FLOAT32),
+  expect_rejection(bnk_fold_linear(ctx, 4, 0, BNK_FLOAT32, w_dev, NULL, NULL, NULL, bn.mean_dev, bn.var_dev, EPS, w_out,
+                                   b_out, BNK_FLOAT32),
                    invalid, "in_features must be > 0, got 0");
   expect_rejection(bnk_fold_linear(ctx, 4, 27, BNK_FLOAT32, w_dev, NULL, NULL, NULL, bn.mean_dev, NULL, EPS, w_out,
                                    b_out, BNK_FLOAT32),

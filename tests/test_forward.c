@@ -14,9 +14,9 @@ typedef struct forward_case {
   int64_t n, c;
   int spatial_dims;
   int64_t spatial[3];
-  double offset;  /* common offset of every channel's mean */
-  double spread;  /* standard deviation of the data; 0 makes every channel constant */
-  int misalign;   /* x and y start one element past a 256-byte boundary */
+  double offset; /* common offset of every channel's mean */
+  double spread; /* standard deviation of the data; 0 makes every channel constant */
+  int misalign;  /* x and y start one element past a 256-byte boundary */
   int affine;
   double eps;
   double momentum;
@@ -47,10 +47,10 @@ static void describe(const forward_case *fc, char *out, size_t size) {
 typedef struct forward_data {
   bnk_tensor_desc desc;
   int64_t elements;
-  double *x;          /* the stored values, as doubles */
+  double *x; /* the stored values, as doubles */
   double *gamma, *beta;
   double *running_mean, *running_var;
-  void *x_storage;    /* host copy in the storage type */
+  void *x_storage; /* host copy in the storage type */
   unsigned char *x_base, *y_base;
   void *x_dev, *y_dev;
 } forward_data;
@@ -160,8 +160,8 @@ static void run_training_case(const forward_case *fc, bnk_context *ctx, test_rng
     dev_poison(save_invstd, (size_t)c * 4);
     dev_poison(workspace, ws_bytes);
     const bnk_status status =
-        bnk_forward_training(ctx, &d.desc, d.x_dev, d.y_dev, gamma, beta, running_mean, running_var, NULL,
-                             fc->momentum, fc->eps, save_mean, save_invstd, workspace, ws_bytes);
+        bnk_forward_training(ctx, &d.desc, d.x_dev, d.y_dev, gamma, beta, running_mean, running_var, NULL, fc->momentum,
+                             fc->eps, save_mean, save_invstd, workspace, ws_bytes);
     cr_assert_eq(status, BNK_SUCCESS, "%s [%s]: %s: %s", label, schedule_name(schedule), bnk_status_name(status),
                  bnk_last_error_message());
 
@@ -173,8 +173,8 @@ static void run_training_case(const forward_case *fc, bnk_context *ctx, test_rng
     dev_read_floats(save_mean, got_c, c);
     for (int64_t i = 0; i < c; ++i) {
       const double allowed = MEAN_TOLERANCE * (fabs(mean[i]) + sqrt(var[i]));
-      cr_expect(fabs(got_c[i] - mean[i]) <= allowed, "%s: save_mean[%lld] = %.9g, reference %.9g", what,
-                (long long)i, got_c[i], mean[i]);
+      cr_expect(fabs(got_c[i] - mean[i]) <= allowed, "%s: save_mean[%lld] = %.9g, reference %.9g", what, (long long)i,
+                got_c[i], mean[i]);
     }
     snprintf(what, sizeof what, "%s [%s]: save_invstd", label, schedule_name(schedule));
     dev_read_floats(save_invstd, got_c, c);
@@ -261,10 +261,14 @@ static void run_inference_case(const forward_case *fc, bnk_context *ctx, test_rn
   free_data(&d);
 }
 
-#define S0 0, {1, 1, 1}
-#define S1(a) 1, {a, 1, 1}
-#define S2(a, b) 2, {a, b, 1}
-#define S3(a, b, c) 3, {a, b, c}
+#define S0 \
+  0, { 1, 1, 1 }
+#define S1(a) \
+  1, { a, 1, 1 }
+#define S2(a, b) \
+  2, { a, b, 1 }
+#define S3(a, b, c) \
+  3, { a, b, c }
 
 /* The sweep: both layouts, ranks 1-D to 3-D, odd and prime sizes, C = 1, S = 1, N = 1, vectorizable and
  * not, misaligned pointers, sizes that need several pieces per channel, C > 65535. It runs for every
@@ -376,9 +380,8 @@ static void run_inference_in_place(const forward_case *fc, bnk_context *ctx, tes
   for (int schedule = 0; schedule < schedule_count(); ++schedule) {
     schedule_use(schedule);
     dev_upload(d.x_dev, d.x_storage, y_bytes);
-    cr_assert_eq(
-        bnk_forward_inference(ctx, &d.desc, d.x_dev, d.x_dev, gamma, beta, running_mean, running_var, fc->eps),
-        BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
+    cr_assert_eq(bnk_forward_inference(ctx, &d.desc, d.x_dev, d.x_dev, gamma, beta, running_mean, running_var, fc->eps),
+                 BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
     void *in_place = dev_snapshot(d.x_dev, y_bytes);
     snprintf(what, sizeof what, "inference in place %s [%s]", label, schedule_name(schedule));
     expect_bitwise_equal(what, out_of_place, in_place, y_bytes);

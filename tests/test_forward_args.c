@@ -76,8 +76,8 @@ typedef struct outputs {
 
 static outputs snapshot(const setup *s) {
   outputs o = {dev_snapshot(s->y_dev, ELEMENTS * 4), dev_snapshot(s->running_mean, C * 4),
-               dev_snapshot(s->running_var, C * 4), dev_snapshot(s->save_mean, C * 4),
-               dev_snapshot(s->save_invstd, C * 4), dev_snapshot(s->num_batches_tracked, 8)};
+               dev_snapshot(s->running_var, C * 4),  dev_snapshot(s->save_mean, C * 4),
+               dev_snapshot(s->save_invstd, C * 4),  dev_snapshot(s->num_batches_tracked, 8)};
   return o;
 }
 
@@ -111,59 +111,56 @@ Test(forward_args, rejections_write_nothing) {
   const size_t wb = s.workspace_bytes;
   const bnk_tensor_desc *d = &s.desc;
 
-  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, -1e-5, sm, si, ws, wb),
-                   invalid, "eps must be finite and >= 0, got -1e-05");
-  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, NAN, sm, si, ws, wb),
-                   invalid, "eps must be finite and >= 0, got nan");
-  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, INFINITY, sm, si, ws, wb),
-                   invalid, "eps must be finite");
-  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 1.5, 1e-5, sm, si, ws, wb),
-                   invalid, "momentum must be in [0, 1] or BNK_MOMENTUM_CUMULATIVE, got 1.5");
-  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, -0.5, 1e-5, sm, si, ws, wb),
-                   invalid, "got -0.5");
-  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, NAN, 1e-5, sm, si, ws, wb),
-                   invalid, "momentum must be");
+  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, -1e-5, sm, si, ws, wb), invalid,
+                   "eps must be finite and >= 0, got -1e-05");
+  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, NAN, sm, si, ws, wb), invalid,
+                   "eps must be finite and >= 0, got nan");
+  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, INFINITY, sm, si, ws, wb), invalid,
+                   "eps must be finite");
+  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 1.5, 1e-5, sm, si, ws, wb), invalid,
+                   "momentum must be in [0, 1] or BNK_MOMENTUM_CUMULATIVE, got 1.5");
+  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, -0.5, 1e-5, sm, si, ws, wb), invalid,
+                   "got -0.5");
+  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, NAN, 1e-5, sm, si, ws, wb), invalid,
+                   "momentum must be");
   /* Printed so that they read back exactly: neither reads as BNK_MOMENTUM_CUMULATIVE or as 1. */
   expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, -1.0000001, 1e-5, sm, si, ws, wb),
                    invalid, "got -1.0000001");
-  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 1.0000000000000002, 1e-5, sm, si, ws,
-                         wb),
-                   invalid, "got 1.0000000000000002");
-  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, -4.9406564584124654e-324, sm, si,
-                         ws, wb),
-                   invalid, "eps must be finite and >= 0, got -5e-324");
   expect_rejection(
-                   TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, BNK_MOMENTUM_CUMULATIVE, 1e-5, sm,
-                         si, ws, wb),
-                   invalid, "num_batches_tracked must not be NULL");
-  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, NULL, NULL, 0.1, 1e-5, sm, si, ws, wb),
-                   invalid, "running_mean and running_var must both be given or both be NULL");
+      TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 1.0000000000000002, 1e-5, sm, si, ws, wb), invalid,
+      "got 1.0000000000000002");
+  expect_rejection(
+      TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, -4.9406564584124654e-324, sm, si, ws, wb),
+      invalid, "eps must be finite and >= 0, got -5e-324");
+  expect_rejection(
+      TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, BNK_MOMENTUM_CUMULATIVE, 1e-5, sm, si, ws, wb),
+      invalid, "num_batches_tracked must not be NULL");
+  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, NULL, NULL, 0.1, 1e-5, sm, si, ws, wb), invalid,
+                   "running_mean and running_var must both be given or both be NULL");
   expect_rejection(TRAIN(s, d, NULL, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, 1e-5, sm, si, ws, wb), invalid,
                    "x must not be NULL");
   expect_rejection(TRAIN(s, d, s.x_dev, NULL, s.gamma, s.beta, rm, rv, NULL, 0.1, 1e-5, sm, si, ws, wb), invalid,
                    "y must not be NULL");
   expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, 1e-5, sm, si, ws, wb - 1),
                    BNK_ERROR_WORKSPACE_TOO_SMALL, "workspace_bytes must be >=");
-  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, 1e-5, sm, si, NULL, wb),
-                   invalid, "workspace must not be NULL");
-  expect_rejection(TRAIN(s, NULL, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, 1e-5, sm, si, ws, wb),
-                   invalid, "desc must not be NULL");
+  expect_rejection(TRAIN(s, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, 1e-5, sm, si, NULL, wb), invalid,
+                   "workspace must not be NULL");
+  expect_rejection(TRAIN(s, NULL, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, 1e-5, sm, si, ws, wb), invalid,
+                   "desc must not be NULL");
   expect_rejection(
-                   bnk_forward_training(NULL, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, 1e-5, sm, si,
-                                        ws, wb),
-                   invalid, "ctx must not be NULL");
+      bnk_forward_training(NULL, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, 1e-5, sm, si, ws, wb),
+      invalid, "ctx must not be NULL");
   bnk_tensor_desc bad = s.desc;
   bad.c = 0;
-  expect_rejection(TRAIN(s, &bad, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, 1e-5, sm, si, ws, wb),
-                   invalid, "C must be > 0, got 0");
+  expect_rejection(TRAIN(s, &bad, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, 1e-5, sm, si, ws, wb), invalid,
+                   "C must be > 0, got 0");
   /* One value per channel cannot be normalized in training (PyTorch raises the same). */
   bnk_tensor_desc single;
   cr_assert_eq(bnk_tensor_desc_init(&single, BNK_FLOAT32, BNK_NCHW, 1, C, 0, NULL), BNK_SUCCESS);
   expect_rejection(TRAIN(s, &single, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, NULL, 0.1, 1e-5, sm, si, ws, wb),
                    invalid, "expected more than 1 value per channel when training");
 
-  const bnk_status inference_eps =
-      bnk_forward_inference(s.ctx, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, -1.0);
+  const bnk_status inference_eps = bnk_forward_inference(s.ctx, d, s.x_dev, s.y_dev, s.gamma, s.beta, rm, rv, -1.0);
   expect_rejection(inference_eps, invalid, "eps must be finite and >= 0, got -1");
   expect_rejection(bnk_forward_inference(s.ctx, d, s.x_dev, s.y_dev, s.gamma, s.beta, NULL, rv, 1e-5), invalid,
                    "running_mean must not be NULL");

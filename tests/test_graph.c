@@ -62,8 +62,20 @@ static void step_init(step_buffers *b, bnk_context *ctx, bnk_dtype dtype, bnk_la
 }
 
 static void step_free(step_buffers *b) {
-  void *all[] = {b->x, b->dy, b->y, b->dx, b->gamma, b->beta, b->running_mean, b->running_var, b->save_mean,
-                 b->save_invstd, b->dgamma, b->dbeta, b->num_batches_tracked, b->forward_workspace,
+  void *all[] = {b->x,
+                 b->dy,
+                 b->y,
+                 b->dx,
+                 b->gamma,
+                 b->beta,
+                 b->running_mean,
+                 b->running_var,
+                 b->save_mean,
+                 b->save_invstd,
+                 b->dgamma,
+                 b->dbeta,
+                 b->num_batches_tracked,
+                 b->forward_workspace,
                  b->backward_workspace};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; ++i) dev_free(all[i]);
 }
@@ -132,8 +144,8 @@ static void expect_same_step(const char *label, int step, const step_buffers *b,
     snprintf(what, sizeof what, "%s, step %d: %s of the replayed graph", label, step + 1, fields[i].name);
     expect_bitwise_equal(what, fields[i].a, fields[i].r, fields[i].bytes);
   }
-  cr_assert_eq(replayed->num_batches_tracked, direct->num_batches_tracked, "%s, step %d: num_batches_tracked",
-               label, step + 1);
+  cr_assert_eq(replayed->num_batches_tracked, direct->num_batches_tracked, "%s, step %d: num_batches_tracked", label,
+               step + 1);
   cr_assert_eq(direct->num_batches_tracked, step + 1, "%s, step %d: num_batches_tracked", label, step + 1);
 }
 

@@ -26,8 +26,9 @@ Test(nvtx, compute_calls_are_named_ranges) {
   void *ws = dev_alloc(bytes);
   cr_assert_eq(bnk_forward_inference(ctx, &desc, x, y, NULL, NULL, stats, stats, 1e-5), BNK_SUCCESS);
   float *save = dev_alloc(6 * 4);
-  cr_assert_eq(bnk_forward_training(ctx, &desc, x, y, NULL, NULL, NULL, NULL, NULL, 0.1, 1e-5, save, save + 3, ws, bytes),
-               BNK_SUCCESS);
+  cr_assert_eq(
+      bnk_forward_training(ctx, &desc, x, y, NULL, NULL, NULL, NULL, NULL, 0.1, 1e-5, save, save + 3, ws, bytes),
+      BNK_SUCCESS);
   size_t backward_bytes = 0;
   cr_assert_eq(bnk_backward_workspace_size(ctx, &desc, &backward_bytes), BNK_SUCCESS);
   void *backward_ws = dev_alloc(backward_bytes);

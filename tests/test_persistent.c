@@ -144,11 +144,12 @@ static problem make_problem(bnk_context *ctx, const shape *sh, test_rng *rng) {
 }
 
 static void free_problem(problem *p) {
-  double *host[] = {p->x, p->z, p->gamma, p->beta, p->running_mean, p->running_var, p->mean, p->var, p->invstd,
-                    p->y_plain, p->rm_ref, p->rv_ref};
+  double *host[] = {p->x,    p->z,   p->gamma,  p->beta,    p->running_mean, p->running_var,
+                    p->mean, p->var, p->invstd, p->y_plain, p->rm_ref,       p->rv_ref};
   for (size_t i = 0; i < sizeof host / sizeof host[0]; ++i) free(host[i]);
-  void *dev[] = {p->x_base, p->z_base, p->y_base, p->mask_dev, p->workspace, p->gamma_dev, p->beta_dev,
-                 p->running_mean_dev, p->running_var_dev, p->save_mean_dev, p->save_invstd_dev, p->batches_dev};
+  void *dev[] = {p->x_base,          p->z_base,        p->y_base,          p->mask_dev,
+                 p->workspace,       p->gamma_dev,     p->beta_dev,        p->running_mean_dev,
+                 p->running_var_dev, p->save_mean_dev, p->save_invstd_dev, p->batches_dev};
   for (size_t i = 0; i < sizeof dev / sizeof dev[0]; ++i) dev_free(dev[i]);
 }
 
@@ -161,8 +162,8 @@ static void describe(const problem *p, bnk_epilogue_kind kind, char *out, size_t
 
 /* The epilogue of a case: the mask recorded for the ReLU kinds. */
 static bnk_epilogue epilogue_of(const problem *p, bnk_epilogue_kind kind) {
-  bnk_epilogue e = {kind, kind == BNK_EPILOGUE_ADD_RELU ? p->z_dev : NULL, kind != BNK_EPILOGUE_NONE ? p->mask_dev : NULL,
-                    p->mask_bytes};
+  bnk_epilogue e = {kind, kind == BNK_EPILOGUE_ADD_RELU ? p->z_dev : NULL,
+                    kind != BNK_EPILOGUE_NONE ? p->mask_dev : NULL, p->mask_bytes};
   return e;
 }
 
@@ -318,20 +319,24 @@ static void check_persistent_shape(bnk_context *ctx, const shape *sh, test_rng *
   free_problem(&p);
 }
 
-#define S0 0, {1, 1, 1}
-#define S1(a) 1, {a, 1, 1}
-#define S2(a, b) 2, {a, b, 1}
-#define S3(a, b, c) 3, {a, b, c}
+#define S0 \
+  0, { 1, 1, 1 }
+#define S1(a) \
+  1, { a, 1, 1 }
+#define S2(a, b) \
+  2, { a, b, 1 }
+#define S3(a, b, c) \
+  3, { a, b, c }
 
 /* Both layouts, ranks 0-3, every dtype with and without the 16-byte path, misaligned tensors, channels cut into
  * several pieces (NCHW: more than 256 x 8 vectors per channel; NHWC: more than tile_y x 8 rows). */
 static const shape fitting_shapes[] = {
-    {BNK_FLOAT32, BNK_NCHW, 2, 3, S2(5, 7), 0},     {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0},
-    {BNK_FLOAT32, BNK_NHWC, 2, 3, S2(5, 7), 1},     {BNK_FLOAT32, BNK_NHWC, 2, 8, S2(30, 30), 0},
-    {BNK_FLOAT32, BNK_NHWC, 37, 5, S0, 0},          {BNK_FLOAT16, BNK_NCHW, 2, 3, S2(8, 8), 0},
-    {BNK_FLOAT16, BNK_NCHW, 3, 4, S1(33), 1},       {BNK_FLOAT16, BNK_NHWC, 2, 16, S2(3, 5), 0},
-    {BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0},   {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0},
-    {BNK_BFLOAT16, BNK_NHWC, 3, 24, S1(9), 0},      {BNK_BFLOAT16, BNK_NHWC, 2, 5, S3(2, 3, 4), 1},
+    {BNK_FLOAT32, BNK_NCHW, 2, 3, S2(5, 7), 0},   {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0},
+    {BNK_FLOAT32, BNK_NHWC, 2, 3, S2(5, 7), 1},   {BNK_FLOAT32, BNK_NHWC, 2, 8, S2(30, 30), 0},
+    {BNK_FLOAT32, BNK_NHWC, 37, 5, S0, 0},        {BNK_FLOAT16, BNK_NCHW, 2, 3, S2(8, 8), 0},
+    {BNK_FLOAT16, BNK_NCHW, 3, 4, S1(33), 1},     {BNK_FLOAT16, BNK_NHWC, 2, 16, S2(3, 5), 0},
+    {BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0}, {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0},
+    {BNK_BFLOAT16, BNK_NHWC, 3, 24, S1(9), 0},    {BNK_BFLOAT16, BNK_NHWC, 2, 5, S3(2, 3, 4), 1},
 };
 
 Test(persistent, matches_reference_on_every_schedule_layout_dtype_and_epilogue, .timeout = 1200) {
@@ -363,8 +368,7 @@ Test(persistent, same_data_through_each_path, .timeout = 600) {
       expect_path(ctx, &p, BNK_EPILOGUE_ADD_RELU,
                   paths[k] == BNK_TRAINING_PATH_TWO_PASS ? BNK_TRAINING_PATH_TWO_PASS : BNK_TRAINING_PATH_PERSISTENT,
                   what);
-      cr_assert_eq(run_forward(ctx, &p, BNK_EPILOGUE_ADD_RELU), BNK_SUCCESS, "%s: %s", what,
-                   bnk_last_error_message());
+      cr_assert_eq(run_forward(ctx, &p, BNK_EPILOGUE_ADD_RELU), BNK_SUCCESS, "%s: %s", what, bnk_last_error_message());
       unsigned char *now = check_outputs(&p, BNK_EPILOGUE_ADD_RELU, what);
       if (paths[k] == BNK_TRAINING_PATH_PERSISTENT) persistent = now;
       else if (paths[k] == BNK_TRAINING_PATH_AUTO) {
@@ -391,8 +395,7 @@ static int64_t first_two_pass_batch(bnk_context *ctx, void *x, void *y) {
   bnk_training_path path = BNK_TRAINING_PATH_PERSISTENT;
   for (;;) { /* doubling until the two-pass path is taken */
     cr_assert_eq(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NHWC, hi, 4, 0, NULL), BNK_SUCCESS);
-    cr_assert_eq(bnk_forward_training_path(ctx, &desc, x, y, NULL, &path), BNK_SUCCESS, "%s",
-                 bnk_last_error_message());
+    cr_assert_eq(bnk_forward_training_path(ctx, &desc, x, y, NULL, &path), BNK_SUCCESS, "%s", bnk_last_error_message());
     if (path == BNK_TRAINING_PATH_TWO_PASS) break;
     lo = hi;
     hi *= 2;
@@ -433,15 +436,15 @@ Test(persistent, capacity_boundary_on_both_sides, .timeout = 900) {
       set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
       void *y_before = dev_snapshot(p.y_dev, p.bytes);
       const bnk_epilogue e = epilogue_of(&p, BNK_EPILOGUE_RELU);
-      const bnk_status status = bnk_forward_training_ex(
-          ctx, &p.desc, p.x_dev, p.y_dev, p.gamma_dev, p.beta_dev, NULL, NULL, NULL, 0.1, EPS, NULL, NULL,
-          p.workspace, p.workspace_bytes, &e);
+      const bnk_status status =
+          bnk_forward_training_ex(ctx, &p.desc, p.x_dev, p.y_dev, p.gamma_dev, p.beta_dev, NULL, NULL, NULL, 0.1, EPS,
+                                  NULL, NULL, p.workspace, p.workspace_bytes, &e);
       expect_rejection(status, BNK_ERROR_NOT_SUPPORTED, "does not fit the co-resident grid");
       expect_unchanged("y", p.y_dev, y_before, p.bytes);
       free(y_before);
       bnk_training_path path;
-      expect_rejection(bnk_forward_training_path(ctx, &p.desc, p.x_dev, p.y_dev, &e, &path),
-                       BNK_ERROR_NOT_SUPPORTED, "BNK_TRAINING_PATH_PERSISTENT");
+      expect_rejection(bnk_forward_training_path(ctx, &p.desc, p.x_dev, p.y_dev, &e, &path), BNK_ERROR_NOT_SUPPORTED,
+                       "BNK_TRAINING_PATH_PERSISTENT");
     }
     free_problem(&p);
   }

@@ -29,22 +29,22 @@ static void check_pieces(const bnk_view *view, int vec, int sms, const bnk_reduc
   cr_assert_eq(plan->vec, vec);
   if (!view->channels_last) {
     const int64_t m = view->n * view->s;
-    cr_assert(plan->chunk % 8 == 0 && plan->chunk <= MAX_PIECE_VALUES,
-              "chunk %" PRId64 " for " SHAPE_FORMAT, plan->chunk, SHAPE_ARGS(view, vec, sms));
+    cr_assert(plan->chunk % 8 == 0 && plan->chunk <= MAX_PIECE_VALUES, "chunk %" PRId64 " for " SHAPE_FORMAT,
+              plan->chunk, SHAPE_ARGS(view, vec, sms));
     cr_assert(plan->parts * plan->chunk >= m && (plan->parts - 1) * plan->chunk < m,
-              "%" PRId64 " pieces of %" PRId64 " do not cover %" PRId64 " values once for " SHAPE_FORMAT,
-              plan->parts, plan->chunk, m, SHAPE_ARGS(view, vec, sms));
+              "%" PRId64 " pieces of %" PRId64 " do not cover %" PRId64 " values once for " SHAPE_FORMAT, plan->parts,
+              plan->chunk, m, SHAPE_ARGS(view, vec, sms));
     cr_assert_eq(plan->blocks, view->c * plan->parts);
   } else {
-    cr_assert(plan->tile_x * plan->tile_y == plan->threads, "tile %d x %d, threads %d for " SHAPE_FORMAT,
-              plan->tile_x, plan->tile_y, plan->threads, SHAPE_ARGS(view, vec, sms));
+    cr_assert(plan->tile_x * plan->tile_y == plan->threads, "tile %d x %d, threads %d for " SHAPE_FORMAT, plan->tile_x,
+              plan->tile_y, plan->threads, SHAPE_ARGS(view, vec, sms));
     /* The block merge's shuffles and shared layout need whole warps across channels or whole rows in a warp. */
     cr_assert(plan->tile_x % 32 == 0 || (plan->tile_x < 32 && is_power_of_two(plan->tile_x)),
               "tile_x %d for " SHAPE_FORMAT, plan->tile_x, SHAPE_ARGS(view, vec, sms));
     const int64_t vectors = view->c / vec;
     cr_assert(plan->tiles * plan->tile_x >= vectors && (plan->tiles - 1) * plan->tile_x < vectors,
-              "%" PRId64 " tiles of %d vectors for %" PRId64 " for " SHAPE_FORMAT, plan->tiles, plan->tile_x,
-              vectors, SHAPE_ARGS(view, vec, sms));
+              "%" PRId64 " tiles of %d vectors for %" PRId64 " for " SHAPE_FORMAT, plan->tiles, plan->tile_x, vectors,
+              SHAPE_ARGS(view, vec, sms));
     cr_assert(plan->rows_per_part <= MAX_PIECE_VALUES, "rows_per_part %" PRId64 " for " SHAPE_FORMAT,
               plan->rows_per_part, SHAPE_ARGS(view, vec, sms));
     cr_assert(plan->parts * plan->rows_per_part >= view->n && (plan->parts - 1) * plan->rows_per_part < view->n,
@@ -62,42 +62,50 @@ static void check_pieces(const bnk_view *view, int vec, int sms, const bnk_reduc
                 plan->rows_per_part, plan->tile_y, SHAPE_ARGS(view, vec, sms));
     /* No more pieces than one wave of 8 blocks per SM asks for, unless the piece size limit forces them. */
     if (view->n <= MAX_PIECE_VALUES)
-      cr_assert(plan->parts <= ceil_div((int64_t)sms * 8, plan->tiles), "%" PRId64 " pieces of %" PRId64
-                " tiles for " SHAPE_FORMAT, plan->parts, plan->tiles, SHAPE_ARGS(view, vec, sms));
+      cr_assert(plan->parts <= ceil_div((int64_t)sms * 8, plan->tiles),
+                "%" PRId64 " pieces of %" PRId64 " tiles for " SHAPE_FORMAT, plan->parts, plan->tiles,
+                SHAPE_ARGS(view, vec, sms));
   }
 }
 
 /* Every array a launch carves lies inside what the size query asked for, 256-byte aligned. */
 static void check_workspaces(const bnk_view *view, int vec, int sms, const bnk_reduce_plan *plan) {
   const int64_t bound = bnk__plan_parts_bound(view, sms);
-  cr_assert(bound >= plan->parts, "parts bound %" PRId64 " < parts %" PRId64 " for " SHAPE_FORMAT, bound,
-            plan->parts, SHAPE_ARGS(view, vec, sms));
+  cr_assert(bound >= plan->parts, "parts bound %" PRId64 " < parts %" PRId64 " for " SHAPE_FORMAT, bound, plan->parts,
+            SHAPE_ARGS(view, vec, sms));
   const uintptr_t base = 1 << 20;
   const uintptr_t channels = (uintptr_t)view->c * sizeof(float);
   const uintptr_t pieces = (uintptr_t)(plan->parts * view->c) * sizeof(float);
 
   const size_t stats_bytes = bnk__stats_workspace_bytes(view, bound);
   const bnk_stats_workspace stats = bnk__stats_workspace_carve((void *)base, view, plan->parts);
-  const struct { const float *array; uintptr_t bytes; } stats_arrays[] = {
-      {stats.shift, channels}, {stats.dmean, channels}, {stats.invstd, channels},
-      {stats.count, pieces},   {stats.mean, pieces},    {stats.m2, pieces}};
+  const struct {
+    const float *array;
+    uintptr_t bytes;
+  } stats_arrays[] = {{stats.shift, channels}, {stats.dmean, channels}, {stats.invstd, channels},
+                      {stats.count, pieces},   {stats.mean, pieces},    {stats.m2, pieces}};
   for (size_t i = 0; i < sizeof stats_arrays / sizeof stats_arrays[0]; ++i) {
     const uintptr_t start = (uintptr_t)stats_arrays[i].array;
     cr_assert(start % 256 == 0 && start >= base && start + stats_arrays[i].bytes <= base + stats_bytes,
-              "statistics array %zu at +%" PRIuPTR " (%" PRIuPTR " bytes) outside the %zu queried for " SHAPE_FORMAT,
-              i, start - base, stats_arrays[i].bytes, stats_bytes, SHAPE_ARGS(view, vec, sms));
+              "statistics array %zu at +%" PRIuPTR " (%" PRIuPTR " bytes) outside the %zu queried for " SHAPE_FORMAT, i,
+              start - base, stats_arrays[i].bytes, stats_bytes, SHAPE_ARGS(view, vec, sms));
   }
 
   const size_t backward_bytes = bnk__backward_workspace_bytes(view, bound);
   const bnk_backward_workspace backward = bnk__backward_workspace_carve((void *)base, view, plan->parts);
-  const struct { const float *array; uintptr_t bytes; } backward_arrays[] = {
-      {backward.dy_scale, channels}, {backward.xmu_scale, channels}, {backward.bias, channels},
-      {backward.sum_dy, pieces},     {backward.sum_dy_xmu, pieces}};
+  const struct {
+    const float *array;
+    uintptr_t bytes;
+  } backward_arrays[] = {{backward.dy_scale, channels},
+                         {backward.xmu_scale, channels},
+                         {backward.bias, channels},
+                         {backward.sum_dy, pieces},
+                         {backward.sum_dy_xmu, pieces}};
   for (size_t i = 0; i < sizeof backward_arrays / sizeof backward_arrays[0]; ++i) {
     const uintptr_t start = (uintptr_t)backward_arrays[i].array;
     cr_assert(start % 256 == 0 && start >= base && start + backward_arrays[i].bytes <= base + backward_bytes,
-              "backward array %zu at +%" PRIuPTR " (%" PRIuPTR " bytes) outside the %zu queried for " SHAPE_FORMAT,
-              i, start - base, backward_arrays[i].bytes, backward_bytes, SHAPE_ARGS(view, vec, sms));
+              "backward array %zu at +%" PRIuPTR " (%" PRIuPTR " bytes) outside the %zu queried for " SHAPE_FORMAT, i,
+              start - base, backward_arrays[i].bytes, backward_bytes, SHAPE_ARGS(view, vec, sms));
   }
 }
 

@@ -110,10 +110,10 @@ Test(reduce, sum_block_matches_float64, .timeout = 300) {
         float got[2];
         dev_download(got, out, sizeof got);
         /* A sum can cancel to near zero: bound the error by the sum of magnitudes. */
-        cr_expect(fabs(got[0] - sum) <= REDUCE_TOLERANCE * magnitude, "sum %.9g, reference %.9g (threads %d)",
-                  got[0], sum, block_sizes[b]);
-        cr_expect(fabs(got[1] - squares) <= REDUCE_TOLERANCE * squares, "sum of squares %.9g, reference %.9g",
-                  got[1], squares);
+        cr_expect(fabs(got[0] - sum) <= REDUCE_TOLERANCE * magnitude, "sum %.9g, reference %.9g (threads %d)", got[0],
+                  sum, block_sizes[b]);
+        cr_expect(fabs(got[1] - squares) <= REDUCE_TOLERANCE * squares, "sum of squares %.9g, reference %.9g", got[1],
+                  squares);
         if (schedule == 0) memcpy(first, got, sizeof got);
         else expect_bitwise_equal("block sum", first, got, sizeof got);
       }
@@ -152,9 +152,11 @@ Test(reduce, tile_reduce_matches_float64, .timeout = 300) {
           for (int i = 0; i < rows; ++i) magnitude += fabs(x[(int64_t)i * channels + c]);
           const double sum = mean;
           mean /= rows;
-          for (int i = 0; i < rows; ++i) m2 += (x[(int64_t)i * channels + c] - mean) * (x[(int64_t)i * channels + c] - mean);
+          for (int i = 0; i < rows; ++i)
+            m2 += (x[(int64_t)i * channels + c] - mean) * (x[(int64_t)i * channels + c] - mean);
           const float *o = got + c * 4;
-          cr_expect_eq(o[0], (float)rows, "tile %d x %d channel %d: count %g, expected %d", tile_x, tile_y, c, o[0], rows);
+          cr_expect_eq(o[0], (float)rows, "tile %d x %d channel %d: count %g, expected %d", tile_x, tile_y, c, o[0],
+                       rows);
           cr_expect(fabs(o[1] - mean) <= REDUCE_TOLERANCE * (fabs(mean) + sqrt(m2 / rows)),
                     "tile %d x %d, %d rows per thread, channel %d: mean %.9g, reference %.9g", tile_x, tile_y,
                     rows_per_thread[r], c, o[1], mean);
@@ -211,8 +213,8 @@ Test(reduce, fast_division_is_exact) {
   test_rng rng = rng_fresh();
   enum { COUNT = 4096 };
   uint64_t dividends[COUNT], quotients[COUNT];
-  const uint64_t divisors[] = {1, 2, 3, 7, 49, 64, 196, 3136, 65537, 1000003, 4294967295ull, 4294967297ull,
-                               (1ull << 40) + 15, (1ull << 62) + 1};
+  const uint64_t divisors[] = {
+      1, 2, 3, 7, 49, 64, 196, 3136, 65537, 1000003, 4294967295ull, 4294967297ull, (1ull << 40) + 15, (1ull << 62) + 1};
   uint64_t *dividends_dev = dev_alloc(sizeof dividends), *quotients_dev = dev_alloc(sizeof quotients);
   for (size_t d = 0; d < sizeof divisors / sizeof divisors[0]; ++d) {
     const uint64_t divisor = divisors[d];

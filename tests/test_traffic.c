@@ -16,21 +16,15 @@
 #define TRAFFIC_TOLERANCE 0.03
 #define EPS 1e-5
 
-typedef enum op_call {
-  FORWARD_TRAINING,
-  FORWARD_INFERENCE,
-  SCALE_SHIFT,
-  BACKWARD,
-  BACKWARD_INFERENCE
-} op_call;
+typedef enum op_call { FORWARD_TRAINING, FORWARD_INFERENCE, SCALE_SHIFT, BACKWARD, BACKWARD_INFERENCE } op_call;
 
 /* What the op is given besides its tensors. */
 enum {
-  WITH_MASK = 1,  /* forward: writes the ReLU mask; backward: gates from the mask instead of y */
-  WITH_Z = 2,     /* forward ADD_RELU: the residual; backward ADD_RELU: writes dz */
-  NO_DX = 4,      /* backward: dx NULL */
-  NO_DGAMMA = 8,  /* backward: dgamma NULL */
-  NO_DBETA = 16   /* backward: dbeta NULL */
+  WITH_MASK = 1, /* forward: writes the ReLU mask; backward: gates from the mask instead of y */
+  WITH_Z = 2,    /* forward ADD_RELU: the residual; backward ADD_RELU: writes dz */
+  NO_DX = 4,     /* backward: dx NULL */
+  NO_DGAMMA = 8, /* backward: dgamma NULL */
+  NO_DBETA = 16  /* backward: dbeta NULL */
 };
 
 /* The one table of expected traffic, mirroring docs/performance.md: bytes = tensors * E * b + eighths * E / 8
@@ -71,10 +65,9 @@ static const traffic_row backward_rows[] = {
     {"training ReLU backward from y", BACKWARD, BNK_EPILOGUE_RELU, 0, 7, 0, 3},
     {"training ReLU backward from the mask", BACKWARD, BNK_EPILOGUE_RELU, WITH_MASK, 5, 2, 3},
     {"training add + ReLU backward with dz, from y", BACKWARD, BNK_EPILOGUE_ADD_RELU, WITH_Z, 7, 0, 3},
-    {"training add + ReLU backward with dz, from the mask", BACKWARD, BNK_EPILOGUE_ADD_RELU, WITH_Z | WITH_MASK, 6,
-     1, 3},
-    {"inference ReLU backward, dx only, from y", BACKWARD_INFERENCE, BNK_EPILOGUE_RELU, NO_DGAMMA | NO_DBETA, 3, 0,
-     1},
+    {"training add + ReLU backward with dz, from the mask", BACKWARD, BNK_EPILOGUE_ADD_RELU, WITH_Z | WITH_MASK, 6, 1,
+     3},
+    {"inference ReLU backward, dx only, from y", BACKWARD_INFERENCE, BNK_EPILOGUE_RELU, NO_DGAMMA | NO_DBETA, 3, 0, 1},
     {"inference ReLU backward, dx only, from the mask", BACKWARD_INFERENCE, BNK_EPILOGUE_RELU,
      WITH_MASK | NO_DGAMMA | NO_DBETA, 2, 1, 1},
     {"inference add + ReLU backward with dz, from y", BACKWARD_INFERENCE, BNK_EPILOGUE_ADD_RELU,
@@ -156,10 +149,25 @@ static void buffers_create(bnk_context *ctx, const traffic_shape *s, op_buffers 
 }
 
 static void buffers_destroy(op_buffers *b) {
-  void *all[] = {b->x,          b->y,         b->z,           b->dy,          b->dx,
-                 b->dz,         b->mask,      b->forward_workspace,           b->backward_workspace,
-                 b->gamma,      b->beta,      b->running_mean, b->running_var, b->save_mean,
-                 b->save_invstd, b->dgamma,   b->dbeta,       b->scale,       b->shift};
+  void *all[] = {b->x,
+                 b->y,
+                 b->z,
+                 b->dy,
+                 b->dx,
+                 b->dz,
+                 b->mask,
+                 b->forward_workspace,
+                 b->backward_workspace,
+                 b->gamma,
+                 b->beta,
+                 b->running_mean,
+                 b->running_var,
+                 b->save_mean,
+                 b->save_invstd,
+                 b->dgamma,
+                 b->dbeta,
+                 b->scale,
+                 b->shift};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; ++i) dev_free(all[i]);
 }
 
@@ -178,9 +186,9 @@ static bnk_epilogue forward_epilogue(const traffic_row *row, const op_buffers *b
 static void prepare_backward(bnk_context *ctx, const traffic_row *row, op_buffers *b) {
   if (row->epilogue == BNK_EPILOGUE_NONE) return;
   bnk_epilogue e = {row->epilogue, row->epilogue == BNK_EPILOGUE_ADD_RELU ? b->z : NULL, b->mask, b->mask_bytes};
-  cr_assert_eq(bnk_forward_inference_ex(ctx, &b->desc, b->x, b->y, b->gamma, b->beta, b->running_mean,
-                                        b->running_var, EPS, &e),
-               BNK_SUCCESS, "%s", bnk_last_error_message());
+  cr_assert_eq(
+      bnk_forward_inference_ex(ctx, &b->desc, b->x, b->y, b->gamma, b->beta, b->running_mean, b->running_var, EPS, &e),
+      BNK_SUCCESS, "%s", bnk_last_error_message());
 }
 
 static bnk_status run_op(bnk_context *ctx, const traffic_row *row, op_buffers *b) {
@@ -191,8 +199,8 @@ static bnk_status run_op(bnk_context *ctx, const traffic_row *row, op_buffers *b
                                      NULL, 0.1, EPS, b->save_mean, b->save_invstd, b->forward_workspace,
                                      b->forward_workspace_bytes, &e);
     if (row->call == FORWARD_INFERENCE)
-      return bnk_forward_inference_ex(ctx, &b->desc, b->x, b->y, b->gamma, b->beta, b->running_mean,
-                                      b->running_var, EPS, &e);
+      return bnk_forward_inference_ex(ctx, &b->desc, b->x, b->y, b->gamma, b->beta, b->running_mean, b->running_var,
+                                      EPS, &e);
     return bnk_scale_shift(ctx, &b->desc, b->x, b->y, b->scale, b->shift, &e);
   }
   bnk_epilogue_grad g = {row->epilogue, NULL, NULL, 0, NULL};
@@ -228,8 +236,7 @@ static void check_rows(const traffic_row *rows, size_t count) {
     op_buffers b;
     buffers_create(ctx, &shapes[s], &b, &rng);
     char shape[96];
-    format_shape(shape, sizeof shape, shapes[s].layout, shapes[s].dtype, shapes[s].n, shapes[s].c, 2,
-                 b.desc.spatial);
+    format_shape(shape, sizeof shape, shapes[s].layout, shapes[s].dtype, shapes[s].n, shapes[s].c, 2, b.desc.spatial);
     const double e = (double)b.elements, bytes = (double)dtype_size(shapes[s].dtype);
     for (size_t r = 0; r < count; ++r) {
       const traffic_row *row = &rows[r];
@@ -259,8 +266,7 @@ static void check_rows(const traffic_row *rows, size_t count) {
                   got, want, 100.0 * (got - want) / want);
         cr_expect_eq(t.launches, (unsigned long long)row->launches, "%s, %s: %llu launches, expected %d", row->name,
                      shape, t.launches, row->launches);
-        if (k == 0)
-          first = t;
+        if (k == 0) first = t;
         else
           cr_expect(memcmp(&first, &t, sizeof t) == 0, "%s, %s: the %s schedule counted other traffic", row->name,
                     shape, schedule_name(k));

@@ -136,8 +136,7 @@ static void expect_y(const zv_data *d, const char *what, const double *got, cons
 
 /* dx is exactly 0 on the constant channels (any sign of zero), and within the backward's tolerance of the
  * reference on the others: 1e-5 |gamma| invstd for float32, 1 ulp plus 2e-6 |gamma| invstd for 16-bit. */
-static void expect_dx(const zv_data *d, const char *what, const double *dx, const double *want,
-                      const double *invstd) {
+static void expect_dx(const zv_data *d, const char *what, const double *dx, const double *want, const double *invstd) {
   const int64_t spatial = ref_spatial(&d->desc);
   for (int64_t n = 0; n < d->desc.n; ++n)
     for (int64_t c = 0; c < C; ++c)
@@ -148,8 +147,8 @@ static void expect_dx(const zv_data *d, const char *what, const double *dx, cons
                                    ? DX_TOLERANCE * scale
                                    : storage_ulp(d->desc.dtype, want[i]) + DX_FP32_ERROR * scale;
         if (is_constant(c))
-          cr_expect(dx[i] == 0.0, "%s: %s[%lld] = %.9g, not 0 (constant channel %lld)", d->label, what,
-                    (long long)i, dx[i], (long long)c);
+          cr_expect(dx[i] == 0.0, "%s: %s[%lld] = %.9g, not 0 (constant channel %lld)", d->label, what, (long long)i,
+                    dx[i], (long long)c);
         else
           cr_expect(fabs(dx[i] - want[i]) <= allowed, "%s: %s[%lld] = %.9g, reference %.9g", d->label, what,
                     (long long)i, dx[i], want[i]);
@@ -158,9 +157,9 @@ static void expect_dx(const zv_data *d, const char *what, const double *dx, cons
 
 /* sums within SUM_TOLERANCE of the reference (terms t: dy for dbeta, dy xhat for dgamma), and dgamma
  * exactly 0 on the constant channels. */
-static void expect_parameter_gradients(const zv_data *d, const char *what, const double *dgamma,
-                                       const double *dbeta, const double *dgamma_want, const double *dbeta_want,
-                                       const double *mean, const double *invstd) {
+static void expect_parameter_gradients(const zv_data *d, const char *what, const double *dgamma, const double *dbeta,
+                                       const double *dgamma_want, const double *dbeta_want, const double *mean,
+                                       const double *invstd) {
   const int64_t spatial = ref_spatial(&d->desc);
   for (int64_t c = 0; c < C; ++c) {
     double beta_squares = 0.0, gamma_squares = 0.0;
@@ -174,8 +173,7 @@ static void expect_parameter_gradients(const zv_data *d, const char *what, const
     cr_expect(fabs(dbeta[c] - dbeta_want[c]) <= SUM_TOLERANCE * (fabs(dbeta_want[c]) + sqrt(beta_squares)),
               "%s: %s dbeta[%lld] = %.9g, reference %.9g", d->label, what, (long long)c, dbeta[c], dbeta_want[c]);
     cr_expect(fabs(dgamma[c] - dgamma_want[c]) <= SUM_TOLERANCE * (fabs(dgamma_want[c]) + sqrt(gamma_squares)),
-              "%s: %s dgamma[%lld] = %.9g, reference %.9g", d->label, what, (long long)c, dgamma[c],
-              dgamma_want[c]);
+              "%s: %s dgamma[%lld] = %.9g, reference %.9g", d->label, what, (long long)c, dgamma[c], dgamma_want[c]);
     if (is_constant(c))
       cr_expect(dgamma[c] == 0.0, "%s: %s dgamma[%lld] = %.9g, not 0", d->label, what, (long long)c, dgamma[c]);
   }
@@ -234,11 +232,13 @@ static void run_training(const zv_data *d, bnk_context *ctx) {
     dev_poison(save_invstd, C * 4);
     dev_poison(dgamma, C * 4);
     dev_poison(dbeta, C * 4);
-    dev_upload(running_mean, (float[C]){(float)d->running_mean[0], (float)d->running_mean[1],
-                                        (float)d->running_mean[2], (float)d->running_mean[3]},
+    dev_upload(running_mean,
+               (float[C]){(float)d->running_mean[0], (float)d->running_mean[1], (float)d->running_mean[2],
+                          (float)d->running_mean[3]},
                C * 4);
-    dev_upload(running_var, (float[C]){(float)d->running_var[0], (float)d->running_var[1], (float)d->running_var[2],
-                                       (float)d->running_var[3]},
+    dev_upload(running_var,
+               (float[C]){(float)d->running_var[0], (float)d->running_var[1], (float)d->running_var[2],
+                          (float)d->running_var[3]},
                C * 4);
     cr_assert_eq(bnk_forward_training(ctx, &d->desc, d->x_dev, d->y_dev, d->gamma_dev, d->beta_dev, running_mean,
                                       running_var, NULL, 0.1, 0.0, save_mean, save_invstd, forward_ws, forward_bytes),
@@ -305,8 +305,8 @@ static void run_inference(const zv_data *d, bnk_context *ctx) {
   ref_normalize(&d->desc, d->x, d->running_mean, d->running_var, 0.0, d->gamma, d->beta, y_want);
   double dgamma_want[C], dbeta_want[C];
   double *dx_want = malloc((size_t)d->elements * sizeof(double));
-  ref_backward_inference(&d->desc, d->x, d->dy, d->running_mean, d->running_var, 0.0, d->gamma, dx_want,
-                         dgamma_want, dbeta_want);
+  ref_backward_inference(&d->desc, d->x, d->dy, d->running_mean, d->running_var, 0.0, d->gamma, dx_want, dgamma_want,
+                         dbeta_want);
   size_t ws_bytes = 0;
   cr_assert_eq(bnk_backward_workspace_size(ctx, &d->desc, &ws_bytes), BNK_SUCCESS);
   void *ws = dev_alloc(ws_bytes);
@@ -331,8 +331,7 @@ static void run_inference(const zv_data *d, bnk_context *ctx) {
     double got_dgamma[C], got_dbeta[C];
     dev_read_floats(dgamma, got_dgamma, C);
     dev_read_floats(dbeta, got_dbeta, C);
-    expect_parameter_gradients(d, "inference", got_dgamma, got_dbeta, dgamma_want, dbeta_want, d->running_mean,
-                               invstd);
+    expect_parameter_gradients(d, "inference", got_dgamma, got_dbeta, dgamma_want, dbeta_want, d->running_mean, invstd);
     zv_outputs now = {NULL, 0};
     append(&now, d->y_dev, (size_t)d->elements * dtype_size(d->desc.dtype));
     append(&now, d->dx_dev, (size_t)d->elements * dtype_size(d->desc.dtype));
@@ -376,8 +375,8 @@ static void run_merge(const zv_data *d, bnk_context *ctx) {
                  BNK_SUCCESS, "%s", bnk_last_error_message());
     for (int r = 0; r < 2; ++r) {
       const size_t offset = (size_t)(r * half_elements) * element_bytes;
-      cr_assert_eq(bnk_normalize(ctx, &half, (const char *)d->x_dev + offset, (char *)d->y_dev + offset,
-                                 d->gamma_dev, d->beta_dev, merged_mean, merged_invstd),
+      cr_assert_eq(bnk_normalize(ctx, &half, (const char *)d->x_dev + offset, (char *)d->y_dev + offset, d->gamma_dev,
+                                 d->beta_dev, merged_mean, merged_invstd),
                    BNK_SUCCESS, "%s", bnk_last_error_message());
     }
     double invstd[C];
@@ -458,8 +457,8 @@ Test(zero_variance, folding) {
       cr_expect(got_bias[c] == (float)beta[c], "%s: bias_out[%d] = %.9g, not beta %.9g", dtype_name((bnk_dtype)dtype),
                 c, got_bias[c], beta[c]);
       for (int i = 0; i < C_IN; ++i)
-        cr_expect(got_weight[c * C_IN + i] == 0.0, "%s: weight_out[%d][%d] = %.9g, not 0",
-                  dtype_name((bnk_dtype)dtype), c, i, got_weight[c * C_IN + i]);
+        cr_expect(got_weight[c * C_IN + i] == 0.0, "%s: weight_out[%d][%d] = %.9g, not 0", dtype_name((bnk_dtype)dtype),
+                  c, i, got_weight[c * C_IN + i]);
     }
     dev_free(weight_in);
     dev_free(weight_out);

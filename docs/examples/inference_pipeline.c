@@ -17,22 +17,22 @@
 
 #include <bnk.h>
 
-#define CHECK_BNK(call)                                                                                     \
-  do {                                                                                                      \
-    const bnk_status status_ = (call);                                                                      \
-    if (status_ != BNK_SUCCESS) {                                                                           \
+#define CHECK_BNK(call)                                                                                           \
+  do {                                                                                                            \
+    const bnk_status status_ = (call);                                                                            \
+    if (status_ != BNK_SUCCESS) {                                                                                 \
       fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, bnk_status_name(status_), bnk_last_error_message()); \
-      exit(1);                                                                                              \
-    }                                                                                                       \
+      exit(1);                                                                                                    \
+    }                                                                                                             \
   } while (0)
 
-#define CHECK_CUDA(call)                                                                                    \
-  do {                                                                                                      \
-    const cudaError_t error_ = (call);                                                                      \
-    if (error_ != cudaSuccess) {                                                                            \
-      fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(error_));                       \
-      exit(1);                                                                                              \
-    }                                                                                                       \
+#define CHECK_CUDA(call)                                                              \
+  do {                                                                                \
+    const cudaError_t error_ = (call);                                                \
+    if (error_ != cudaSuccess) {                                                      \
+      fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(error_)); \
+      exit(1);                                                                        \
+    }                                                                                 \
   } while (0)
 
 enum { BATCH = 8, C = 64, H = 56, W = 56, FEATURES = 2048, CLASSES = 1000 };
@@ -87,8 +87,8 @@ int main(void) {
   const batch_norm input_bn = load_batch_norm(C);
   float *scale = device_buffer(C * sizeof(float));
   float *shift = device_buffer(C * sizeof(float));
-  CHECK_BNK(bnk_inference_params(ctx, C, input_bn.gamma, input_bn.beta, input_bn.running_mean,
-                                 input_bn.running_var, eps, scale, shift));
+  CHECK_BNK(bnk_inference_params(ctx, C, input_bn.gamma, input_bn.beta, input_bn.running_mean, input_bn.running_var,
+                                 eps, scale, shift));
 
   /* Linear + BatchNorm1d: fold into the weight and an fp16 bias (what cuBLASLt's bias epilogue reads for
    * fp16 outputs), in place for the weight. */

@@ -17,7 +17,7 @@
 namespace cooperative_groups {
 
 class thread_block {
- public:
+public:
   void sync(const char *file = __builtin_FILE(), int line = __builtin_LINE()) const { __syncthreads(file, line); }
   unsigned thread_rank() const { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
   unsigned num_threads() const { return blockDim.x * blockDim.y * blockDim.z; }
@@ -29,7 +29,7 @@ class thread_block {
 };
 
 class grid_group {
- public:
+public:
   /* Every thread of the grid waits here; only in a cooperative launch. */
   void sync(const char *file = __builtin_FILE(), int line = __builtin_LINE()) const {
     ::bnk_emu::detail::grid_barrier(file, line);
@@ -48,7 +48,7 @@ class grid_group {
   dim3 dim_blocks() const { return gridDim; }
   dim3 group_dim() const { return gridDim; }
 
- private:
+private:
   static unsigned this_block_rank() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
 };
 

@@ -93,7 +93,7 @@ cudaError_t cudaLaunchKernelExC(const cudaLaunchConfig_t *config, const void *fu
 
 void bnk_emu_set_sm_count(int n) {
   bnk_emu::detail::sm_setting().store(n >= 1 && n <= bnk_emu::detail::kNumSMs ? n
-                                                                               : bnk_emu::detail::sm_count_from_env());
+                                                                              : bnk_emu::detail::sm_count_from_env());
 }
 
 int bnk_emu_get_sm_count(void) { return bnk_emu::detail::sm_count(); }

@@ -99,7 +99,7 @@ size_t page_size() {
 }
 
 class StackPool {
- public:
+public:
   explicit StackPool(size_t usable) {
     const size_t pg = page_size();
     stride_ = (usable + pg - 1) / pg * pg + pg; /* + one guard page below */
@@ -119,7 +119,7 @@ class StackPool {
   void put(void *base) noexcept { free_.push_back(base); /* capacity reserved in grow() */ }
   size_t stride() const { return stride_; }
 
- private:
+private:
   void grow() {
     const size_t count = 64;
     const size_t bytes = count * stride_;
@@ -288,11 +288,16 @@ std::string block_str(const BlockCtx &B) { return fmt("block (%u,%u,%u)", B.bidx
 
 const char *barrier_name(int k) {
   switch (k) {
-    case BAR_COUNT: return "__syncthreads_count";
-    case BAR_AND: return "__syncthreads_and";
-    case BAR_OR: return "__syncthreads_or";
-    case BAR_GRID: return "this_grid().sync()";
-    default: return "__syncthreads";
+  case BAR_COUNT:
+    return "__syncthreads_count";
+  case BAR_AND:
+    return "__syncthreads_and";
+  case BAR_OR:
+    return "__syncthreads_or";
+  case BAR_GRID:
+    return "this_grid().sync()";
+  default:
+    return "__syncthreads";
   }
 }
 
@@ -517,10 +522,8 @@ void describe_stall(BlockCtx &B) {
   for (auto &g : groups) {
     if (!detail.empty()) detail += "; ";
     detail += "threads " + threads_str(B, g.ids) + " wait in ";
-    if (g.wait == WAIT_BARRIER)
-      detail += fmt("%s at %s:%d", barrier_name(g.kind), g.file, g.line);
-    else
-      detail += fmt("%s(mask 0x%08x) at %s:%d", collective_name(g.kind), g.mask, g.file, g.line);
+    if (g.wait == WAIT_BARRIER) detail += fmt("%s at %s:%d", barrier_name(g.kind), g.file, g.line);
+    else detail += fmt("%s(mask 0x%08x) at %s:%d", collective_name(g.kind), g.mask, g.file, g.line);
   }
   const char *file = groups.empty() ? B.job->d->file : groups[0].file;
   const int line = groups.empty() ? B.job->d->line : groups[0].line;
@@ -603,8 +606,7 @@ void run_block(WorkerCtx &w, Job &j, unsigned long long lin) {
     ThreadRec &t = B.threads[i];
     if (!t.fib) continue;
     asan_start_switch(&B.sched_fake, t.stack);
-    if (t.started)
-      t.fib = ctx::fiber();
+    if (t.started) t.fib = ctx::fiber();
     else /* run it to its immediate exit, rather than let Boost unwind it where ASan cannot follow */
       t.fib = std::move(t.fib).resume();
     asan_finish_switch(B.sched_fake);
@@ -639,7 +641,7 @@ void work(Job &j, WorkerCtx &w) {
 /* ------------------------------------------------------------------------ */
 
 class Engine {
- public:
+public:
   Engine() { resize_locked(settings().default_workers); }
   ~Engine() { stop_helpers(); }
 
@@ -694,7 +696,7 @@ class Engine {
     for (int i = 0; i < n - 1; ++i) helpers_.emplace_back([this, i, g] { helper_main(i, g); });
   }
 
- private:
+private:
   static WorkerCtx &caller_worker() {
     thread_local std::unique_ptr<WorkerCtx> w;
     if (!w) w.reset(new WorkerCtx());
@@ -755,14 +757,15 @@ namespace {
 void grid_rendezvous(BlockCtx &B, const char *file, int line) {
   GridBarrier &g = *B.job->grid;
   switch (g.arrive_and_wait(file, line)) {
-    case GridBarrier::RELEASED: return;
-    case GridBarrier::BLOCKS_EXITED:
-      fail_current(B, fmt("%s:%d: this_grid().sync() reached by only part of the grid: %llu blocks exited before it "
-                          "(%s arrived)",
-                          file, line, g.exited_blocks(), block_str(B).c_str()));
-    case GridBarrier::ABORTED:
-      fail_current(B, fmt("%s:%d: launch aborted while waiting at this_grid().sync() (%s)", file, line,
-                          block_str(B).c_str()));
+  case GridBarrier::RELEASED:
+    return;
+  case GridBarrier::BLOCKS_EXITED:
+    fail_current(B, fmt("%s:%d: this_grid().sync() reached by only part of the grid: %llu blocks exited before it "
+                        "(%s arrived)",
+                        file, line, g.exited_blocks(), block_str(B).c_str()));
+  case GridBarrier::ABORTED:
+    fail_current(
+        B, fmt("%s:%d: launch aborted while waiting at this_grid().sync() (%s)", file, line, block_str(B).c_str()));
   }
 }
 
@@ -798,16 +801,13 @@ int block_barrier(int kind, int pred, const char *file, int line) {
     B.bar_accum = kind == BAR_AND ? 1 : 0;
   } else if (kind != B.bar_kind || !same_site(file, line, B.bar_file, B.bar_line)) {
     fail_current(B, fmt("%s:%d: threads wait at different barriers: thread %s at %s, %u threads at %s at %s:%d (%s)",
-                        file, line, tid_str(t).c_str(), barrier_name(kind), B.bar_arrived,
-                        barrier_name(B.bar_kind), B.bar_file, B.bar_line, block_str(B).c_str()));
+                        file, line, tid_str(t).c_str(), barrier_name(kind), B.bar_arrived, barrier_name(B.bar_kind),
+                        B.bar_file, B.bar_line, block_str(B).c_str()));
   }
   const int p = pred != 0;
-  if (kind == BAR_COUNT)
-    B.bar_accum += p;
-  else if (kind == BAR_AND)
-    B.bar_accum &= p;
-  else
-    B.bar_accum |= p;
+  if (kind == BAR_COUNT) B.bar_accum += p;
+  else if (kind == BAR_AND) B.bar_accum &= p;
+  else B.bar_accum |= p;
   if (kind == BAR_GRID && B.bar_arrived + 1 == B.n) grid_rendezvous(B, file, line);
   if (B.n == 1) {
     B.bar_result = B.bar_accum;
@@ -839,100 +839,115 @@ void complete_collective(BlockCtx &B, uint32_t warp, const WarpGroup &G) {
   const unsigned mask = G.kind == COLL_ACTIVEMASK ? G.arrived : G.mask & ~B.warps[warp].exited;
   unsigned long long res[32];
   switch (G.kind) {
-    case COLL_SHFL_IDX:
-    case COLL_SHFL_UP:
-    case COLL_SHFL_DOWN:
-    case COLL_SHFL_XOR:
-      /* PTX ISA, shfl.sync: each lane computes its source lane j from its
-       * own b and c operands. */
-      for (unsigned m = mask; m; m &= m - 1) {
-        const int lane = __builtin_ctz(m);
-        const int bval = base[lane].b & 0x1f;
-        const int cval = base[lane].c & 0x1f;
-        const int segmask = (base[lane].c >> 8) & 0x1f;
-        const int maxLane = (lane & segmask) | (cval & ~segmask);
-        const int minLane = lane & segmask;
-        int j = lane;
-        bool pval = false;
-        switch (G.kind) {
-          case COLL_SHFL_UP:
-            j = lane - bval;
-            pval = j >= maxLane;
-            break;
-          case COLL_SHFL_DOWN:
-            j = lane + bval;
-            pval = j <= maxLane;
-            break;
-          case COLL_SHFL_XOR:
-            j = lane ^ bval;
-            pval = j <= maxLane;
-            break;
-          default:
-            j = minLane | (bval & ~segmask);
-            pval = j <= maxLane;
-            break;
-        }
-        if (!pval) j = lane;
-        /* A source lane outside the mask does not participate: undefined
-         * on the GPU, a poison pattern (all ones, a NaN) here. */
-        res[lane] = (mask >> j) & 1u ? base[j].value : ~0ull;
+  case COLL_SHFL_IDX:
+  case COLL_SHFL_UP:
+  case COLL_SHFL_DOWN:
+  case COLL_SHFL_XOR:
+    /* PTX ISA, shfl.sync: each lane computes its source lane j from its
+     * own b and c operands. */
+    for (unsigned m = mask; m; m &= m - 1) {
+      const int lane = __builtin_ctz(m);
+      const int bval = base[lane].b & 0x1f;
+      const int cval = base[lane].c & 0x1f;
+      const int segmask = (base[lane].c >> 8) & 0x1f;
+      const int maxLane = (lane & segmask) | (cval & ~segmask);
+      const int minLane = lane & segmask;
+      int j = lane;
+      bool pval = false;
+      switch (G.kind) {
+      case COLL_SHFL_UP:
+        j = lane - bval;
+        pval = j >= maxLane;
+        break;
+      case COLL_SHFL_DOWN:
+        j = lane + bval;
+        pval = j <= maxLane;
+        break;
+      case COLL_SHFL_XOR:
+        j = lane ^ bval;
+        pval = j <= maxLane;
+        break;
+      default:
+        j = minLane | (bval & ~segmask);
+        pval = j <= maxLane;
+        break;
       }
-      break;
-    case COLL_BALLOT:
-    case COLL_ANY:
-    case COLL_ALL: {
-      unsigned ballot = 0;
-      for (unsigned m = mask; m; m &= m - 1) {
-        const int lane = __builtin_ctz(m);
-        if (base[lane].value) ballot |= 1u << lane;
-      }
-      const unsigned long long r =
-          G.kind == COLL_BALLOT ? ballot : (G.kind == COLL_ANY ? ballot != 0 : ballot == mask);
-      for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = r;
-      break;
+      if (!pval) j = lane;
+      /* A source lane outside the mask does not participate: undefined
+       * on the GPU, a poison pattern (all ones, a NaN) here. */
+      res[lane] = (mask >> j) & 1u ? base[j].value : ~0ull;
     }
-    case COLL_MATCH_ANY:
-    case COLL_MATCH_ALL: {
-      bool all_equal = true;
-      for (unsigned m = mask; m; m &= m - 1) {
-        const int lane = __builtin_ctz(m);
-        unsigned same = 0;
-        for (unsigned k = mask; k; k &= k - 1) {
-          const int other = __builtin_ctz(k);
-          if (base[other].value == base[lane].value) same |= 1u << other;
-        }
-        if (same != mask) all_equal = false;
-        res[lane] = same;
-      }
-      if (G.kind == COLL_MATCH_ALL)
-        for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = all_equal ? mask : 0;
-      break;
+    break;
+  case COLL_BALLOT:
+  case COLL_ANY:
+  case COLL_ALL: {
+    unsigned ballot = 0;
+    for (unsigned m = mask; m; m &= m - 1) {
+      const int lane = __builtin_ctz(m);
+      if (base[lane].value) ballot |= 1u << lane;
     }
-    case COLL_SYNCWARP:
-      for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = 0;
-      break;
-    case COLL_ACTIVEMASK:
-      for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = mask;
-      break;
-    default: { /* __reduce_*_sync */
-      const int first = __builtin_ctz(mask);
-      uint32_t acc = uint32_t(base[first].value);
-      for (unsigned m = mask & (mask - 1); m; m &= m - 1) {
-        const uint32_t v = uint32_t(base[__builtin_ctz(m)].value);
-        switch (G.kind) {
-          case COLL_REDUCE_ADD: acc += v; break;
-          case COLL_REDUCE_MIN: acc = std::min(acc, v); break;
-          case COLL_REDUCE_MAX: acc = std::max(acc, v); break;
-          case COLL_REDUCE_MIN_S: acc = uint32_t(std::min(int32_t(acc), int32_t(v))); break;
-          case COLL_REDUCE_MAX_S: acc = uint32_t(std::max(int32_t(acc), int32_t(v))); break;
-          case COLL_REDUCE_AND: acc &= v; break;
-          case COLL_REDUCE_OR: acc |= v; break;
-          default: acc ^= v; break;
-        }
+    const unsigned long long r = G.kind == COLL_BALLOT ? ballot : (G.kind == COLL_ANY ? ballot != 0 : ballot == mask);
+    for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = r;
+    break;
+  }
+  case COLL_MATCH_ANY:
+  case COLL_MATCH_ALL: {
+    bool all_equal = true;
+    for (unsigned m = mask; m; m &= m - 1) {
+      const int lane = __builtin_ctz(m);
+      unsigned same = 0;
+      for (unsigned k = mask; k; k &= k - 1) {
+        const int other = __builtin_ctz(k);
+        if (base[other].value == base[lane].value) same |= 1u << other;
       }
-      for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = acc;
-      break;
+      if (same != mask) all_equal = false;
+      res[lane] = same;
     }
+    if (G.kind == COLL_MATCH_ALL)
+      for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = all_equal ? mask : 0;
+    break;
+  }
+  case COLL_SYNCWARP:
+    for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = 0;
+    break;
+  case COLL_ACTIVEMASK:
+    for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = mask;
+    break;
+  default: { /* __reduce_*_sync */
+    const int first = __builtin_ctz(mask);
+    uint32_t acc = uint32_t(base[first].value);
+    for (unsigned m = mask & (mask - 1); m; m &= m - 1) {
+      const uint32_t v = uint32_t(base[__builtin_ctz(m)].value);
+      switch (G.kind) {
+      case COLL_REDUCE_ADD:
+        acc += v;
+        break;
+      case COLL_REDUCE_MIN:
+        acc = std::min(acc, v);
+        break;
+      case COLL_REDUCE_MAX:
+        acc = std::max(acc, v);
+        break;
+      case COLL_REDUCE_MIN_S:
+        acc = uint32_t(std::min(int32_t(acc), int32_t(v)));
+        break;
+      case COLL_REDUCE_MAX_S:
+        acc = uint32_t(std::max(int32_t(acc), int32_t(v)));
+        break;
+      case COLL_REDUCE_AND:
+        acc &= v;
+        break;
+      case COLL_REDUCE_OR:
+        acc |= v;
+        break;
+      default:
+        acc ^= v;
+        break;
+      }
+    }
+    for (unsigned m = mask; m; m &= m - 1) res[__builtin_ctz(m)] = acc;
+    break;
+  }
   }
   for (unsigned m = mask; m; m &= m - 1) {
     const int lane = __builtin_ctz(m);
@@ -966,12 +981,12 @@ unsigned long long warp_collective(int kind, unsigned mask, unsigned long long v
   if (mask & ~W.exists)
     fail_current(B, fmt("%s:%d: %s(mask 0x%08x) names lanes %s of warp %u, which do not exist (the block has %u "
                         "threads) (%s, thread %s)",
-                        file, line, name, mask, lanes_str(mask & ~W.exists).c_str(), warp, B.n,
-                        block_str(B).c_str(), tid_str(t).c_str()));
-  if ((mask & W.exited) && !waits_for_live_lanes_only(kind))
-    fail_current(B, fmt("%s:%d: %s(mask 0x%08x) names lanes %s of warp %u, which have exited (%s, thread %s)", file,
-                        line, name, mask, lanes_str(mask & W.exited).c_str(), warp, block_str(B).c_str(),
+                        file, line, name, mask, lanes_str(mask & ~W.exists).c_str(), warp, B.n, block_str(B).c_str(),
                         tid_str(t).c_str()));
+  if ((mask & W.exited) && !waits_for_live_lanes_only(kind))
+    fail_current(B,
+                 fmt("%s:%d: %s(mask 0x%08x) names lanes %s of warp %u, which have exited (%s, thread %s)", file, line,
+                     name, mask, lanes_str(mask & W.exited).c_str(), warp, block_str(B).c_str(), tid_str(t).c_str()));
   /* Lanes join the group of exactly their mask.  Groups of different,
    * overlapping masks coexist: `if (lane < 16) shfl(0xffff); shfl(~0u);` is
    * legal, and lanes 16-31 may wait at the second while 0-15 do the first.
@@ -1080,8 +1095,8 @@ std::string current_thread_str() {
 
 void trap(const char *file, int line) {
   BlockCtx &B = current_block("__trap");
-  fail_current(B, fmt("%s:%d: __trap() called (%s, thread %s)", file, line, block_str(B).c_str(),
-                      tid_str(*B.cur).c_str()));
+  fail_current(
+      B, fmt("%s:%d: __trap() called (%s, thread %s)", file, line, block_str(B).c_str(), tid_str(*B.cur).c_str()));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1152,7 +1167,9 @@ extern "C" {
 
 void bnk_emu_set_schedule(bnk_emu_schedule kind, unsigned long long seed) {
   auto &s = bnk_emu::detail::settings();
-  s.schedule.store(kind == BNK_EMU_REVERSE ? BNK_EMU_REVERSE : kind == BNK_EMU_RANDOM ? BNK_EMU_RANDOM : BNK_EMU_FORWARD);
+  s.schedule.store(kind == BNK_EMU_REVERSE  ? BNK_EMU_REVERSE
+                   : kind == BNK_EMU_RANDOM ? BNK_EMU_RANDOM
+                                            : BNK_EMU_FORWARD);
   s.seed.store(seed);
 }
 

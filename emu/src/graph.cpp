@@ -135,8 +135,7 @@ cudaError_t refuse_unsafe(CaptureRegistry &r) {
 }
 
 bool valid_mode(cudaStreamCaptureMode m) {
-  return m == cudaStreamCaptureModeGlobal || m == cudaStreamCaptureModeThreadLocal ||
-         m == cudaStreamCaptureModeRelaxed;
+  return m == cudaStreamCaptureModeGlobal || m == cudaStreamCaptureModeThreadLocal || m == cudaStreamCaptureModeRelaxed;
 }
 
 std::vector<std::unique_ptr<Node>> copy_nodes(const std::vector<std::unique_ptr<Node>> &from) {
@@ -148,17 +147,17 @@ std::vector<std::unique_ptr<Node>> copy_nodes(const std::vector<std::unique_ptr<
 
 cudaError_t run_node(const Node &n, cudaStream_t stream) {
   switch (n.kind) {
-    case Node::KERNEL: {
-      launch_desc d = n.launch;
-      d.stream = stream;
-      return run_launch(d);
-    }
-    case Node::MEMSET:
-      if (n.count) std::memset(n.dst, n.value, n.count);
-      return cudaSuccess;
-    case Node::MEMCPY:
-      if (n.count) std::memmove(n.dst, n.src, n.count);
-      return cudaSuccess;
+  case Node::KERNEL: {
+    launch_desc d = n.launch;
+    d.stream = stream;
+    return run_launch(d);
+  }
+  case Node::MEMSET:
+    if (n.count) std::memset(n.dst, n.value, n.count);
+    return cudaSuccess;
+  case Node::MEMCPY:
+    if (n.count) std::memmove(n.dst, n.src, n.count);
+    return cudaSuccess;
   }
   return cudaErrorUnknown;
 }
@@ -166,38 +165,41 @@ cudaError_t run_node(const Node &n, cudaStream_t stream) {
 }  // namespace
 
 bool capture_launch(const launch_desc &d, cudaError_t *result) {
-  return record(d.stream,
-                [&d] {
-                  std::unique_ptr<Node> n(new Node(Node::KERNEL));
-                  n->launch = d;
-                  n->launch.ctx = d.clone_ctx(d.ctx);
-                  return n;
-                },
-                result);
+  return record(
+      d.stream,
+      [&d] {
+        std::unique_ptr<Node> n(new Node(Node::KERNEL));
+        n->launch = d;
+        n->launch.ctx = d.clone_ctx(d.ctx);
+        return n;
+      },
+      result);
 }
 
 bool capture_memset(void *dst, int value, size_t count, cudaStream_t s, cudaError_t *result) {
-  return record(s,
-                [&] {
-                  std::unique_ptr<Node> n(new Node(Node::MEMSET));
-                  n->dst = dst;
-                  n->value = value;
-                  n->count = count;
-                  return n;
-                },
-                result);
+  return record(
+      s,
+      [&] {
+        std::unique_ptr<Node> n(new Node(Node::MEMSET));
+        n->dst = dst;
+        n->value = value;
+        n->count = count;
+        return n;
+      },
+      result);
 }
 
 bool capture_memcpy(void *dst, const void *src, size_t count, cudaStream_t s, cudaError_t *result) {
-  return record(s,
-                [&] {
-                  std::unique_ptr<Node> n(new Node(Node::MEMCPY));
-                  n->dst = dst;
-                  n->src = src;
-                  n->count = count;
-                  return n;
-                },
-                result);
+  return record(
+      s,
+      [&] {
+        std::unique_ptr<Node> n(new Node(Node::MEMCPY));
+        n->dst = dst;
+        n->src = src;
+        n->count = count;
+        return n;
+      },
+      result);
 }
 
 cudaError_t capture_refuses(capture_call call, cudaStream_t s) {
@@ -205,19 +207,19 @@ cudaError_t capture_refuses(capture_call call, cudaStream_t s) {
   std::lock_guard<std::mutex> lk(r.mu);
   if (r.captures.empty()) return cudaSuccess;
   switch (call) {
-    case CAPTURE_UNSAFE_CALL: {
-      const cudaError_t e = refuse_unsafe(r);
-      return e != cudaSuccess || !s ? e : refuse_implicit_join(r, s);
-    }
-    case CAPTURE_DEVICE_SYNC:
-      for (Capture &c : r.captures) c.invalidated = true;
+  case CAPTURE_UNSAFE_CALL: {
+    const cudaError_t e = refuse_unsafe(r);
+    return e != cudaSuccess || !s ? e : refuse_implicit_join(r, s);
+  }
+  case CAPTURE_DEVICE_SYNC:
+    for (Capture &c : r.captures) c.invalidated = true;
+    return cudaErrorStreamCaptureUnsupported;
+  case CAPTURE_STREAM_SYNC:
+    if (Capture *c = find_capture(r, s)) {
+      c->invalidated = true;
       return cudaErrorStreamCaptureUnsupported;
-    case CAPTURE_STREAM_SYNC:
-      if (Capture *c = find_capture(r, s)) {
-        c->invalidated = true;
-        return cudaErrorStreamCaptureUnsupported;
-      }
-      return refuse_implicit_join(r, s);
+    }
+    return refuse_implicit_join(r, s);
   }
   return cudaSuccess;
 }

@@ -15,9 +15,9 @@ namespace detail {
 constexpr int kMaxThreadsPerBlock = 1024;
 constexpr int kMaxBlockDimX = 1024, kMaxBlockDimY = 1024, kMaxBlockDimZ = 64;
 constexpr unsigned kMaxGridDimX = 2147483647u, kMaxGridDimY = 65535u, kMaxGridDimZ = 65535u;
-constexpr int kDefaultSmemPerBlock = 49152;   /* 48 KiB without opt-in */
-constexpr int kOptinSmemPerBlock = 232448;    /* 227 KiB */
-constexpr int kSmemPerSM = 233472;            /* 228 KiB */
+constexpr int kDefaultSmemPerBlock = 49152; /* 48 KiB without opt-in */
+constexpr int kOptinSmemPerBlock = 232448;  /* 227 KiB */
+constexpr int kSmemPerSM = 233472;          /* 228 KiB */
 constexpr int kReservedSmemPerBlock = 1024;
 constexpr int kNumSMs = 132; /* the default; sm_count() is the emulated device's */
 constexpr int kMaxThreadsPerSM = 2048;
@@ -45,7 +45,7 @@ int sm_count();
 /* The rendezvous of the blocks of one cooperative launch at this_grid().sync().
  * Every block runs on its own OS thread, so a waiting block blocks its thread. */
 class GridBarrier {
- public:
+public:
   enum Outcome { RELEASED, ABORTED, BLOCKS_EXITED };
   explicit GridBarrier(unsigned long long nblocks) : nblocks_(nblocks) {}
   /* Called by a block once all its threads arrived; returns when every block
@@ -57,7 +57,7 @@ class GridBarrier {
   unsigned long long exited_blocks();
   void abort();
 
- private:
+private:
   std::mutex mu_;
   std::condition_variable cv_;
   const unsigned long long nblocks_;

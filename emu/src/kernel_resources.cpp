@@ -31,9 +31,9 @@ namespace {
 
 struct KernelResources {
   const char *name;
-  int registers;     /* per thread */
-  int shared_bytes;  /* static shared memory per block */
-  int local_bytes;   /* per thread (spills, stack arrays) */
+  int registers;    /* per thread */
+  int shared_bytes; /* static shared memory per block */
+  int local_bytes;  /* per thread (spills, stack arrays) */
 };
 
 const KernelResources kTable[] = {
@@ -45,7 +45,7 @@ constexpr int kRegisterUnit = 256; /* registers are allocated per warp in units 
 
 /* Function symbols of every loaded object, by run-time address. */
 class SymbolIndex {
- public:
+public:
   /* The symbol at exactly addr, or "" if none. */
   std::string name_at(const void *addr) {
     std::lock_guard<std::mutex> lk(mu_);
@@ -56,7 +56,7 @@ class SymbolIndex {
     return it == names_.end() ? std::string() : it->second;
   }
 
- private:
+private:
   struct Object {
     uintptr_t addr;
     const char *path;
@@ -101,8 +101,7 @@ class SymbolIndex {
           const ElfW(Sym) *sym = reinterpret_cast<const ElfW(Sym) *>(base + sh[i].sh_offset);
           const size_t count = sh[i].sh_size / sizeof(ElfW(Sym));
           for (size_t k = 0; k < count; ++k) {
-            if (ELF64_ST_TYPE(sym[k].st_info) != STT_FUNC || sym[k].st_value == 0 ||
-                sym[k].st_name >= strtab.sh_size)
+            if (ELF64_ST_TYPE(sym[k].st_info) != STT_FUNC || sym[k].st_value == 0 || sym[k].st_name >= strtab.sh_size)
               continue;
             names_.emplace(bias + sym[k].st_value, std::string(base + strtab.sh_offset + sym[k].st_name));
           }

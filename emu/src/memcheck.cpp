@@ -61,10 +61,10 @@ std::atomic<allocation *> *g_granules = nullptr;
 
 struct tracker {
   std::mutex mu;
-  std::map<uintptr_t, allocation *> live;    /* by user address */
-  std::deque<allocation *> quarantine;        /* oldest first */
+  std::map<uintptr_t, allocation *> live; /* by user address */
+  std::deque<allocation *> quarantine;    /* oldest first */
   size_t quarantined_bytes = 0;
-  std::vector<allocation *> evicted;          /* released when no launch can see them */
+  std::vector<allocation *> evicted; /* released when no launch can see them */
   unsigned long long serial = 0;
   uintptr_t arena_next = 0;
   std::multimap<size_t, uintptr_t> arena_free; /* released ranges by size, for reuse */
@@ -140,8 +140,7 @@ uintptr_t arena_map_locked(size_t bytes) {
 
 /* Caller holds mu.  Gives the pages back to the system and the range back to the arena. */
 void arena_unmap_locked(uintptr_t at, size_t bytes) {
-  mmap(reinterpret_cast<void *>(at), bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
-       -1, 0);
+  mmap(reinterpret_cast<void *>(at), bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
   trk().arena_free.emplace(bytes, at);
 }
 
@@ -221,15 +220,12 @@ std::string access_str(uintptr_t a, size_t n, bool write) {
   const long long offset = (long long)(a - A.begin);
   const size_t size = A.end - A.begin;
   std::string how;
-  if (A.freed)
-    how = "use after cudaFree" + std::string(A.kind == ALLOC_HOST ? "Host" : "") + ": ";
-  else if (a + n > A.end)
-    how = std::to_string(a + n - A.end) + " bytes past the end of ";
-  else
-    how = std::to_string(A.begin - a) + " bytes before the start of ";
+  if (A.freed) how = "use after cudaFree" + std::string(A.kind == ALLOC_HOST ? "Host" : "") + ": ";
+  else if (a + n > A.end) how = std::to_string(a + n - A.end) + " bytes past the end of ";
+  else how = std::to_string(A.begin - a) + " bytes before the start of ";
   report(pc, access_str(a, n, write) + ", " + how + "allocation #" + std::to_string(A.serial) + " (" +
-                 kind_name(A.kind) + " of " + std::to_string(size) + " bytes at " + hexaddr(A.begin) +
-                 "), offset " + std::to_string(offset));
+                 kind_name(A.kind) + " of " + std::to_string(size) + " bytes at " + hexaddr(A.begin) + "), offset " +
+                 std::to_string(offset));
 }
 
 /* The allocation owning the granule of a (a lies in the arena), or null. */
@@ -417,10 +413,10 @@ using bnk_emu::detail::check;
 
 #ifdef __SANITIZE_ADDRESS__
 /* A full ASan build: after the emulation's check, ASan's own (the next definition of the same name). */
-#define BNK_EMU_FORWARD_ASAN(name, ...)                                                       \
-  do {                                                                                        \
-    static auto next_ = reinterpret_cast<decltype(&name)>(dlsym(RTLD_NEXT, #name));           \
-    if (next_) next_(__VA_ARGS__);                                                            \
+#define BNK_EMU_FORWARD_ASAN(name, ...)                                             \
+  do {                                                                              \
+    static auto next_ = reinterpret_cast<decltype(&name)>(dlsym(RTLD_NEXT, #name)); \
+    if (next_) next_(__VA_ARGS__);                                                  \
   } while (0)
 #else
 #define BNK_EMU_FORWARD_ASAN(name, ...) \
@@ -431,14 +427,14 @@ using bnk_emu::detail::check;
 #pragma GCC visibility push(default)
 extern "C" {
 
-#define BNK_EMU_HOOKS(n)                                                                       \
-  void __asan_load##n##_noabort(void *p) {                                                     \
-    check(p, n, false, __builtin_return_address(0));                                           \
-    BNK_EMU_FORWARD_ASAN(__asan_load##n##_noabort, p);                                         \
-  }                                                                                            \
-  void __asan_store##n##_noabort(void *p) {                                                    \
-    check(p, n, true, __builtin_return_address(0));                                            \
-    BNK_EMU_FORWARD_ASAN(__asan_store##n##_noabort, p);                                        \
+#define BNK_EMU_HOOKS(n)                                \
+  void __asan_load##n##_noabort(void *p) {              \
+    check(p, n, false, __builtin_return_address(0));    \
+    BNK_EMU_FORWARD_ASAN(__asan_load##n##_noabort, p);  \
+  }                                                     \
+  void __asan_store##n##_noabort(void *p) {             \
+    check(p, n, true, __builtin_return_address(0));     \
+    BNK_EMU_FORWARD_ASAN(__asan_store##n##_noabort, p); \
   }
 BNK_EMU_HOOKS(1)
 BNK_EMU_HOOKS(2)

@@ -126,55 +126,59 @@ cudaError_t cudaGetLastError(void) {
 
 cudaError_t cudaPeekAtLastError(void) { return tl_last_error; }
 
-#define BNK_EMU_ERRORS(X)                                                              \
-  X(cudaSuccess, "no error")                                                           \
-  X(cudaErrorInvalidValue, "invalid argument")                                         \
-  X(cudaErrorMemoryAllocation, "out of memory")                                        \
-  X(cudaErrorInitializationError, "initialization error")                              \
-  X(cudaErrorCudartUnloading, "driver shutting down")                                  \
-  X(cudaErrorInvalidConfiguration, "invalid configuration argument")                   \
-  X(cudaErrorInvalidPitchValue, "invalid pitch argument")                              \
-  X(cudaErrorInvalidSymbol, "invalid device symbol")                                   \
-  X(cudaErrorInvalidDevicePointer, "invalid device pointer")                           \
-  X(cudaErrorInvalidMemcpyDirection, "invalid copy direction for memcpy")              \
-  X(cudaErrorInsufficientDriver, "CUDA driver version is insufficient for CUDA runtime version") \
-  X(cudaErrorNoDevice, "no CUDA-capable device is detected")                           \
-  X(cudaErrorInvalidDevice, "invalid device ordinal")                                  \
-  X(cudaErrorInvalidResourceHandle, "invalid resource handle")                         \
-  X(cudaErrorNotReady, "device not ready")                                             \
-  X(cudaErrorIllegalAddress, "an illegal memory access was encountered")               \
-  X(cudaErrorLaunchOutOfResources, "too many resources requested for launch")          \
-  X(cudaErrorLaunchTimeout, "the launch timed out and was terminated")                 \
-  X(cudaErrorAssert, "device-side assert triggered")                                   \
-  X(cudaErrorLaunchFailure, "unspecified launch failure")                              \
-  X(cudaErrorInvalidDeviceFunction, "invalid device function")                         \
-  X(cudaErrorNotSupported, "operation not supported")                                  \
-  X(cudaErrorIllegalState, "the operation cannot be performed in the present state")   \
-  X(cudaErrorCooperativeLaunchTooLarge, "too many blocks in cooperative launch")       \
-  X(cudaErrorStreamCaptureUnsupported, "operation not permitted when stream is capturing") \
-  X(cudaErrorStreamCaptureInvalidated, "operation failed due to a previous error during capture") \
-  X(cudaErrorStreamCaptureUnmatched, "capture was not initiated in this stream")       \
+#define BNK_EMU_ERRORS(X)                                                                                           \
+  X(cudaSuccess, "no error")                                                                                        \
+  X(cudaErrorInvalidValue, "invalid argument")                                                                      \
+  X(cudaErrorMemoryAllocation, "out of memory")                                                                     \
+  X(cudaErrorInitializationError, "initialization error")                                                           \
+  X(cudaErrorCudartUnloading, "driver shutting down")                                                               \
+  X(cudaErrorInvalidConfiguration, "invalid configuration argument")                                                \
+  X(cudaErrorInvalidPitchValue, "invalid pitch argument")                                                           \
+  X(cudaErrorInvalidSymbol, "invalid device symbol")                                                                \
+  X(cudaErrorInvalidDevicePointer, "invalid device pointer")                                                        \
+  X(cudaErrorInvalidMemcpyDirection, "invalid copy direction for memcpy")                                           \
+  X(cudaErrorInsufficientDriver, "CUDA driver version is insufficient for CUDA runtime version")                    \
+  X(cudaErrorNoDevice, "no CUDA-capable device is detected")                                                        \
+  X(cudaErrorInvalidDevice, "invalid device ordinal")                                                               \
+  X(cudaErrorInvalidResourceHandle, "invalid resource handle")                                                      \
+  X(cudaErrorNotReady, "device not ready")                                                                          \
+  X(cudaErrorIllegalAddress, "an illegal memory access was encountered")                                            \
+  X(cudaErrorLaunchOutOfResources, "too many resources requested for launch")                                       \
+  X(cudaErrorLaunchTimeout, "the launch timed out and was terminated")                                              \
+  X(cudaErrorAssert, "device-side assert triggered")                                                                \
+  X(cudaErrorLaunchFailure, "unspecified launch failure")                                                           \
+  X(cudaErrorInvalidDeviceFunction, "invalid device function")                                                      \
+  X(cudaErrorNotSupported, "operation not supported")                                                               \
+  X(cudaErrorIllegalState, "the operation cannot be performed in the present state")                                \
+  X(cudaErrorCooperativeLaunchTooLarge, "too many blocks in cooperative launch")                                    \
+  X(cudaErrorStreamCaptureUnsupported, "operation not permitted when stream is capturing")                          \
+  X(cudaErrorStreamCaptureInvalidated, "operation failed due to a previous error during capture")                   \
+  X(cudaErrorStreamCaptureUnmatched, "capture was not initiated in this stream")                                    \
   X(cudaErrorStreamCaptureImplicit, "operation would make the legacy stream depend on a capturing blocking stream") \
-  X(cudaErrorStreamCaptureWrongThread, "attempt to terminate a thread-local capture sequence from another thread") \
+  X(cudaErrorStreamCaptureWrongThread, "attempt to terminate a thread-local capture sequence from another thread")  \
   X(cudaErrorUnknown, "unknown error")
 
 const char *cudaGetErrorString(cudaError_t error) {
   switch (error) {
 #define X(code, text) \
-  case code: return text;
+  case code:          \
+    return text;
     BNK_EMU_ERRORS(X)
 #undef X
-    default: return "unrecognized error code";
+  default:
+    return "unrecognized error code";
   }
 }
 
 const char *cudaGetErrorName(cudaError_t error) {
   switch (error) {
 #define X(code, text) \
-  case code: return #code;
+  case code:          \
+    return #code;
     BNK_EMU_ERRORS(X)
 #undef X
-    default: return "cudaErrorUnknown";
+  default:
+    return "cudaErrorUnknown";
   }
 }
 
@@ -218,65 +222,182 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
   if (device != 0) return ret(cudaErrorInvalidDevice);
   int v;
   switch (attr) {
-    case cudaDevAttrMaxThreadsPerBlock: v = kMaxThreadsPerBlock; break;
-    case cudaDevAttrMaxBlockDimX: v = kMaxBlockDimX; break;
-    case cudaDevAttrMaxBlockDimY: v = kMaxBlockDimY; break;
-    case cudaDevAttrMaxBlockDimZ: v = kMaxBlockDimZ; break;
-    case cudaDevAttrMaxGridDimX: v = int(kMaxGridDimX); break;
-    case cudaDevAttrMaxGridDimY: v = int(kMaxGridDimY); break;
-    case cudaDevAttrMaxGridDimZ: v = int(kMaxGridDimZ); break;
-    case cudaDevAttrMaxSharedMemoryPerBlock: v = kDefaultSmemPerBlock; break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: v = kOptinSmemPerBlock; break;
-    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: v = kSmemPerSM; break;
-    case cudaDevAttrReservedSharedMemoryPerBlock: v = kReservedSmemPerBlock; break;
-    case cudaDevAttrTotalConstantMemory: v = 65536; break;
-    case cudaDevAttrWarpSize: v = 32; break;
-    case cudaDevAttrMaxPitch: v = 2147483647; break;
-    case cudaDevAttrMaxRegistersPerBlock: v = kRegsPerBlock; break;
-    case cudaDevAttrMaxRegistersPerMultiprocessor: v = kRegsPerSM; break;
-    case cudaDevAttrClockRate: v = 1980000; break;
-    case cudaDevAttrMemoryClockRate: v = 2619000; break;
-    case cudaDevAttrGlobalMemoryBusWidth: v = 5120; break;
-    case cudaDevAttrTextureAlignment: v = 512; break;
-    case cudaDevAttrTexturePitchAlignment: v = 32; break;
-    case cudaDevAttrSurfaceAlignment: v = 512; break;
-    case cudaDevAttrGpuOverlap: v = 1; break;
-    case cudaDevAttrMultiProcessorCount: v = sm_count(); break;
-    case cudaDevAttrKernelExecTimeout: v = 0; break;
-    case cudaDevAttrIntegrated: v = 0; break;
-    case cudaDevAttrCanMapHostMemory: v = 1; break;
-    case cudaDevAttrComputeMode: v = cudaComputeModeDefault; break;
-    case cudaDevAttrConcurrentKernels: v = 1; break;
-    case cudaDevAttrEccEnabled: v = 1; break;
-    case cudaDevAttrPciBusId: v = 1; break;
-    case cudaDevAttrPciDeviceId: v = 0; break;
-    case cudaDevAttrPciDomainId: v = 0; break;
-    case cudaDevAttrTccDriver: v = 0; break;
-    case cudaDevAttrL2CacheSize: v = 50 * 1024 * 1024; break;
-    case cudaDevAttrMaxPersistingL2CacheSize: v = 0; break;
-    case cudaDevAttrMaxAccessPolicyWindowSize: v = 0; break;
-    case cudaDevAttrMaxThreadsPerMultiProcessor: v = kMaxThreadsPerSM; break;
-    case cudaDevAttrMaxBlocksPerMultiprocessor: v = kMaxBlocksPerSM; break;
-    case cudaDevAttrAsyncEngineCount: v = 2; break;
-    case cudaDevAttrUnifiedAddressing: v = 1; break;
-    case cudaDevAttrComputeCapabilityMajor: v = 9; break;
-    case cudaDevAttrComputeCapabilityMinor: v = 0; break;
-    case cudaDevAttrStreamPrioritiesSupported: v = 1; break;
-    case cudaDevAttrGlobalL1CacheSupported: v = 1; break;
-    case cudaDevAttrLocalL1CacheSupported: v = 1; break;
-    case cudaDevAttrManagedMemory: v = 1; break;
-    case cudaDevAttrIsMultiGpuBoard: v = 0; break;
-    case cudaDevAttrMultiGpuBoardGroupID: v = 0; break;
-    case cudaDevAttrHostNativeAtomicSupported: v = 0; break;
-    case cudaDevAttrSingleToDoublePrecisionPerfRatio: v = 2; break;
-    case cudaDevAttrPageableMemoryAccess: v = 0; break;
-    case cudaDevAttrConcurrentManagedAccess: v = 1; break;
-    case cudaDevAttrComputePreemptionSupported: v = 1; break;
-    case cudaDevAttrCanUseHostPointerForRegisteredMem: v = 1; break;
-    case cudaDevAttrCooperativeLaunch: v = 1; break;
-    case cudaDevAttrMemoryPoolsSupported: v = 1; break;
-    case cudaDevAttrClusterLaunch: v = 0; break; /* clusters are not emulated */
-    default: return ret(cudaErrorInvalidValue);
+  case cudaDevAttrMaxThreadsPerBlock:
+    v = kMaxThreadsPerBlock;
+    break;
+  case cudaDevAttrMaxBlockDimX:
+    v = kMaxBlockDimX;
+    break;
+  case cudaDevAttrMaxBlockDimY:
+    v = kMaxBlockDimY;
+    break;
+  case cudaDevAttrMaxBlockDimZ:
+    v = kMaxBlockDimZ;
+    break;
+  case cudaDevAttrMaxGridDimX:
+    v = int(kMaxGridDimX);
+    break;
+  case cudaDevAttrMaxGridDimY:
+    v = int(kMaxGridDimY);
+    break;
+  case cudaDevAttrMaxGridDimZ:
+    v = int(kMaxGridDimZ);
+    break;
+  case cudaDevAttrMaxSharedMemoryPerBlock:
+    v = kDefaultSmemPerBlock;
+    break;
+  case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+    v = kOptinSmemPerBlock;
+    break;
+  case cudaDevAttrMaxSharedMemoryPerMultiprocessor:
+    v = kSmemPerSM;
+    break;
+  case cudaDevAttrReservedSharedMemoryPerBlock:
+    v = kReservedSmemPerBlock;
+    break;
+  case cudaDevAttrTotalConstantMemory:
+    v = 65536;
+    break;
+  case cudaDevAttrWarpSize:
+    v = 32;
+    break;
+  case cudaDevAttrMaxPitch:
+    v = 2147483647;
+    break;
+  case cudaDevAttrMaxRegistersPerBlock:
+    v = kRegsPerBlock;
+    break;
+  case cudaDevAttrMaxRegistersPerMultiprocessor:
+    v = kRegsPerSM;
+    break;
+  case cudaDevAttrClockRate:
+    v = 1980000;
+    break;
+  case cudaDevAttrMemoryClockRate:
+    v = 2619000;
+    break;
+  case cudaDevAttrGlobalMemoryBusWidth:
+    v = 5120;
+    break;
+  case cudaDevAttrTextureAlignment:
+    v = 512;
+    break;
+  case cudaDevAttrTexturePitchAlignment:
+    v = 32;
+    break;
+  case cudaDevAttrSurfaceAlignment:
+    v = 512;
+    break;
+  case cudaDevAttrGpuOverlap:
+    v = 1;
+    break;
+  case cudaDevAttrMultiProcessorCount:
+    v = sm_count();
+    break;
+  case cudaDevAttrKernelExecTimeout:
+    v = 0;
+    break;
+  case cudaDevAttrIntegrated:
+    v = 0;
+    break;
+  case cudaDevAttrCanMapHostMemory:
+    v = 1;
+    break;
+  case cudaDevAttrComputeMode:
+    v = cudaComputeModeDefault;
+    break;
+  case cudaDevAttrConcurrentKernels:
+    v = 1;
+    break;
+  case cudaDevAttrEccEnabled:
+    v = 1;
+    break;
+  case cudaDevAttrPciBusId:
+    v = 1;
+    break;
+  case cudaDevAttrPciDeviceId:
+    v = 0;
+    break;
+  case cudaDevAttrPciDomainId:
+    v = 0;
+    break;
+  case cudaDevAttrTccDriver:
+    v = 0;
+    break;
+  case cudaDevAttrL2CacheSize:
+    v = 50 * 1024 * 1024;
+    break;
+  case cudaDevAttrMaxPersistingL2CacheSize:
+    v = 0;
+    break;
+  case cudaDevAttrMaxAccessPolicyWindowSize:
+    v = 0;
+    break;
+  case cudaDevAttrMaxThreadsPerMultiProcessor:
+    v = kMaxThreadsPerSM;
+    break;
+  case cudaDevAttrMaxBlocksPerMultiprocessor:
+    v = kMaxBlocksPerSM;
+    break;
+  case cudaDevAttrAsyncEngineCount:
+    v = 2;
+    break;
+  case cudaDevAttrUnifiedAddressing:
+    v = 1;
+    break;
+  case cudaDevAttrComputeCapabilityMajor:
+    v = 9;
+    break;
+  case cudaDevAttrComputeCapabilityMinor:
+    v = 0;
+    break;
+  case cudaDevAttrStreamPrioritiesSupported:
+    v = 1;
+    break;
+  case cudaDevAttrGlobalL1CacheSupported:
+    v = 1;
+    break;
+  case cudaDevAttrLocalL1CacheSupported:
+    v = 1;
+    break;
+  case cudaDevAttrManagedMemory:
+    v = 1;
+    break;
+  case cudaDevAttrIsMultiGpuBoard:
+    v = 0;
+    break;
+  case cudaDevAttrMultiGpuBoardGroupID:
+    v = 0;
+    break;
+  case cudaDevAttrHostNativeAtomicSupported:
+    v = 0;
+    break;
+  case cudaDevAttrSingleToDoublePrecisionPerfRatio:
+    v = 2;
+    break;
+  case cudaDevAttrPageableMemoryAccess:
+    v = 0;
+    break;
+  case cudaDevAttrConcurrentManagedAccess:
+    v = 1;
+    break;
+  case cudaDevAttrComputePreemptionSupported:
+    v = 1;
+    break;
+  case cudaDevAttrCanUseHostPointerForRegisteredMem:
+    v = 1;
+    break;
+  case cudaDevAttrCooperativeLaunch:
+    v = 1;
+    break;
+  case cudaDevAttrMemoryPoolsSupported:
+    v = 1;
+    break;
+  case cudaDevAttrClusterLaunch:
+    v = 0;
+    break; /* clusters are not emulated */
+  default:
+    return ret(cudaErrorInvalidValue);
   }
   *value = v;
   return cudaSuccess;
@@ -586,19 +707,19 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) 
 cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, int value) {
   if (!func) return ret(cudaErrorInvalidDeviceFunction);
   switch (attr) {
-    case cudaFuncAttributeMaxDynamicSharedMemorySize: {
-      if (value < 0 || value > kOptinSmemPerBlock) return ret(cudaErrorInvalidValue);
-      Registry &r = reg();
-      std::lock_guard<std::mutex> lk(r.mu);
-      r.max_dyn_smem[func] = value;
-      g_have_func_attrs.store(true, std::memory_order_release);
-      return cudaSuccess;
-    }
-    case cudaFuncAttributePreferredSharedMemoryCarveout:
-      if (value < -1 || value > 100) return ret(cudaErrorInvalidValue);
-      return cudaSuccess;
-    default:
-      return cudaSuccess; /* accepted, no effect in the emulation */
+  case cudaFuncAttributeMaxDynamicSharedMemorySize: {
+    if (value < 0 || value > kOptinSmemPerBlock) return ret(cudaErrorInvalidValue);
+    Registry &r = reg();
+    std::lock_guard<std::mutex> lk(r.mu);
+    r.max_dyn_smem[func] = value;
+    g_have_func_attrs.store(true, std::memory_order_release);
+    return cudaSuccess;
+  }
+  case cudaFuncAttributePreferredSharedMemoryCarveout:
+    if (value < -1 || value > 100) return ret(cudaErrorInvalidValue);
+    return cudaSuccess;
+  default:
+    return cudaSuccess; /* accepted, no effect in the emulation */
   }
 }
 

@@ -112,8 +112,8 @@ int main(int argc, char **argv) {
     check();
     const double synced = seconds([&] { cudaLaunchCooperativeKernel(grid_barriers, blocks, 256, with_sync); });
     check();
-    std::printf("cooperative launch <<<%u, 256>>>, no grid.sync: %.0f us; this_grid().sync(): %.1f us each\n",
-                blocks, empty * 1e6 / launches, (synced - empty / launches) * 1e6 / k);
+    std::printf("cooperative launch <<<%u, 256>>>, no grid.sync: %.0f us; this_grid().sync(): %.1f us each\n", blocks,
+                empty * 1e6 / launches, (synced - empty / launches) * 1e6 / k);
   }
   cudaFree(out);
   return 0;

@@ -33,11 +33,11 @@ struct dev_buf {
 };
 
 /* Asserts that the last launch succeeded (and clears the error state). */
-#define EXPECT_LAUNCH_OK()                                                                          \
-  do {                                                                                              \
-    cudaError_t e_ = cudaGetLastError();                                                            \
+#define EXPECT_LAUNCH_OK()                                                                                   \
+  do {                                                                                                       \
+    cudaError_t e_ = cudaGetLastError();                                                                     \
     cr_assert_eq(e_, cudaSuccess, "launch failed: %s: %s", cudaGetErrorName(e_), bnk_emu_last_diagnostic()); \
-    cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);                                             \
+    cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);                                                      \
   } while (0)
 
 static const bnk_emu_schedule kAllSchedules[] = {BNK_EMU_FORWARD, BNK_EMU_REVERSE, BNK_EMU_RANDOM};

@@ -52,8 +52,8 @@ cudaError_t memcheck_write(float *p, long index, int threads) {
 
 cudaError_t memcheck_copy4(const float *p, float *q, int n) {
   const int n4 = n / 4;
-  BNK_EMU_LAUNCH(copy4, (n4 + 127) / 128, 128, 0, nullptr)(reinterpret_cast<const float4 *>(p),
-                                                           reinterpret_cast<float4 *>(q), n4);
+  BNK_EMU_LAUNCH(copy4, (n4 + 127) / 128, 128, 0, nullptr)
+  (reinterpret_cast<const float4 *>(p), reinterpret_cast<float4 *>(q), n4);
   return cudaGetLastError();
 }
 

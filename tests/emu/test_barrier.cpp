@@ -65,10 +65,8 @@ __global__ void syncwarp_kernel(int *out) {
   const unsigned partner = (threadIdx.x & ~15u) | (15 - (threadIdx.x & 15));
   out[threadIdx.x] = buf[partner];
   /* Full-mask __syncwarp from two different lines is the same barrier. */
-  if (lane & 1)
-    __syncwarp();
-  else
-    __syncwarp();
+  if (lane & 1) __syncwarp();
+  else __syncwarp();
 }
 
 }  // namespace
@@ -93,10 +91,8 @@ __global__ void vote_kernel(unsigned *ballot, int *any, int *all, unsigned *half
   ballot[t] = __ballot_sync(0xffffffffu, lane % 3 == 0);
   any[t] = __any_sync(0xffffffffu, t == 37) * 2 + __any_sync(0xffffffffu, 0);
   all[t] = __all_sync(0xffffffffu, 1) * 2 + __all_sync(0xffffffffu, lane != 5);
-  if (lane >= 16)
-    half_ballot[t] = __ballot_sync(0xffff0000u, lane & 1);
-  else
-    half_ballot[t] = __ballot_sync(0x0000ffffu, 1);
+  if (lane >= 16) half_ballot[t] = __ballot_sync(0xffff0000u, lane & 1);
+  else half_ballot[t] = __ballot_sync(0x0000ffffu, 1);
 }
 
 }  // namespace

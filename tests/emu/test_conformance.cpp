@@ -46,10 +46,8 @@ __global__ void exit_while_ballot_waits(unsigned *ballot) {
 __global__ void activemask_divergent(unsigned *inside, unsigned *other, unsigned *together) {
   const unsigned lane = threadIdx.x & 31;
   together[threadIdx.x] = __activemask();
-  if (lane < 8)
-    inside[threadIdx.x] = __activemask();
-  else
-    other[threadIdx.x] = __activemask();
+  if (lane < 8) inside[threadIdx.x] = __activemask();
+  else other[threadIdx.x] = __activemask();
 }
 
 /* The documented limit: no reconvergence after the if. */
@@ -156,15 +154,14 @@ Test(conformance, activemask_is_the_lanes_that_arrive_together) {
     for (unsigned t = 0; t < 48; ++t) {
       const unsigned live = t < 32 ? 0xffffffffu : 0x0000ffffu; /* warp 1 has 16 threads */
       cr_assert_eq(tg[t], live, "thread %u: 0x%08x", t, tg[t]);
-      if ((t & 31) < 8)
-        cr_assert_eq(in[t], 0x000000ffu, "thread %u: 0x%08x", t, in[t]);
-      else
-        cr_assert_eq(ot[t], live & ~0xffu, "thread %u: 0x%08x", t, ot[t]);
+      if ((t & 31) < 8) cr_assert_eq(in[t], 0x000000ffu, "thread %u: 0x%08x", t, in[t]);
+      else cr_assert_eq(ot[t], live & ~0xffu, "thread %u: 0x%08x", t, ot[t]);
     }
     BNK_EMU_LAUNCH(activemask_no_reconvergence, 1, 32, 0, 0)(after.p);
     EXPECT_LAUNCH_OK();
     const auto nr = after.download();
-    for (unsigned l = 0; l < 32; ++l) cr_assert_eq(nr[l], l < 8 ? 0x000000ffu : 0xffffff00u, "lane %u: 0x%08x", l, nr[l]);
+    for (unsigned l = 0; l < 32; ++l)
+      cr_assert_eq(nr[l], l < 8 ? 0x000000ffu : 0xffffff00u, "lane %u: 0x%08x", l, nr[l]);
     BNK_EMU_LAUNCH(activemask_after_exit, 1, 32, 0, 0)(after.p);
     EXPECT_LAUNCH_OK();
     const auto af = after.download();
@@ -177,8 +174,8 @@ Test(conformance, activemask_is_the_lanes_that_arrive_together) {
 }
 
 Test(conformance, float_to_integer_conversions_saturate) {
-  const std::vector<float> x = {1e10f, -1e10f, NAN, -1.0f, 2.5f, -2.5f, 3.7f, -3.7f, 4294967296.0f, 2147483520.0f,
-                                -2147483648.0f, INFINITY, -INFINITY, 1e19f};
+  const std::vector<float> x = {1e10f, -1e10f,        NAN,           -1.0f,          2.5f,     -2.5f,     3.7f,
+                                -3.7f, 4294967296.0f, 2147483520.0f, -2147483648.0f, INFINITY, -INFINITY, 1e19f};
   const int n = int(x.size());
   dev_buf<float> in(x);
   dev_buf<int> rn(x.size()), rz(x.size()), rd(x.size()), ru(x.size());
@@ -189,14 +186,18 @@ Test(conformance, float_to_integer_conversions_saturate) {
   const auto a = rn.download(), b = rz.download(), c = rd.download(), d = ru.download();
   const auto e = urn.download(), f = urz.download();
   const auto g = ll.download();
-  const int want_rn[] = {INT_MAX, INT_MIN, 0, -1, 2, -2, 4, -4, INT_MAX, 2147483520, INT_MIN, INT_MAX, INT_MIN, INT_MAX};
-  const int want_rz[] = {INT_MAX, INT_MIN, 0, -1, 2, -2, 3, -3, INT_MAX, 2147483520, INT_MIN, INT_MAX, INT_MIN, INT_MAX};
-  const int want_rd[] = {INT_MAX, INT_MIN, 0, -1, 2, -3, 3, -4, INT_MAX, 2147483520, INT_MIN, INT_MAX, INT_MIN, INT_MAX};
-  const int want_ru[] = {INT_MAX, INT_MIN, 0, -1, 3, -2, 4, -3, INT_MAX, 2147483520, INT_MIN, INT_MAX, INT_MIN, INT_MAX};
+  const int want_rn[] = {INT_MAX, INT_MIN, 0,          -1,      2,       -2,      4,
+                         -4,      INT_MAX, 2147483520, INT_MIN, INT_MAX, INT_MIN, INT_MAX};
+  const int want_rz[] = {INT_MAX, INT_MIN, 0,          -1,      2,       -2,      3,
+                         -3,      INT_MAX, 2147483520, INT_MIN, INT_MAX, INT_MIN, INT_MAX};
+  const int want_rd[] = {INT_MAX, INT_MIN, 0,          -1,      2,       -3,      3,
+                         -4,      INT_MAX, 2147483520, INT_MIN, INT_MAX, INT_MIN, INT_MAX};
+  const int want_ru[] = {INT_MAX, INT_MIN, 0,          -1,      3,       -2,      4,
+                         -3,      INT_MAX, 2147483520, INT_MIN, INT_MAX, INT_MIN, INT_MAX};
   const unsigned want_urn[] = {UINT_MAX, 0, 0, 0, 2, 0, 4, 0, UINT_MAX, 2147483520u, 0, UINT_MAX, 0, UINT_MAX};
   const unsigned want_urz[] = {UINT_MAX, 0, 0, 0, 2, 0, 3, 0, UINT_MAX, 2147483520u, 0, UINT_MAX, 0, UINT_MAX};
-  const long long want_ll[] = {10000000000ll, -10000000000ll, 0, -1, 2, -2, 4, -4, 4294967296ll, 2147483520ll,
-                               -2147483648ll, LLONG_MAX, LLONG_MIN, LLONG_MAX};
+  const long long want_ll[] = {10000000000ll, -10000000000ll, 0,         -1,        2,        -2, 4, -4, 4294967296ll,
+                               2147483520ll,  -2147483648ll,  LLONG_MAX, LLONG_MIN, LLONG_MAX};
   for (int i = 0; i < n; ++i) {
     cr_assert_eq(a[size_t(i)], want_rn[i], "__float2int_rn(%g) = %d", double(x[size_t(i)]), a[size_t(i)]);
     cr_assert_eq(b[size_t(i)], want_rz[i], "__float2int_rz(%g) = %d", double(x[size_t(i)]), b[size_t(i)]);

@@ -59,12 +59,14 @@ __global__ void group_ranks(unsigned long long *grid_rank, unsigned *block_rank_
 
 __global__ void block_leaves_early(int *out) {
   if (blockIdx.x == 1) return;
-  g_line = __LINE__; cg::this_grid().sync();
+  g_line = __LINE__;
+  cg::this_grid().sync();
   out[blockIdx.x] = 1;
 }
 
 __global__ void grid_sync_uncooperative(int *out) {
-  g_line = __LINE__; cg::this_grid().sync();
+  g_line = __LINE__;
+  cg::this_grid().sync();
   out[blockIdx.x] = 1;
 }
 
@@ -145,8 +147,7 @@ Test(cooperative, grid_sum_with_grid_sync_under_every_schedule) {
           cr_assert_float_eq(got[size_t(round * blocks + b)], ref, 1e-3, "round %d block %d: %g vs %g", round, b,
                              double(got[size_t(round * blocks + b)]), ref);
       }
-      if (first.empty())
-        first = got;
+      if (first.empty()) first = got;
       else
         cr_assert(std::memcmp(first.data(), got.data(), got.size() * sizeof(float)) == 0,
                   "results differ between schedules or launch calls");
@@ -192,7 +193,8 @@ Test(cooperative, grid_larger_than_occupancy_times_sms_is_refused) {
   dev_buf<int> out(8);
   int *p = out.p;
   void *args[] = {&p};
-  cr_assert_eq(cudaLaunchCooperativeKernel(empty_kernel, dim3(5), dim3(1024), args), cudaErrorCooperativeLaunchTooLarge);
+  cr_assert_eq(cudaLaunchCooperativeKernel(empty_kernel, dim3(5), dim3(1024), args),
+               cudaErrorCooperativeLaunchTooLarge);
   cr_assert_eq(cudaGetLastError(), cudaErrorCooperativeLaunchTooLarge);
   cr_assert_eq(cudaLaunchCooperativeKernel(empty_kernel, dim3(4), dim3(1024), args), cudaSuccess);
   EXPECT_LAUNCH_OK();
@@ -250,7 +252,8 @@ Test(cooperative, sm_count_from_environment_and_control) {
 
 /* The expected resources come from the committed table itself; the kernel must be one of bnk's. */
 Test(cooperative, occupancy_uses_the_kernels_sm90_resource_usage) {
-  const char *name = "_Z25backward_dx_channels_lastI6__halfLi8ELi1EEvPKT_S3_PS1_lliill9dx_params22bnk_grad_epilogue_args";
+  const char *name =
+      "_Z25backward_dx_channels_lastI6__halfLi8ELi1EEvPKT_S3_PS1_lliill9dx_params22bnk_grad_epilogue_args";
   std::ifstream table(BNK_EMU_RESOURCE_TABLE);
   cr_assert(table.good(), "cannot read %s", BNK_EMU_RESOURCE_TABLE);
   std::string line;

@@ -38,8 +38,8 @@ Test(launch, limits) {
   };
   for (const Case &c : cases) {
     BNK_EMU_LAUNCH(write_index, c.grid, c.block, c.smem, 0)(out.p);
-    cr_assert_eq(cudaPeekAtLastError(), c.expect, "grid (%u,%u,%u) block (%u,%u,%u) smem %zu: %s", c.grid.x,
-                 c.grid.y, c.grid.z, c.block.x, c.block.y, c.block.z, c.smem, cudaGetErrorName(cudaPeekAtLastError()));
+    cr_assert_eq(cudaPeekAtLastError(), c.expect, "grid (%u,%u,%u) block (%u,%u,%u) smem %zu: %s", c.grid.x, c.grid.y,
+                 c.grid.z, c.block.x, c.block.y, c.block.z, c.smem, cudaGetErrorName(cudaPeekAtLastError()));
     cr_assert_eq(cudaGetLastError(), c.expect);
     cr_assert_eq(cudaGetLastError(), cudaSuccess);
     cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess, "configuration errors are not sticky");
@@ -289,9 +289,9 @@ Test(launch, intrinsics) {
   EXPECT_LAUNCH_OK();
   auto v = o.download();
   auto x = f.download();
-  const unsigned long long expect[] = {8,          40, 31, 32, 5, 0x80000000u, 3, 2, 0xffffffffffffffffull,
-                                       0xffffffffffffffffull, 1, 1, 1, 1, 1, 0x3f800000u, 0xc0000000u, 1, 1,
-                                       0x77553311u};
+  const unsigned long long expect[] = {
+      8, 40,          31,          32, 5, 0x80000000u, 3, 2, 0xffffffffffffffffull, 0xffffffffffffffffull, 1, 1, 1, 1,
+      1, 0x3f800000u, 0xc0000000u, 1,  1, 0x77553311u};
   for (size_t i = 0; i < sizeof expect / sizeof expect[0]; ++i)
     cr_assert_eq(v[i], expect[i], "intrinsic #%zu: %llx", i, v[i]);
   cr_assert_eq(x[0], 0.5f);

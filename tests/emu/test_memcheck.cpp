@@ -20,7 +20,8 @@ void expect_illegal(cudaError_t launch, int line, std::initializer_list<const ch
   const std::string site = "/memcheck_kernels.cu:" + std::to_string(line) + ": illegal address: ";
   cr_assert(d.find(site) != std::string::npos && d.find(site) < d.find(" (block ("),
             "diagnostic does not start with %s: %s", site.c_str(), d.c_str());
-  for (const char *f : fragments) cr_assert(d.find(f) != std::string::npos, "diagnostic lacks \"%s\": %s", f, d.c_str());
+  for (const char *f : fragments)
+    cr_assert(d.find(f) != std::string::npos, "diagnostic lacks \"%s\": %s", f, d.c_str());
   bnk_emu_clear_diagnostic();
 }
 
@@ -78,7 +79,8 @@ Test(memcheck, use_after_free) {
     float *p = nullptr;
     cr_assert_eq(cudaMalloc(reinterpret_cast<void **>(&p), 4096), cudaSuccess);
     cr_assert_eq(cudaFree(p), cudaSuccess);
-    expect_illegal(memcheck_read(p, 10, out.p, 64), memcheck_read_line, {"use after cudaFree: allocation #", "(cudaMalloc of 4096 bytes at "});
+    expect_illegal(memcheck_read(p, 10, out.p, 64), memcheck_read_line,
+                   {"use after cudaFree: allocation #", "(cudaMalloc of 4096 bytes at "});
     float *q = nullptr;
     cr_assert_eq(cudaMalloc(reinterpret_cast<void **>(&q), 4096), cudaSuccess);
     cr_assert_neq(q, p, "freed memory stays in quarantine");
@@ -92,12 +94,12 @@ Test(memcheck, host_allocation) {
   cr_assert_eq(cudaMallocHost(reinterpret_cast<void **>(&h), 4096), cudaSuccess);
   dev_buf<float> out(65);
   under_every_schedule([&] {
-    expect_illegal(memcheck_read(h, 1024, out.p, 64), memcheck_read_line, {"(cudaMallocHost of 4096 bytes", "offset 4096"});
+    expect_illegal(memcheck_read(h, 1024, out.p, 64), memcheck_read_line,
+                   {"(cudaMallocHost of 4096 bytes", "offset 4096"});
   });
   cr_assert_eq(cudaFreeHost(h), cudaSuccess);
-  under_every_schedule([&] {
-    expect_illegal(memcheck_read(h, 0, out.p, 64), memcheck_read_line, {"use after cudaFreeHost"});
-  });
+  under_every_schedule(
+      [&] { expect_illegal(memcheck_read(h, 0, out.p, 64), memcheck_read_line, {"use after cudaFreeHost"}); });
 }
 
 Test(memcheck, in_bounds_accesses_pass) {
@@ -131,7 +133,8 @@ Test(memcheck, dynamic_shared_memory_past_the_launch_bytes) {
 
 Test(memcheck, dynamic_shared_memory_past_the_227_KiB_buffer) {
   under_every_schedule([&] {
-    expect_illegal(memcheck_dynamic_shared(232448, 232448), memcheck_shared_line, {"offset 232448, past the 232448 bytes"});
+    expect_illegal(memcheck_dynamic_shared(232448, 232448), memcheck_shared_line,
+                   {"offset 232448, past the 232448 bytes"});
     cr_assert_eq(memcheck_dynamic_shared(232448, 232447), cudaSuccess, "%s", bnk_emu_last_diagnostic());
     EXPECT_LAUNCH_OK();
   });
@@ -150,8 +153,8 @@ Test(memcheck, static_shared_memory_starts_poisoned_in_every_block) {
       for (size_t i = 0; i < got.size(); ++i) {
         uint32_t bits;
         std::memcpy(&bits, &got[i], 4);
-        cr_assert_eq(bits, 0xffffffffu, "%d workers: block %zu thread %zu read 0x%08x, not the poison", workers,
-                     i / 64, i % 64, bits);
+        cr_assert_eq(bits, 0xffffffffu, "%d workers: block %zu thread %zu read 0x%08x, not the poison", workers, i / 64,
+                     i % 64, bits);
       }
     });
   }

@@ -156,7 +156,8 @@ Test(runtime, kernel_attributes_and_occupancy) {
   cr_assert_eq(cudaFuncGetAttributes(&fa, f), cudaSuccess);
   cr_assert_eq(fa.maxThreadsPerBlock, 1024);
   cr_assert_eq(fa.maxDynamicSharedSizeBytes, 100000);
-  cr_assert_eq(cudaFuncSetAttribute(NULL, cudaFuncAttributeMaxDynamicSharedMemorySize, 1), cudaErrorInvalidDeviceFunction);
+  cr_assert_eq(cudaFuncSetAttribute(NULL, cudaFuncAttributeMaxDynamicSharedMemorySize, 1),
+               cudaErrorInvalidDeviceFunction);
   (void)cudaGetLastError();
 }
 

@@ -19,8 +19,8 @@ std::vector<int> offsets() {
   return b;
 }
 
-const unsigned kMasks[] = {0xffffffffu, 0x0000ffffu, 0xffff0000u, 0x55555555u, 0x80000001u,
-                           0x00000001u, 0x7ffffffeu, 0x0f0f00f0u};
+const unsigned kMasks[] = {0xffffffffu, 0x0000ffffu, 0xffff0000u, 0x55555555u,
+                           0x80000001u, 0x00000001u, 0x7ffffffeu, 0x0f0f00f0u};
 
 /*
  * Reference, from the Programming Guide ("Warp Shuffle Functions"):
@@ -44,16 +44,16 @@ int reference_source(int mode, int lane, int b, int width) {
   const int logical = lane - group_first;
   const int off = b & 31;
   switch (mode) {
-    case IDX:
-      return group_first + off % width;
-    case UP:
-      return logical - off < 0 ? lane : lane - off;
-    case DOWN:
-      return logical + off >= width ? lane : lane + off;
-    default: {
-      const int src = lane ^ off;
-      return src / width > lane / width ? lane : src;
-    }
+  case IDX:
+    return group_first + off % width;
+  case UP:
+    return logical - off < 0 ? lane : lane - off;
+  case DOWN:
+    return logical + off >= width ? lane : lane + off;
+  default: {
+    const int src = lane ^ off;
+    return src / width > lane / width ? lane : src;
+  }
   }
 }
 
@@ -67,18 +67,18 @@ __global__ void shuffle_table(int mode, unsigned mask, const int *bs, int nb, co
     for (int i = 0; i < nb; ++i) {
       T r;
       switch (mode) {
-        case IDX:
-          r = __shfl_sync(mask, v, bs[i], w);
-          break;
-        case UP:
-          r = __shfl_up_sync(mask, v, unsigned(bs[i]), w);
-          break;
-        case DOWN:
-          r = __shfl_down_sync(mask, v, unsigned(bs[i]), w);
-          break;
-        default:
-          r = __shfl_xor_sync(mask, v, bs[i], w);
-          break;
+      case IDX:
+        r = __shfl_sync(mask, v, bs[i], w);
+        break;
+      case UP:
+        r = __shfl_up_sync(mask, v, unsigned(bs[i]), w);
+        break;
+      case DOWN:
+        r = __shfl_down_sync(mask, v, unsigned(bs[i]), w);
+        break;
+      default:
+        r = __shfl_xor_sync(mask, v, bs[i], w);
+        break;
       }
       out[(size_t(wi) * nb + i) * 32 + lane] = r;
     }
@@ -110,10 +110,8 @@ void run_table(const char *type) {
             if (!((mask >> lane) & 1u)) continue;
             const int src = reference_source(mode, lane, b[i], kWidths[wi]);
             unsigned char expect[sizeof(T)];
-            if ((mask >> src) & 1u)
-              std::memcpy(expect, static_cast<const void *>(&in[src]), sizeof(T));
-            else
-              std::memset(expect, 0xff, sizeof(T)); /* poison: source lane not participating */
+            if ((mask >> src) & 1u) std::memcpy(expect, static_cast<const void *>(&in[src]), sizeof(T));
+            else std::memset(expect, 0xff, sizeof(T)); /* poison: source lane not participating */
             const T &got = out[(size_t(wi) * nb + i) * 32 + lane];
             cr_assert(std::memcmp(expect, static_cast<const void *>(&got), sizeof(T)) == 0,
                       "%s mode %d mask 0x%08x width %d b %d lane %d: expected source lane %d%s", type, mode, mask,

@@ -89,9 +89,9 @@ static int take_enum(input *in, int values) {
 }
 
 static double take_double(input *in) {
-  static const double special[] = {0.0,  -0.0, 1e-5,       0.1,      1.0,     -1.0, -1.0000001, 1.0000000000000002,
-                                   1.5,  NAN,  INFINITY,   -INFINITY, 1e300,  -1e-300, 5e-324,  1e-50,
-                                   FLT_MAX, 3.5e38, DBL_MAX, -0.5};
+  static const double special[] = {0.0,     -0.0,   1e-5,     0.1,       1.0,   -1.0,    -1.0000001, 1.0000000000000002,
+                                   1.5,     NAN,    INFINITY, -INFINITY, 1e300, -1e-300, 5e-324,     1e-50,
+                                   FLT_MAX, 3.5e38, DBL_MAX,  -0.5};
   const unsigned pick = take_byte(in);
   const unsigned count = sizeof special / sizeof special[0];
   if (pick < 8 * count) return special[pick % count];
@@ -104,12 +104,18 @@ static double take_double(input *in) {
 static size_t take_size(input *in, size_t exact) {
   const unsigned pick = take_byte(in);
   switch (pick % 6) {
-  case 0: return exact;
-  case 1: return exact > 0 ? exact - 1 : 0;
-  case 2: return 0;
-  case 3: return SIZE_MAX;
-  case 4: return exact + 4;
-  default: return (size_t)take_bits(in, 2);
+  case 0:
+    return exact;
+  case 1:
+    return exact > 0 ? exact - 1 : 0;
+  case 2:
+    return 0;
+  case 3:
+    return SIZE_MAX;
+  case 4:
+    return exact + 4;
+  default:
+    return (size_t)take_bits(in, 2);
   }
 }
 
@@ -176,8 +182,8 @@ static bnk_epilogue_grad take_epilogue_grad(input *in, const bnk_tensor_desc *de
 /* ---- the contract ---- */
 
 static void fail(const char *call, const char *what, bnk_status status) {
-  fprintf(stderr, "fuzz_api: %s returned %s (\"%s\"): %s\n", call, bnk_status_name(status),
-          bnk_last_error_message(), what);
+  fprintf(stderr, "fuzz_api: %s returned %s (\"%s\"): %s\n", call, bnk_status_name(status), bnk_last_error_message(),
+          what);
   abort();
 }
 
@@ -311,7 +317,9 @@ static void call_context(input *in) {
     bnk_context_destroy(created);
     break;
   }
-  case 1: CHECK("bnk_context_set_stream", bnk_context_set_stream(c, NULL)); break;
+  case 1:
+    CHECK("bnk_context_set_stream", bnk_context_set_stream(c, NULL));
+    break;
   case 2: {
     bnk_stream *out = take_byte(in) < 16 ? NULL : &stream;
     check("bnk_context_get_stream", bnk_context_get_stream(c, out), out, &stream_before, sizeof stream);
@@ -349,9 +357,9 @@ static void call_forward(input *in) {
   switch (take_byte(in) % 3) {
   case 0:
     if (e == NULL)
-      CHECK("bnk_forward_training", bnk_forward_training(c, &desc, x, y, gamma, beta, running_mean, running_var,
-                                                         tracked, momentum, eps, save_mean, save_invstd, workspace,
-                                                         workspace_bytes));
+      CHECK("bnk_forward_training",
+            bnk_forward_training(c, &desc, x, y, gamma, beta, running_mean, running_var, tracked, momentum, eps,
+                                 save_mean, save_invstd, workspace, workspace_bytes));
     else
       CHECK("bnk_forward_training_ex",
             bnk_forward_training_ex(c, &desc, x, y, gamma, beta, running_mean, running_var, tracked, momentum, eps,
@@ -391,11 +399,11 @@ static void call_backward(input *in) {
   switch (take_byte(in) % 3) {
   case 0:
     if (e == NULL)
-      CHECK("bnk_backward", bnk_backward(c, &desc, x, dy, dx, gamma, dgamma, dbeta, mean, invstd, workspace,
-                                         workspace_bytes));
+      CHECK("bnk_backward",
+            bnk_backward(c, &desc, x, dy, dx, gamma, dgamma, dbeta, mean, invstd, workspace, workspace_bytes));
     else
-      CHECK("bnk_backward_ex", bnk_backward_ex(c, &desc, x, dy, dx, gamma, dgamma, dbeta, mean, invstd, workspace,
-                                               workspace_bytes, e));
+      CHECK("bnk_backward_ex",
+            bnk_backward_ex(c, &desc, x, dy, dx, gamma, dgamma, dbeta, mean, invstd, workspace, workspace_bytes, e));
     break;
   case 1:
     if (e == NULL)
@@ -406,8 +414,8 @@ static void call_backward(input *in) {
                                                                    invstd, eps, workspace, workspace_bytes, e));
     break;
   default:
-    CHECK("bnk_backward_sync", bnk_backward_sync(c, &desc, x, dy, dx, gamma, dgamma, dbeta, mean, invstd, NULL,
-                                                 workspace, workspace_bytes));
+    CHECK("bnk_backward_sync",
+          bnk_backward_sync(c, &desc, x, dy, dx, gamma, dgamma, dbeta, mean, invstd, NULL, workspace, workspace_bytes));
     break;
   }
 }
@@ -421,18 +429,22 @@ static void call_split_statistics(input *in) {
   float *a = take_pointer(in), *b = take_pointer(in), *d = take_pointer(in), *e = take_pointer(in);
   void *data = take_pointer(in);
   void *workspace = take_pointer(in);
-  const size_t bytes = take_size(in, training_bytes(&desc) > backward_bytes(&desc) ? training_bytes(&desc)
-                                                                                     : backward_bytes(&desc));
+  const size_t bytes =
+      take_size(in, training_bytes(&desc) > backward_bytes(&desc) ? training_bytes(&desc) : backward_bytes(&desc));
   take_snapshot();
   switch (take_byte(in) % 4) {
-  case 0: CHECK("bnk_batch_stats", bnk_batch_stats(c, &desc, x, data, workspace, bytes)); break;
-  case 1: CHECK("bnk_normalize", bnk_normalize(c, &desc, x, dx, a, b, d, e)); break;
+  case 0:
+    CHECK("bnk_batch_stats", bnk_batch_stats(c, &desc, x, data, workspace, bytes));
+    break;
+  case 1:
+    CHECK("bnk_normalize", bnk_normalize(c, &desc, x, dx, a, b, d, e));
+    break;
   case 2:
     CHECK("bnk_backward_local_sums", bnk_backward_local_sums(c, &desc, x, dy, a, b, data, workspace, bytes));
     break;
   default:
-    CHECK("bnk_backward_apply", bnk_backward_apply(c, &desc, x, dy, dx, a, b, d, e, take_pointer(in), data, workspace,
-                                                   bytes));
+    CHECK("bnk_backward_apply",
+          bnk_backward_apply(c, &desc, x, dy, dx, a, b, d, e, take_pointer(in), data, workspace, bytes));
     break;
   }
 }
@@ -447,8 +459,8 @@ static void call_merge(input *in) {
   const double momentum = take_double(in), eps = take_double(in);
   float *mean = take_pointer(in), *invstd = take_pointer(in);
   take_snapshot();
-  CHECK("bnk_merge_stats", bnk_merge_stats(c, channels, ranks, gathered, running_mean, running_var, tracked, momentum,
-                                           eps, mean, invstd));
+  CHECK("bnk_merge_stats",
+        bnk_merge_stats(c, channels, ranks, gathered, running_mean, running_var, tracked, momentum, eps, mean, invstd));
 }
 
 static void call_inference_pipeline(input *in) {
@@ -472,8 +484,12 @@ static void call_inference_pipeline(input *in) {
   const size_t workspace_bytes = take_size(in, 0);
   take_snapshot();
   switch (take_byte(in) % 5) {
-  case 0: CHECK("bnk_inference_params", bnk_inference_params(c, k, p[0], p[1], p[2], p[3], eps, p[4], p[5])); break;
-  case 1: CHECK("bnk_scale_shift", bnk_scale_shift(c, &desc, x, y, p[0], p[1], e)); break;
+  case 0:
+    CHECK("bnk_inference_params", bnk_inference_params(c, k, p[0], p[1], p[2], p[3], eps, p[4], p[5]));
+    break;
+  case 1:
+    CHECK("bnk_scale_shift", bnk_scale_shift(c, &desc, x, y, p[0], p[1], e));
+    break;
   case 2:
     CHECK("bnk_fold_conv", bnk_fold_conv(c, k, c_in, kernel_dims, take_byte(in) < 16 ? NULL : kernel,
                                          (bnk_weight_layout)take_enum(in, 2), dtype, weight_in, p[0], p[1], p[2], p[3],
@@ -504,7 +520,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  static void (*const calls[])(input *) = {call_queries, call_descriptors,      call_context, call_forward,
+  static void (*const calls[])(input *) = {call_queries,  call_descriptors,      call_context, call_forward,
                                            call_backward, call_split_statistics, call_merge,   call_inference_pipeline};
   input in = {data, size};
   for (int i = 0; i < MAX_CALLS && in.size > 0; ++i) calls[take_byte(&in) % (sizeof calls / sizeof calls[0])](&in);

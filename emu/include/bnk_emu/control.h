@@ -58,11 +58,11 @@ void bnk_emu_clear_diagnostic(void);
  * counted apart (copy_*).  Off by default (env BNK_EMU_TRAFFIC=1 turns it
  * on); metering makes kernels a few times slower. */
 typedef struct bnk_emu_traffic {
-  unsigned long long launches;        /* launches metered (for one allocation: launches that touched it) */
-  unsigned long long read_sectors;    /* 32-byte sectors read, distinct within each launch */
-  unsigned long long written_sectors; /* 32-byte sectors written, distinct within each launch */
-  unsigned long long read_bytes;      /* bytes requested by kernel loads */
-  unsigned long long written_bytes;   /* bytes requested by kernel stores */
+  unsigned long long launches;           /* launches metered (for one allocation: launches that touched it) */
+  unsigned long long read_sectors;       /* 32-byte sectors read, distinct within each launch */
+  unsigned long long written_sectors;    /* 32-byte sectors written, distinct within each launch */
+  unsigned long long read_bytes;         /* bytes requested by kernel loads */
+  unsigned long long written_bytes;      /* bytes requested by kernel stores */
   unsigned long long copy_read_bytes;    /* cudaMemcpy* bytes read from metered memory */
   unsigned long long copy_written_bytes; /* cudaMemset* and cudaMemcpy* bytes written to it */
 } bnk_emu_traffic;

@@ -125,8 +125,8 @@ int block_barrier(int kind, int pred, const char *file, int line);
 /* value: the caller's operand (bytes of T in the low bytes); b: lane, delta
  * or lane mask; c: the PTX clamp/segmask operand; size: operand bytes (used
  * by match).  Returns the caller's result. */
-unsigned long long warp_collective(int kind, unsigned mask, unsigned long long value, int b, int c,
-                                   int size, const char *file, int line);
+unsigned long long warp_collective(int kind, unsigned mask, unsigned long long value, int b, int c, int size,
+                                   const char *file, int line);
 unsigned active_mask(const char *file, int line);
 /* this_grid().sync(): a block barrier followed by a rendezvous of every
  * block of a cooperative launch. */
@@ -193,8 +193,7 @@ inline T cas_loop(T *address, F op) {
     T new_val = op(old_val);
     U new_bits;
     std::memcpy(&new_bits, static_cast<const void *>(&new_val), sizeof(U));
-    if (__atomic_compare_exchange_n(p, &old_bits, new_bits, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
-      return old_val;
+    if (__atomic_compare_exchange_n(p, &old_bits, new_bits, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) return old_val;
   }
 }
 
@@ -264,7 +263,7 @@ inline cudaError_t launch_converted(void (*kernel)(P...), dim3 grid, dim3 block,
 
 template <class... P>
 class launcher {
- public:
+public:
   using kernel_type = void (*)(P...);
 
   launcher(kernel_type k, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const char *file, int line)
@@ -278,7 +277,7 @@ class launcher {
         std::tuple<std::decay_t<P>...>(detail::convert_arg<std::decay_t<P>>(std::forward<A>(a))...));
   }
 
- private:
+private:
   kernel_type k_;
   dim3 grid_, block_;
   size_t smem_;
@@ -325,8 +324,7 @@ inline int __syncthreads_and(int pred, const char *file = __builtin_FILE(), int 
 inline int __syncthreads_or(int pred, const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
   return ::bnk_emu::detail::block_barrier(::bnk_emu::detail::BAR_OR, pred, file, line);
 }
-inline void __syncwarp(unsigned mask = 0xffffffffu, const char *file = __builtin_FILE(),
-                       int line = __builtin_LINE()) {
+inline void __syncwarp(unsigned mask = 0xffffffffu, const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
   (void)::bnk_emu::detail::warp_collective(::bnk_emu::detail::COLL_SYNCWARP, mask, 0, 0, 0, 0, file, line);
 }
 
@@ -359,8 +357,8 @@ inline T __shfl_down_sync(unsigned mask, T var, unsigned int delta, int width = 
                    var);
 }
 template <class T>
-inline T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = warpSize,
-                         const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
+inline T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = warpSize, const char *file = __builtin_FILE(),
+                         int line = __builtin_LINE()) {
   namespace d = ::bnk_emu::detail;
   return d::unpack(d::warp_collective(d::COLL_SHFL_XOR, mask, d::pack(var), laneMask, d::shfl_c(width, false),
                                       int(sizeof(T)), file, line),
@@ -401,15 +399,14 @@ inline unsigned __match_all_sync(unsigned mask, T value, int *pred, const char *
   return r;
 }
 
-#define BNK_EMU_DEFINE_REDUCE(name, kind_u, kind_s)                                                            \
-  inline unsigned name(unsigned mask, unsigned value, const char *file = __builtin_FILE(),                    \
-                       int line = __builtin_LINE()) {                                                          \
-    return unsigned(::bnk_emu::detail::warp_collective(::bnk_emu::detail::kind_u, mask, value, 0, 0, 4, file, \
-                                                       line));                                                 \
-  }                                                                                                            \
-  inline int name(unsigned mask, int value, const char *file = __builtin_FILE(), int line = __builtin_LINE()) { \
-    return int(unsigned(::bnk_emu::detail::warp_collective(::bnk_emu::detail::kind_s, mask, unsigned(value), 0, \
-                                                           0, 4, file, line)));                                 \
+#define BNK_EMU_DEFINE_REDUCE(name, kind_u, kind_s)                                                                   \
+  inline unsigned name(unsigned mask, unsigned value, const char *file = __builtin_FILE(),                            \
+                       int line = __builtin_LINE()) {                                                                 \
+    return unsigned(::bnk_emu::detail::warp_collective(::bnk_emu::detail::kind_u, mask, value, 0, 0, 4, file, line)); \
+  }                                                                                                                   \
+  inline int name(unsigned mask, int value, const char *file = __builtin_FILE(), int line = __builtin_LINE()) {       \
+    return int(unsigned(                                                                                              \
+        ::bnk_emu::detail::warp_collective(::bnk_emu::detail::kind_s, mask, unsigned(value), 0, 0, 4, file, line)));  \
   }
 BNK_EMU_DEFINE_REDUCE(__reduce_add_sync, COLL_REDUCE_ADD, COLL_REDUCE_ADD)
 BNK_EMU_DEFINE_REDUCE(__reduce_min_sync, COLL_REDUCE_MIN, COLL_REDUCE_MIN_S)
@@ -417,15 +414,18 @@ BNK_EMU_DEFINE_REDUCE(__reduce_max_sync, COLL_REDUCE_MAX, COLL_REDUCE_MAX_S)
 #undef BNK_EMU_DEFINE_REDUCE
 inline unsigned __reduce_and_sync(unsigned mask, unsigned value, const char *file = __builtin_FILE(),
                                   int line = __builtin_LINE()) {
-  return unsigned(::bnk_emu::detail::warp_collective(::bnk_emu::detail::COLL_REDUCE_AND, mask, value, 0, 0, 4, file, line));
+  return unsigned(
+      ::bnk_emu::detail::warp_collective(::bnk_emu::detail::COLL_REDUCE_AND, mask, value, 0, 0, 4, file, line));
 }
 inline unsigned __reduce_or_sync(unsigned mask, unsigned value, const char *file = __builtin_FILE(),
                                  int line = __builtin_LINE()) {
-  return unsigned(::bnk_emu::detail::warp_collective(::bnk_emu::detail::COLL_REDUCE_OR, mask, value, 0, 0, 4, file, line));
+  return unsigned(
+      ::bnk_emu::detail::warp_collective(::bnk_emu::detail::COLL_REDUCE_OR, mask, value, 0, 0, 4, file, line));
 }
 inline unsigned __reduce_xor_sync(unsigned mask, unsigned value, const char *file = __builtin_FILE(),
                                   int line = __builtin_LINE()) {
-  return unsigned(::bnk_emu::detail::warp_collective(::bnk_emu::detail::COLL_REDUCE_XOR, mask, value, 0, 0, 4, file, line));
+  return unsigned(
+      ::bnk_emu::detail::warp_collective(::bnk_emu::detail::COLL_REDUCE_XOR, mask, value, 0, 0, 4, file, line));
 }
 
 /* __trap(): aborts the launch with cudaErrorLaunchFailure and a diagnostic. */
@@ -441,21 +441,21 @@ inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_system() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
-#define BNK_EMU_ATOMIC_INT_OPS(T)                                                                             \
-  inline T atomicAdd(T *a, T v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }                        \
-  inline T atomicExch(T *a, T v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }                      \
-  inline T atomicAnd(T *a, T v) { return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST); }                        \
-  inline T atomicOr(T *a, T v) { return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST); }                          \
-  inline T atomicXor(T *a, T v) { return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST); }                        \
-  inline T atomicCAS(T *a, T compare, T v) {                                                                  \
-    __atomic_compare_exchange_n(a, &compare, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                   \
-    return compare;                                                                                           \
-  }                                                                                                           \
-  inline T atomicMin(T *a, T v) {                                                                             \
-    return ::bnk_emu::detail::cas_loop(a, [v](T old) { return old < v ? old : v; });                          \
-  }                                                                                                           \
-  inline T atomicMax(T *a, T v) {                                                                             \
-    return ::bnk_emu::detail::cas_loop(a, [v](T old) { return old > v ? old : v; });                          \
+#define BNK_EMU_ATOMIC_INT_OPS(T)                                                           \
+  inline T atomicAdd(T *a, T v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }      \
+  inline T atomicExch(T *a, T v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }    \
+  inline T atomicAnd(T *a, T v) { return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST); }      \
+  inline T atomicOr(T *a, T v) { return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST); }        \
+  inline T atomicXor(T *a, T v) { return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST); }      \
+  inline T atomicCAS(T *a, T compare, T v) {                                                \
+    __atomic_compare_exchange_n(a, &compare, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST); \
+    return compare;                                                                         \
+  }                                                                                         \
+  inline T atomicMin(T *a, T v) {                                                           \
+    return ::bnk_emu::detail::cas_loop(a, [v](T old) { return old < v ? old : v; });        \
+  }                                                                                         \
+  inline T atomicMax(T *a, T v) {                                                           \
+    return ::bnk_emu::detail::cas_loop(a, [v](T old) { return old > v ? old : v; });        \
   }
 
 BNK_EMU_ATOMIC_INT_OPS(int)
@@ -516,23 +516,41 @@ inline __nv_bfloat162 atomicAdd(__nv_bfloat162 *a, __nv_bfloat162 v) {
 /* ------------------------------------------------------------------------ */
 
 template <class T>
-inline T __ldg(const T *p) { return *p; }
+inline T __ldg(const T *p) {
+  return *p;
+}
 template <class T>
-inline T __ldcg(const T *p) { return *p; }
+inline T __ldcg(const T *p) {
+  return *p;
+}
 template <class T>
-inline T __ldcs(const T *p) { return *p; }
+inline T __ldcs(const T *p) {
+  return *p;
+}
 template <class T>
-inline T __ldlu(const T *p) { return *p; }
+inline T __ldlu(const T *p) {
+  return *p;
+}
 template <class T>
-inline T __ldcv(const T *p) { return *p; }
+inline T __ldcv(const T *p) {
+  return *p;
+}
 template <class T>
-inline void __stcg(T *p, T v) { *p = v; }
+inline void __stcg(T *p, T v) {
+  *p = v;
+}
 template <class T>
-inline void __stcs(T *p, T v) { *p = v; }
+inline void __stcs(T *p, T v) {
+  *p = v;
+}
 template <class T>
-inline void __stwb(T *p, T v) { *p = v; }
+inline void __stwb(T *p, T v) {
+  *p = v;
+}
 template <class T>
-inline void __stwt(T *p, T v) { *p = v; }
+inline void __stwt(T *p, T v) {
+  *p = v;
+}
 
 /* Exact host math, not the GPU's approximations (docs/emulation.md). */
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
