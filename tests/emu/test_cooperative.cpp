@@ -59,13 +59,13 @@ __global__ void group_ranks(unsigned long long *grid_rank, unsigned *block_rank_
 
 __global__ void block_leaves_early(int *out) {
   if (blockIdx.x == 1) return;
-  g_line = __LINE__;
+  g_line = __LINE__ + 1;  // the line of the call below
   cg::this_grid().sync();
   out[blockIdx.x] = 1;
 }
 
 __global__ void grid_sync_uncooperative(int *out) {
-  g_line = __LINE__;
+  g_line = __LINE__ + 1;  // the line of the call below
   cg::this_grid().sync();
   out[blockIdx.x] = 1;
 }
@@ -100,8 +100,9 @@ void expect_misuse(const char *what) {
  * which is how the emulation finds the kernel's entry in the table generated from the sm_90 build. */
 struct dx_params {};
 struct bnk_grad_epilogue_args {};
+struct bnk_elementwise_plan {};
 template <class T, int V, int E>
-__global__ void backward_dx_channels_last(const T *, const T *, T *, long, long, int, int, long, long, dx_params,
+__global__ void backward_dx_channels_last(const T *, const T *, T *, bnk_elementwise_plan, long, long, dx_params,
                                           bnk_grad_epilogue_args) {}
 
 TestSuite(cooperative, .timeout = 60);
@@ -252,8 +253,8 @@ Test(cooperative, sm_count_from_environment_and_control) {
 
 /* The expected resources come from the committed table itself; the kernel must be one of bnk's. */
 Test(cooperative, occupancy_uses_the_kernels_sm90_resource_usage) {
-  const char *name =
-      "_Z25backward_dx_channels_lastI6__halfLi8ELi1EEvPKT_S3_PS1_lliill9dx_params22bnk_grad_epilogue_args";
+  const char *name = "_Z25backward_dx_channels_lastI6__halfLi8ELi1EEvPKT_S3_PS1_20bnk_elementwise_planll9dx_"
+                     "params22bnk_grad_epilogue_args";
   std::ifstream table(BNK_EMU_RESOURCE_TABLE);
   cr_assert(table.good(), "cannot read %s", BNK_EMU_RESOURCE_TABLE);
   std::string line;

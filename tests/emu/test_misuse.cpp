@@ -35,7 +35,7 @@ void expect_misuse(const char *what) {
 __global__ void partial_barrier(int *out) {
   Guard g;
   if (threadIdx.x == 5) return;
-  g_line = __LINE__;
+  g_line = __LINE__ + 1;  // the line of the call below
   __syncthreads();
   out[threadIdx.x] = 1;
 }
@@ -45,7 +45,7 @@ __global__ void barrier_after_exit(int *out) {
     out[0] = 1;
     return;
   }
-  g_line = __LINE__;
+  g_line = __LINE__ + 1;  // the line of the call below
   __syncthreads();
 }
 
@@ -53,7 +53,7 @@ __global__ void deadlock(int *out) {
   const unsigned lane = threadIdx.x & 31;
   int v = int(lane);
   if (lane < 16) {
-    g_line = __LINE__;
+    g_line = __LINE__ + 1;  // the line of the call below
     v = __shfl_sync(0xffffffffu, v, 0);
   } else {
     __syncthreads();
@@ -64,13 +64,13 @@ __global__ void deadlock(int *out) {
 __global__ void shuffle_exited_lane(int *out) {
   const unsigned lane = threadIdx.x & 31;
   if (lane == 3) return;
-  g_line = __LINE__;
+  g_line = __LINE__ + 1;  // the line of the call below
   out[lane] = __shfl_xor_sync(0xffffffffu, int(lane), 1);
 }
 
 __global__ void shuffle_missing_lane(int *out) {
   /* 40 threads: warp 1 has lanes 0..7 only */
-  g_line = __LINE__;
+  g_line = __LINE__ + 1;  // the line of the call below
   out[threadIdx.x] = __shfl_down_sync(0xffffffffu, int(threadIdx.x), 1);
 }
 
@@ -79,7 +79,7 @@ __global__ void different_collectives(int *out) {
   if (lane & 1) {
     out[lane] = __shfl_sync(0xffffffffu, 1, 0);
   } else {
-    g_line = __LINE__;
+    g_line = __LINE__ + 1;  // the line of the call below
     out[lane] = int(__ballot_sync(0xffffffffu, 1));
   }
 }
@@ -87,18 +87,18 @@ __global__ void different_collectives(int *out) {
 __global__ void different_masks(int *out) {
   const unsigned lane = threadIdx.x & 31;
   const unsigned mask = lane < 8 ? 0x000000ffu : 0xffffffffu;
-  g_line = __LINE__;
+  g_line = __LINE__ + 1;  // the line of the call below
   out[lane] = __shfl_sync(mask, 1, 0);
 }
 
 __global__ void lane_not_in_mask(int *out) {
-  g_line = __LINE__;
+  g_line = __LINE__ + 1;  // the line of the call below
   out[threadIdx.x] = __shfl_sync(0x1u, 1, 0);
 }
 
 __global__ void different_barriers(int *out) {
   if (threadIdx.x & 1) {
-    g_line = __LINE__;
+    g_line = __LINE__ + 1;  // the line of the call below
     __syncthreads();
   } else {
     __syncthreads();
@@ -108,7 +108,7 @@ __global__ void different_barriers(int *out) {
 
 __global__ void trapping(int *out) {
   if (blockIdx.x == 3 && threadIdx.x == 7) {
-    g_line = __LINE__;
+    g_line = __LINE__ + 1;  // the line of the call below
     __trap();
   }
   out[blockIdx.x] = 1;
@@ -226,7 +226,7 @@ Test(misuse, trap_stops_the_grid_and_the_next_launch_works) {
 
 Test(misuse, exception_in_kernel) {
   dev_buf<int> out(8);
-  g_line = __LINE__;
+  g_line = __LINE__ + 1;                       // the line of the call below
   BNK_EMU_LAUNCH(throwing, 1, 8, 0, 0)(out.p); /* reported at the launch site */
   expect_misuse("boom");
 }
