@@ -38,6 +38,7 @@ void bnk__clear_error(void) { last_message[0] = '\0'; }
 bnk_status bnk__fail(bnk_status status, const char *format, ...) {
   va_list args;
   va_start(args, format);
+  /* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): a false positive of clang 14 (va_start is above) */
   vsnprintf(last_message, sizeof last_message, format, args);
   va_end(args);
   return status;

@@ -58,7 +58,7 @@ typedef struct CUstream_st *bnk_stream;
   X(BNK_ERROR_NCCL, 7, "an NCCL call failed")                                                          \
   X(BNK_ERROR_INTERNAL, 8, "internal error in bnk (please report it)")
 
-#define BNK_STATUS_ENUMERATOR_(name, value, message) name = value,
+#define BNK_STATUS_ENUMERATOR_(name, value, message) name = (value),
 typedef enum bnk_status { BNK_STATUS_LIST(BNK_STATUS_ENUMERATOR_) } bnk_status;
 #undef BNK_STATUS_ENUMERATOR_
 

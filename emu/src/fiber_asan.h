@@ -10,9 +10,11 @@
 
 #include <pthread.h>
 
+#include "asan.h"
+
 #include <cstddef>
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(BNK_EMU_ASAN)
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -40,7 +42,7 @@ inline stack_span thread_stack() {
 /* fake_stack: where ASan saves the leaving context's fake stack (use-after-return detection); null when
  * the leaving context never runs again (a fiber that exits). */
 inline void asan_start_switch(void **fake_stack, const stack_span &to) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(BNK_EMU_ASAN)
   __sanitizer_start_switch_fiber(fake_stack, to.lo, to.size);
 #else
   (void)fake_stack;
@@ -49,7 +51,7 @@ inline void asan_start_switch(void **fake_stack, const stack_span &to) {
 }
 
 inline void asan_finish_switch(void *fake_stack) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(BNK_EMU_ASAN)
   __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
 #else
   (void)fake_stack;

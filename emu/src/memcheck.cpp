@@ -12,6 +12,7 @@
  * recover mode; these hooks run first and then hand the access to ASan's own check.  See
  * docs/emulation.md, "Memcheck".
  */
+#include "asan.h"
 #include "internal.h"
 #include "memory.h"
 
@@ -411,7 +412,7 @@ void for_each_tracked_locked(void (*f)(allocation &)) {
 
 using bnk_emu::detail::check;
 
-#ifdef __SANITIZE_ADDRESS__
+#ifdef BNK_EMU_ASAN
 /* A full ASan build: after the emulation's check, ASan's own (the next definition of the same name). */
 #define BNK_EMU_FORWARD_ASAN(name, ...)                                             \
   do {                                                                              \
@@ -453,7 +454,7 @@ void __asan_storeN_noabort(void *p, size_t n) {
   BNK_EMU_FORWARD_ASAN(__asan_storeN_noabort, p, n);
 }
 
-#ifndef __SANITIZE_ADDRESS__
+#ifndef BNK_EMU_ASAN
 /* Emitted by -fsanitize=kernel-address before calls that do not return; nothing to unpoison here. */
 void __asan_handle_no_return(void) {}
 #endif
