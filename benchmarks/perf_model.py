@@ -371,7 +371,8 @@ def print_paths_summary(paths, offered, batches, layouts, dtypes):
             for op, target in PERSISTENT_TARGETS.items():
                 two_pass, persistent, chosen, layers = paths[("H100", 32, layout, dtype, op)]
                 if not chosen:
-                    print(f"  {op}: NOT met: no layer on the persistent path ({'bnk-plan lists no persistent ' + op if not offered[op] else 'none fits'})")
+                    why = "none fits" if offered[op] else f"bnk-plan lists no persistent {op}"
+                    print(f"  {op}: NOT met: no layer on the persistent path ({why})")
                 else:
                     speedup = two_pass / persistent
                     print(f"  {op}: {'met' if speedup >= target else 'NOT met'} ({speedup:.2f}x over {chosen} of"
