@@ -200,8 +200,9 @@ static int run_op_rows(const bench_env *env, const bench_options *options, case_
     call_result call;
     row->check = op == OP_LINEAR_BN ? validate_linear(env, data, impl, &call) : validate_op(env, data, impl, op, &call);
     if (call.failed) {
-      /* A library that declines a case has not failed: cuDNN's NOT_SUPPORTED is a fact about cuDNN. */
-      row->status = call.not_supported && !is_bnk(impl) ? ROW_NOT_RUN : ROW_ERROR;
+      /* A library that declines a case has not failed: cuDNN's NOT_SUPPORTED is a fact about cuDNN, and bnk's
+       * for the forced persistent path says that the shape does not fit the co-resident grid. */
+      row->status = call.not_supported && (!is_bnk(impl) || impl == IMPL_BNK_PERSISTENT) ? ROW_NOT_RUN : ROW_ERROR;
       snprintf(row->note, sizeof row->note, "%s", call.message);
       continue;
     }

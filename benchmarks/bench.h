@@ -70,6 +70,8 @@
  * the variants of bnk's epilogue ops, the unfused sequence last. */
 typedef enum bench_impl {
   IMPL_BNK,
+  IMPL_BNK_PERSISTENT, /* bnk with the context's training path forced persistent (docs/performance.md) */
+  IMPL_BNK_TWO_PASS,   /* bnk with the context's training path forced two-pass */
   IMPL_CUDNN,
   IMPL_CUDNN_PERSISTENT,
   IMPL_CUDNN_PERSISTENT_EX, /* the *Ex calls in SPATIAL_PERSISTENT, NHWC only (PyTorch's channels-last training) */

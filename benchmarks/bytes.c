@@ -7,8 +7,9 @@
 /* ------------------------------------------------------------------------------------------------------
  * Bytes each op must move: the tensor passes of the current design plus every per-channel array it reads
  * or writes (float32, C each). The workspace is scratch of the implementation, not a requirement of the op,
- * and is not counted. The plain ops credit every implementation with bnk's passes; the epilogue ops count
- * each variant's own (docs/performance.md, "Fused epilogues"). docs/benchmarks.md lists the passes.
+ * and is not counted. The plain ops credit every implementation with bnk's two-pass passes, except the
+ * bnk-persistent rows, which get their path's own (x, and dy, read once); the epilogue ops count each variant's own
+ * (docs/performance.md, "Fused epilogues"). docs/benchmarks.md lists the passes.
  * ---------------------------------------------------------------------------------------------------- */
 
 /* linear_bn: the GEMM reads x and the weight and writes y; the fused form also reads the folded bias (of the
@@ -31,13 +32,13 @@ double op_bytes(bench_op op, bench_impl impl, const bench_shape *shape, bnk_dtyp
   const int separate = impl == IMPL_BNK_SEPARATE;
   switch (op) {
   case OP_FWD_TRAIN: /* x for statistics, x again to normalize, y; gamma, beta, running mean and var read and
-                        written, saved mean and invstd */
-    return 3.0 * tensor + 8.0 * channel_array;
+                        written, saved mean and invstd. The persistent path reads x once. */
+    return (impl == IMPL_BNK_PERSISTENT ? 2.0 : 3.0) * tensor + 8.0 * channel_array;
   case OP_FWD_INFER: /* x, y; gamma, beta, running mean and var */
     return 2.0 * tensor + 4.0 * channel_array;
   case OP_BWD: /* x and dy for the sums, x and dy again for dx, dx; gamma, saved mean and invstd, dgamma,
-                  dbeta */
-    return 5.0 * tensor + 5.0 * channel_array;
+                  dbeta. The persistent path reads x and dy once. */
+    return (impl == IMPL_BNK_PERSISTENT ? 3.0 : 5.0) * tensor + 5.0 * channel_array;
   case OP_BWD_INFER: /* x and dy for the sums, dy again for dx, dx; gamma, running mean and var, dgamma, dbeta */
     return 4.0 * tensor + 5.0 * channel_array;
   case OP_FWD_INFER_RELU: /* fwd_infer; unfused, the ReLU pass reads and writes y again */

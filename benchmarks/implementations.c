@@ -59,6 +59,21 @@ static call_result run_bnk(const bench_env *env, case_data *data, const op_argum
   return call_ok();
 }
 
+/* bnk_forward_training or bnk_backward on one training path: the context's setting forced for the call and put
+ * back after it, so that every other row takes the automatic choice. A shape the forced persistent path does
+ * not fit fails the call with BNK_ERROR_NOT_SUPPORTED and the library's reason, which the row reports. */
+static call_result run_bnk_on_path(const bench_env *env, case_data *data, const op_arguments *a, bench_impl impl,
+                                   bench_op op) {
+  bnk_training_path before;
+  check_bnk(bnk_context_get_training_path(env->ctx, &before), "bnk_context_get_training_path");
+  const bnk_training_path path =
+      impl == IMPL_BNK_PERSISTENT ? BNK_TRAINING_PATH_PERSISTENT : BNK_TRAINING_PATH_TWO_PASS;
+  check_bnk(bnk_context_set_training_path(env->ctx, path), "bnk_context_set_training_path");
+  const call_result result = run_bnk(env, data, a, op);
+  check_bnk(bnk_context_set_training_path(env->ctx, before), "bnk_context_set_training_path");
+  return result;
+}
+
 /* The epilogue ops: each variant queues either bnk's fused call or the unfused sequence it replaces (bnk's
  * plain op, then the bench's separate elementwise pass); the forwards write y to out, the backward dx. */
 static call_result run_bnk_variant(const bench_env *env, case_data *data, const op_arguments *a, bench_impl impl,
@@ -194,6 +209,9 @@ call_result run_impl(const bench_env *env, case_data *data, bench_impl impl, ben
   switch (impl) {
   case IMPL_BNK:
     return run_bnk(env, data, &arguments, op);
+  case IMPL_BNK_PERSISTENT:
+  case IMPL_BNK_TWO_PASS:
+    return run_bnk_on_path(env, data, &arguments, impl, op);
   case IMPL_NAIVE:
     return run_naive(&arguments, op);
   case IMPL_BNK_FUSED:

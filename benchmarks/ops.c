@@ -20,18 +20,23 @@ int trains(bench_op op) {
   return op == OP_FWD_TRAIN || op == OP_BWD || op == OP_FWD_TRAIN_ADD_RELU || op == OP_BWD_ADD_RELU;
 }
 
-const char *const impl_names[IMPL_COUNT] = {"bnk",        "cudnn",           "cudnn-persistent", "cudnn-persistent-ex",
-                                            "cublas",     "naive",           "bnk-fused",        "bnk-mask",
-                                            "bnk-from-y", "bnk-scale-shift", "bnk+separate",     "bnk-fwd-infer"};
+const char *const impl_names[IMPL_COUNT] = {
+    "bnk",          "bnk-persistent", "bnk-two-pass", "cudnn",    "cudnn-persistent", "cudnn-persistent-ex",
+    "cublas",       "naive",          "bnk-fused",    "bnk-mask", "bnk-from-y",       "bnk-scale-shift",
+    "bnk+separate", "bnk-fwd-infer"};
 
-/* Whether the implementation has the op at all; only these pairs get a row. cuDNN has no frozen-statistics
- * backward, its persistent mode exists for training and its backward only, and inference has no reduction
- * for cuBLAS to do. The epilogue ops compare bnk with itself. */
+/* Whether the implementation has the op at all; only these pairs get a row. bnk's two training paths, each
+ * forced, time the training forward and the backward (which takes the same context setting). cuDNN has no
+ * frozen-statistics backward, its persistent mode exists for training and its backward only, and inference has no
+ * reduction for cuBLAS to do. The epilogue ops compare bnk with itself. */
 int impl_has_op(bench_impl impl, bench_op op) {
   switch (impl) {
   case IMPL_BNK:
   case IMPL_NAIVE:
     return is_plain_op(op);
+  case IMPL_BNK_PERSISTENT:
+  case IMPL_BNK_TWO_PASS:
+    return op == OP_FWD_TRAIN || op == OP_BWD;
   case IMPL_CUDNN:
     return op == OP_FWD_TRAIN || op == OP_FWD_INFER || op == OP_BWD;
   case IMPL_CUDNN_PERSISTENT:

@@ -2,7 +2,10 @@
 """A MODEL of bnk's op times on an H100 and an H200, from the plan and the machine code. Not a measurement.
 
 For every shape of the chosen presets and every op (fwd_train, fwd_infer, bwd), bnk-plan (plan_dump.c,
-built against bnk_emu) prints the launches the library's own planning code picks: kernel, grid, block.
+built against bnk_emu) prints the launches the library's own planning code picks: kernel, grid, block; for a
+training op with a persistent path also that path's one launch and whether host/persistent.c's capacity rule
+takes it. Each op is modelled on the path the library would take (the CSV's rows), and the persistent path is
+set against the two-pass one on the ResNet-50 layers where it is chosen.
 The kernels' resources (registers, shared memory -> resident blocks per SM) and hot-loop figures
 (instructions per element, bytes in flight) come from `sass_report.py --json` (default: the committed
 snapshot benchmarks/sass_figures.json). Each launch's time is then modelled as printed by --assumptions
@@ -32,6 +35,7 @@ ISSUE_EFFICIENCY = 0.8       # of the 4 x 32 lanes x clock issue slots per SM th
 LAUNCH_US = 2.0              # per kernel launch, back to back on a stream
 MEMORY_LATENCY_S = 0.6e-6    # DRAM latency, for the bytes in flight that a grid needs to reach the bandwidth
 MERGE_STEP_S = 0.25e-6       # one step of a merge loop: an L2 load of a piece just written, then its merge
+GRID_SYNC_S = 1.0e-6         # one cooperative_groups grid barrier across 132 SMs (an assumption, not measured)
 SCHEDULERS, LANES = 4, 32
 
 # ResNet-50 v1.5's 53 BN layers as (C, H, W): count.
@@ -46,6 +50,9 @@ TINY_SPATIAL_SHAPES = [(1, 2048), (32, 2048), (256, 2048), (32, 8192), (8, 65536
 
 OPS = ("fwd_train", "fwd_infer", "bwd")
 FLOOR_PASSES = {"fwd_train": 3, "fwd_infer": 2, "bwd": 5}  # tensor-sized reads + writes (docs/performance.md)
+# The persistent path's: each input read once (x; x and dy), the output written once.
+PERSISTENT_READS = {"fwd_train": 1, "bwd": 2}
+PERSISTENT_TARGETS = {"fwd_train": 1.3, "bwd": 1.4}  # issue 13: speedup over two-pass where chosen, H100, batch 32
 # Per-channel bytes of the finalize / merge kernel beyond the tensor passes, by pieces per channel P
 # (docs/performance.md): (6 + 3 P) C 4 for the forward, (12 + 4 P) C 4 for the backward.
 PER_CHANNEL_FLOATS = {"fwd_train": (6, 3), "bwd": (12, 4)}
@@ -62,7 +69,8 @@ def assumptions():
         lines.append(f"  {name}: {d['sms']} SMs, {d['clock_hz'] / 1e9:g} GHz, {d['bandwidth'] / 1e12:g} TB/s copy"
                      f" bandwidth, {SCHEDULERS} schedulers x {LANES} lanes per SM")
     lines += [
-        f"  floor = tensor bytes / bandwidth: fwd_train 3 E b, fwd_infer 2 E b, bwd 5 E b (E elements of b bytes)",
+        f"  floor = tensor bytes / bandwidth: fwd_train 3 E b, fwd_infer 2 E b, bwd 5 E b (E elements of b bytes)"
+        " on the two-pass path",
         f"  each launch costs {LAUNCH_US:g} us on top of its work",
         "  a streaming launch (statistics, normalize, backward sums, dx) moves its share of the tensor bytes;",
         "    its blocks run in waves of (blocks per SM from registers, shared memory, threads) x SMs; each wave",
@@ -75,6 +83,17 @@ def assumptions():
         f" channel,\n    and takes at least {MERGE_STEP_S * 1e6:g} us (an L2 load and a merge) per 32 pieces plus one"
         f" ({MEMORY_LATENCY_S * 1e6:g} us) DRAM latency: one warp per channel merges its pieces in order",
         "  blocks of a launch carry equal work; launches do not overlap",
+        "  the persistent path (where bnk-plan lists one) is chosen exactly when host/persistent.c's capacity rule"
+        " takes it:",
+        "    its blocks <= blocks per SM (the occupancy of its kernel's sm_90 resources) x SMs; then the op is one"
+        " launch:",
+        "    load phase max(input bytes / bandwidth, one DRAM latency, elements x the two-pass reduction's"
+        " instructions",
+        "    per element / issue rate of the SMs the grid occupies), then "
+        f"{GRID_SYNC_S * 1e6:g} us per grid barrier, the merge as above",
+        "    (in the kernel: no launch), then the write phase max(output bytes / bandwidth, one DRAM latency,"
+        " elements x",
+        "    the two-pass elementwise pass's instructions per element / issue rate); floor = (inputs + 1) E b",
     ]
     return "\n".join(lines)
 
@@ -121,8 +140,8 @@ def merge_launch_seconds(op, plan, channels, device):
     return max(total_bytes / device["bandwidth"], latency)
 
 
-def model_op(op, entry, sass, device):
-    """(floor seconds, model seconds, launches, details) of one op on one shape."""
+def two_pass_model(op, entry, sass, device):
+    """(floor seconds, model seconds, launches, details) of the op's two-pass path on one shape."""
     plan = entry["ops"][op]
     elements = entry["elements"]
     dtype_bytes = DTYPES[entry["shape"].split(":")[1]]
@@ -140,6 +159,49 @@ def model_op(op, entry, sass, device):
             details.append(f"{launch['kernel']} grid {launch['blocks']}x{launch['threads']}, {t * 1e6:.2f} us")
         seconds += t + LAUNCH_US * 1e-6
     return floor, seconds, len(plan["launches"]), details
+
+
+def phase_seconds(bytes_moved, elements, instructions_per_element, sms_in_use, device):
+    issue_rate = sms_in_use * SCHEDULERS * LANES * device["clock_hz"] * ISSUE_EFFICIENCY
+    return max(bytes_moved / device["bandwidth"], MEMORY_LATENCY_S, elements * instructions_per_element / issue_rate)
+
+
+def persistent_model(op, entry, sass, device):
+    """(floor seconds, model seconds, launches, details) of the op's persistent path on one shape: its kernel has
+    no loop for sass_report.py to count, so each phase is charged the per-element instructions of the two-pass
+    kernel that does the same work (the reduction's for the load phase, the elementwise pass's for the write)."""
+    plan = entry["ops"][op]
+    persistent = plan["persistent"]
+    kernel_figures(sass, persistent["kernel"])  # the kernel must be one the SASS figures know
+    elements = entry["elements"]
+    dtype_bytes = DTYPES[entry["shape"].split(":")[1]]
+    reads = PERSISTENT_READS[op]
+    floor = (reads + 1) * elements * dtype_bytes / device["bandwidth"]
+    streaming = [kernel_figures(sass, launch["kernel"])["hot_loop"] for launch in plan["launches"]]
+    streaming = [loop for loop in streaming if loop is not None]
+    sms_in_use = min(device["sms"], persistent["blocks"])
+    load = phase_seconds(reads * elements * dtype_bytes, elements, streaming[0]["instructions_per_element"],
+                         sms_in_use, device)
+    merge = merge_launch_seconds(op, persistent, entry["c"], device)
+    write = phase_seconds(elements * dtype_bytes, elements, streaming[-1]["instructions_per_element"], sms_in_use,
+                          device)
+    seconds = LAUNCH_US * 1e-6 + load + persistent["grid_syncs"] * GRID_SYNC_S + merge + write
+    details = [f"{persistent['kernel']} grid {persistent['blocks']}x{persistent['threads']},"
+               f" {persistent['blocks_per_sm']}/SM: load {load * 1e6:.2f} us, {persistent['grid_syncs']} barriers,"
+               f" merge {merge * 1e6:.2f} us, write {write * 1e6:.2f} us"]
+    return floor, seconds, 1, details
+
+
+def persistent_chosen(op, entry):
+    persistent = entry["ops"][op].get("persistent")
+    return persistent is not None and persistent["fits"]
+
+
+def model_op(op, entry, sass, device):
+    """The op as the library runs it on this shape: the persistent path where it is chosen, else two-pass."""
+    if persistent_chosen(op, entry):
+        return persistent_model(op, entry, sass, device)
+    return two_pass_model(op, entry, sass, device)
 
 
 def shape_key(layout, dtype, dims):
@@ -197,6 +259,10 @@ def main():
 
     rows = []
     totals = {}  # (device, batch, layout, dtype, op) -> [floor, model, launches per call]
+    # (device, batch, layout, dtype, op) -> [two-pass model, persistent model, over the layers where persistent is
+    # chosen; layers where it is chosen, layers]
+    paths = {}
+    offered = {op: False for op in PERSISTENT_READS}  # whether bnk-plan lists a persistent path for the op at all
     for device_name, device in DEVICES.items():
         for preset, batch, dims, count in cases:
             for layout in layouts:
@@ -213,16 +279,26 @@ def main():
                             print(f"{device_name} {name} {layout} {dtype} {op}: floor {floor * 1e6:.2f} us, model"
                                   f" {model * 1e6:.2f} us\n    " + "\n    ".join(details))
                         if preset == "resnet50":
-                            total = totals.setdefault((device_name, batch, layout, dtype, op), [0.0, 0.0, 0])
+                            key = (device_name, batch, layout, dtype, op)
+                            total = totals.setdefault(key, [0.0, 0.0, 0])
                             total[0] += count * floor
                             total[1] += count * model
                             total[2] = max(total[2], launches)
+                            if op in PERSISTENT_READS:
+                                offered[op] |= "persistent" in entry["ops"][op]
+                                both = paths.setdefault(key, [0.0, 0.0, 0, 0])
+                                both[3] += count
+                                if persistent_chosen(op, entry):
+                                    both[0] += count * two_pass_model(op, entry, sass, device)[1]
+                                    both[1] += count * model
+                                    both[2] += count
     for (device_name, batch, layout, dtype, op), (floor, model, launches) in totals.items():
         rows.append([device_name, "resnet50", batch, layout, dtype, op, launches, f"{floor * 1e6:.6g}",
                      f"{model * 1e6:.6g}"])
 
     if totals:
         print_resnet_summary(totals, batches, layouts, dtypes)
+        print_paths_summary(paths, offered, batches, layouts, dtypes)
     for preset in ("bn1d", "tiny-spatial"):
         if preset in presets:
             print_preset(rows, preset, layouts, dtypes)
@@ -265,6 +341,52 @@ def print_resnet_summary(totals, batches, layouts, dtypes):
                         met = met and launches <= MAX_TRAINING_LAUNCHES
                     verdicts.append(f"{op} {'met' if met else 'NOT met'} ({floor / model:.1%}, {launches} launches)")
                 print(f"  {layout} {dtype:<4} " + ", ".join(verdicts))
+    print()
+
+
+def print_paths_summary(paths, offered, batches, layouts, dtypes):
+    print("ResNet-50, 53 BN layers: the persistent path against the two-pass one where it is chosen, MODEL")
+    for device_name in DEVICES:
+        for batch in batches:
+            print(f"\n  {device_name}, batch {batch}:   (layers on the persistent path of 53; two-pass us / persistent"
+                  " us over them = speedup)")
+            for layout in layouts:
+                for dtype in dtypes:
+                    cells = []
+                    for op in PERSISTENT_READS:
+                        two_pass, persistent, chosen, layers = paths[(device_name, batch, layout, dtype, op)]
+                        if chosen:
+                            cells.append(f"{op} {chosen}/{layers}: {two_pass * 1e6:.0f}/{persistent * 1e6:.0f} us ="
+                                         f" {two_pass / persistent:.2f}x")
+                        else:
+                            cells.append(f"{op} 0/{layers}: no layer on the persistent path")
+                    print(f"    {layout} {dtype:<4} " + "   ".join(f"{c:<44}" for c in cells))
+    if 32 in batches:
+        print("\nIssue 13's targets (H100, batch 32, f16 NHWC, over the layers where persistent is chosen):"
+              " fwd_train >= 1.3x, bwd >= 1.4x")
+        for layout, dtype in (("nhwc", "f16"),):
+            if layout not in layouts or dtype not in dtypes:
+                print(f"  {layout} {dtype}: not modelled in this run (add it to --layout and --dtype)")
+                continue
+            for op, target in PERSISTENT_TARGETS.items():
+                two_pass, persistent, chosen, layers = paths[("H100", 32, layout, dtype, op)]
+                if not chosen:
+                    why = "none fits" if offered[op] else f"bnk-plan lists no persistent {op}"
+                    print(f"  {op}: NOT met: no layer on the persistent path ({why})")
+                else:
+                    speedup = two_pass / persistent
+                    print(f"  {op}: {'met' if speedup >= target else 'NOT met'} ({speedup:.2f}x over {chosen} of"
+                          f" {layers} layers)")
+    if 1 in batches:
+        print("\nBatch 1: every training op of the 53 layers in one launch (H100)? (layers in one launch of 53)")
+        for layout in layouts:
+            for dtype in dtypes:
+                cells = []
+                for op in PERSISTENT_READS:
+                    key = ("H100", 1, layout, dtype, op)
+                    one = paths[key][2]
+                    cells.append(f"{op} {'yes' if one == paths[key][3] else 'NO'} ({one}/{paths[key][3]})")
+                print(f"  {layout} {dtype:<4} " + ", ".join(cells))
     print()
 
 

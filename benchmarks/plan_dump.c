@@ -23,11 +23,24 @@ typedef struct plan_launch {
 
 #define MAX_LAUNCHES 4
 
+/* The op's persistent path, where it has one: its one cooperative launch, the grid barriers inside it, the
+ * blocks per SM its kernel holds (the occupancy query, which the emulation answers from the kernel's sm_90
+ * resources) and whether host/persistent.c's capacity rule takes it for this shape. */
+typedef struct persistent_plan {
+  int exists;
+  int fits;
+  int blocks_per_sm;
+  int grid_syncs;
+  int64_t parts;
+  plan_launch launch;
+} persistent_plan;
+
 typedef struct op_plan {
   int vec;
   int64_t parts; /* pieces per channel of the reduction (0: none) */
   int launches;
-  plan_launch launch[MAX_LAUNCHES];
+  plan_launch launch[MAX_LAUNCHES]; /* the two-pass path's (the only path of an op without a persistent one) */
+  persistent_plan persistent;
 } op_plan;
 
 enum { OP_FWD_TRAIN, OP_FWD_INFER, OP_BWD, OP_COUNT };
@@ -53,9 +66,30 @@ static void add_launch(op_plan *plan, int64_t blocks, int threads, const char *f
   launch->threads = threads;
 }
 
+/* The persistent training forward (host/persistent.c, kernels/persistent.cu): bnk__plan_persistent's grid, the
+ * occupancy of the plain-epilogue kernel for this dtype, layout and width, and its two grid barriers (before and
+ * after the merge). */
+static persistent_plan persistent_forward_plan(const bnk_view *view, int vec, int sm_count, const char *type,
+                                               const char *layout) {
+  persistent_plan plan = {.exists = 1, .grid_syncs = 2};
+  if (bnk__persistent_forward_occupancy(view, vec, BNK_EPILOGUE_NONE, &plan.blocks_per_sm) != cudaSuccess) {
+    fprintf(stderr, "bnk-plan: the occupancy query of the persistent forward failed\n");
+    exit(1);
+  }
+  bnk_reduce_plan reduce;
+  plan.fits = bnk__plan_persistent(view, vec, sm_count, plan.blocks_per_sm, &reduce);
+  plan.parts = reduce.parts;
+  snprintf(plan.launch.kernel, sizeof plan.launch.kernel, "persistent_forward_channels_%s<%s, %d, 0>", layout, type,
+           vec);
+  plan.launch.blocks = reduce.blocks;
+  plan.launch.threads = reduce.threads;
+  return plan;
+}
+
 /* The one place that knows which kernels each op launches and how their grids come from the plan: today
- * (host/forward.c, host/backward.c, kernels/stats.cu, normalize.cu, backward.cu) a training forward is
- * statistics + finalize + normalize, an inference forward one normalize, a backward sums + merge + dx,
+ * (host/forward.c, host/backward.c, host/persistent.c, kernels/stats.cu, normalize.cu, backward.cu,
+ * persistent.cu) a training forward is statistics + finalize + normalize on the two-pass path and one
+ * persistent kernel on the other, an inference forward one normalize, a backward sums + merge + dx,
  * the finalize and merge kernels one warp per channel, and the channels-first elementwise passes a
  * grid-stride loop. Adapt this function, and only it, when the launchers change. */
 static op_plan plan_of_op(int op, const bnk_view *view, int sm_count) {
@@ -78,6 +112,7 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count) {
     add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "finalize_stats");
     add_launch(&plan, elementwise_blocks, elementwise_threads, "normalize_channels_%s<%s, %d, false, 0>", layout, type,
                vec);
+    plan.persistent = persistent_forward_plan(view, vec, sm_count, type, layout);
     break;
   case OP_FWD_INFER:
     add_launch(&plan, elementwise_blocks, elementwise_threads, "normalize_channels_%s<%s, %d, true, 0>", layout, type,
@@ -168,7 +203,14 @@ int main(int argc, char **argv) {
       for (int l = 0; l < plan.launches; ++l)
         printf("%s{\"kernel\": \"%s\", \"blocks\": %" PRId64 ", \"threads\": %d}", l ? ", " : "", plan.launch[l].kernel,
                plan.launch[l].blocks, plan.launch[l].threads);
-      printf("]}");
+      printf("]");
+      const persistent_plan *persistent = &plan.persistent;
+      if (persistent->exists)
+        printf(", \"persistent\": {\"fits\": %s, \"blocks_per_sm\": %d, \"grid_syncs\": %d, \"parts\": %" PRId64
+               ", \"kernel\": \"%s\", \"blocks\": %" PRId64 ", \"threads\": %d}",
+               persistent->fits ? "true" : "false", persistent->blocks_per_sm, persistent->grid_syncs,
+               persistent->parts, persistent->launch.kernel, persistent->launch.blocks, persistent->launch.threads);
+      printf("}");
     }
     printf("}}");
   }

@@ -35,9 +35,10 @@ PLAIN_OPS = ["fwd_train", "fwd_infer", "bwd", "bwd_infer"]
 EPILOGUE_OPS = ["fwd_infer_relu", "fwd_infer_add_relu", "fwd_train_add_relu", "bwd_add_relu", "scale_shift",
                 "linear_bn"]
 OPS = PLAIN_OPS + EPILOGUE_OPS
-IMPLEMENTATIONS = ["bnk", "cudnn", "cudnn-persistent", "cudnn-persistent-ex", "torch", "cublas", "naive",
-                   "bnk-fused", "bnk-mask", "bnk-from-y", "bnk-scale-shift", "bnk+separate", "bnk-fwd-infer"]
-COLORS = {"bnk": "#1f77b4", "cudnn": "#d62728", "cudnn-persistent": "#ff9896", "cudnn-persistent-ex": "#8c564b",
+IMPLEMENTATIONS = ["bnk", "bnk-persistent", "bnk-two-pass", "cudnn", "cudnn-persistent", "cudnn-persistent-ex", "torch",
+                   "cublas", "naive", "bnk-fused", "bnk-mask", "bnk-from-y", "bnk-scale-shift", "bnk+separate", "bnk-fwd-infer"]
+COLORS = {"bnk": "#1f77b4", "bnk-persistent": "#17becf", "bnk-two-pass": "#9edae5", "cudnn": "#d62728",
+          "cudnn-persistent": "#ff9896", "cudnn-persistent-ex": "#8c564b",
           "torch": "#9467bd", "cublas": "#2ca02c",
           "naive": "#7f7f7f", "bnk-fused": "#1f77b4", "bnk-mask": "#1f77b4", "bnk-from-y": "#aec7e8",
           "bnk-scale-shift": "#1f77b4", "bnk+separate": "#ff7f0e", "bnk-fwd-infer": "#ff7f0e"}

@@ -11,6 +11,8 @@
 // to fit its cache. The merge is the two-pass path's, so both paths agree wherever their pieces do.
 #include <cooperative_groups.h>
 
+#include <type_traits>
+
 #include "kernels/affine.cuh"
 #include "kernels/batch_stats.cuh"
 
@@ -64,8 +66,75 @@ static __device__ __forceinline__ void write_outputs(const float (&v)[V], const 
   if constexpr (EPILOGUE == BNK_EPILOGUE_ADD_RELU) bnk_load<T, V>(z + at, vz);
 #pragma unroll
   for (int i = 0; i < V; ++i) out[i] = apply_epilogue<EPILOGUE>(apply_affine(v[i], affine[i]), vz[i]);
-  bnk_store<T, V>(y + at, out);
+  if constexpr (V * sizeof(T) == 16) {
+    // One 128-bit store, said explicitly: through bnk_store's plain assignment nvcc stored these y vectors
+    // element by element (4-byte STGs, already in the PTX) in the channels-first kernel.
+    union {
+      uint4 raw;
+      T elem[V];
+    } u;
+#pragma unroll
+    for (int i = 0; i < V; ++i) u.elem[i] = bnk_from_float<T>(out[i]);
+    __stwb(reinterpret_cast<uint4 *>(y + at), u.raw);
+  } else {
+    bnk_store<T, V>(y + at, out);
+  }
   if (EPILOGUE != BNK_EPILOGUE_NONE && mask != NULL) bnk_mask_set<V>(mask, at, bnk_positive_bits<T, V>(out));
+}
+
+// What a thread keeps of one cached vector: x - K as floats, or, for the 16-byte vectors of a 16-bit type, the
+// 16 bytes of x as loaded: half the registers, which keeps those kernels within 128 registers (2 blocks per
+// SM) where floats made ptxas spill; x - K is then recomputed where it is used, to the same bits.
+template <typename T, int V, bool RAW = (sizeof(T) == 2 && V * sizeof(T) == 16)>
+struct cached_vector {
+  float v[V];
+};
+
+template <typename T, int V>
+struct cached_vector<T, V, true> {
+  uint4 raw;
+};
+
+template <typename T, int V>
+static __device__ __forceinline__ void cache_load(cached_vector<T, V, false> &c, const T *p, const float (&shift)[V]) {
+  bnk_load<T, V>(p, c.v);
+#pragma unroll
+  for (int i = 0; i < V; ++i) c.v[i] -= shift[i];
+}
+
+template <typename T, int V>
+static __device__ __forceinline__ void cache_load(cached_vector<T, V, true> &c, const T *p, const float (&)[V]) {
+  c.raw = *reinterpret_cast<const uint4 *>(p);
+}
+
+template <typename T, int V>
+static __device__ __forceinline__ void shifted_values(const cached_vector<T, V, false> &c, const float (&)[V],
+                                                      float (&v)[V]) {
+#pragma unroll
+  for (int i = 0; i < V; ++i) v[i] = c.v[i];
+}
+
+template <typename T, int V>
+static __device__ __forceinline__ void shifted_values(const cached_vector<T, V, true> &c, const float (&shift)[V],
+                                                      float (&v)[V]) {
+  if constexpr (std::is_same<T, __half>::value) {
+    union {
+      uint4 raw;
+      T elem[V];
+    } u;
+    u.raw = c.raw;
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[i] = bnk_to_float(u.elem[i]) - shift[i];
+  } else {
+    // A bf16 is the upper half of its float: converting by shifts keeps nvcc from unpacking each 16-bit
+    // value into a register of its own (200 registers).
+    const uint32_t words[4] = {c.raw.x, c.raw.y, c.raw.z, c.raw.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      v[2 * k] = __uint_as_float(words[k] << 16) - shift[2 * k];
+      v[2 * k + 1] = __uint_as_float(words[k] & 0xffff0000u) - shift[2 * k + 1];
+    }
+  }
 }
 
 // Offset, from the channel's first element, of vector j of a channels-first channel (runs of s elements,
@@ -77,9 +146,11 @@ static __device__ __forceinline__ int64_t channel_vector_offset(int64_t j, bnk_f
 }
 
 // Channels-first: block b holds piece (b % parts) of channel (b / parts), `chunk` elements; thread t caches
-// the piece's vectors t, t + blockDim.x, ... (at most BNK_PERSISTENT_CACHE).
+// the piece's vectors t, t + blockDim.x, ... (at most BNK_PERSISTENT_CACHE). At least 2 blocks per SM, said
+// explicitly: left to itself ptxas squeezed the plain fp32 kernel into 80 registers for a third block and
+// spilled part of the cache (52 bytes); with the bound it takes 98 registers, as the epilogue variants do.
 template <typename T, int V, int EPILOGUE>
-static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
     persistent_forward_channels_first(const T *x, const T *z, T *y, int64_t c, int64_t s, bnk_fastdiv vecs_per_run,
                                       int64_t parts, int64_t chunk, persistent_forward_args a) {
   constexpr int K = BNK_PERSISTENT_CACHE;
@@ -89,25 +160,28 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   const int64_t part = block - channel * parts;
   const int64_t base = channel * s;
   const int64_t run_stride = c * s;
-  const float shift = bnk_to_float(x[base]);
+  float shift[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) shift[i] = bnk_to_float(x[base]);
   begin_forward(a);
-  if (threadIdx.x == 0 && part == 0) a.ws.shift[channel] = shift;
+  if (threadIdx.x == 0 && part == 0) a.ws.shift[channel] = shift[0];
 
   const int64_t begin = part * chunk / V + threadIdx.x;
   const int64_t end = min(a.m, (part + 1) * chunk) / V;
   const int64_t step = blockDim.x;
-  float v[K][V] = {};
+  cached_vector<T, V> cache[K] = {};
   int vectors = 0;
 #pragma unroll
   for (int u = 0; u < K; ++u) {
     const int64_t j = begin + u * step;
     if (j < end) {
-      bnk_load<T, V>(x + base + channel_vector_offset(j, vecs_per_run, run_stride, V), v[u]);
-#pragma unroll
-      for (int i = 0; i < V; ++i) v[u][i] -= shift;
+      cache_load(cache[u], x + base + channel_vector_offset(j, vecs_per_run, run_stride, V), shift);
       vectors = u + 1;
     }
   }
+  float v[K][V];
+#pragma unroll
+  for (int u = 0; u < K; ++u) shifted_values(cache[u], shift, v[u]);
   const bnk_welford mine = vectors > 0 ? bnk_welford_of<K, V>(v, vectors) : bnk_welford_empty();
   const bnk_welford acc = bnk_block_reduce(mine, shared);
   if (threadIdx.x == 0) {
@@ -125,9 +199,12 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   for (int i = 0; i < V; ++i) affine[i] = channel_affine_value;
 #pragma unroll
   for (int u = 0; u < K; ++u)
-    if (u < vectors)
-      write_outputs<T, V, EPILOGUE>(v[u], affine, z, y, a.mask,
+    if (u < vectors) {
+      float values[V];
+      shifted_values(cache[u], shift, values);
+      write_outputs<T, V, EPILOGUE>(values, affine, z, y, a.mask,
                                     base + channel_vector_offset(begin + u * step, vecs_per_run, run_stride, V));
+    }
 }
 
 // Channels-last: the tiling of bnk_reduce_plan (bnk_tile_position); thread (tx, ty) caches its V channels
@@ -154,18 +231,19 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 
   const int64_t first_row = part * rows_per_part + ty;
   const int64_t row_end = min(rows, (part + 1) * rows_per_part);
-  float v[K][V] = {};
+  cached_vector<T, V> cache[K] = {};
   int cached = 0;
 #pragma unroll
   for (int u = 0; u < K; ++u) {
     const int64_t r = first_row + (int64_t)u * tile_y;
     if (active && r < row_end) {
-      bnk_load<T, V>(x + r * c + channel0, v[u]);
-#pragma unroll
-      for (int i = 0; i < V; ++i) v[u][i] -= shift[i];
+      cache_load(cache[u], x + r * c + channel0, shift);
       cached = u + 1;
     }
   }
+  float v[K][V];
+#pragma unroll
+  for (int u = 0; u < K; ++u) shifted_values(cache[u], shift, v[u]);
   bnk_welford_vec_run<V> run = bnk_run_vec_empty<V>();
   if (cached > 0) bnk_run_add_rows<K, V>(run, v, cached);
   const state acc = bnk_tile_reduce(bnk_run_result(run), shared, tile_x, tile_y);
@@ -187,8 +265,11 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   for (int i = 0; i < V; ++i) affine[i] = shifted_affine(a, channel0 + i);
 #pragma unroll
   for (int u = 0; u < K; ++u)
-    if (u < cached)
-      write_outputs<T, V, EPILOGUE>(v[u], affine, z, y, a.mask, (first_row + (int64_t)u * tile_y) * c + channel0);
+    if (u < cached) {
+      float values[V];
+      shifted_values(cache[u], shift, values);
+      write_outputs<T, V, EPILOGUE>(values, affine, z, y, a.mask, (first_row + (int64_t)u * tile_y) * c + channel0);
+    }
 }
 
 // ---- launch and occupancy: one kernel per (dtype, layout, vector width, epilogue) ----

@@ -1,8 +1,9 @@
 /* The bytes each op moves and the kernels it launches, measured by the emulation's traffic meter
  * (docs/emulation.md, "Traffic meter") against the byte tables of docs/performance.md: 32-byte sectors read
  * and written by the kernels, distinct within each launch, plus what cudaMemset writes (the mask's
- * zeroing), within 3% of the documented bytes; and the exact launch count. The counts must not depend on
- * the schedule. Emulation only: the GPU build of this suite skips. */
+ * zeroing), within 3% of the documented bytes; and the exact launch count, on the two-pass path and, on a
+ * small emulated device, the persistent training forward's. The counts must not depend on the schedule. Emulation only:
+ * the GPU build of this suite skips. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,16 @@ static const traffic_row backward_rows[] = {
      WITH_Z | WITH_MASK | NO_DGAMMA | NO_DBETA, 3, 1, 1},
 };
 
+/* The persistent training forward (docs/performance.md, "Two training paths"): x read once, y written once, z
+ * read for ADD_RELU; the mask is cleared and written by the one kernel, in the same sectors. One launch. */
+static const traffic_row persistent_rows[] = {
+    {"persistent training", FORWARD_TRAINING, BNK_EPILOGUE_NONE, 0, 2, 0, 1},
+    {"persistent training BN + ReLU", FORWARD_TRAINING, BNK_EPILOGUE_RELU, 0, 2, 0, 1},
+    {"persistent training BN + ReLU, mask", FORWARD_TRAINING, BNK_EPILOGUE_RELU, WITH_MASK, 2, 1, 1},
+    {"persistent training BN + add + ReLU", FORWARD_TRAINING, BNK_EPILOGUE_ADD_RELU, WITH_Z, 3, 0, 1},
+    {"persistent training BN + add + ReLU, mask", FORWARD_TRAINING, BNK_EPILOGUE_ADD_RELU, WITH_Z | WITH_MASK, 3, 1, 1},
+};
+
 /* Large enough that per-channel arrays and partials stay below 1% of the tensor bytes. */
 typedef struct traffic_shape {
   bnk_dtype dtype;
@@ -86,6 +97,15 @@ typedef struct traffic_shape {
 static const traffic_shape shapes[] = {
     {BNK_FLOAT32, BNK_NCHW, 8, 8, 64, 64},
     {BNK_FLOAT16, BNK_NHWC, 8, 8, 64, 64},
+};
+
+/* The persistent rows' device and shapes: a co-resident grid of the emulated device's SMs must hold the
+ * shape, and the emulation runs each of its blocks on an OS thread, so both stay small (a quarter of the
+ * shapes above, which still keeps per-channel arrays and partials below 1%). */
+#define PERSISTENT_SMS 8
+static const traffic_shape persistent_shapes[] = {
+    {BNK_FLOAT32, BNK_NCHW, 4, 8, 32, 32},
+    {BNK_FLOAT16, BNK_NHWC, 4, 8, 32, 32},
 };
 
 /* Every buffer an op may use, on the device. */
@@ -228,19 +248,35 @@ static double measured_bytes(const bnk_emu_traffic *t) {
   return 32.0 * (double)(t->read_sectors + t->written_sectors) + (double)(t->copy_read_bytes + t->copy_written_bytes);
 }
 
-static void check_rows(const traffic_row *rows, size_t count) {
+/* Each row on each shape, under every schedule, with the context's training path (test_context's, or AUTO on a
+ * device of PERSISTENT_SMS SMs, where each training forward must then take the persistent path). */
+static void check_rows(const traffic_row *rows, size_t count, const traffic_shape *shape_list, size_t shape_count,
+                       int persistent) {
+  if (persistent) bnk_emu_set_sm_count(PERSISTENT_SMS);
   bnk_context *ctx = test_context();
+  if (persistent)
+    cr_assert_eq(bnk_context_set_training_path(ctx, BNK_TRAINING_PATH_AUTO), BNK_SUCCESS, "%s",
+                 bnk_last_error_message());
   test_rng rng = rng_fresh();
   bnk_emu_set_traffic(1);
-  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; ++s) {
+  for (size_t s = 0; s < shape_count; ++s) {
     op_buffers b;
-    buffers_create(ctx, &shapes[s], &b, &rng);
+    buffers_create(ctx, &shape_list[s], &b, &rng);
     char shape[96];
-    format_shape(shape, sizeof shape, shapes[s].layout, shapes[s].dtype, shapes[s].n, shapes[s].c, 2, b.desc.spatial);
-    const double e = (double)b.elements, bytes = (double)dtype_size(shapes[s].dtype);
+    format_shape(shape, sizeof shape, shape_list[s].layout, shape_list[s].dtype, shape_list[s].n, shape_list[s].c, 2,
+                 b.desc.spatial);
+    const double e = (double)b.elements, bytes = (double)dtype_size(shape_list[s].dtype);
     for (size_t r = 0; r < count; ++r) {
       const traffic_row *row = &rows[r];
       const double want = row->tensors * e * bytes + row->eighths * e / 8.0;
+      if (persistent) {
+        const bnk_epilogue fused = forward_epilogue(row, &b);
+        bnk_training_path path;
+        cr_assert_eq(bnk_forward_training_path(ctx, &b.desc, b.x, b.y, &fused, &path), BNK_SUCCESS, "%s",
+                     bnk_last_error_message());
+        cr_assert_eq(path, BNK_TRAINING_PATH_PERSISTENT, "%s, %s: the automatic choice is not the persistent path",
+                     row->name, shape);
+      }
       bnk_emu_traffic first = {0};
       for (int k = 0; k < schedule_count(); ++k) {
         schedule_use(k);
@@ -276,14 +312,21 @@ static void check_rows(const traffic_row *rows, size_t count) {
   }
   bnk_emu_set_traffic(0);
   bnk_context_destroy(ctx);
+  if (persistent) bnk_emu_set_sm_count(0); /* back to the default device */
 }
 
+#define COUNT(array) (sizeof array / sizeof array[0])
+
 Test(traffic, forward_ops_move_the_documented_bytes, .timeout = 600) {
-  check_rows(forward_rows, sizeof forward_rows / sizeof forward_rows[0]);
+  check_rows(forward_rows, COUNT(forward_rows), shapes, COUNT(shapes), 0);
 }
 
 Test(traffic, backward_ops_move_the_documented_bytes, .timeout = 600) {
-  check_rows(backward_rows, sizeof backward_rows / sizeof backward_rows[0]);
+  check_rows(backward_rows, COUNT(backward_rows), shapes, COUNT(shapes), 0);
+}
+
+Test(traffic, persistent_forward_moves_x_once_in_one_launch, .timeout = 600) {
+  check_rows(persistent_rows, COUNT(persistent_rows), persistent_shapes, COUNT(persistent_shapes), 1);
 }
 
 Test(traffic, the_meter_is_off_by_default_and_resets) {

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""bnk-bench-emu's rows for bnk's two training paths (bnk-persistent, bnk-two-pass), read from its table: on a
+shape that fits the co-resident grid both rows pass validation and the traffic meter shows the persistent
+forward as one launch moving fewer bytes than the two-pass one; on an emulated device of one SM, where the
+shape does not fit, the persistent forward's row is n/a with the library's NOT_SUPPORTED status and the run
+still succeeds.
+
+    BNK_BENCH_EMU=build/benchmarks/bnk-bench-emu python3 benchmarks/test_bench_paths.py
+"""
+import os
+import re
+import subprocess
+import unittest
+
+BENCH_EMU = os.environ.get("BNK_BENCH_EMU", "")
+TRAFFIC = re.compile(r"moved ([0-9.]+) MB = [0-9.]+% of the run shape's floor, ([0-9]+) launch(?:es)?$")
+
+
+def run_bench(arguments, sms=None):
+    """The rows of the table, keyed by (op, layout, dtype, impl): (check, the rest of the line)."""
+    env = dict(os.environ)
+    if sms is not None:
+        env["BNK_EMU_SMS"] = str(sms)
+    result = subprocess.run([BENCH_EMU, "--impl", "bnk-persistent,bnk-two-pass", "--op", "fwd_train,bwd"] + arguments,
+                            capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise AssertionError(f"bnk-bench-emu exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    rows = {}
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if len(fields) > 7 and fields[0] in ("fwd_train", "bwd") and fields[5] in ("bnk-persistent", "bnk-two-pass"):
+            rows[(fields[0], fields[1], fields[2], fields[5])] = (fields[6], line)
+    return rows
+
+
+def traffic(line):
+    match = TRAFFIC.search(line)
+    if match is None:
+        raise AssertionError(f"no traffic column in: {line}")
+    return float(match.group(1)), int(match.group(2))
+
+
+class BenchPaths(unittest.TestCase):
+    def test_both_rows_for_a_fitting_shape(self):
+        rows = run_bench(["--shape", "2,8,6,6", "--shape", "64,24", "--dtype", "f32,f16"])
+        for layout in ("nchw", "nhwc"):
+            for dtype in ("f32", "f16"):
+                for op in ("fwd_train", "bwd"):
+                    for impl in ("bnk-persistent", "bnk-two-pass"):
+                        key = (op, layout, dtype, impl)
+                        self.assertIn(key, rows, f"no row {key}")
+                        self.assertEqual(rows[key][0], "PASS", rows[key][1])
+                persistent = traffic(rows[("fwd_train", layout, dtype, "bnk-persistent")][1])
+                two_pass = traffic(rows[("fwd_train", layout, dtype, "bnk-two-pass")][1])
+                self.assertEqual(persistent[1], 1, f"persistent forward {layout} {dtype}: {persistent[1]} launches")
+                self.assertGreater(two_pass[1], 1, f"two-pass forward {layout} {dtype}: {two_pass[1]} launch")
+                self.assertLess(persistent[0], two_pass[0], f"{layout} {dtype}: persistent moved no fewer bytes")
+
+    def test_a_shape_that_does_not_fit_reports_the_status(self):
+        # 16 channels of a channels-first tensor need at least 16 co-resident blocks; one SM holds fewer.
+        rows = run_bench(["--shape", "2,16,8,8", "--layout", "nchw", "--dtype", "f32"], sms=1)
+        check, line = rows[("fwd_train", "nchw", "f32", "bnk-persistent")]
+        self.assertEqual(check, "n/a", line)
+        self.assertIn("BNK_ERROR_NOT_SUPPORTED", line)
+        self.assertIn("does not fit the co-resident grid", line)
+        self.assertEqual(rows[("fwd_train", "nchw", "f32", "bnk-two-pass")][0], "PASS")
+
+
+if __name__ == "__main__":
+    unittest.main()
