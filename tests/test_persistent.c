@@ -653,21 +653,42 @@ static void describe_grad(const grad_problem *p, const grad_variant *v, int froz
            frozen ? "frozen backward" : "backward", v->name);
 }
 
-/* bnk_backward_ex (training) or bnk_backward_inference_ex (frozen), every output poisoned first. */
-static bnk_status run_backward(bnk_context *ctx, grad_problem *p, const grad_variant *v, int frozen) {
+static void poison_backward(grad_problem *p) {
   const problem *f = &p->f;
   dev_poison(p->dx_dev, f->bytes);
   dev_poison(p->dz_dev, f->bytes);
   dev_poison(p->workspace, p->workspace_bytes);
   dev_poison(p->dgamma_dev, (size_t)f->sh.c * 4);
   dev_poison(p->dbeta_dev, (size_t)f->sh.c * 4);
+}
+
+/* Which of a backward's outputs a call asks for, and where its dy is. */
+typedef struct grad_outputs {
+  int dx, dgamma, dbeta;
+  int in_place; /* dy is the dx buffer */
+} grad_outputs;
+
+static const grad_outputs every_output = {1, 1, 1, 0};
+
+/* bnk_backward_ex (training) or bnk_backward_inference_ex (frozen) asking for `want`. */
+static bnk_status call_backward(bnk_context *ctx, grad_problem *p, const grad_variant *v, int frozen,
+                                grad_outputs want) {
+  const problem *f = &p->f;
   const bnk_epilogue_grad e = grad_epilogue_of(p, v);
+  void *dx = want.dx ? p->dx_dev : NULL;
+  const void *dy = want.in_place ? p->dx_dev : p->dy_dev;
+  float *dgamma = want.dgamma ? p->dgamma_dev : NULL, *dbeta = want.dbeta ? p->dbeta_dev : NULL;
   if (frozen)
-    return bnk_backward_inference_ex(ctx, &f->desc, f->x_dev, p->dy_dev, p->dx_dev, f->gamma_dev, p->dgamma_dev,
-                                     p->dbeta_dev, f->running_mean_dev, f->running_var_dev, EPS, p->workspace,
-                                     p->workspace_bytes, &e);
-  return bnk_backward_ex(ctx, &f->desc, f->x_dev, p->dy_dev, p->dx_dev, f->gamma_dev, p->dgamma_dev, p->dbeta_dev,
-                         f->save_mean_dev, f->save_invstd_dev, p->workspace, p->workspace_bytes, &e);
+    return bnk_backward_inference_ex(ctx, &f->desc, f->x_dev, dy, dx, f->gamma_dev, dgamma, dbeta, f->running_mean_dev,
+                                     f->running_var_dev, EPS, p->workspace, p->workspace_bytes, &e);
+  return bnk_backward_ex(ctx, &f->desc, f->x_dev, dy, dx, f->gamma_dev, dgamma, dbeta, f->save_mean_dev,
+                         f->save_invstd_dev, p->workspace, p->workspace_bytes, &e);
+}
+
+/* Every output poisoned, then the full backward. */
+static bnk_status run_backward(bnk_context *ctx, grad_problem *p, const grad_variant *v, int frozen) {
+  poison_backward(p);
+  return call_backward(ctx, p, v, frozen, every_output);
 }
 
 static size_t grad_output_bytes(const grad_problem *p) { return 2 * p->f.bytes + (size_t)p->f.sh.c * 8; }
@@ -923,3 +944,137 @@ Test(persistent_backward, cooperative_launch_is_capturable, .timeout = 600) {
   free_grad_problem(&p);
   bnk_context_destroy(ctx);
 }
+
+/* What a call wrote, as the bytes check_backward returns: dx, dz, dgamma, dbeta. */
+static unsigned char *read_backward(const grad_problem *p) {
+  const problem *f = &p->f;
+  unsigned char *raw = malloc(grad_output_bytes(p));
+  dev_download(raw, p->dx_dev, f->bytes);
+  dev_download(raw + f->bytes, p->dz_dev, f->bytes);
+  dev_download(raw + 2 * f->bytes, p->dgamma_dev, (size_t)f->sh.c * 4);
+  dev_download(raw + 2 * f->bytes + f->sh.c * 4, p->dbeta_dev, (size_t)f->sh.c * 4);
+  return raw;
+}
+
+/* Whether every byte of an output still has the poison's bits: a NULL output is never written. */
+static void expect_poisoned(const char *what, const unsigned char *bytes, size_t count) {
+  for (size_t i = 0; i < count; ++i)
+    if (bytes[i] != 0xff) {
+      cr_expect(0, "%s: byte %zu was written", what, i);
+      return;
+    }
+}
+
+/* On the persistent path, dx, dgamma and dbeta are each optional, and dx may be dy: every output that is
+ * asked for equals the full call's bitwise, every other is left as it was. */
+Test(persistent_backward, optional_outputs_and_in_place, .timeout = 600) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  test_rng rng = rng_fresh();
+  const shape shapes[] = {{BNK_FLOAT32, BNK_NHWC, 2, 8, S2(30, 30), 0}, {BNK_FLOAT16, BNK_NCHW, 3, 4, S1(33), 1}};
+  const grad_variant *v = &grad_variants[GRAD_VARIANTS - 1];
+  const struct {
+    grad_outputs want;
+    const char *name;
+  } calls[] = {{{0, 1, 1, 0}, "dx NULL"},
+               {{1, 0, 0, 0}, "dgamma and dbeta NULL"},
+               {{0, 0, 1, 0}, "dbeta only"},
+               {{1, 1, 1, 1}, "dx in place over dy"}};
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; ++i) {
+    grad_problem p = make_grad_problem(ctx, &shapes[i], &rng);
+    const problem *f = &p.f;
+    const size_t channel_bytes = (size_t)f->sh.c * 4;
+    char label[200], what[260];
+    describe_grad(&p, v, 0, label, sizeof label);
+    cr_assert_eq(run_backward(ctx, &p, v, 0), BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
+    unsigned char *full = check_backward(&p, v, 0, label);
+    for (size_t k = 0; k < sizeof calls / sizeof calls[0]; ++k) {
+      const grad_outputs want = calls[k].want;
+      snprintf(what, sizeof what, "%s, %s", label, calls[k].name);
+      poison_backward(&p);
+      if (want.in_place) cr_assert_eq(cudaMemcpy(p.dx_dev, p.dy_dev, f->bytes, cudaMemcpyDeviceToDevice), cudaSuccess);
+      cr_assert_eq(call_backward(ctx, &p, v, 0, want), BNK_SUCCESS, "%s: %s", what, bnk_last_error_message());
+      unsigned char *now = read_backward(&p);
+      const struct {
+        int wanted;
+        size_t offset, bytes;
+        const char *name;
+      } outputs[] = {{want.dx, 0, f->bytes, "dx"},
+                     {1, f->bytes, f->bytes, "dz"},
+                     {want.dgamma, 2 * f->bytes, channel_bytes, "dgamma"},
+                     {want.dbeta, 2 * f->bytes + channel_bytes, channel_bytes, "dbeta"}};
+      for (size_t o = 0; o < sizeof outputs / sizeof outputs[0]; ++o) {
+        char name[300];
+        snprintf(name, sizeof name, "%s: %s", what, outputs[o].name);
+        if (outputs[o].wanted)
+          expect_bitwise_equal(name, full + outputs[o].offset, now + outputs[o].offset, outputs[o].bytes);
+        else expect_poisoned(name, now + outputs[o].offset, outputs[o].bytes);
+      }
+      free(now);
+    }
+    free(full);
+    free_grad_problem(&p);
+  }
+  bnk_context_destroy(ctx);
+}
+
+#ifdef BNK_TEST_EMULATION
+/* Bytes the traffic meter saw, counted as tests/test_traffic.c counts them: 32-byte sectors read and written by
+ * the kernels (distinct within each launch), plus what cudaMemset and cudaMemcpy moved. */
+static double metered_bytes(const bnk_emu_traffic *t) {
+  return 32.0 * (double)(t->read_sectors + t->written_sectors) + (double)(t->copy_read_bytes + t->copy_written_bytes);
+}
+
+/* What one persistent op should move: tensors x E b + eighths x E / 8 bytes (the mask is E / 8 bytes), within
+ * 3% (the per-channel arrays and partials are under 1% of it at these shapes), in one launch. */
+static void expect_traffic(const char *what, const problem *f, double tensors, double eighths) {
+  cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess, "%s: %s", what, bnk_emu_last_diagnostic());
+  bnk_emu_traffic t;
+  bnk_emu_traffic_total(&t);
+  const double e = (double)f->elements, want = tensors * e * (double)dtype_size(f->sh.dtype) + eighths * e / 8.0;
+  const double got = metered_bytes(&t);
+  cr_log_info("%s: %.0f bytes, expected %.0f; %llu launches", what, got, want, t.launches);
+  cr_expect(got >= want * 0.97 && got <= want * 1.03, "%s: the kernels moved %.0f bytes, expected %.0f (%+.2f%%)", what,
+            got, want, 100.0 * (got - want) / want);
+  cr_expect_eq(t.launches, 1ull, "%s: %llu launches, expected one", what, t.launches);
+}
+
+/* The traffic meter on shapes that fit: the persistent forward moves 2 E b (+ E b of z for add + ReLU, + E / 8
+ * of the mask it writes), the backward 3 E b (+ E b of y or E / 8 of the mask it gates from, + E b of dz), each
+ * in one launch. */
+Test(persistent_backward, one_launch_and_the_documented_bytes, .timeout = 600) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  test_rng rng = rng_fresh();
+  const shape shapes[] = {{BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0}, {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0}};
+  static const double forward_tensors[] = {2, 2, 3}, forward_eighths[] = {0, 1, 1};
+  static const double backward_tensors[] = {3, 4, 3, 5, 4}, backward_eighths[] = {0, 0, 1, 0, 1};
+  bnk_emu_set_traffic(1);
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; ++i) {
+    grad_problem p = make_grad_problem(ctx, &shapes[i], &rng);
+    char label[200], what[260];
+    for (int k = BNK_EPILOGUE_NONE; k <= BNK_EPILOGUE_ADD_RELU; ++k) {
+      describe(&p.f, (bnk_epilogue_kind)k, label, sizeof label);
+      snprintf(what, sizeof what, "%s, forward", label);
+      prepare_outputs(&p.f);
+      cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
+      bnk_emu_traffic_reset();
+      cr_assert_eq(call_forward(ctx, &p.f, (bnk_epilogue_kind)k), BNK_SUCCESS, "%s: %s", what,
+                   bnk_last_error_message());
+      expect_traffic(what, &p.f, forward_tensors[k], forward_eighths[k]);
+    }
+    for (size_t k = 0; k < GRAD_VARIANTS; ++k) {
+      describe_grad(&p, &grad_variants[k], 0, what, sizeof what);
+      poison_backward(&p);
+      cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
+      bnk_emu_traffic_reset();
+      cr_assert_eq(call_backward(ctx, &p, &grad_variants[k], 0, every_output), BNK_SUCCESS, "%s: %s", what,
+                   bnk_last_error_message());
+      expect_traffic(what, &p.f, backward_tensors[k], backward_eighths[k]);
+    }
+    free_grad_problem(&p);
+  }
+  bnk_emu_set_traffic(0);
+  bnk_context_destroy(ctx);
+}
+#endif
