@@ -92,22 +92,24 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   const int64_t begin = part * chunk / V + threadIdx.x;
   const int64_t end = min(a.m, (part + 1) * chunk) / V;
   const int64_t step = blockDim.x;
+  // The element offsets are kept beside the cache: recomputed where dz and dx are stored, they lead nvcc to
+  // split those 16-byte stores into 4-byte ones.
   float g[K][V] = {}, xmu[K][V] = {};
+  int64_t at[K] = {};
   int vectors = 0;
 #pragma unroll
   for (int u = 0; u < K; ++u) {
     const int64_t j = begin + u * step;
     if (j < end) {
-      load_gradient<GRAD, T, V>(x, dy, a.e, base + channel_vector_offset(j, vecs_per_run, run_stride, V), g[u], xmu[u]);
+      at[u] = base + channel_vector_offset(j, vecs_per_run, run_stride, V);
+      load_gradient<GRAD, T, V>(x, dy, a.e, at[u], g[u], xmu[u]);
       vectors = u + 1;
     }
   }
   bnk_sums_vec<1> acc = bnk_sums_vec_empty<1>();
 #pragma unroll
   for (int u = 0; u < K; ++u)
-    if (u < vectors)
-      add_cached<T, V, GRAD, 1>(a, base + channel_vector_offset(begin + u * step, vecs_per_run, run_stride, V), g[u],
-                                xmu[u], mean, acc);
+    if (u < vectors) add_cached<T, V, GRAD, 1>(a, at[u], g[u], xmu[u], mean, acc);
   const float2 sums = bnk_block_reduce(make_float2(acc.dy[0], acc.dy_xmu[0]), shared);
   if (threadIdx.x == 0) {
     const int64_t slot = part * c + channel;
@@ -124,9 +126,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   for (int i = 0; i < V; ++i) k[i] = channel_k;
 #pragma unroll
   for (int u = 0; u < K; ++u)
-    if (u < vectors)
-      write_dx<T, V>(a, g[u], xmu[u], k, dx,
-                     base + channel_vector_offset(begin + u * step, vecs_per_run, run_stride, V));
+    if (u < vectors) write_dx<T, V>(a, g[u], xmu[u], k, dx, at[u]);
 }
 
 // Channels-last: the tiling of bnk_reduce_plan (bnk_tile_position); thread (tx, ty) caches its V channels in
