@@ -662,13 +662,14 @@ static void poison_backward(grad_problem *p) {
   dev_poison(p->dbeta_dev, (size_t)f->sh.c * 4);
 }
 
-/* Which of a backward's outputs a call asks for, and where its dy is. */
+/* Which of a backward's outputs a call asks for, and where its dy and x are. */
 typedef struct grad_outputs {
   int dx, dgamma, dbeta;
   int in_place; /* dy is the dx buffer */
+  int no_x;     /* x NULL (the frozen backward without dgamma does not read it) */
 } grad_outputs;
 
-static const grad_outputs every_output = {1, 1, 1, 0};
+static const grad_outputs every_output = {1, 1, 1, 0, 0};
 
 /* bnk_backward_ex (training) or bnk_backward_inference_ex (frozen) asking for `want`. */
 static bnk_status call_backward(bnk_context *ctx, grad_problem *p, const grad_variant *v, int frozen,
@@ -677,12 +678,13 @@ static bnk_status call_backward(bnk_context *ctx, grad_problem *p, const grad_va
   const bnk_epilogue_grad e = grad_epilogue_of(p, v);
   void *dx = want.dx ? p->dx_dev : NULL;
   const void *dy = want.in_place ? p->dx_dev : p->dy_dev;
+  const void *x = want.no_x ? NULL : f->x_dev;
   float *dgamma = want.dgamma ? p->dgamma_dev : NULL, *dbeta = want.dbeta ? p->dbeta_dev : NULL;
   if (frozen)
-    return bnk_backward_inference_ex(ctx, &f->desc, f->x_dev, dy, dx, f->gamma_dev, dgamma, dbeta, f->running_mean_dev,
+    return bnk_backward_inference_ex(ctx, &f->desc, x, dy, dx, f->gamma_dev, dgamma, dbeta, f->running_mean_dev,
                                      f->running_var_dev, EPS, p->workspace, p->workspace_bytes, &e);
-  return bnk_backward_ex(ctx, &f->desc, f->x_dev, dy, dx, f->gamma_dev, dgamma, dbeta, f->save_mean_dev,
-                         f->save_invstd_dev, p->workspace, p->workspace_bytes, &e);
+  return bnk_backward_ex(ctx, &f->desc, x, dy, dx, f->gamma_dev, dgamma, dbeta, f->save_mean_dev, f->save_invstd_dev,
+                         p->workspace, p->workspace_bytes, &e);
 }
 
 /* Every output poisoned, then the full backward. */
@@ -965,8 +967,9 @@ static void expect_poisoned(const char *what, const unsigned char *bytes, size_t
     }
 }
 
-/* On the persistent path, dx, dgamma and dbeta are each optional, and dx may be dy: every output that is
- * asked for equals the full call's bitwise, every other is left as it was. */
+/* On the persistent path, dx, dgamma and dbeta are each optional, and dx may be dy, in the training and the
+ * frozen backward: every output that is asked for equals the full call's bitwise, every other is left as it
+ * was. */
 Test(persistent_backward, optional_outputs_and_in_place, .timeout = 600) {
   bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
   set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
@@ -974,26 +977,35 @@ Test(persistent_backward, optional_outputs_and_in_place, .timeout = 600) {
   const shape shapes[] = {{BNK_FLOAT32, BNK_NHWC, 2, 8, S2(30, 30), 0}, {BNK_FLOAT16, BNK_NCHW, 3, 4, S1(33), 1}};
   const grad_variant *v = &grad_variants[GRAD_VARIANTS - 1];
   const struct {
+    int frozen;
     grad_outputs want;
     const char *name;
-  } calls[] = {{{0, 1, 1, 0}, "dx NULL"},
-               {{1, 0, 0, 0}, "dgamma and dbeta NULL"},
-               {{0, 0, 1, 0}, "dbeta only"},
-               {{1, 1, 1, 1}, "dx in place over dy"}};
+  } calls[] = {{0, {0, 1, 1, 0, 0}, "dx NULL"},
+               {0, {1, 0, 0, 0, 0}, "dgamma and dbeta NULL"},
+               {0, {0, 0, 1, 0, 0}, "dbeta only"},
+               {0, {1, 1, 1, 1, 0}, "dx in place over dy"},
+               {1, {1, 0, 1, 0, 1}, "dbeta and dx, x NULL"},
+               {1, {0, 1, 0, 0, 0}, "dgamma only"},
+               {1, {1, 1, 1, 1, 0}, "dx in place over dy"}};
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; ++i) {
     grad_problem p = make_grad_problem(ctx, &shapes[i], &rng);
     const problem *f = &p.f;
     const size_t channel_bytes = (size_t)f->sh.c * 4;
     char label[200], what[260];
-    describe_grad(&p, v, 0, label, sizeof label);
-    cr_assert_eq(run_backward(ctx, &p, v, 0), BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
-    unsigned char *full = check_backward(&p, v, 0, label);
+    unsigned char *full[2];
+    for (int frozen = 0; frozen < 2; ++frozen) {
+      describe_grad(&p, v, frozen, label, sizeof label);
+      cr_assert_eq(run_backward(ctx, &p, v, frozen), BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
+      full[frozen] = check_backward(&p, v, frozen, label);
+    }
     for (size_t k = 0; k < sizeof calls / sizeof calls[0]; ++k) {
       const grad_outputs want = calls[k].want;
+      const int frozen = calls[k].frozen;
+      describe_grad(&p, v, frozen, label, sizeof label);
       snprintf(what, sizeof what, "%s, %s", label, calls[k].name);
       poison_backward(&p);
       if (want.in_place) cr_assert_eq(cudaMemcpy(p.dx_dev, p.dy_dev, f->bytes, cudaMemcpyDeviceToDevice), cudaSuccess);
-      cr_assert_eq(call_backward(ctx, &p, v, 0, want), BNK_SUCCESS, "%s: %s", what, bnk_last_error_message());
+      cr_assert_eq(call_backward(ctx, &p, v, frozen, want), BNK_SUCCESS, "%s: %s", what, bnk_last_error_message());
       unsigned char *now = read_backward(&p);
       const struct {
         int wanted;
@@ -1007,12 +1019,13 @@ Test(persistent_backward, optional_outputs_and_in_place, .timeout = 600) {
         char name[300];
         snprintf(name, sizeof name, "%s: %s", what, outputs[o].name);
         if (outputs[o].wanted)
-          expect_bitwise_equal(name, full + outputs[o].offset, now + outputs[o].offset, outputs[o].bytes);
+          expect_bitwise_equal(name, full[frozen] + outputs[o].offset, now + outputs[o].offset, outputs[o].bytes);
         else expect_poisoned(name, now + outputs[o].offset, outputs[o].bytes);
       }
       free(now);
     }
-    free(full);
+    free(full[0]);
+    free(full[1]);
     free_grad_problem(&p);
   }
   bnk_context_destroy(ctx);
@@ -1040,8 +1053,8 @@ static void expect_traffic(const char *what, const problem *f, double tensors, d
 }
 
 /* The traffic meter on shapes that fit: the persistent forward moves 2 E b (+ E b of z for add + ReLU, + E / 8
- * of the mask it writes), the backward 3 E b (+ E b of y or E / 8 of the mask it gates from, + E b of dz), each
- * in one launch. */
+ * of the mask it writes), the backward 3 E b (+ E b of y or E / 8 of the mask it gates from, + E b of dz), the
+ * frozen backward with dgamma the same, each in one launch. */
 Test(persistent_backward, one_launch_and_the_documented_bytes, .timeout = 600) {
   bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
   set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
@@ -1069,6 +1082,15 @@ Test(persistent_backward, one_launch_and_the_documented_bytes, .timeout = 600) {
       cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
       bnk_emu_traffic_reset();
       cr_assert_eq(call_backward(ctx, &p, &grad_variants[k], 0, every_output), BNK_SUCCESS, "%s: %s", what,
+                   bnk_last_error_message());
+      expect_traffic(what, &p.f, backward_tensors[k], backward_eighths[k]);
+    }
+    for (size_t k = 0; k < 3; k += 2) { /* the frozen backward with dgamma and dbeta: plain, gated by the mask */
+      describe_grad(&p, &grad_variants[k], 1, what, sizeof what);
+      poison_backward(&p);
+      cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
+      bnk_emu_traffic_reset();
+      cr_assert_eq(call_backward(ctx, &p, &grad_variants[k], 1, every_output), BNK_SUCCESS, "%s: %s", what,
                    bnk_last_error_message());
       expect_traffic(what, &p.f, backward_tensors[k], backward_eighths[k]);
     }
