@@ -179,9 +179,13 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   dx_coefficients k[V];
 #pragma unroll
   for (int i = 0; i < V; ++i) k[i] = cached_dx(a, channel0 + i);
+    // Which rows are cached is asked again of the rows rather than of `cached`: kept across the barriers, those
+    // conditions are predicates that nvcc parks on the stack.
 #pragma unroll
-  for (int u = 0; u < K; ++u)
-    if (u < cached) write_dx<T, V>(a, g[u], xmu[u], k, dx, (first_row + (int64_t)u * tile_y) * c + channel0);
+  for (int u = 0; u < K; ++u) {
+    const int64_t r = first_row + (int64_t)u * tile_y;
+    if (r < row_end) write_dx<T, V>(a, g[u], xmu[u], k, dx, r * c + channel0);
+  }
 }
 
 // ---- launch and occupancy: one kernel per (dtype, layout, vector width, gradient source) ----
