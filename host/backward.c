@@ -4,7 +4,7 @@
 
 static size_t backward_workspace_bytes(const bnk_context *ctx, const bnk_view *view) {
   if (bnk__view_per_channel(view) == 0) return 0;
-  return bnk__backward_workspace_bytes(view, bnk__plan_parts_bound(view, ctx->sm_count));
+  return bnk__backward_workspace_bytes(view, bnk__backward_parts_bound(ctx, view));
 }
 
 bnk_status bnk_backward_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, size_t *bytes) {
@@ -52,6 +52,11 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_tensor_desc 
   const bnk_grad_epilogue_args *dx_fused = dz_first ? &plain : fused;
   const void *dx_dy = dz_first ? fused->dz : dy;
   const void *sums_x = frozen && dgamma == NULL ? NULL : x;
+  int persistent = 0;
+  if (sums_wanted)
+    BNK__TRY(bnk__persistent_backward(ctx, desc, view, sums_x, dy, dx, stats, frozen, dgamma, dbeta, workspace, fused,
+                                      caller, &persistent));
+  if (persistent) return BNK_SUCCESS;
   const void *dx_x = coefficients ? x : NULL;
   const void *sums_pointers[4] = {sums_x, dy, fused->y, fused->dz};
   const bnk_reduce_plan sums_plan = bnk__plan_reduce(view, bnk__choose_vec(view, sums_pointers, 4), ctx->sm_count);

@@ -120,6 +120,23 @@ bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *vi
 /* The most pieces per channel of either path for this view: the training forward's workspace query. */
 int64_t bnk__training_parts_bound(const bnk_context *ctx, const bnk_view *view);
 
+/* The backward's path: the persistent plan (BNK_PERSISTENT_BACKWARD_CACHE) of the tensors it touches (x may be
+ * NULL, dx NULL, and the epilogue's y and dz) when the context allows it and they fit the co-resident grid; else
+ * plan->persistent is 0 (the two-pass kernels plan themselves). A forced persistent path that does not fit
+ * fails with BNK_ERROR_NOT_SUPPORTED. */
+bnk_status bnk__plan_training_backward(const bnk_context *ctx, const bnk_view *view, const void *x, const void *dy,
+                                       const void *dx, const bnk_grad_epilogue_args *fused, bnk_training_plan *plan);
+/* The most pieces per channel of either backward path for this view: the backward's workspace query. */
+int64_t bnk__backward_parts_bound(const bnk_context *ctx, const bnk_view *view);
+/* The backward of a call whose sums are wanted (host/backward.c checked its arguments), on the persistent path
+ * when bnk__plan_training_backward takes it: then *launched is 1 and the status is the launch's. Otherwise
+ * *launched is 0 and nothing ran (or the forced path failed). x is the tensor the sums read (NULL for frozen
+ * statistics without dgamma); `caller` names the call in a failure message. */
+bnk_status bnk__persistent_backward(const bnk_context *ctx, const bnk_tensor_desc *desc, const bnk_view *view,
+                                    const void *x, const void *dy, void *dx, bnk_backward_stats stats, int frozen,
+                                    float *dgamma, float *dbeta, void *workspace, const bnk_grad_epilogue_args *fused,
+                                    const char *caller, int *launched);
+
 /* The kernels' view of a checked descriptor. */
 bnk_view bnk__view_of(const bnk_tensor_desc *desc);
 /* Elements per channel (N x spatial). */

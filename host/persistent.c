@@ -1,25 +1,28 @@
-/* The choice between the persistent training forward and the two-pass one (docs/performance.md, "Two
- * training paths"): persistent when the tensor fits the co-resident grid of the persistent kernel on this
- * device, which the kernel's occupancy decides; a context setting may force either path. */
+/* The choice between the persistent kernels and the two-pass ones, for the training forward and the backward
+ * (docs/performance.md, "Two training paths"): persistent when the tensor fits the co-resident grid of the
+ * persistent kernel on this device, which the kernel's occupancy decides; a context setting may force either
+ * path. */
 #include <inttypes.h>
+#include <stdio.h>
 
 #include "host/internal.h"
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-int bnk__plan_persistent(const bnk_view *view, int vec, int sm_count, int blocks_per_sm, bnk_reduce_plan *plan) {
+int bnk__plan_persistent(const bnk_view *view, int vec, int cache, int sm_count, int blocks_per_sm,
+                         bnk_reduce_plan *plan) {
   *plan = bnk__plan_reduce(view, vec, sm_count);
   plan->threads = BNK_STREAM_THREADS;
   if (!view->channels_last) {
     /* A multiple of 8 (every vector width) at most one full cache per thread, as bnk__plan_reduce cuts. */
     const int64_t m = view->n * view->s;
-    const int64_t per_block = (int64_t)BNK_STREAM_THREADS * BNK_PERSISTENT_CACHE * vec;
+    const int64_t per_block = (int64_t)BNK_STREAM_THREADS * cache * vec;
     const int64_t parts = ceil_div(m, per_block);
     plan->chunk = ceil_div(ceil_div(m, parts), 8) * 8;
     plan->parts = ceil_div(m, plan->chunk);
     plan->blocks = view->c * plan->parts;
   } else {
-    const int64_t per_block = (int64_t)plan->tile_y * BNK_PERSISTENT_CACHE;
+    const int64_t per_block = (int64_t)plan->tile_y * cache;
     const int64_t parts = ceil_div(view->n, per_block);
     plan->rows_per_part = ceil_div(view->n, parts);
     plan->parts = ceil_div(view->n, plan->rows_per_part);
@@ -28,15 +31,24 @@ int bnk__plan_persistent(const bnk_view *view, int vec, int sm_count, int blocks
   return plan->blocks <= (int64_t)blocks_per_sm * sm_count;
 }
 
-int64_t bnk__training_parts_bound(const bnk_context *ctx, const bnk_view *view) {
+/* The most pieces per channel of the two-pass plans and of the persistent plans of this cache depth. */
+static int64_t parts_bound(const bnk_context *ctx, const bnk_view *view, int cache) {
   int64_t parts = bnk__plan_parts_bound(view, ctx->sm_count);
   const int widths[2] = {1, bnk__dtype_vec(view->dtype)};
   for (int i = 0; i < 2; ++i) {
     bnk_reduce_plan plan;
-    bnk__plan_persistent(view, widths[i], ctx->sm_count, 0, &plan);
+    bnk__plan_persistent(view, widths[i], cache, ctx->sm_count, 0, &plan);
     if (plan.parts > parts) parts = plan.parts;
   }
   return parts;
+}
+
+int64_t bnk__training_parts_bound(const bnk_context *ctx, const bnk_view *view) {
+  return parts_bound(ctx, view, BNK_PERSISTENT_CACHE);
+}
+
+int64_t bnk__backward_parts_bound(const bnk_context *ctx, const bnk_view *view) {
+  return parts_bound(ctx, view, BNK_PERSISTENT_BACKWARD_CACHE);
 }
 
 static const char *path_name(bnk_training_path path) {
@@ -45,31 +57,85 @@ static const char *path_name(bnk_training_path path) {
                                               : "BNK_TRAINING_PATH_AUTO";
 }
 
+/* Whether the context may take the persistent path on this device: a forced persistent path on a device
+ * without cooperative launch fails here. */
+static bnk_status persistent_allowed(const bnk_context *ctx, int *allowed) {
+  *allowed = ctx->training_path != BNK_TRAINING_PATH_TWO_PASS && ctx->cooperative_launch;
+  if (!ctx->cooperative_launch && ctx->training_path == BNK_TRAINING_PATH_PERSISTENT)
+    return bnk__fail(BNK_ERROR_NOT_SUPPORTED, "training path is %s but device %d has no cooperative launch",
+                     path_name(ctx->training_path), ctx->device);
+  return BNK_SUCCESS;
+}
+
+/* The persistent plan of `cache` vectors per thread for a kernel that `blocks_per_sm` blocks of occupy an SM:
+ * plan->persistent when it fits; a forced persistent path that does not fit fails, naming the capacity. */
+static bnk_status fit_persistent(const bnk_context *ctx, const bnk_view *view, int vec, int cache, int blocks_per_sm,
+                                 bnk_training_plan *plan) {
+  plan->persistent = bnk__plan_persistent(view, vec, cache, ctx->sm_count, blocks_per_sm, &plan->reduce);
+  if (plan->persistent || ctx->training_path != BNK_TRAINING_PATH_PERSISTENT) return BNK_SUCCESS;
+  return bnk__fail(BNK_ERROR_NOT_SUPPORTED,
+                   "training path is %s but this tensor does not fit the co-resident grid: it needs %" PRId64
+                   " blocks of %d threads caching %d vectors of %d elements each, and %d SMs x %d blocks "
+                   "hold %" PRId64,
+                   path_name(ctx->training_path), plan->reduce.blocks, BNK_STREAM_THREADS, cache, vec, ctx->sm_count,
+                   blocks_per_sm, (int64_t)ctx->sm_count * blocks_per_sm);
+}
+
 bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *view, const void *x, const void *y,
                                       const bnk_epilogue_args *fused, bnk_training_plan *plan) {
+  int allowed = 0;
+  BNK__TRY(persistent_allowed(ctx, &allowed));
   plan->persistent = 0;
-  if (ctx->training_path != BNK_TRAINING_PATH_TWO_PASS && ctx->cooperative_launch) {
+  if (allowed) {
     const void *pointers[3] = {x, y, fused->z};
     const int vec = bnk__choose_vec(view, pointers, fused->z != NULL ? 3 : 2);
     int blocks_per_sm = 0;
     BNK__TRY(bnk__check_cuda(bnk__persistent_forward_occupancy(view, vec, fused->kind, &blocks_per_sm),
                              "cudaOccupancyMaxActiveBlocksPerMultiprocessor (persistent forward)"));
-    plan->persistent = bnk__plan_persistent(view, vec, ctx->sm_count, blocks_per_sm, &plan->reduce);
+    BNK__TRY(fit_persistent(ctx, view, vec, BNK_PERSISTENT_CACHE, blocks_per_sm, plan));
     if (plan->persistent) return BNK_SUCCESS;
-    if (ctx->training_path == BNK_TRAINING_PATH_PERSISTENT)
-      return bnk__fail(BNK_ERROR_NOT_SUPPORTED,
-                       "training path is %s but this tensor does not fit the co-resident grid: it needs %" PRId64
-                       " blocks of %d threads caching %d vectors of %d elements each, and %d SMs x %d blocks "
-                       "hold %" PRId64,
-                       path_name(ctx->training_path), plan->reduce.blocks, BNK_STREAM_THREADS, BNK_PERSISTENT_CACHE,
-                       vec, ctx->sm_count, blocks_per_sm, (int64_t)ctx->sm_count * blocks_per_sm);
-  } else if (ctx->training_path == BNK_TRAINING_PATH_PERSISTENT) {
-    return bnk__fail(BNK_ERROR_NOT_SUPPORTED, "training path is %s but device %d has no cooperative launch",
-                     path_name(ctx->training_path), ctx->device);
   }
   const void *stats_pointers[1] = {x};
   plan->reduce = bnk__plan_reduce(view, bnk__choose_vec(view, stats_pointers, 1), ctx->sm_count);
   return bnk__require_grid(&plan->reduce);
+}
+
+bnk_status bnk__plan_training_backward(const bnk_context *ctx, const bnk_view *view, const void *x, const void *dy,
+                                       const void *dx, const bnk_grad_epilogue_args *fused, bnk_training_plan *plan) {
+  int allowed = 0;
+  BNK__TRY(persistent_allowed(ctx, &allowed));
+  plan->persistent = 0;
+  if (!allowed) return BNK_SUCCESS;
+  const void *pointers[5] = {x, dy, dx, fused->y, fused->dz};
+  const int vec = bnk__choose_vec(view, pointers, 5);
+  int blocks_per_sm = 0;
+  BNK__TRY(bnk__check_cuda(bnk__persistent_backward_occupancy(view, vec, fused->source, &blocks_per_sm),
+                           "cudaOccupancyMaxActiveBlocksPerMultiprocessor (persistent backward)"));
+  return fit_persistent(ctx, view, vec, BNK_PERSISTENT_BACKWARD_CACHE, blocks_per_sm, plan);
+}
+
+bnk_status bnk__persistent_backward(const bnk_context *ctx, const bnk_tensor_desc *desc, const bnk_view *view,
+                                    const void *x, const void *dy, void *dx, bnk_backward_stats stats, int frozen,
+                                    float *dgamma, float *dbeta, void *workspace, const bnk_grad_epilogue_args *fused,
+                                    const char *caller, int *launched) {
+  *launched = 0;
+  bnk_training_plan plan;
+  BNK__TRY(bnk__plan_training_backward(ctx, view, x, dy, dx, fused, &plan));
+  if (!plan.persistent) return BNK_SUCCESS;
+  bnk_device_guard guard;
+  BNK__TRY(bnk__device_enter(ctx, &guard));
+  bnk__range_push(frozen ? "bwd_infer" : "bwd", desc);
+  char what[80];
+  snprintf(what, sizeof what, "%s: persistent kernel", caller);
+  const bnk_backward_workspace ws = bnk__backward_workspace_carve(workspace, view, plan.reduce.parts);
+  const bnk_status status =
+      bnk__check_cuda(bnk__launch_persistent_backward(view, &plan.reduce, x, dy, dx, stats, frozen, ws, dgamma, dbeta,
+                                                      fused, ctx->stream),
+                      what);
+  bnk__range_pop();
+  bnk__device_leave(&guard);
+  *launched = 1;
+  return status;
 }
 
 bnk_status bnk_forward_training_path(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x, const void *y,
@@ -88,6 +154,27 @@ bnk_status bnk_forward_training_path(const bnk_context *ctx, const bnk_tensor_de
   }
   bnk_training_plan plan;
   BNK__TRY(bnk__plan_training_forward(ctx, &view, x, y, &fused, &plan));
+  *path = plan.persistent ? BNK_TRAINING_PATH_PERSISTENT : BNK_TRAINING_PATH_TWO_PASS;
+  return BNK_SUCCESS;
+}
+
+bnk_status bnk_backward_training_path(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
+                                      const void *dy, const void *dx, const bnk_epilogue_grad *epilogue,
+                                      bnk_training_path *path) {
+  bnk__clear_error();
+  BNK__TRY(bnk__require_context(ctx));
+  BNK__TRY(bnk_tensor_desc_check(desc));
+  BNK__TRY(bnk__require_pointer(path, "path"));
+  bnk_grad_epilogue_args fused;
+  BNK__TRY(bnk__grad_epilogue_args_of(epilogue, desc, x, dy, dx, &fused));
+  const bnk_view view = bnk__view_of(desc);
+  /* An empty batch only zeroes dgamma and dbeta: no kernel of either path runs. */
+  if (bnk__view_per_channel(&view) == 0) {
+    *path = BNK_TRAINING_PATH_TWO_PASS;
+    return BNK_SUCCESS;
+  }
+  bnk_training_plan plan;
+  BNK__TRY(bnk__plan_training_backward(ctx, &view, x, dy, dx, &fused, &plan));
   *path = plan.persistent ? BNK_TRAINING_PATH_PERSISTENT : BNK_TRAINING_PATH_TWO_PASS;
   return BNK_SUCCESS;
 }

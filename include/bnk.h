@@ -126,12 +126,15 @@ BNK_API bnk_status bnk_context_get_stream(const bnk_context *ctx, bnk_stream *st
 BNK_API bnk_status bnk_context_get_device(const bnk_context *ctx, int *device);
 BNK_API bnk_status bnk_context_get_sm_count(const bnk_context *ctx, int *sm_count);
 
-/* The training forward's two paths (docs/performance.md, "Two training paths"). The persistent path is one
- * cooperative launch that reads x once, keeping it in registers across a grid barrier; the two-pass path
- * reads x for the statistics and again to normalize. AUTO (the default) takes the persistent path exactly when
- * the tensor fits the persistent kernel's co-resident grid on this device (its occupancy x the SMs bnk uses);
- * the choice depends only on the shape, dtype, epilogue kind, pointer alignment, device and SM limit.
- * PERSISTENT makes a tensor that does not fit fail with BNK_ERROR_NOT_SUPPORTED; TWO_PASS never takes it. */
+/* The two paths of the training forward and of the backward (docs/performance.md, "Two training paths"). The
+ * persistent path is one cooperative launch that reads x (the backward: x and dy) once, keeping it in registers
+ * across a grid barrier; the two-pass path reads x for the statistics and again to normalize (the backward:
+ * x and dy for the sums, then again for dx). AUTO (the default) takes the persistent path exactly when the
+ * tensor fits the persistent kernel's co-resident grid on this device (its occupancy x the SMs bnk uses); the
+ * choice depends only on the shape, dtype, epilogue kind, pointer alignment, device and SM limit. PERSISTENT
+ * makes a tensor that does not fit fail with BNK_ERROR_NOT_SUPPORTED; TWO_PASS never takes it. The setting
+ * applies to bnk_forward_training(_ex), bnk_backward(_ex) and bnk_backward_inference(_ex) when that computes
+ * dgamma or dbeta (with neither, it is one pass over dy on every setting). */
 typedef enum bnk_training_path {
   BNK_TRAINING_PATH_AUTO = 0,
   BNK_TRAINING_PATH_PERSISTENT = 1,
@@ -283,6 +286,14 @@ BNK_API bnk_status bnk_backward_inference_ex(bnk_context *ctx, const bnk_tensor_
                                              const float *running_mean, const float *running_var, double eps,
                                              void *workspace, size_t workspace_bytes,
                                              const bnk_epilogue_grad *epilogue);
+/* The path bnk_backward_ex would take for these tensors (x, dy, dx and the epilogue's y and dz decide the
+ * alignment; dx may be NULL as in the call): BNK_TRAINING_PATH_PERSISTENT or BNK_TRAINING_PATH_TWO_PASS, or the
+ * call's failure when the context forces a persistent path that does not fit. BNK_TRAINING_PATH_TWO_PASS for an
+ * empty batch, where no kernel of either path runs. The call takes this path when it computes any of dx,
+ * dgamma, dbeta; bnk_backward_inference_ex with dgamma or dbeta takes it too, for its x (NULL without dgamma). */
+BNK_API bnk_status bnk_backward_training_path(const bnk_context *ctx, const bnk_tensor_desc *desc, const void *x,
+                                              const void *dy, const void *dx, const bnk_epilogue_grad *epilogue,
+                                              bnk_training_path *path);
 
 /* ---------------------------------------------------------------------------------------------------
  * Inference pipelines: fold the frozen statistics once at load time, then run one cheap pass (or none) per

@@ -16,36 +16,7 @@
 // dz to the dx pass as a plain dy: it is g already, and reading it costs less than dy and y again.
 #include "kernels/dispatch.cuh"
 #include "kernels/elementwise.cuh"
-#include "kernels/reduce.cuh"
-
-// One vector of the gradient a pass reads: dy gated by the epilogue (g = y > 0 ? dy : 0), and x when the
-// pass needs it (x NULL: left 0); the first `count` elements of it, the rest left 0.
-template <int GRAD, typename T, int V>
-static __device__ __forceinline__ void load_gradient(const T *x, const T *dy, const bnk_grad_epilogue_args &e,
-                                                     int64_t offset, int count, float (&g)[V], float (&vx)[V]) {
-  bnk_load_first<T, V>(dy + offset, count, g);
-  bnk_gate_gradient<GRAD, T, V>(g, static_cast<const T *>(e.y), e.mask, offset, count);
-  if (x != NULL) bnk_load_first<T, V>(x + offset, count, vx);
-}
-
-template <int GRAD, typename T, int V>
-static __device__ __forceinline__ void load_gradient(const T *x, const T *dy, const bnk_grad_epilogue_args &e,
-                                                     int64_t offset, float (&g)[V], float (&vx)[V]) {
-  load_gradient<GRAD, T, V>(x, dy, e, offset, V, g, vx);
-}
-
-// The gated gradient is also the gradient of the residual z of ADD_RELU: the first pass writes it.
-template <int GRAD, typename T, int V>
-static __device__ __forceinline__ void store_residual_gradient(const bnk_grad_epilogue_args &e, int64_t offset,
-                                                               int count, const float (&g)[V]) {
-  if (GRAD != BNK_GRAD_PLAIN && e.dz != NULL) bnk_store_first<T, V>(static_cast<T *>(e.dz) + offset, count, g);
-}
-
-template <int GRAD, typename T, int V>
-static __device__ __forceinline__ void store_residual_gradient(const bnk_grad_epilogue_args &e, int64_t offset,
-                                                               const float (&g)[V]) {
-  store_residual_gradient<GRAD, T, V>(e, offset, V, g);
-}
+#include "kernels/gradient.cuh"
 
 // Adds `count` vectors (at most BNK_UNROLL) at the element offsets given to a thread's L lanes of sums,
 // writing dz on the way when the epilogue asks: element i of a vector goes to lane i % L, whose channel
@@ -64,8 +35,7 @@ static __device__ __forceinline__ void add_vectors(const T *x, const T *dy, cons
       store_residual_gradient<GRAD, T, V>(e, offsets[u], vdy[u]);
 #pragma unroll
       for (int i = 0; i < V; ++i) {
-        acc.dy[i % L] += vdy[u][i];
-        acc.dy_xmu[i % L] = fmaf(vdy[u][i], vx[u][i] - mean[i % L], acc.dy_xmu[i % L]);
+        add_gradient(acc.dy[i % L], acc.dy_xmu[i % L], vdy[u][i], vx[u][i] - mean[i % L]);
       }
     }
   }
@@ -171,43 +141,13 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   }
 }
 
-static __device__ __forceinline__ float channel_invstd(const bnk_backward_stats &stats, int64_t c) {
-  return stats.invstd != NULL ? stats.invstd[c] : bnk_invstd_of(stats.variance[c], stats.eps);
-}
-
-// dbeta and dgamma of a channel, and the coefficients of its dx pass:
-//   dx = k / M (M dy - dbeta - xhat dgamma) = k dy + (x - mean) (-k invstd dgamma / M) + (-k dbeta / M),
-// with k = gamma invstd and xhat = (x - mean) invstd.
-static __device__ __forceinline__ void store_gradients(int64_t channel, float channel_dbeta, float channel_dgamma,
-                                                       float m, float invstd, const bnk_backward_stats &stats,
-                                                       const bnk_backward_workspace &ws, float *dgamma, float *dbeta) {
-  if (dbeta != NULL) dbeta[channel] = channel_dbeta;
-  if (dgamma != NULL) dgamma[channel] = channel_dgamma;
-  const float k = stats.gamma != NULL ? invstd * stats.gamma[channel] : invstd;
-  const float k_over_m = k / m;
-  ws.dy_scale[channel] = k;
-  ws.xmu_scale[channel] = -k_over_m * invstd * channel_dgamma;
-  ws.bias[channel] = -k_over_m * channel_dbeta;
-}
-
-// One warp per channel merges the channel's pieces (lane l takes pieces l, l + 32, ... in order, then a
-// fixed tree across lanes); lane 0 stores the gradients of gamma and beta and the dx coefficients.
+// One warp per channel merges the channel's pieces (merge_backward_channel).
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     merge_backward_sums(int64_t c, int64_t parts, int64_t m, bnk_backward_stats stats, bnk_backward_workspace ws,
                         float *dgamma, float *dbeta) {
-  const int lane = (int)(threadIdx.x % BNK_WARP);
   const int64_t channel = (int64_t)blockIdx.x * (blockDim.x / BNK_WARP) + threadIdx.x / BNK_WARP;
   if (channel >= c) return;  // the whole warp leaves together
-  float2 acc = make_float2(0.0f, 0.0f);
-  for (int64_t p = lane; p < parts; p += BNK_WARP) {
-    const int64_t slot = p * c + channel;
-    acc = bnk_combine(acc, make_float2(ws.sum_dy[slot], ws.sum_dy_xmu[slot]));
-  }
-  acc = bnk_warp_reduce(acc, BNK_FULL_MASK, BNK_WARP);
-  if (lane != 0) return;
-
-  const float invstd = channel_invstd(stats, channel);
-  store_gradients(channel, acc.x, acc.y * invstd, (float)m, invstd, stats, ws, dgamma, dbeta);
+  merge_backward_channel(channel, c, parts, m, stats, ws, dgamma, dbeta);
 }
 
 // Synchronized backward: `sums` holds the sums of every rank added up (sum dy, then sum dy * xhat, C each,
@@ -219,45 +159,6 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   if (channel >= c) return;
   store_gradients(channel, sums[channel], sums[c + channel], sums[2 * c], channel_invstd(stats, channel), stats, ws,
                   dgamma, dbeta);
-}
-
-// What the dx pass needs; dy_scale is NULL for frozen statistics.
-struct dx_params {
-  bnk_backward_stats stats;
-  const float *dy_scale;
-  const float *xmu_scale;
-  const float *bias;
-};
-
-// 16 bytes, one table entry of the channels-first walk.
-struct dx_coefficients {
-  float mean;
-  float dy_scale;
-  float xmu_scale;
-  float bias;
-};
-
-// Once per run in the channels-first walk, once per thread and channel in the channels-last tiles.
-static __device__ __forceinline__ dx_coefficients channel_dx(const dx_params &p, int64_t c) {
-  dx_coefficients k;
-  if (p.dy_scale != NULL) {
-    k.mean = p.stats.mean[c];
-    k.dy_scale = p.dy_scale[c];
-    k.xmu_scale = p.xmu_scale[c];
-    k.bias = p.bias[c];
-  } else {
-    const float invstd = channel_invstd(p.stats, c);
-    k.mean = 0.0f;
-    k.dy_scale = p.stats.gamma != NULL ? invstd * p.stats.gamma[c] : invstd;
-    k.xmu_scale = 0.0f;
-    k.bias = 0.0f;
-  }
-  return k;
-}
-
-// With frozen statistics x is 0 and so are xmu_scale and bias: the result is dy * dy_scale rounded once.
-static __device__ __forceinline__ float apply_dx(float dy, float x, const dx_coefficients &k) {
-  return fmaf(dy, k.dy_scale, fmaf(x - k.mean, k.xmu_scale, k.bias));
 }
 
 // Channels-first: the flat walk (kernels/elementwise.cuh) with each run's coefficients in the block's

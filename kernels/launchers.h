@@ -250,10 +250,15 @@ cudaError_t bnk__launch_fold(int64_t rows, int64_t row_elements, int dtype, cons
 /* Vectors of x that each thread of the persistent forward keeps in registers across its grid barriers. */
 #define BNK_PERSISTENT_CACHE 8
 
-/* The plan of the persistent forward: bnk__plan_reduce's tiling with every thread's share of a piece at most
- * BNK_PERSISTENT_CACHE vectors (channels-first) or rows (channels-last), BNK_STREAM_THREADS per block. Returns
- * whether its blocks fit the co-resident grid, blocks_per_sm x sm_count. */
-int bnk__plan_persistent(const bnk_view *view, int vec, int sm_count, int blocks_per_sm, bnk_reduce_plan *plan);
+/* Vectors of the gated gradient and as many of x - mean that each thread of the persistent backward keeps in
+ * registers across its grid barriers: the same registers as the forward's cache of x. */
+#define BNK_PERSISTENT_BACKWARD_CACHE 4
+
+/* The plan of a persistent kernel: bnk__plan_reduce's tiling with every thread's share of a piece at most
+ * `cache` vectors (channels-first) or rows (channels-last), BNK_STREAM_THREADS per block. Returns whether its
+ * blocks fit the co-resident grid, blocks_per_sm x sm_count. */
+int bnk__plan_persistent(const bnk_view *view, int vec, int cache, int sm_count, int blocks_per_sm,
+                         bnk_reduce_plan *plan);
 
 /* Blocks of the persistent forward kernel for this dtype, layout, vector width and epilogue kind that one SM
  * holds at once (cudaOccupancyMaxActiveBlocksPerMultiprocessor). */
@@ -266,6 +271,21 @@ cudaError_t bnk__launch_persistent_forward(const bnk_view *view, const bnk_reduc
                                            bnk_stats_workspace ws, float eps, bnk_running_update running,
                                            float *save_mean, float *save_invstd, const float *gamma, const float *beta,
                                            const bnk_epilogue_args *epilogue, cudaStream_t stream);
+
+/* ---- the persistent backward (kernels/persistent_backward.cu, host/persistent.c) ---- */
+
+/* Blocks of the persistent backward kernel for this dtype, layout, vector width and gradient source (a
+ * bnk_grad_source) that one SM holds at once (cudaOccupancyMaxActiveBlocksPerMultiprocessor). */
+cudaError_t bnk__persistent_backward_occupancy(const bnk_view *view, int vec, int source, int *blocks_per_sm);
+
+/* The backward in one cooperative launch of plan->blocks blocks (bnk__plan_persistent with
+ * BNK_PERSISTENT_BACKWARD_CACHE): the work of bnk__launch_backward_reduce_ex (ws, dgamma, dbeta, dz through the
+ * epilogue) and of bnk__launch_backward_dx_ex, x and dy read once. Frozen statistics (stats of the running
+ * statistics): dx = g gamma invstd, and x may be NULL when dgamma is. dx may be NULL (not written) or dy. */
+cudaError_t bnk__launch_persistent_backward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+                                            const void *dy, void *dx, bnk_backward_stats stats, int frozen,
+                                            bnk_backward_workspace ws, float *dgamma, float *dbeta,
+                                            const bnk_grad_epilogue_args *epilogue, cudaStream_t stream);
 
 /* ---- synchronized batch normalization (kernels/sync.cu, kernels/backward.cu) ---- */
 

@@ -15,6 +15,7 @@
 
 #include "kernels/affine.cuh"
 #include "kernels/batch_stats.cuh"
+#include "kernels/persistent.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -45,9 +46,9 @@ static __device__ __forceinline__ void begin_forward(const persistent_forward_ar
 static __device__ __forceinline__ void merge_statistics(const persistent_forward_args &a, int64_t c, int64_t parts) {
   cg::grid_group grid = cg::this_grid();
   grid.sync();
-  const int64_t warps = (int64_t)gridDim.x * (blockDim.x / BNK_WARP);
-  for (int64_t channel = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / BNK_WARP; channel < c; channel += warps)
+  for_each_warp_channel(c, [&](int64_t channel) {
     bnk_finalize_channel(channel, c, parts, a.m, a.ws, a.eps, a.running, a.save_mean, a.save_invstd, NULL);
+  });
   grid.sync();
 }
 
@@ -135,14 +136,6 @@ static __device__ __forceinline__ void shifted_values(const cached_vector<T, V, 
       v[2 * k + 1] = __uint_as_float(words[k] & 0xffff0000u) - shift[2 * k + 1];
     }
   }
-}
-
-// Offset, from the channel's first element, of vector j of a channels-first channel (runs of s elements,
-// run_stride apart).
-static __device__ __forceinline__ int64_t channel_vector_offset(int64_t j, bnk_fastdiv vecs_per_run, int64_t run_stride,
-                                                                int vec) {
-  const int64_t run = (int64_t)bnk_div((uint64_t)j, vecs_per_run);
-  return run * run_stride + (j - run * (int64_t)vecs_per_run.divisor) * vec;
 }
 
 // Channels-first: block b holds piece (b % parts) of channel (b / parts), `chunk` elements; thread t caches

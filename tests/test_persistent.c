@@ -15,6 +15,7 @@
 #endif
 
 #include "tests/harness.h"
+#include "tests/gradient_check.h"
 #include "tests/reference.h"
 
 /* Tolerances of test_forward.c (its comment gives their reasons): the persistent path is held to them too. */
@@ -385,17 +386,34 @@ Test(persistent, same_data_through_each_path, .timeout = 600) {
 }
 
 /* The smallest batch N of an (N, 4) fp32 tensor that the automatic plan sends to the two-pass path. One thread
- * caches 8 rows of its 4 channels and a block has 256 threads, so the persistent path holds whole multiples
- * of 2048 rows. */
+ * of the forward caches 8 rows of its 4 channels and a block has 256 threads, so the persistent forward holds
+ * whole multiples of 2048 rows; the backward caches 4 rows (of g and of x - mean), 1024 rows a block. */
 #define ROWS_PER_BLOCK 2048
+#define BACKWARD_ROWS_PER_BLOCK 1024
 
-static int64_t first_two_pass_batch(bnk_context *ctx, void *x, void *y) {
-  int64_t lo = 2, hi = ROWS_PER_BLOCK;
+/* Aligned stand-ins for the path queries, which read only the pointers' alignment. */
+static void *const aligned_x = (void *)(uintptr_t)0x10000;
+static void *const aligned_y = (void *)(uintptr_t)0x20000;
+static void *const aligned_dx = (void *)(uintptr_t)0x30000;
+
+/* The path of an op on a tensor of aligned stand-ins: the forward's or the backward's query. */
+typedef bnk_status (*path_query)(bnk_context *ctx, const bnk_tensor_desc *desc, bnk_training_path *path);
+
+static bnk_status forward_path(bnk_context *ctx, const bnk_tensor_desc *desc, bnk_training_path *path) {
+  return bnk_forward_training_path(ctx, desc, aligned_x, aligned_y, NULL, path);
+}
+
+static bnk_status backward_path(bnk_context *ctx, const bnk_tensor_desc *desc, bnk_training_path *path) {
+  return bnk_backward_training_path(ctx, desc, aligned_x, aligned_y, aligned_dx, NULL, path);
+}
+
+static int64_t first_two_pass_batch(bnk_context *ctx, path_query query) {
+  int64_t lo = 2, hi = BACKWARD_ROWS_PER_BLOCK;
   bnk_tensor_desc desc;
   bnk_training_path path = BNK_TRAINING_PATH_PERSISTENT;
   for (;;) { /* doubling until the two-pass path is taken */
     cr_assert_eq(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NHWC, hi, 4, 0, NULL), BNK_SUCCESS);
-    cr_assert_eq(bnk_forward_training_path(ctx, &desc, x, y, NULL, &path), BNK_SUCCESS, "%s", bnk_last_error_message());
+    cr_assert_eq(query(ctx, &desc, &path), BNK_SUCCESS, "%s", bnk_last_error_message());
     if (path == BNK_TRAINING_PATH_TWO_PASS) break;
     lo = hi;
     hi *= 2;
@@ -404,20 +422,16 @@ static int64_t first_two_pass_batch(bnk_context *ctx, void *x, void *y) {
   while (hi - lo > 1) { /* lo persistent, hi two-pass */
     const int64_t mid = lo + (hi - lo) / 2;
     cr_assert_eq(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NHWC, mid, 4, 0, NULL), BNK_SUCCESS);
-    cr_assert_eq(bnk_forward_training_path(ctx, &desc, x, y, NULL, &path), BNK_SUCCESS);
+    cr_assert_eq(query(ctx, &desc, &path), BNK_SUCCESS);
     if (path == BNK_TRAINING_PATH_TWO_PASS) hi = mid;
     else lo = mid;
   }
   return hi;
 }
 
-/* Aligned stand-ins for the path query, which reads only the pointers' alignment. */
-static void *const aligned_x = (void *)(uintptr_t)0x10000;
-static void *const aligned_y = (void *)(uintptr_t)0x20000;
-
 Test(persistent, capacity_boundary_on_both_sides, .timeout = 900) {
   bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
-  const int64_t boundary = first_two_pass_batch(ctx, aligned_x, aligned_y);
+  const int64_t boundary = first_two_pass_batch(ctx, forward_path);
   cr_expect_eq((boundary - 1) % ROWS_PER_BLOCK, 0, "the last batch that fits, %lld, is not whole blocks",
                (long long)(boundary - 1));
   test_rng rng = rng_fresh();
@@ -454,9 +468,9 @@ Test(persistent, capacity_boundary_on_both_sides, .timeout = 900) {
 /* The co-resident grid scales with the SMs bnk may use: twice the SMs, twice the rows that fit. */
 Test(persistent, sm_limit_sets_the_capacity) {
   bnk_context *ctx = persistent_context(1);
-  const int64_t one = first_two_pass_batch(ctx, aligned_x, aligned_y) - 1;
+  const int64_t one = first_two_pass_batch(ctx, forward_path) - 1;
   cr_assert_eq(bnk_context_set_sm_limit(ctx, 2), BNK_SUCCESS);
-  const int64_t two = first_two_pass_batch(ctx, aligned_x, aligned_y) - 1;
+  const int64_t two = first_two_pass_batch(ctx, forward_path) - 1;
   cr_expect_eq(two, 2 * one, "%lld rows fit on 2 SMs, %lld on 1", (long long)two, (long long)one);
   int limit = -1;
   cr_assert_eq(bnk_context_get_sm_limit(ctx, &limit), BNK_SUCCESS);
@@ -534,3 +548,555 @@ Test(persistent, cooperative_launch_is_capturable, .timeout = 600) {
   free_problem(&p);
   bnk_context_destroy(ctx);
 }
+
+/* ---- the persistent backward: x and dy read once, dx written once, in one cooperative launch ---- */
+
+/* How a backward case takes the forward's epilogue. */
+typedef struct grad_variant {
+  bnk_epilogue_kind kind;
+  int from_mask; /* gate from the mask instead of y */
+  int with_dz;   /* ADD_RELU: write dz */
+  const char *name;
+} grad_variant;
+
+static const grad_variant grad_variants[] = {
+    {BNK_EPILOGUE_NONE, 0, 0, "plain"},
+    {BNK_EPILOGUE_RELU, 0, 0, "relu from y"},
+    {BNK_EPILOGUE_RELU, 1, 0, "relu from mask"},
+    {BNK_EPILOGUE_ADD_RELU, 0, 1, "add+relu from y, dz"},
+    {BNK_EPILOGUE_ADD_RELU, 1, 1, "add+relu from mask, dz"},
+};
+#define GRAD_VARIANTS (sizeof grad_variants / sizeof grad_variants[0])
+
+/* One backward case: the forward problem's x, gamma and statistics, with dy and a forward output y of both
+ * signs (its mask beside it) to gate from. */
+typedef struct grad_problem {
+  problem f;
+  double *dy, *y;
+  double *mean, *invstd; /* the saved float32 statistics, as doubles */
+  unsigned char *dy_base, *yg_base, *dx_base, *dz_base;
+  void *dy_dev, *yg_dev, *dx_dev, *dz_dev, *workspace;
+  size_t workspace_bytes;
+  float *dgamma_dev, *dbeta_dev;
+} grad_problem;
+
+static grad_problem make_grad_problem(bnk_context *ctx, const shape *sh, test_rng *rng) {
+  grad_problem p;
+  memset(&p, 0, sizeof p);
+  p.f = make_problem(ctx, sh, rng);
+  problem *f = &p.f;
+  const int64_t c = sh->c;
+  p.dy = random_tensor(f, rng, &p.dy_base, &p.dy_dev);
+  p.y = random_tensor(f, rng, &p.yg_base, &p.yg_dev);
+  unsigned char *mask = calloc(f->mask_bytes, 1);
+  for (int64_t i = 0; i < f->elements; ++i)
+    if (p.y[i] > 0.0) mask[i / 8] |= (unsigned char)(1u << (i % 8));
+  dev_upload(f->mask_dev, mask, f->mask_bytes);
+  free(mask);
+  p.dx_base = dev_alloc(f->bytes + f->skew + 1);
+  p.dx_dev = p.dx_base + f->skew;
+  p.dz_base = dev_alloc(f->bytes + f->skew + 1);
+  p.dz_dev = p.dz_base + f->skew;
+  cr_assert_eq(bnk_backward_workspace_size(ctx, &f->desc, &p.workspace_bytes), BNK_SUCCESS);
+  p.workspace = dev_alloc(p.workspace_bytes);
+  p.dgamma_dev = dev_alloc((size_t)c * 4);
+  p.dbeta_dev = dev_alloc((size_t)c * 4);
+
+  /* The forward's saved statistics (float32) and its running statistics for the frozen backward. */
+  p.mean = doubles(c);
+  p.invstd = doubles(c);
+  float *stats = malloc((size_t)c * 16);
+  for (int64_t i = 0; i < c; ++i) {
+    stats[i] = (float)f->mean[i];
+    stats[c + i] = (float)f->invstd[i];
+    stats[2 * c + i] = (float)f->running_mean[i];
+    stats[3 * c + i] = (float)f->running_var[i];
+    p.mean[i] = stats[i];
+    p.invstd[i] = stats[c + i];
+  }
+  dev_upload(f->save_mean_dev, stats, (size_t)c * 4);
+  dev_upload(f->save_invstd_dev, stats + c, (size_t)c * 4);
+  dev_upload(f->running_mean_dev, stats + 2 * c, (size_t)c * 4);
+  dev_upload(f->running_var_dev, stats + 3 * c, (size_t)c * 4);
+  free(stats);
+  return p;
+}
+
+static void free_grad_problem(grad_problem *p) {
+  free(p->dy);
+  free(p->y);
+  free(p->mean);
+  free(p->invstd);
+  void *dev[] = {p->dy_base, p->yg_base, p->dx_base, p->dz_base, p->workspace, p->dgamma_dev, p->dbeta_dev};
+  for (size_t i = 0; i < sizeof dev / sizeof dev[0]; ++i) dev_free(dev[i]);
+  free_problem(&p->f);
+}
+
+static bnk_epilogue_grad grad_epilogue_of(const grad_problem *p, const grad_variant *v) {
+  bnk_epilogue_grad e = {v->kind, NULL, NULL, 0, NULL};
+  if (v->kind == BNK_EPILOGUE_NONE) return e;
+  if (v->from_mask) {
+    e.mask = p->f.mask_dev;
+    e.mask_bytes = p->f.mask_bytes;
+  } else {
+    e.y = p->yg_dev;
+  }
+  if (v->with_dz) e.dz = p->dz_dev;
+  return e;
+}
+
+static void describe_grad(const grad_problem *p, const grad_variant *v, int frozen, char *out, size_t size) {
+  char text[96];
+  format_shape(text, sizeof text, p->f.sh.layout, p->f.sh.dtype, p->f.sh.n, p->f.sh.c, p->f.sh.spatial_dims,
+               p->f.sh.spatial);
+  snprintf(out, size, "%s%s %s %s", text, p->f.sh.misalign ? " misaligned" : "",
+           frozen ? "frozen backward" : "backward", v->name);
+}
+
+static void poison_backward(grad_problem *p) {
+  const problem *f = &p->f;
+  dev_poison(p->dx_dev, f->bytes);
+  dev_poison(p->dz_dev, f->bytes);
+  dev_poison(p->workspace, p->workspace_bytes);
+  dev_poison(p->dgamma_dev, (size_t)f->sh.c * 4);
+  dev_poison(p->dbeta_dev, (size_t)f->sh.c * 4);
+}
+
+/* Which of a backward's outputs a call asks for, and where its dy and x are. */
+typedef struct grad_outputs {
+  int dx, dgamma, dbeta;
+  int in_place; /* dy is the dx buffer */
+  int no_x;     /* x NULL (the frozen backward without dgamma does not read it) */
+} grad_outputs;
+
+static const grad_outputs every_output = {1, 1, 1, 0, 0};
+
+/* bnk_backward_ex (training) or bnk_backward_inference_ex (frozen) asking for `want`. */
+static bnk_status call_backward(bnk_context *ctx, grad_problem *p, const grad_variant *v, int frozen,
+                                grad_outputs want) {
+  const problem *f = &p->f;
+  const bnk_epilogue_grad e = grad_epilogue_of(p, v);
+  void *dx = want.dx ? p->dx_dev : NULL;
+  const void *dy = want.in_place ? p->dx_dev : p->dy_dev;
+  const void *x = want.no_x ? NULL : f->x_dev;
+  float *dgamma = want.dgamma ? p->dgamma_dev : NULL, *dbeta = want.dbeta ? p->dbeta_dev : NULL;
+  if (frozen)
+    return bnk_backward_inference_ex(ctx, &f->desc, x, dy, dx, f->gamma_dev, dgamma, dbeta, f->running_mean_dev,
+                                     f->running_var_dev, EPS, p->workspace, p->workspace_bytes, &e);
+  return bnk_backward_ex(ctx, &f->desc, x, dy, dx, f->gamma_dev, dgamma, dbeta, f->save_mean_dev, f->save_invstd_dev,
+                         p->workspace, p->workspace_bytes, &e);
+}
+
+/* Every output poisoned, then the full backward. */
+static bnk_status run_backward(bnk_context *ctx, grad_problem *p, const grad_variant *v, int frozen) {
+  poison_backward(p);
+  return call_backward(ctx, p, v, frozen, every_output);
+}
+
+static size_t grad_output_bytes(const grad_problem *p) { return 2 * p->f.bytes + (size_t)p->f.sh.c * 8; }
+
+/* Every output of the last backward against the reference; returns dx, dz, dgamma and dbeta as bytes (the
+ * caller frees them) for bitwise comparisons. */
+static unsigned char *check_backward(const grad_problem *p, const grad_variant *v, int frozen, const char *label) {
+  const problem *f = &p->f;
+  const int64_t c = f->sh.c, e = f->elements;
+  unsigned char *raw = malloc(grad_output_bytes(p));
+  float *channels = (float *)(raw + 2 * f->bytes);
+  dev_download(raw, p->dx_dev, f->bytes);
+  dev_download(raw + f->bytes, p->dz_dev, f->bytes);
+  dev_download(channels, p->dgamma_dev, (size_t)c * 4);
+  dev_download(channels + c, p->dbeta_dev, (size_t)c * 4);
+
+  double *g = doubles(e), *dx_ref = doubles(e), *got = doubles(e);
+  double *dgamma_ref = doubles(c), *dbeta_ref = doubles(c), *got_c = doubles(2 * c), *scale = doubles(c);
+  double *frozen_invstd = doubles(c);
+  for (int64_t i = 0; i < e; ++i) g[i] = v->kind == BNK_EPILOGUE_NONE || p->y[i] > 0.0 ? p->dy[i] : 0.0;
+  for (int64_t i = 0; i < c; ++i) frozen_invstd[i] = ref_invstd(f->running_var[i], EPS);
+  if (frozen)
+    ref_backward_inference(&f->desc, f->x, g, f->running_mean, f->running_var, EPS, f->gamma, dx_ref, dgamma_ref,
+                           dbeta_ref);
+  else ref_backward(&f->desc, f->x, g, p->mean, p->invstd, f->gamma, dx_ref, dgamma_ref, dbeta_ref);
+  for (int64_t i = 0; i < c; ++i) scale[i] = fabs(f->gamma[i]) * p->invstd[i];
+  for (int64_t i = 0; i < 2 * c; ++i) got_c[i] = channels[i];
+
+  char what[260];
+  snprintf(what, sizeof what, "%s: dx", label);
+  from_storage(f->sh.dtype, raw, got, e);
+  if (frozen) check_inference_dx(what, &f->desc, got, dx_ref);
+  else check_training_dx(what, &f->desc, got, dx_ref, scale);
+  check_gradient_sums(label, &f->desc, got_c, got_c + c, g, f->x, frozen ? f->running_mean : p->mean,
+                      frozen ? frozen_invstd : p->invstd, dgamma_ref, dbeta_ref);
+  if (v->with_dz) {
+    from_storage(f->sh.dtype, raw + f->bytes, got, e);
+    for (int64_t i = 0; i < e; ++i)
+      if (got[i] != g[i]) {
+        cr_expect(0, "%s: dz[%lld] = %.9g, expected the gated gradient %.9g", label, (long long)i, got[i], g[i]);
+        break;
+      }
+  } else {
+    memset(raw + f->bytes, 0, f->bytes); /* not written: left out of the bitwise comparisons */
+  }
+  double *host[] = {g, dx_ref, got, dgamma_ref, dbeta_ref, got_c, scale, frozen_invstd};
+  for (size_t i = 0; i < sizeof host / sizeof host[0]; ++i) free(host[i]);
+  return raw;
+}
+
+static void expect_backward_path(bnk_context *ctx, const grad_problem *p, const grad_variant *v, bnk_training_path want,
+                                 const char *label) {
+  const bnk_epilogue_grad e = grad_epilogue_of(p, v);
+  bnk_training_path got = BNK_TRAINING_PATH_AUTO;
+  cr_assert_eq(bnk_backward_training_path(ctx, &p->f.desc, p->f.x_dev, p->dy_dev, p->dx_dev, &e, &got), BNK_SUCCESS,
+               "%s: %s", label, bnk_last_error_message());
+  cr_expect_eq(got, want, "%s: the backward takes path %d, expected %d", label, (int)got, (int)want);
+}
+
+/* Runs every epilogue of a shape through the training backward and the frozen backward on the forced persistent
+ * path, under every schedule and worker count: each run against the reference, all runs bitwise identical. */
+static void check_persistent_backward_shape(bnk_context *ctx, const shape *sh, test_rng *rng) {
+  grad_problem p = make_grad_problem(ctx, sh, rng);
+  for (int frozen = 0; frozen < 2; ++frozen)
+    for (size_t k = 0; k < GRAD_VARIANTS; ++k) {
+      const grad_variant *v = &grad_variants[k];
+      char label[200], what[260];
+      describe_grad(&p, v, frozen, label, sizeof label);
+      expect_backward_path(ctx, &p, v, BNK_TRAINING_PATH_PERSISTENT, label);
+      unsigned char *first = NULL;
+      for (int w = 0; w < worker_setting_count(); ++w) {
+        use_workers(w);
+        for (int schedule = 0; schedule < schedule_count(); ++schedule) {
+          schedule_use(schedule);
+          snprintf(what, sizeof what, "%s [%s, workers setting %d]", label, schedule_name(schedule), w);
+          const bnk_status status = run_backward(ctx, &p, v, frozen);
+          cr_assert_eq(status, BNK_SUCCESS, "%s: %s: %s", what, bnk_status_name(status), bnk_last_error_message());
+          unsigned char *now = check_backward(&p, v, frozen, what);
+          if (first == NULL) first = now;
+          else {
+            expect_bitwise_equal(what, first, now, grad_output_bytes(&p));
+            free(now);
+          }
+        }
+      }
+      use_workers(0);
+      free(first);
+    }
+  free_grad_problem(&p);
+}
+
+Test(persistent_backward, matches_reference_on_every_schedule_layout_dtype_and_epilogue, .timeout = 1800) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  test_rng rng = rng_fresh();
+  for (size_t i = 0; i < sizeof fitting_shapes / sizeof fitting_shapes[0]; ++i)
+    check_persistent_backward_shape(ctx, &fitting_shapes[i], &rng);
+  bnk_context_destroy(ctx);
+}
+
+/* The same data through the forced two-pass path, the forced persistent path and the automatic choice (persistent
+ * for a shape that fits): all within the reference's tolerances, the automatic run bitwise the persistent one. */
+Test(persistent_backward, same_data_through_each_path, .timeout = 600) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  test_rng rng = rng_fresh();
+  const shape shapes[] = {{BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0}, {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0}};
+  const grad_variant *v = &grad_variants[GRAD_VARIANTS - 1];
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; ++i) {
+    grad_problem p = make_grad_problem(ctx, &shapes[i], &rng);
+    const bnk_training_path paths[] = {BNK_TRAINING_PATH_TWO_PASS, BNK_TRAINING_PATH_PERSISTENT,
+                                       BNK_TRAINING_PATH_AUTO};
+    unsigned char *persistent = NULL;
+    for (int k = 0; k < 3; ++k) {
+      set_path(ctx, paths[k]);
+      char label[200], what[240];
+      describe_grad(&p, v, 0, label, sizeof label);
+      snprintf(what, sizeof what, "%s, path setting %d", label, (int)paths[k]);
+      expect_backward_path(
+          ctx, &p, v,
+          paths[k] == BNK_TRAINING_PATH_TWO_PASS ? BNK_TRAINING_PATH_TWO_PASS : BNK_TRAINING_PATH_PERSISTENT, what);
+      cr_assert_eq(run_backward(ctx, &p, v, 0), BNK_SUCCESS, "%s: %s", what, bnk_last_error_message());
+      unsigned char *now = check_backward(&p, v, 0, what);
+      if (paths[k] == BNK_TRAINING_PATH_PERSISTENT) persistent = now;
+      else if (paths[k] == BNK_TRAINING_PATH_AUTO) {
+        expect_bitwise_equal(what, persistent, now, grad_output_bytes(&p));
+        free(now);
+      } else {
+        free(now);
+      }
+    }
+    free(persistent);
+    free_grad_problem(&p);
+  }
+  bnk_context_destroy(ctx);
+}
+
+Test(persistent_backward, capacity_boundary_on_both_sides, .timeout = 900) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  const int64_t boundary = first_two_pass_batch(ctx, backward_path);
+  cr_expect_eq((boundary - 1) % BACKWARD_ROWS_PER_BLOCK, 0, "the last batch that fits, %lld, is not whole blocks",
+               (long long)(boundary - 1));
+  test_rng rng = rng_fresh();
+  const grad_variant *v = &grad_variants[2]; /* ReLU from the mask */
+  for (int side = 0; side < 2; ++side) {
+    const shape sh = {BNK_FLOAT32, BNK_NHWC, boundary - 1 + side, 4, S0, 0};
+    grad_problem p = make_grad_problem(ctx, &sh, &rng);
+    char label[200];
+    describe_grad(&p, v, 0, label, sizeof label);
+    set_path(ctx, BNK_TRAINING_PATH_AUTO);
+    expect_backward_path(ctx, &p, v, side == 0 ? BNK_TRAINING_PATH_PERSISTENT : BNK_TRAINING_PATH_TWO_PASS, label);
+    cr_assert_eq(run_backward(ctx, &p, v, 0), BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
+    free(check_backward(&p, v, 0, label));
+    if (side == 1) {
+      /* Forced onto a grid it does not fit: a clear rejection that writes nothing. */
+      set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+      dev_poison(p.dx_dev, p.f.bytes);
+      void *dx_before = dev_snapshot(p.dx_dev, p.f.bytes);
+      const bnk_epilogue_grad e = grad_epilogue_of(&p, v);
+      const bnk_status status =
+          bnk_backward_ex(ctx, &p.f.desc, p.f.x_dev, p.dy_dev, p.dx_dev, p.f.gamma_dev, p.dgamma_dev, p.dbeta_dev,
+                          p.f.save_mean_dev, p.f.save_invstd_dev, p.workspace, p.workspace_bytes, &e);
+      expect_rejection(status, BNK_ERROR_NOT_SUPPORTED, "does not fit the co-resident grid");
+      expect_unchanged("dx", p.dx_dev, dx_before, p.f.bytes);
+      free(dx_before);
+      bnk_training_path path;
+      expect_rejection(bnk_backward_training_path(ctx, &p.f.desc, p.f.x_dev, p.dy_dev, p.dx_dev, &e, &path),
+                       BNK_ERROR_NOT_SUPPORTED, "BNK_TRAINING_PATH_PERSISTENT");
+    }
+    free_grad_problem(&p);
+  }
+  bnk_context_destroy(ctx);
+}
+
+Test(persistent_backward, sm_limit_sets_the_capacity) {
+  bnk_context *ctx = persistent_context(1);
+  const int64_t one = first_two_pass_batch(ctx, backward_path) - 1;
+  cr_assert_eq(bnk_context_set_sm_limit(ctx, 2), BNK_SUCCESS);
+  const int64_t two = first_two_pass_batch(ctx, backward_path) - 1;
+  cr_expect_eq(two, 2 * one, "%lld rows fit on 2 SMs, %lld on 1", (long long)two, (long long)one);
+  bnk_context_destroy(ctx);
+}
+
+Test(persistent_backward, path_query_rejects_bad_arguments) {
+  bnk_context *ctx = persistent_context(0);
+  bnk_tensor_desc desc;
+  cr_assert_eq(bnk_tensor_desc_init(&desc, BNK_FLOAT32, BNK_NCHW, 2, 3, 0, NULL), BNK_SUCCESS);
+  bnk_training_path path;
+  expect_rejection(bnk_backward_training_path(NULL, &desc, aligned_x, aligned_y, aligned_dx, NULL, &path),
+                   BNK_ERROR_INVALID_VALUE, "ctx must not be NULL");
+  expect_rejection(bnk_backward_training_path(ctx, &desc, aligned_x, aligned_y, aligned_dx, NULL, NULL),
+                   BNK_ERROR_INVALID_VALUE, "path must not be NULL");
+  const bnk_epilogue_grad both = {BNK_EPILOGUE_RELU, aligned_y, aligned_dx, 4, NULL};
+  expect_rejection(bnk_backward_training_path(ctx, &desc, aligned_x, aligned_y, aligned_dx, &both, &path),
+                   BNK_ERROR_INVALID_VALUE, "only one of epilogue->y and epilogue->mask");
+  /* An empty batch runs no kernel of either path, even when the path is forced. */
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  bnk_tensor_desc empty;
+  cr_assert_eq(bnk_tensor_desc_init(&empty, BNK_FLOAT32, BNK_NCHW, 0, 3, 0, NULL), BNK_SUCCESS);
+  path = BNK_TRAINING_PATH_PERSISTENT;
+  cr_assert_eq(bnk_backward_training_path(ctx, &empty, NULL, NULL, NULL, NULL, &path), BNK_SUCCESS, "%s",
+               bnk_last_error_message());
+  cr_expect_eq(path, BNK_TRAINING_PATH_TWO_PASS);
+  bnk_context_destroy(ctx);
+}
+
+/* The persistent backward captured into a CUDA graph on a non-blocking stream, then replayed: the capture runs
+ * nothing, the replay writes what a direct call writes. */
+Test(persistent_backward, cooperative_launch_is_capturable, .timeout = 600) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  test_rng rng = rng_fresh();
+  const shape sh = {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0};
+  grad_problem p = make_grad_problem(ctx, &sh, &rng);
+  const grad_variant *v = &grad_variants[GRAD_VARIANTS - 1];
+  cr_assert_eq(run_backward(ctx, &p, v, 0), BNK_SUCCESS, "%s", bnk_last_error_message());
+  unsigned char *direct = check_backward(&p, v, 0, "direct");
+
+  cudaStream_t stream;
+  cr_assert_eq(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  cr_assert_eq(bnk_context_set_stream(ctx, (bnk_stream)stream), BNK_SUCCESS);
+  dev_poison(p.dx_dev, p.f.bytes);
+  dev_poison(p.dz_dev, p.f.bytes);
+  dev_poison(p.dgamma_dev, (size_t)sh.c * 4);
+  dev_poison(p.dbeta_dev, (size_t)sh.c * 4);
+  const bnk_epilogue_grad e = grad_epilogue_of(&p, v);
+  cr_assert_eq(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  const bnk_status status =
+      bnk_backward_ex(ctx, &p.f.desc, p.f.x_dev, p.dy_dev, p.dx_dev, p.f.gamma_dev, p.dgamma_dev, p.dbeta_dev,
+                      p.f.save_mean_dev, p.f.save_invstd_dev, p.workspace, p.workspace_bytes, &e);
+  cudaGraph_t graph;
+  cr_assert_eq(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cr_assert_eq(status, BNK_SUCCESS, "captured: %s", bnk_last_error_message());
+  unsigned char *poisoned = malloc(p.f.bytes);
+  dev_download(poisoned, p.dx_dev, p.f.bytes);
+  for (size_t i = 0; i < p.f.bytes; ++i)
+    if (poisoned[i] != 0xff) {
+      cr_expect(0, "the capture wrote dx (byte %zu)", i);
+      break;
+    }
+  free(poisoned);
+  cudaGraphExec_t exec;
+  cr_assert_eq(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  cr_assert_eq(cudaGraphLaunch(exec, stream), cudaSuccess);
+  cr_assert_eq(cudaStreamSynchronize(stream), cudaSuccess);
+  unsigned char *replayed = check_backward(&p, v, 0, "replayed");
+  expect_bitwise_equal("replayed graph", direct, replayed, grad_output_bytes(&p));
+  free(direct);
+  free(replayed);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cr_assert_eq(bnk_context_set_stream(ctx, NULL), BNK_SUCCESS);
+  cudaStreamDestroy(stream);
+  free_grad_problem(&p);
+  bnk_context_destroy(ctx);
+}
+
+/* What a call wrote, as the bytes check_backward returns: dx, dz, dgamma, dbeta. */
+static unsigned char *read_backward(const grad_problem *p) {
+  const problem *f = &p->f;
+  unsigned char *raw = malloc(grad_output_bytes(p));
+  dev_download(raw, p->dx_dev, f->bytes);
+  dev_download(raw + f->bytes, p->dz_dev, f->bytes);
+  dev_download(raw + 2 * f->bytes, p->dgamma_dev, (size_t)f->sh.c * 4);
+  dev_download(raw + 2 * f->bytes + f->sh.c * 4, p->dbeta_dev, (size_t)f->sh.c * 4);
+  return raw;
+}
+
+/* Whether every byte of an output still has the poison's bits: a NULL output is never written. */
+static void expect_poisoned(const char *what, const unsigned char *bytes, size_t count) {
+  for (size_t i = 0; i < count; ++i)
+    if (bytes[i] != 0xff) {
+      cr_expect(0, "%s: byte %zu was written", what, i);
+      return;
+    }
+}
+
+/* On the persistent path, dx, dgamma and dbeta are each optional, and dx may be dy, in the training and the
+ * frozen backward: every output that is asked for equals the full call's bitwise, every other is left as it
+ * was. */
+Test(persistent_backward, optional_outputs_and_in_place, .timeout = 600) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  test_rng rng = rng_fresh();
+  const shape shapes[] = {{BNK_FLOAT32, BNK_NHWC, 2, 8, S2(30, 30), 0}, {BNK_FLOAT16, BNK_NCHW, 3, 4, S1(33), 1}};
+  const grad_variant *v = &grad_variants[GRAD_VARIANTS - 1];
+  const struct {
+    int frozen;
+    grad_outputs want;
+    const char *name;
+  } calls[] = {{0, {0, 1, 1, 0, 0}, "dx NULL"},
+               {0, {1, 0, 0, 0, 0}, "dgamma and dbeta NULL"},
+               {0, {0, 0, 1, 0, 0}, "dbeta only"},
+               {0, {1, 1, 1, 1, 0}, "dx in place over dy"},
+               {1, {1, 0, 1, 0, 1}, "dbeta and dx, x NULL"},
+               {1, {0, 1, 0, 0, 0}, "dgamma only"},
+               {1, {1, 1, 1, 1, 0}, "dx in place over dy"}};
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; ++i) {
+    grad_problem p = make_grad_problem(ctx, &shapes[i], &rng);
+    const problem *f = &p.f;
+    const size_t channel_bytes = (size_t)f->sh.c * 4;
+    char label[200], what[260];
+    unsigned char *full[2];
+    for (int frozen = 0; frozen < 2; ++frozen) {
+      describe_grad(&p, v, frozen, label, sizeof label);
+      cr_assert_eq(run_backward(ctx, &p, v, frozen), BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
+      full[frozen] = check_backward(&p, v, frozen, label);
+    }
+    for (size_t k = 0; k < sizeof calls / sizeof calls[0]; ++k) {
+      const grad_outputs want = calls[k].want;
+      const int frozen = calls[k].frozen;
+      describe_grad(&p, v, frozen, label, sizeof label);
+      snprintf(what, sizeof what, "%s, %s", label, calls[k].name);
+      poison_backward(&p);
+      if (want.in_place) cr_assert_eq(cudaMemcpy(p.dx_dev, p.dy_dev, f->bytes, cudaMemcpyDeviceToDevice), cudaSuccess);
+      cr_assert_eq(call_backward(ctx, &p, v, frozen, want), BNK_SUCCESS, "%s: %s", what, bnk_last_error_message());
+      unsigned char *now = read_backward(&p);
+      const struct {
+        int wanted;
+        size_t offset, bytes;
+        const char *name;
+      } outputs[] = {{want.dx, 0, f->bytes, "dx"},
+                     {1, f->bytes, f->bytes, "dz"},
+                     {want.dgamma, 2 * f->bytes, channel_bytes, "dgamma"},
+                     {want.dbeta, 2 * f->bytes + channel_bytes, channel_bytes, "dbeta"}};
+      for (size_t o = 0; o < sizeof outputs / sizeof outputs[0]; ++o) {
+        char name[300];
+        snprintf(name, sizeof name, "%s: %s", what, outputs[o].name);
+        if (outputs[o].wanted)
+          expect_bitwise_equal(name, full[frozen] + outputs[o].offset, now + outputs[o].offset, outputs[o].bytes);
+        else expect_poisoned(name, now + outputs[o].offset, outputs[o].bytes);
+      }
+      free(now);
+    }
+    free(full[0]);
+    free(full[1]);
+    free_grad_problem(&p);
+  }
+  bnk_context_destroy(ctx);
+}
+
+#ifdef BNK_TEST_EMULATION
+/* Bytes the traffic meter saw, counted as tests/test_traffic.c counts them: 32-byte sectors read and written by
+ * the kernels (distinct within each launch), plus what cudaMemset and cudaMemcpy moved. */
+static double metered_bytes(const bnk_emu_traffic *t) {
+  return 32.0 * (double)(t->read_sectors + t->written_sectors) + (double)(t->copy_read_bytes + t->copy_written_bytes);
+}
+
+/* What one persistent op should move: tensors x E b + eighths x E / 8 bytes (the mask is E / 8 bytes), within
+ * 3% (the per-channel arrays and partials are under 1% of it at these shapes), in one launch. */
+static void expect_traffic(const char *what, const problem *f, double tensors, double eighths) {
+  cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess, "%s: %s", what, bnk_emu_last_diagnostic());
+  bnk_emu_traffic t;
+  bnk_emu_traffic_total(&t);
+  const double e = (double)f->elements, want = tensors * e * (double)dtype_size(f->sh.dtype) + eighths * e / 8.0;
+  const double got = metered_bytes(&t);
+  cr_log_info("%s: %.0f bytes, expected %.0f; %llu launches", what, got, want, t.launches);
+  cr_expect(got >= want * 0.97 && got <= want * 1.03, "%s: the kernels moved %.0f bytes, expected %.0f (%+.2f%%)", what,
+            got, want, 100.0 * (got - want) / want);
+  cr_expect_eq(t.launches, 1ull, "%s: %llu launches, expected one", what, t.launches);
+}
+
+/* The traffic meter on shapes that fit: the persistent forward moves 2 E b (+ E b of z for add + ReLU, + E / 8
+ * of the mask it writes), the backward 3 E b (+ E b of y or E / 8 of the mask it gates from, + E b of dz), the
+ * frozen backward with dgamma the same, each in one launch. */
+Test(persistent_backward, one_launch_and_the_documented_bytes, .timeout = 600) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  test_rng rng = rng_fresh();
+  const shape shapes[] = {{BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0}, {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0}};
+  static const double forward_tensors[] = {2, 2, 3}, forward_eighths[] = {0, 1, 1};
+  static const double backward_tensors[] = {3, 4, 3, 5, 4}, backward_eighths[] = {0, 0, 1, 0, 1};
+  bnk_emu_set_traffic(1);
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; ++i) {
+    grad_problem p = make_grad_problem(ctx, &shapes[i], &rng);
+    char label[200], what[260];
+    for (int k = BNK_EPILOGUE_NONE; k <= BNK_EPILOGUE_ADD_RELU; ++k) {
+      describe(&p.f, (bnk_epilogue_kind)k, label, sizeof label);
+      snprintf(what, sizeof what, "%s, forward", label);
+      prepare_outputs(&p.f);
+      cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
+      bnk_emu_traffic_reset();
+      cr_assert_eq(call_forward(ctx, &p.f, (bnk_epilogue_kind)k), BNK_SUCCESS, "%s: %s", what,
+                   bnk_last_error_message());
+      expect_traffic(what, &p.f, forward_tensors[k], forward_eighths[k]);
+    }
+    for (size_t k = 0; k < GRAD_VARIANTS; ++k) {
+      describe_grad(&p, &grad_variants[k], 0, what, sizeof what);
+      poison_backward(&p);
+      cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
+      bnk_emu_traffic_reset();
+      cr_assert_eq(call_backward(ctx, &p, &grad_variants[k], 0, every_output), BNK_SUCCESS, "%s: %s", what,
+                   bnk_last_error_message());
+      expect_traffic(what, &p.f, backward_tensors[k], backward_eighths[k]);
+    }
+    for (size_t k = 0; k < 3; k += 2) { /* the frozen backward with dgamma and dbeta: plain, gated by the mask */
+      describe_grad(&p, &grad_variants[k], 1, what, sizeof what);
+      poison_backward(&p);
+      cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
+      bnk_emu_traffic_reset();
+      cr_assert_eq(call_backward(ctx, &p, &grad_variants[k], 1, every_output), BNK_SUCCESS, "%s: %s", what,
+                   bnk_last_error_message());
+      expect_traffic(what, &p.f, backward_tensors[k], backward_eighths[k]);
+    }
+    free_grad_problem(&p);
+  }
+  bnk_emu_set_traffic(0);
+  bnk_context_destroy(ctx);
+}
+#endif

@@ -1,0 +1,237 @@
+// The persistent backward: one cooperative launch that reads x and dy once and writes dx once.
+//
+// Every block of the grid is resident at once (a cooperative launch), and each thread keeps its share of the
+// gated gradient g and of x - mean, at most BNK_PERSISTENT_BACKWARD_CACHE vectors of each, in registers from
+// the first phase to the last:
+//   1. load the share (g = dy gated by the epilogue from y or the mask, and written to dz when asked), add the
+//      thread's terms of sum g and sum g (x - mean), and reduce them over the block into the workspace as
+//      backward.cu's sums kernels do (one piece per block);
+//   2. grid barrier; one warp per channel merges that channel's pieces (merge_backward_channel): dgamma, dbeta
+//      and the dx coefficients are written once, by that warp;
+//   3. grid barrier (only when dx is wanted); dx of the cached values (apply_dx) is written.
+// The arithmetic is gradient.cuh's, so both paths agree wherever their pieces do. With frozen statistics (the
+// inference backward) the mean is the running mean (x NULL when only dbeta is wanted: its cache stays 0), and
+// dx is g gamma invstd alone (channel_dx without coefficients): the sums serve dgamma and dbeta only.
+// The blocks and pieces are bnk__plan_persistent's with the backward's cache depth.
+#include <cooperative_groups.h>
+
+#include "kernels/dispatch.cuh"
+#include "kernels/gradient.cuh"
+#include "kernels/persistent.cuh"
+
+namespace cg = cooperative_groups;
+
+// What every persistent backward kernel takes besides its tensors and tiling.
+struct persistent_backward_args {
+  bnk_backward_stats stats;
+  bnk_backward_workspace ws;
+  int64_t m;  // elements per channel
+  int frozen;
+  float *dgamma;  // NULL: not written
+  float *dbeta;   // NULL: not written
+  bnk_grad_epilogue_args e;
+};
+
+// Phases 2 and 3's barriers around the merge; the second only when a dx phase follows.
+static __device__ __forceinline__ void merge_sums(const persistent_backward_args &a, int64_t c, int64_t parts,
+                                                  bool dx_follows) {
+  cg::grid_group grid = cg::this_grid();
+  grid.sync();
+  for_each_warp_channel(
+      c, [&](int64_t channel) { merge_backward_channel(channel, c, parts, a.m, a.stats, a.ws, a.dgamma, a.dbeta); });
+  if (dx_follows) grid.sync();
+}
+
+// The dx coefficients of a channel for cached values that already have the mean subtracted: mean 0, so that
+// (xmu - 0) is the two-pass dx's (x - mean), bit for bit.
+static __device__ __forceinline__ dx_coefficients cached_dx(const persistent_backward_args &a, int64_t c) {
+  const dx_params p = {a.stats, a.frozen ? NULL : a.ws.dy_scale, a.ws.xmu_scale, a.ws.bias};
+  dx_coefficients k = channel_dx(p, c);
+  k.mean = 0.0f;
+  return k;
+}
+
+// dx of V cached values, stored at element `at`. Frozen statistics weigh x - mean by 0: passing 0 keeps an
+// infinite x out of dx, as the two-pass dx pass, which never reads x there.
+template <typename T, int V>
+static __device__ __forceinline__ void write_dx(const persistent_backward_args &a, float (&g)[V], const float (&xmu)[V],
+                                                const dx_coefficients (&k)[V], T *dx, int64_t at) {
+#pragma unroll
+  for (int i = 0; i < V; ++i) g[i] = apply_dx(g[i], a.frozen ? 0.0f : xmu[i], k[i]);
+  bnk_store<T, V>(dx + at, g);
+}
+
+// One cached vector: writes dz when asked, subtracts the mean and adds its terms to lane i % L of the sums
+// (L = V: the V elements are V channels; L = 1: one channel).
+template <typename T, int V, int GRAD, int L>
+static __device__ __forceinline__ void add_cached(const persistent_backward_args &a, int64_t at, const float (&g)[V],
+                                                  float (&xmu)[V], const float (&mean)[L], bnk_sums_vec<L> &acc) {
+  store_residual_gradient<GRAD, T, V>(a.e, at, g);
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    xmu[i] -= mean[i % L];
+    add_gradient(acc.dy[i % L], acc.dy_xmu[i % L], g[i], xmu[i]);
+  }
+}
+
+// Channels-first: block b holds piece (b % parts) of channel (b / parts), `chunk` elements; thread t caches
+// the piece's vectors t, t + blockDim.x, ... (at most BNK_PERSISTENT_BACKWARD_CACHE).
+template <typename T, int V, int GRAD>
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    persistent_backward_channels_first(const T *x, const T *dy, T *dx, int64_t c, int64_t s, bnk_fastdiv vecs_per_run,
+                                       int64_t parts, int64_t chunk, persistent_backward_args a) {
+  constexpr int K = BNK_PERSISTENT_BACKWARD_CACHE;
+  __shared__ float2 shared[BNK_WARP];
+  const int64_t block = blockIdx.x;
+  const int64_t channel = block / parts;
+  const int64_t part = block - channel * parts;
+  const int64_t base = channel * s;
+  const int64_t run_stride = c * s;
+  const float mean[1] = {x != NULL ? a.stats.mean[channel] : 0.0f};
+
+  const int64_t begin = part * chunk / V + threadIdx.x;
+  const int64_t end = min(a.m, (part + 1) * chunk) / V;
+  const int64_t step = blockDim.x;
+  // The element offsets are kept beside the cache: recomputed where dz and dx are stored, they lead nvcc to
+  // split those 16-byte stores into 4-byte ones.
+  float g[K][V] = {}, xmu[K][V] = {};
+  int64_t at[K] = {};
+  int vectors = 0;
+#pragma unroll
+  for (int u = 0; u < K; ++u) {
+    const int64_t j = begin + u * step;
+    if (j < end) {
+      at[u] = base + channel_vector_offset(j, vecs_per_run, run_stride, V);
+      load_gradient<GRAD, T, V>(x, dy, a.e, at[u], g[u], xmu[u]);
+      vectors = u + 1;
+    }
+  }
+  bnk_sums_vec<1> acc = bnk_sums_vec_empty<1>();
+#pragma unroll
+  for (int u = 0; u < K; ++u)
+    if (u < vectors) add_cached<T, V, GRAD, 1>(a, at[u], g[u], xmu[u], mean, acc);
+  const float2 sums = bnk_block_reduce(make_float2(acc.dy[0], acc.dy_xmu[0]), shared);
+  if (threadIdx.x == 0) {
+    const int64_t slot = part * c + channel;
+    a.ws.sum_dy[slot] = sums.x;
+    a.ws.sum_dy_xmu[slot] = sums.y;
+  }
+
+  merge_sums(a, c, parts, dx != NULL);
+
+  if (dx == NULL) return;
+  dx_coefficients k[V];
+  const dx_coefficients channel_k = cached_dx(a, channel);
+#pragma unroll
+  for (int i = 0; i < V; ++i) k[i] = channel_k;
+#pragma unroll
+  for (int u = 0; u < K; ++u)
+    if (u < vectors) write_dx<T, V>(a, g[u], xmu[u], k, dx, at[u]);
+}
+
+// Channels-last: the tiling of bnk_reduce_plan (bnk_tile_position); thread (tx, ty) caches its V channels in
+// rows ty, ty + tile_y, ... of its piece (at most BNK_PERSISTENT_BACKWARD_CACHE rows).
+template <typename T, int V, int GRAD>
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    persistent_backward_channels_last(const T *x, const T *dy, T *dx, int64_t rows, int64_t c, int tile_x, int tile_y,
+                                      int64_t tiles, int64_t rows_per_part, persistent_backward_args a) {
+  constexpr int K = BNK_PERSISTENT_BACKWARD_CACHE;
+  typedef bnk_sums_vec<V> state;
+  __shared__ float shared[bnk_fields<state>::count * BNK_STREAM_THREADS];
+  int64_t part, channel0;
+  int ty;
+  bnk_tile_position<V>(tile_x, tiles, &part, &ty, &channel0);
+  const bool active = channel0 < c;
+  float mean[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) mean[i] = active && x != NULL ? a.stats.mean[channel0 + i] : 0.0f;
+
+  const int64_t first_row = part * rows_per_part + ty;
+  const int64_t row_end = min(rows, (part + 1) * rows_per_part);
+  float g[K][V] = {}, xmu[K][V] = {};
+  int cached = 0;
+#pragma unroll
+  for (int u = 0; u < K; ++u) {
+    const int64_t r = first_row + (int64_t)u * tile_y;
+    if (active && r < row_end) {
+      load_gradient<GRAD, T, V>(x, dy, a.e, r * c + channel0, g[u], xmu[u]);
+      cached = u + 1;
+    }
+  }
+  state acc = bnk_sums_vec_empty<V>();
+#pragma unroll
+  for (int u = 0; u < K; ++u)
+    if (u < cached)
+      add_cached<T, V, GRAD, V>(a, (first_row + (int64_t)u * tile_y) * c + channel0, g[u], xmu[u], mean, acc);
+  acc = bnk_tile_reduce(acc, shared, tile_x, tile_y);
+  if (active && (int)threadIdx.x < tile_x) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int64_t out = part * c + channel0 + i;
+      a.ws.sum_dy[out] = acc.dy[i];
+      a.ws.sum_dy_xmu[out] = acc.dy_xmu[i];
+    }
+  }
+
+  merge_sums(a, c, (int64_t)gridDim.x / tiles, dx != NULL);  // blocks = tiles x parts
+
+  if (!active || dx == NULL) return;
+  dx_coefficients k[V];
+#pragma unroll
+  for (int i = 0; i < V; ++i) k[i] = cached_dx(a, channel0 + i);
+    // Which rows are cached is asked again of the rows rather than of `cached`: kept across the barriers, those
+    // conditions are predicates that nvcc parks on the stack.
+#pragma unroll
+  for (int u = 0; u < K; ++u) {
+    const int64_t r = first_row + (int64_t)u * tile_y;
+    if (r < row_end) write_dx<T, V>(a, g[u], xmu[u], k, dx, r * c + channel0);
+  }
+}
+
+// ---- launch and occupancy: one kernel per (dtype, layout, vector width, gradient source) ----
+
+template <typename T, int V, int GRAD>
+static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *plan, const T *x, const T *dy, T *dx,
+                                 persistent_backward_args a, cudaStream_t stream) {
+  const dim3 grid((unsigned)plan->blocks), block((unsigned)plan->threads);
+  if (view->channels_last) {
+    int64_t rows = view->n, c = view->c, tiles = plan->tiles, rows_per_part = plan->rows_per_part;
+    int tile_x = plan->tile_x, tile_y = plan->tile_y;
+    void *args[] = {&x, &dy, &dx, &rows, &c, &tile_x, &tile_y, &tiles, &rows_per_part, &a};
+    return cudaLaunchCooperativeKernel(persistent_backward_channels_last<T, V, GRAD>, grid, block, args, 0, stream);
+  }
+  int64_t c = view->c, s = view->s, parts = plan->parts, chunk = plan->chunk;
+  bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / V));
+  void *args[] = {&x, &dy, &dx, &c, &s, &vecs_per_run, &parts, &chunk, &a};
+  return cudaLaunchCooperativeKernel(persistent_backward_channels_first<T, V, GRAD>, grid, block, args, 0, stream);
+}
+
+extern "C" cudaError_t bnk__persistent_backward_occupancy(const bnk_view *view, int vec, int source,
+                                                          int *blocks_per_sm) {
+  cudaError_t status = cudaSuccess;
+  const cudaError_t found = bnk_dispatch<BNK_GRAD_PLAIN, BNK_GRAD_FROM_Y, BNK_GRAD_FROM_MASK>(
+      view->dtype, vec, source, [&](auto type, auto width, auto grad) {
+        using T = typename decltype(type)::type;
+        constexpr int V = decltype(width)::value, GRAD = decltype(grad)::value;
+        const void *kernel = view->channels_last
+                                 ? reinterpret_cast<const void *>(persistent_backward_channels_last<T, V, GRAD>)
+                                 : reinterpret_cast<const void *>(persistent_backward_channels_first<T, V, GRAD>);
+        status = cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS, 0);
+      });
+  return found != cudaSuccess ? found : status;
+}
+
+extern "C" cudaError_t bnk__launch_persistent_backward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
+                                                       const void *dy, void *dx, bnk_backward_stats stats, int frozen,
+                                                       bnk_backward_workspace ws, float *dgamma, float *dbeta,
+                                                       const bnk_grad_epilogue_args *epilogue, cudaStream_t stream) {
+  const persistent_backward_args a = {stats, ws, view->n * view->s, frozen, dgamma, dbeta, *epilogue};
+  cudaError_t status = cudaSuccess;
+  const cudaError_t found = bnk_dispatch<BNK_GRAD_PLAIN, BNK_GRAD_FROM_Y, BNK_GRAD_FROM_MASK>(
+      view->dtype, plan->vec, epilogue->source, [&](auto type, auto width, auto grad) {
+        using T = typename decltype(type)::type;
+        status = launch_layout<T, decltype(width)::value, decltype(grad)::value>(
+            view, plan, static_cast<const T *>(x), static_cast<const T *>(dy), static_cast<T *>(dx), a, stream);
+      });
+  return found != cudaSuccess ? found : status;
+}
