@@ -69,9 +69,10 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_tensor_desc 
   if (sums_wanted) {
     ws = bnk__backward_workspace_carve(workspace, view, sums_plan.parts);
     snprintf(what, sizeof what, "%s: reduction kernels", caller);
-    status = bnk__check_cuda(
-        bnk__launch_backward_reduce_ex(view, &sums_plan, sums_x, dy, stats, ws, dgamma, dbeta, fused, ctx->stream),
-        what);
+    status =
+        bnk__check_cuda(bnk__launch_backward_reduce_ex(view, &sums_plan, sums_x, dy, stats, ws, dgamma, dbeta, fused,
+                                                       bnk__merge_counters_of(ctx, view, &sums_plan), ctx->stream),
+                        what);
   }
   if (status == BNK_SUCCESS && dx_pass_wanted) {
     snprintf(what, sizeof what, "%s: dx kernel", caller);

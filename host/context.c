@@ -6,6 +6,20 @@ static int is_missing_device(cudaError_t error) {
   return error == cudaErrorNoDevice || error == cudaErrorInsufficientDriver;
 }
 
+/* The pool of merge counters on the context's device, zeroed once; synchronous, as creation may be. */
+static bnk_status create_merge_counters(bnk_context *ctx) {
+  bnk_device_guard guard;
+  BNK__TRY(bnk__device_enter(ctx, &guard));
+  const size_t bytes = BNK_MERGE_COUNTERS * sizeof(unsigned);
+  void *counters = NULL;
+  bnk_status status = bnk__check_cuda(cudaMalloc(&counters, bytes), "cudaMalloc(merge counters)");
+  if (status == BNK_SUCCESS) status = bnk__check_cuda(cudaMemset(counters, 0, bytes), "cudaMemset(merge counters)");
+  if (status != BNK_SUCCESS) cudaFree(counters);
+  else ctx->merge_counters = counters;
+  bnk__device_leave(&guard);
+  return status;
+}
+
 bnk_status bnk_context_create(bnk_context **ctx, int device) {
   bnk__clear_error();
   if (ctx == NULL) return bnk__fail(BNK_ERROR_INVALID_VALUE, "ctx must not be NULL");
@@ -36,8 +50,14 @@ bnk_status bnk_context_create(bnk_context **ctx, int device) {
   created->cooperative_launch = cooperative;
   created->training_path = BNK_TRAINING_PATH_AUTO;
   created->stream = NULL;
-  /* Here rather than in the first bnk_linear_bn: compute calls allocate nothing. */
-  const bnk_status status = bnk__cublaslt_create(&created->cublaslt);
+  created->merge_counters = NULL;
+  created->merge_counters_usable = BNK_MERGE_COUNTERS;
+  /* Here rather than in the first call: compute calls allocate nothing (and may be captured in a graph). */
+  bnk_status status = create_merge_counters(created);
+  if (status == BNK_SUCCESS) {
+    status = bnk__cublaslt_create(&created->cublaslt);
+    if (status != BNK_SUCCESS) cudaFree(created->merge_counters);
+  }
   if (status != BNK_SUCCESS) {
     free(created);
     return status;
@@ -48,8 +68,23 @@ bnk_status bnk_context_create(bnk_context **ctx, int device) {
 
 void bnk_context_destroy(bnk_context *ctx) {
   bnk__clear_error();
-  if (ctx != NULL) bnk__cublaslt_destroy(ctx->cublaslt);
+  if (ctx != NULL) {
+    bnk__cublaslt_destroy(ctx->cublaslt);
+    bnk_device_guard guard;
+    if (bnk__device_enter(ctx, &guard) == BNK_SUCCESS) {
+      cudaFree(ctx->merge_counters);
+      bnk__device_leave(&guard);
+    }
+  }
   free(ctx);
+}
+
+unsigned *bnk__merge_counters_of(const bnk_context *ctx, const bnk_view *view, const bnk_reduce_plan *plan) {
+  return 1 + bnk_merge_groups(view, plan) <= ctx->merge_counters_usable ? ctx->merge_counters : NULL;
+}
+
+void bnk__context_limit_merge_counters(bnk_context *ctx, int64_t usable) {
+  ctx->merge_counters_usable = usable < BNK_MERGE_COUNTERS ? usable : BNK_MERGE_COUNTERS;
 }
 
 bnk_status bnk_context_set_stream(bnk_context *ctx, bnk_stream stream) {

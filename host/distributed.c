@@ -28,7 +28,8 @@ static bnk_status launch_local_stats(const bnk_context *ctx, const bnk_tensor_de
   const bnk_stats_workspace ws = bnk__stats_workspace_carve(workspace, view, plan.parts);
   const bnk_running_update untracked = {NULL, NULL, NULL, 0.0f, 0};
   const bnk_status status =
-      bnk__check_cuda(bnk__launch_batch_stats(view, &plan, x, ws, 0.0f, untracked, NULL, NULL, partials, ctx->stream),
+      bnk__check_cuda(bnk__launch_batch_stats(view, &plan, x, ws, 0.0f, untracked, NULL, NULL, partials,
+                                              bnk__merge_counters_of(ctx, view, &plan), ctx->stream),
                       "bnk_batch_stats: statistics kernels");
   bnk__range_pop();
   return status;
@@ -142,7 +143,8 @@ static bnk_status launch_local_sums(const bnk_context *ctx, const bnk_tensor_des
   const bnk_backward_stats stats = {save_mean, save_invstd, NULL, 0.0f, NULL};
   /* The merge writes sum(dy) as "dbeta" and sum(dy * xhat) as "dgamma": exactly the two sums wanted. */
   bnk_status status =
-      bnk__check_cuda(bnk__launch_backward_reduce(view, &plan, x, dy, stats, ws, sums + view->c, sums, ctx->stream),
+      bnk__check_cuda(bnk__launch_backward_reduce(view, &plan, x, dy, stats, ws, sums + view->c, sums,
+                                                  bnk__merge_counters_of(ctx, view, &plan), ctx->stream),
                       "bnk_backward_local_sums: reduction kernels");
   if (status == BNK_SUCCESS)
     status = bnk__check_cuda(bnk__launch_store_value(sums + 2 * view->c, (float)m, ctx->stream),

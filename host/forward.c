@@ -78,7 +78,8 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
                              "bnk_forward_training: persistent kernel");
   else
     status = bnk__check_cuda(bnk__launch_batch_stats(&view, &plan, x, ws, bnk__eps_to_float(eps), running, save_mean,
-                                                     save_invstd, NULL, ctx->stream),
+                                                     save_invstd, NULL, bnk__merge_counters_of(ctx, &view, &plan),
+                                                     ctx->stream),
                              "bnk_forward_training: statistics kernels");
   if (status == BNK_SUCCESS && !path.persistent) {
     const bnk_normalize_params params = {ws.shift, ws.dmean, ws.invstd, NULL, bnk__eps_to_float(eps), gamma, beta};

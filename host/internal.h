@@ -15,7 +15,18 @@ struct bnk_context {
   bnk_training_path training_path;
   cudaStream_t stream;
   void *cublaslt; /* cublasLtHandle_t of bnk_linear_bn in the GPU build (BNK_WITH_CUBLASLT), else NULL */
+  /* BNK_MERGE_COUNTERS device integers, zeroed at creation and zero between calls (bnk_merge_groups): not in
+   * the workspace, which callers recycle, so that no call needs a memset launch to clear them. */
+  unsigned *merge_counters;
+  int64_t merge_counters_usable; /* BNK_MERGE_COUNTERS, or fewer under bnk__context_limit_merge_counters */
 };
+
+/* The context's merge counters for a reduction on `plan`, or NULL when its groups exceed the pool (the
+ * reduction then merges in a kernel of its own). */
+unsigned *bnk__merge_counters_of(const bnk_context *ctx, const bnk_view *view, const bnk_reduce_plan *plan);
+/* Tests only: lets the reductions use `usable` counters of the pool (at most BNK_MERGE_COUNTERS), so that
+ * both sides of the limit are reachable with small tensors. */
+void bnk__context_limit_merge_counters(bnk_context *ctx, int64_t usable);
 
 /* The context's cuBLASLt handle (host/linear.c): created with the context, NULL in builds without cuBLASLt. */
 bnk_status bnk__cublaslt_create(void **handle);

@@ -32,7 +32,8 @@ typedef struct bnk_view {
 /* How a per-channel reduction (and the channels-last elementwise pass) splits the tensor into blocks.
  * Every channel's data is cut into `parts` pieces; each block reduces one piece of one channel
  * (channels-first) or one piece of rows of a tile of channels (channels-last), and writes one partial
- * result per channel and piece to the workspace. A second kernel merges the pieces in a fixed order. */
+ * result per channel and piece to the workspace. The pieces are merged in a fixed order, by the last block
+ * of each group to finish or by a second kernel (bnk_merge_groups). */
 typedef struct bnk_reduce_plan {
   int vec;     /* elements per access: 16 bytes when alignment allows, else 1 */
   int threads; /* per block */
@@ -44,6 +45,18 @@ typedef struct bnk_reduce_plan {
   int64_t tiles;         /* channels-last: tiles of tile_x * vec channels */
   int64_t rows_per_part; /* channels-last: rows of one piece */
 } bnk_reduce_plan;
+
+/* The merge inside a reduction kernel. A group is what one merge covers: a channel (channels-first) or a
+ * tile of channels (channels-last), each of `parts` pieces. Given counters, the reduction kernels count
+ * every piece written on its group's counter, and the block that completes a group merges it, in the same
+ * launch and in the same order (so to the same bits) as the separate merge kernel, which runs when the
+ * counters are NULL. Counters: 1 + groups unsigned integers, zero on entry and zero again when the launch
+ * ends (the last block of a group resets it), so that a call replayed from a graph finds them zero. One
+ * pool of BNK_MERGE_COUNTERS per context (host/context.c): calls of a context run one at a time. */
+#define BNK_MERGE_COUNTERS 16384
+static inline int64_t bnk_merge_groups(const bnk_view *view, const bnk_reduce_plan *plan) {
+  return view->channels_last ? plan->tiles : view->c;
+}
 
 /* Elements per 16-byte access for a dtype. */
 int bnk__dtype_vec(int dtype);
@@ -123,12 +136,13 @@ typedef struct bnk_running_update {
   int cumulative;               /* weight 1 / num_batches_tracked */
 } bnk_running_update;
 
-/* Batch statistics of x: stats kernel (pieces) then merge kernel. Fills ws.shift/dmean/invstd,
- * save_mean/save_invstd when not NULL, and applies `running`. rank_partials, when not NULL, receives the
- * batch's count[c], mean[c], m2[c] (3 x C doubles) for merging across ranks. */
+/* Batch statistics of x: stats kernel (pieces, merged in it when `counters` is not NULL, see
+ * bnk_merge_groups), else stats kernel then merge kernel. Fills ws.shift/dmean/invstd, save_mean/save_invstd
+ * when not NULL, and applies `running`. rank_partials, when not NULL, receives the batch's count[c], mean[c],
+ * m2[c] (3 x C doubles) for merging across ranks. */
 cudaError_t bnk__launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                     bnk_stats_workspace ws, float eps, bnk_running_update running, float *save_mean,
-                                    float *save_invstd, double *rank_partials, cudaStream_t stream);
+                                    float *save_invstd, double *rank_partials, unsigned *counters, cudaStream_t stream);
 
 /* Per-channel parameters of the elementwise pass
  *   y = ((x - shift[c]) - dmean[c]) * invstd[c] * gamma[c] + beta[c],
@@ -166,12 +180,13 @@ typedef struct bnk_backward_stats {
   const float *gamma; /* NULL: 1 */
 } bnk_backward_stats;
 
-/* The backward's per-channel sums over (x, dy): reduction kernel (pieces of `plan`) then merge kernel,
- * which writes dbeta = sum(dy) and dgamma = invstd * sum(dy * (x - mean)) when not NULL, and the dx
- * coefficients of the training backward to ws. x may be NULL when dgamma is NULL. */
+/* The backward's per-channel sums over (x, dy): reduction kernel (pieces of `plan`, merged in it when
+ * `counters` is not NULL, see bnk_merge_groups), else reduction kernel then merge kernel. The merge writes dbeta =
+ * sum(dy) and dgamma = invstd * sum(dy * (x - mean)) when not NULL, and the dx coefficients of the training backward to
+ * ws. x may be NULL when dgamma is NULL. */
 cudaError_t bnk__launch_backward_reduce(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                         const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
-                                        float *dgamma, float *dbeta, cudaStream_t stream);
+                                        float *dgamma, float *dbeta, unsigned *counters, cudaStream_t stream);
 
 /* The elementwise pass writing dx, on `plan` (of x, dy and dx). With `coefficients` (training), dx = dy *
  * dy_scale[c] + (x - mean[c]) * xmu_scale[c] + bias[c] from bnk__launch_backward_reduce; with NULL (frozen
@@ -218,7 +233,7 @@ typedef struct bnk_grad_epilogue_args {
 cudaError_t bnk__launch_backward_reduce_ex(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                            const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
                                            float *dgamma, float *dbeta, const bnk_grad_epilogue_args *epilogue,
-                                           cudaStream_t stream);
+                                           unsigned *counters, cudaStream_t stream);
 cudaError_t bnk__launch_backward_dx_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
                                        const void *dy, void *dx, bnk_backward_stats stats,
                                        const bnk_backward_workspace *coefficients,
