@@ -26,6 +26,9 @@ typedef struct plan_launch {
 typedef struct op_plan {
   int vec;
   int64_t parts; /* pieces per channel of the reduction (0: none) */
+  /* channels that the last block of a group merges inside the reduction kernel; 0: no reduction, or a merge
+   * kernel of its own merges */
+  int64_t merged_channels;
   int launches;
   plan_launch launch[MAX_LAUNCHES];
 } op_plan;
@@ -55,40 +58,63 @@ static void add_launch(op_plan *plan, int64_t blocks, int threads, const char *f
 
 /* The one place that knows which kernels each op launches and how their grids come from the plan: today
  * (host/forward.c, host/backward.c, kernels/stats.cu, normalize.cu, backward.cu) a training forward is
- * statistics + finalize + normalize, an inference forward one normalize, a backward sums + merge + dx,
- * the finalize and merge kernels one warp per channel, and the channels-first elementwise passes a
- * grid-stride loop. Adapt this function, and only it, when the launchers change. */
-static op_plan plan_of_op(int op, const bnk_view *view, int sm_count) {
+ * statistics (with the merge in its last blocks) + normalize, an inference forward one normalize, a backward
+ * sums (with the merge) + dx; past the context's merge counters the finalize or merge kernel, one warp per
+ * channel, runs between them. Every grid is the library's own plan on sm_count SMs, each holding as many
+ * blocks of the kernel as its sm_90 occupancy says (`occupancy`, the emulation's answer from the sm_90
+ * resource table). Adapt this function, and only it, when the launchers change. */
+/* Channels of one group: what the block that completes it merges (kernels/reduce.cuh, bnk_last_of_group). */
+static int64_t merged_channels(const bnk_view *view, const bnk_reduce_plan *reduce) {
+  const int64_t tile = (int64_t)reduce->tile_x * reduce->vec;
+  return view->channels_last ? (view->c < tile ? view->c : tile) : 1;
+}
+
+static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_occupancy_table *occupancy) {
   static _Alignas(16) const char aligned[16] = {0};
   const void *pointers[5] = {aligned, aligned, aligned, aligned, aligned};
   const int vec = bnk__choose_vec(view, pointers, 5);
-  const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count);
+  const int layout_index = view->channels_last != 0;
+  const int *stats_occupancy = occupancy->blocks_per_sm[BNK_FAMILY_STATS][layout_index][view->dtype][vec != 1];
+  const int *sums_occupancy = occupancy->blocks_per_sm[BNK_FAMILY_BACKWARD_SUMS][layout_index][view->dtype][vec != 1];
+  const int normalize_variant = bnk_normalize_variant(BNK_EPILOGUE_NONE, op == OP_FWD_INFER);
+  int normalize_occupancy[2], dx_occupancy[2];
+  for (int wide = 0; wide < 2; ++wide) {
+    normalize_occupancy[wide] =
+        occupancy->blocks_per_sm[BNK_FAMILY_NORMALIZE][layout_index][view->dtype][wide][normalize_variant];
+    dx_occupancy[wide] = occupancy->blocks_per_sm[BNK_FAMILY_DX][layout_index][view->dtype][wide][BNK_GRAD_PLAIN];
+  }
   const char *type = storage_type(view->dtype);
   const char *layout = view->channels_last ? "last" : "first";
-  const int64_t vecs = view->n * view->c * view->s / vec;
-  const int64_t elementwise_blocks = view->channels_last ? reduce.blocks : bnk__plan_grid_stride_blocks(vecs, sm_count);
-  const int elementwise_threads = view->channels_last ? reduce.threads : BNK_STREAM_THREADS;
   const int64_t per_channel_blocks = (view->c + BNK_STREAM_THREADS / 32 - 1) / (BNK_STREAM_THREADS / 32);
 
   op_plan plan = {.vec = vec};
   switch (op) {
   case OP_FWD_TRAIN:
-    plan.parts = reduce.parts;
-    add_launch(&plan, reduce.blocks, reduce.threads, "stats_channels_%s<%s, %d>", layout, type, vec);
-    add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "finalize_stats");
-    add_launch(&plan, elementwise_blocks, elementwise_threads, "normalize_channels_%s<%s, %d, false, 0>", layout, type,
-               vec);
+  case OP_FWD_INFER: {
+    const bnk_elementwise_plan normalize = bnk__plan_elementwise(view, pointers, 2, sm_count, normalize_occupancy);
+    if (op == OP_FWD_TRAIN) {
+      const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count, stats_occupancy[0]);
+      plan.parts = reduce.parts;
+      add_launch(&plan, reduce.blocks, reduce.threads, "stats_channels_%s<%s, %d>", layout, type, vec);
+      if (1 + bnk_merge_groups(view, &reduce) > BNK_MERGE_COUNTERS)
+        add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "finalize_stats");
+      else plan.merged_channels = merged_channels(view, &reduce);
+    }
+    add_launch(&plan, normalize.blocks, normalize.threads, "normalize_channels_%s<%s, %d, %s, 0>", layout, type,
+               normalize.vec, op == OP_FWD_INFER ? "true" : "false");
     break;
-  case OP_FWD_INFER:
-    add_launch(&plan, elementwise_blocks, elementwise_threads, "normalize_channels_%s<%s, %d, true, 0>", layout, type,
-               vec);
-    break;
-  default:
+  }
+  default: {
+    const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count, sums_occupancy[BNK_GRAD_PLAIN]);
+    const bnk_elementwise_plan dx = bnk__plan_elementwise(view, pointers, 3, sm_count, dx_occupancy);
     plan.parts = reduce.parts;
     add_launch(&plan, reduce.blocks, reduce.threads, "backward_sums_channels_%s<%s, %d, 0>", layout, type, vec);
-    add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "merge_backward_sums");
-    add_launch(&plan, elementwise_blocks, elementwise_threads, "backward_dx_channels_%s<%s, %d, 0>", layout, type, vec);
+    if (1 + bnk_merge_groups(view, &reduce) > BNK_MERGE_COUNTERS)
+      add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "merge_backward_sums");
+    else plan.merged_channels = merged_channels(view, &reduce);
+    add_launch(&plan, dx.blocks, dx.threads, "backward_dx_channels_%s<%s, %d, 0>", layout, type, dx.vec);
     break;
+  }
   }
   return plan;
 }
@@ -155,6 +181,9 @@ int main(int argc, char **argv) {
   bnk_tensor_desc *descs = calloc((size_t)argc, sizeof *descs);
   if (descs == NULL) usage_error("out of memory", "");
   for (int i = first_shape; i < argc; ++i) descs[i] = parse_shape(argv[i]);
+  /* A context of the emulated sm_90 device, for its kernels' occupancy only. */
+  bnk_context *ctx = NULL;
+  if (bnk_context_create(&ctx, -1) != BNK_SUCCESS) usage_error("no emulated device", bnk_last_error_message());
   printf("{\"sm_count\": %d, \"stream_threads\": %d, \"shapes\": [", sm_count, BNK_STREAM_THREADS);
   for (int i = first_shape; i < argc; ++i) {
     const bnk_view view = bnk__view_of(&descs[i]);
@@ -162,9 +191,9 @@ int main(int argc, char **argv) {
            ", \"channels_last\": %d, \"elements\": %" PRId64 ", \"ops\": {",
            i > first_shape ? "," : "", argv[i], view.n, view.c, view.s, view.channels_last, view.n * view.c * view.s);
     for (int op = 0; op < OP_COUNT; ++op) {
-      const op_plan plan = plan_of_op(op, &view, sm_count);
-      printf("%s\n  \"%s\": {\"vec\": %d, \"parts\": %" PRId64 ", \"launches\": [", op ? "," : "", op_names[op],
-             plan.vec, plan.parts);
+      const op_plan plan = plan_of_op(op, &view, sm_count, &ctx->occupancy);
+      printf("%s\n  \"%s\": {\"vec\": %d, \"parts\": %" PRId64 ", \"merged_channels\": %" PRId64 ", \"launches\": [",
+             op ? "," : "", op_names[op], plan.vec, plan.parts, plan.merged_channels);
       for (int l = 0; l < plan.launches; ++l)
         printf("%s{\"kernel\": \"%s\", \"blocks\": %" PRId64 ", \"threads\": %d}", l ? ", " : "", plan.launch[l].kernel,
                plan.launch[l].blocks, plan.launch[l].threads);
@@ -173,6 +202,7 @@ int main(int argc, char **argv) {
     printf("}}");
   }
   printf("\n]}\n");
+  bnk_context_destroy(ctx);
   free(descs);
   return 0;
 }

@@ -4,7 +4,7 @@
 
 static size_t backward_workspace_bytes(const bnk_context *ctx, const bnk_view *view) {
   if (bnk__view_per_channel(view) == 0) return 0;
-  return bnk__backward_workspace_bytes(view, bnk__plan_parts_bound(view, ctx->sm_count));
+  return bnk__backward_workspace_bytes(view, bnk__parts_bound_of(ctx, BNK_FAMILY_BACKWARD_SUMS, view));
 }
 
 bnk_status bnk_backward_workspace_size(const bnk_context *ctx, const bnk_tensor_desc *desc, size_t *bytes) {
@@ -54,9 +54,11 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_tensor_desc 
   const void *sums_x = frozen && dgamma == NULL ? NULL : x;
   const void *dx_x = coefficients ? x : NULL;
   const void *sums_pointers[4] = {sums_x, dy, fused->y, fused->dz};
-  const bnk_reduce_plan sums_plan = bnk__plan_reduce(view, bnk__choose_vec(view, sums_pointers, 4), ctx->sm_count);
+  const bnk_reduce_plan sums_plan =
+      bnk__reduce_plan_of(ctx, BNK_FAMILY_BACKWARD_SUMS, fused->source, view, bnk__choose_vec(view, sums_pointers, 4));
   const void *dx_pointers[5] = {dx_x, dx_dy, dx, dx_fused->y, dx_fused->dz};
-  const bnk_elementwise_plan dx_plan = bnk__elementwise_plan_of(ctx, view, dx_pointers, 5);
+  const bnk_elementwise_plan dx_plan =
+      bnk__elementwise_plan_of(ctx, view, dx_pointers, 5, BNK_FAMILY_DX, dx_fused->source);
   if (sums_wanted) BNK__TRY(bnk__require_grid(&sums_plan));
   if (dx_pass_wanted) BNK__TRY(bnk__require_elementwise_grid(&dx_plan));
 

@@ -1,4 +1,5 @@
 #include <stdlib.h>
+#include <string.h>
 
 #include "host/internal.h"
 
@@ -16,6 +17,23 @@ static bnk_status create_merge_counters(bnk_context *ctx) {
   if (status == BNK_SUCCESS) status = bnk__check_cuda(cudaMemset(counters, 0, bytes), "cudaMemset(merge counters)");
   if (status != BNK_SUCCESS) cudaFree(counters);
   else ctx->merge_counters = counters;
+  bnk__device_leave(&guard);
+  return status;
+}
+
+/* Every streaming kernel's blocks per SM, once: the plans of every call read them (host/plan.c). */
+static bnk_status query_occupancy(bnk_context *ctx) {
+  bnk_device_guard guard;
+  BNK__TRY(bnk__device_enter(ctx, &guard));
+  memset(&ctx->occupancy, 0, sizeof ctx->occupancy);
+  bnk_status status = bnk__check_cuda(bnk__stats_occupancy(&ctx->occupancy),
+                                      "cudaOccupancyMaxActiveBlocksPerMultiprocessor (statistics kernels)");
+  if (status == BNK_SUCCESS)
+    status = bnk__check_cuda(bnk__backward_occupancy(&ctx->occupancy),
+                             "cudaOccupancyMaxActiveBlocksPerMultiprocessor (backward kernels)");
+  if (status == BNK_SUCCESS)
+    status = bnk__check_cuda(bnk__normalize_occupancy(&ctx->occupancy),
+                             "cudaOccupancyMaxActiveBlocksPerMultiprocessor (normalize kernels)");
   bnk__device_leave(&guard);
   return status;
 }
@@ -53,7 +71,8 @@ bnk_status bnk_context_create(bnk_context **ctx, int device) {
   created->merge_counters = NULL;
   created->merge_counters_usable = BNK_MERGE_COUNTERS;
   /* Here rather than in the first call: compute calls allocate nothing (and may be captured in a graph). */
-  bnk_status status = create_merge_counters(created);
+  bnk_status status = query_occupancy(created);
+  if (status == BNK_SUCCESS) status = create_merge_counters(created);
   if (status == BNK_SUCCESS) {
     status = bnk__cublaslt_create(&created->cublaslt);
     if (status != BNK_SUCCESS) cudaFree(created->merge_counters);

@@ -22,7 +22,7 @@ static bnk_status launch_local_stats(const bnk_context *ctx, const bnk_tensor_de
     return bnk__check_cuda(cudaMemsetAsync(partials, 0, partials_bytes(view->c), ctx->stream),
                            "cudaMemsetAsync(partials)");
   const void *pointers[1] = {x};
-  const bnk_reduce_plan plan = bnk__plan_reduce(view, bnk__choose_vec(view, pointers, 1), ctx->sm_count);
+  const bnk_reduce_plan plan = bnk__reduce_plan_of(ctx, BNK_FAMILY_STATS, 0, view, bnk__choose_vec(view, pointers, 1));
   BNK__TRY(bnk__require_grid(&plan));
   bnk__range_push("batch_stats", desc);
   const bnk_stats_workspace ws = bnk__stats_workspace_carve(workspace, view, plan.parts);
@@ -136,7 +136,8 @@ static bnk_status launch_local_sums(const bnk_context *ctx, const bnk_tensor_des
   if (m == 0)
     return bnk__check_cuda(cudaMemsetAsync(sums, 0, sums_bytes(view->c), ctx->stream), "cudaMemsetAsync(sums)");
   const void *pointers[2] = {x, dy};
-  const bnk_reduce_plan plan = bnk__plan_reduce(view, bnk__choose_vec(view, pointers, 2), ctx->sm_count);
+  const bnk_reduce_plan plan =
+      bnk__reduce_plan_of(ctx, BNK_FAMILY_BACKWARD_SUMS, BNK_GRAD_PLAIN, view, bnk__choose_vec(view, pointers, 2));
   BNK__TRY(bnk__require_grid(&plan));
   bnk__range_push("backward_local_sums", desc);
   const bnk_backward_workspace ws = bnk__backward_workspace_carve(workspace, view, plan.parts);
@@ -185,8 +186,9 @@ static bnk_status launch_apply(const bnk_context *ctx, const bnk_tensor_desc *de
     return status;
   }
   const void *pointers[3] = {x, dy, dx};
-  const bnk_reduce_plan plan = bnk__plan_reduce(view, bnk__choose_vec(view, pointers, 3), ctx->sm_count);
-  const bnk_elementwise_plan dx_plan = bnk__elementwise_plan_of(ctx, view, pointers, 3);
+  const bnk_reduce_plan plan =
+      bnk__reduce_plan_of(ctx, BNK_FAMILY_BACKWARD_SUMS, BNK_GRAD_PLAIN, view, bnk__choose_vec(view, pointers, 3));
+  const bnk_elementwise_plan dx_plan = bnk__elementwise_plan_of(ctx, view, pointers, 3, BNK_FAMILY_DX, BNK_GRAD_PLAIN);
   BNK__TRY(bnk__require_grid(&plan));
   if (dx != NULL) BNK__TRY(bnk__require_elementwise_grid(&dx_plan));
   bnk__range_push("backward_apply", desc);

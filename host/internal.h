@@ -19,7 +19,18 @@ struct bnk_context {
    * the workspace, which callers recycle, so that no call needs a memset launch to clear them. */
   unsigned *merge_counters;
   int64_t merge_counters_usable; /* BNK_MERGE_COUNTERS, or fewer under bnk__context_limit_merge_counters */
+  bnk_occupancy_table occupancy; /* of this device's streaming kernels, queried at creation */
 };
+
+/* Blocks per SM of a family's kernels for this view and variant, the element-wide one [0] and the 16-byte one
+ * [1], from the context's table (at least 1); variant -1: the most over the family's variants. */
+void bnk__blocks_per_sm(const bnk_context *ctx, bnk_kernel_family family, const bnk_view *view, int variant,
+                        int blocks_per_sm[2]);
+/* bnk__plan_reduce for a family's kernel on the context's GPU (its SM limit, the kernel's occupancy). */
+bnk_reduce_plan bnk__reduce_plan_of(const bnk_context *ctx, bnk_kernel_family family, int variant, const bnk_view *view,
+                                    int vec);
+/* bnk__plan_parts_bound for a family on the context's GPU, over every variant. */
+int64_t bnk__parts_bound_of(const bnk_context *ctx, bnk_kernel_family family, const bnk_view *view);
 
 /* The context's merge counters for a reduction on `plan`, or NULL when its groups exceed the pool (the
  * reduction then merges in a kernel of its own). */
@@ -104,12 +115,12 @@ void *bnk__layout_take(bnk_workspace_layout *layout, size_t bytes);
 /* BNK_ERROR_NOT_SUPPORTED when a plan needs more blocks than a one-dimensional grid holds. */
 bnk_status bnk__require_grid(const bnk_reduce_plan *plan);
 bnk_status bnk__require_elementwise_grid(const bnk_elementwise_plan *plan);
-/* Blocks of BNK_STREAM_THREADS that the GPU holds at once, for bnk__plan_grid_stride_blocks and
- * bnk__plan_elementwise: 8 per SM (2048 thread slots on sm_80..sm_90). */
+/* Blocks of BNK_STREAM_THREADS that the GPU holds at once, for the folding kernel's grid-stride loop: 8 per SM
+ * (2048 thread slots on sm_80..sm_90). */
 int64_t bnk__stream_resident_blocks(int sm_count);
-/* bnk__plan_elementwise on the context's GPU. */
+/* bnk__plan_elementwise on the context's GPU for a family's kernel (normalize or dx) and variant. */
 bnk_elementwise_plan bnk__elementwise_plan_of(const bnk_context *ctx, const bnk_view *view, const void *const *pointers,
-                                              int count);
+                                              int count, bnk_kernel_family family, int variant);
 
 /* The kernels' view of a fused epilogue of the forward (NULL: plain), after checking it against the call's
  * tensors; each failure names the field and its value. */

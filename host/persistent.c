@@ -8,7 +8,8 @@
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int bnk__plan_persistent(const bnk_view *view, int vec, int sm_count, int blocks_per_sm, bnk_reduce_plan *plan) {
-  *plan = bnk__plan_reduce(view, vec, sm_count);
+  /* The tiling only: the pieces are cut below for the cache. */
+  *plan = bnk__plan_reduce(view, vec, sm_count, blocks_per_sm);
   plan->threads = BNK_STREAM_THREADS;
   if (!view->channels_last) {
     /* A multiple of 8 (every vector width) at most one full cache per thread, as bnk__plan_reduce cuts. */
@@ -29,7 +30,7 @@ int bnk__plan_persistent(const bnk_view *view, int vec, int sm_count, int blocks
 }
 
 int64_t bnk__training_parts_bound(const bnk_context *ctx, const bnk_view *view) {
-  int64_t parts = bnk__plan_parts_bound(view, ctx->sm_count);
+  int64_t parts = bnk__parts_bound_of(ctx, BNK_FAMILY_STATS, view);
   const int widths[2] = {1, bnk__dtype_vec(view->dtype)};
   for (int i = 0; i < 2; ++i) {
     bnk_reduce_plan plan;
@@ -68,7 +69,7 @@ bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *vi
                      path_name(ctx->training_path), ctx->device);
   }
   const void *stats_pointers[1] = {x};
-  plan->reduce = bnk__plan_reduce(view, bnk__choose_vec(view, stats_pointers, 1), ctx->sm_count);
+  plan->reduce = bnk__reduce_plan_of(ctx, BNK_FAMILY_STATS, 0, view, bnk__choose_vec(view, stats_pointers, 1));
   return bnk__require_grid(&plan->reduce);
 }
 

@@ -477,3 +477,26 @@ extern "C" cudaError_t bnk__launch_backward_gradients_from_sums(int64_t c, const
   BNK_LAUNCH(gradients_from_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream, c, sums, stats, ws, dgamma, dbeta);
   return cudaGetLastError();
 }
+
+// The channels-first dx pass's run table is at most BNK_TABLE_TARGET entries but for the tiniest S, where one
+// tile touches more runs: residency is taken at the usual table.
+extern "C" cudaError_t bnk__backward_occupancy(bnk_occupancy_table *table) {
+  return bnk_for_each_storage([&](auto type, auto width, int dtype, int wide) {
+    using T = typename decltype(type)::type;
+    constexpr int V = decltype(width)::value;
+    return bnk_for_each_value<BNK_GRAD_PLAIN, BNK_GRAD_FROM_Y, BNK_GRAD_FROM_MASK>([&](auto source) {
+      constexpr int GRAD = decltype(source)::value;
+      int(&sums)[2][3][2][BNK_OCCUPANCY_VARIANTS] = table->blocks_per_sm[BNK_FAMILY_BACKWARD_SUMS];
+      int(&dx)[2][3][2][BNK_OCCUPANCY_VARIANTS] = table->blocks_per_sm[BNK_FAMILY_DX];
+      const size_t table_bytes = BNK_TABLE_TARGET * sizeof(dx_coefficients);
+      cudaError_t status = bnk_occupancy(backward_sums_channels_first<T, V, GRAD>, 0, &sums[0][dtype][wide][GRAD]);
+      if (status == cudaSuccess)
+        status = bnk_occupancy(backward_sums_channels_last<T, V, GRAD>, 0, &sums[1][dtype][wide][GRAD]);
+      if (status == cudaSuccess)
+        status = bnk_occupancy(backward_dx_channels_first<T, V, GRAD>, table_bytes, &dx[0][dtype][wide][GRAD]);
+      if (status == cudaSuccess)
+        status = bnk_occupancy(backward_dx_channels_last<T, V, GRAD>, 0, &dx[1][dtype][wide][GRAD]);
+      return status;
+    });
+  });
+}

@@ -58,10 +58,38 @@ static inline int64_t bnk_merge_groups(const bnk_view *view, const bnk_reduce_pl
   return view->channels_last ? plan->tiles : view->c;
 }
 
+/* ---- occupancy: how many blocks of each streaming kernel an SM holds at once ----
+ * Queried once per context (cudaOccupancyMaxActiveBlocksPerMultiprocessor, at BNK_STREAM_THREADS threads and
+ * the most dynamic shared memory the launch uses) and cached there; the plans size their grids from it. */
+typedef enum bnk_kernel_family {
+  BNK_FAMILY_STATS = 0,         /* stats_channels_first / _last; variant 0 */
+  BNK_FAMILY_BACKWARD_SUMS = 1, /* backward_sums_channels_*; variant: the bnk_grad_source */
+  BNK_FAMILY_NORMALIZE = 2,     /* normalize_channels_*; variant: bnk_normalize_variant */
+  BNK_FAMILY_DX = 3,            /* backward_dx_channels_*; variant: the bnk_grad_source */
+  BNK_FAMILIES = 4
+} bnk_kernel_family;
+#define BNK_OCCUPANCY_VARIANTS 6
+/* The normalize kernel's variant: its epilogue kind (bnk_epilogue_kind), plus 3 when it derives invstd from a
+ * variance (inference) rather than reading it. */
+static inline int bnk_normalize_variant(int epilogue_kind, int from_variance) {
+  return epilogue_kind + (from_variance ? 3 : 0);
+}
+/* blocks_per_sm[family][channels_last][dtype][vec is the 16-byte width][variant]; 0 where no such kernel
+ * exists. */
+typedef struct bnk_occupancy_table {
+  int blocks_per_sm[BNK_FAMILIES][2][3][2][BNK_OCCUPANCY_VARIANTS];
+} bnk_occupancy_table;
+/* Each fills its families' entries: statistics (kernels/stats.cu), backward sums and dx (kernels/backward.cu),
+ * normalize (kernels/normalize.cu). */
+cudaError_t bnk__stats_occupancy(bnk_occupancy_table *table);
+cudaError_t bnk__backward_occupancy(bnk_occupancy_table *table);
+cudaError_t bnk__normalize_occupancy(bnk_occupancy_table *table);
+
 /* Elements per 16-byte access for a dtype. */
 int bnk__dtype_vec(int dtype);
-/* The plan for a view whose tensors allow `vec`-wide access, on a device with sm_count SMs. */
-bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count);
+/* The plan for a view whose tensors allow `vec`-wide access, on a device with sm_count SMs, each of which
+ * holds blocks_per_sm blocks of the reduction kernel at once: pieces enough for one full wave. */
+bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, int blocks_per_sm);
 /* The widest access that every pointer's alignment and the view's contiguous extent allow. */
 int bnk__choose_vec(const bnk_view *view, const void *const *pointers, int count);
 /* Blocks of BNK_STREAM_THREADS for a grid-stride loop over `items`: one per item, at most
@@ -104,14 +132,19 @@ typedef struct bnk_elementwise_plan {
   int mask_words;
 } bnk_elementwise_plan;
 
+/* Most entries of a block's run table the channels-first elementwise plan aims for (16 bytes each); a block's
+ * piece is cut shorter rather than exceed it, down to one tile. */
+#define BNK_TABLE_TARGET 512
+
 /* The plan of an elementwise pass over `view` whose tensors are `pointers` (NULL entries ignored), on a
- * GPU of sm_count SMs (the channels-last tiling of bnk__plan_reduce) that holds `resident_blocks` blocks of
- * BNK_STREAM_THREADS at once. */
+ * GPU of sm_count SMs, each of which holds blocks_per_sm[0] blocks of the pass's element-wide kernel and
+ * blocks_per_sm[1] of its 16-byte one at once (the channels-last tiling of bnk__plan_reduce with those). */
 bnk_elementwise_plan bnk__plan_elementwise(const bnk_view *view, const void *const *pointers, int count, int sm_count,
-                                           int64_t resident_blocks);
-/* The most pieces per channel of any plan for this view: the launch picks its vector width from the
- * pointers' alignment, which a workspace size query cannot know. */
-int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count);
+                                           const int blocks_per_sm[2]);
+/* The most pieces per channel of any plan for this view, given the most blocks per SM of the reduction's
+ * element-wide [0] and 16-byte [1] kernels over their variants: the launch picks its vector width from the
+ * pointers' alignment and its variant from the epilogue, which a workspace size query cannot know. */
+int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count, const int blocks_per_sm[2]);
 
 /* Workspace of the statistics: per-channel arrays, then per-piece partials; 256-byte aligned arrays.
  * The per-channel part is the same for every plan of a view, so the normalize pass can find it. */

@@ -10,6 +10,7 @@
 // Every value is accumulated as x - K, where K is the channel's first element: with a large common
 // offset (mean 1e4, unit variance) the shifted values are small, so fp32 keeps their digits.
 #include "kernels/batch_stats.cuh"
+#include "kernels/dispatch.cuh"
 
 // What the last block of a group needs to merge it in the statistics kernel. counters NULL: finalize_stats
 // merges in a launch of its own, and block 0 counts the batch first.
@@ -28,10 +29,10 @@ struct stats_merge {
 // cumulative weight 1 / num_batches_tracked of finalize_stats, which runs after the count, is here
 // 1 / (count + 1), handed on as a momentum.
 static __device__ __forceinline__ bnk_running_update running_before_count(bnk_running_update running) {
-  if (running.running_mean != NULL && running.cumulative) {
-    running.momentum = 1.0f / (float)(*running.num_batches_tracked + 1);
-    running.cumulative = 0;
-  }
+  const bool weighed_by_count = running.running_mean != NULL && running.cumulative;
+  const float weight = weighed_by_count ? 1.0f / (float)(*running.num_batches_tracked + 1) : running.momentum;
+  running.momentum = weight;
+  running.cumulative = 0;
   return running;
 }
 
@@ -41,13 +42,13 @@ static __device__ __forceinline__ bnk_running_update running_before_count(bnk_ru
 static __device__ __forceinline__ void merge_if_last(const stats_merge &merge, const bnk_stats_workspace &ws, int64_t c,
                                                      int64_t parts, int64_t group, int64_t first, int64_t end) {
   if (!bnk_last_of_group(merge.counters + 1 + group, parts)) return;
-  const bnk_running_update running = running_before_count(merge.running);
   const int warps = (int)(blockDim.x / BNK_WARP);
+  // The weight is read again per channel: held across the loop, it takes a stack slot.
   for (int64_t channel = first + threadIdx.x / BNK_WARP; channel < end; channel += warps)
-    bnk_finalize_channel(channel, c, parts, merge.m, ws, merge.eps, running, merge.save_mean, merge.save_invstd,
-                         merge.rank_partials);
-  if (bnk_last_of_group(merge.counters, merge.groups) && threadIdx.x == 0 && running.num_batches_tracked != NULL)
-    *running.num_batches_tracked += 1;
+    bnk_finalize_channel(channel, c, parts, merge.m, ws, merge.eps, running_before_count(merge.running),
+                         merge.save_mean, merge.save_invstd, merge.rank_partials);
+  if (bnk_last_of_group(merge.counters, merge.groups) && threadIdx.x == 0 && merge.running.num_batches_tracked != NULL)
+    *merge.running.num_batches_tracked += 1;
 }
 
 // Folds `vectors` vectors (at most BNK_UNROLL) of a channel into the run, from the cursor's on, one
@@ -230,4 +231,14 @@ extern "C" cudaError_t bnk__launch_batch_stats(const bnk_view *view, const bnk_r
   BNK_LAUNCH(finalize_stats, grid, dim3(BNK_STREAM_THREADS), 0, stream, view->c, plan->parts, m, ws, eps, running,
              save_mean, save_invstd, rank_partials);
   return cudaGetLastError();
+}
+
+extern "C" cudaError_t bnk__stats_occupancy(bnk_occupancy_table *table) {
+  return bnk_for_each_storage([&](auto type, auto width, int dtype, int wide) {
+    using T = typename decltype(type)::type;
+    constexpr int V = decltype(width)::value;
+    int(&row)[2][3][2][BNK_OCCUPANCY_VARIANTS] = table->blocks_per_sm[BNK_FAMILY_STATS];
+    const cudaError_t status = bnk_occupancy(stats_channels_first<T, V>, 0, &row[0][dtype][wide][0]);
+    return status != cudaSuccess ? status : bnk_occupancy(stats_channels_last<T, V>, 0, &row[1][dtype][wide][0]);
+  });
 }

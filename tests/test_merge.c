@@ -146,7 +146,8 @@ static int64_t groups_of(const step_data *d, bnk_context *ctx, int backward) {
   const void *forward_pointers[1] = {d->x_dev};
   const void *backward_pointers[2] = {d->x_dev, d->dy_dev};
   const int vec = backward ? bnk__choose_vec(&view, backward_pointers, 2) : bnk__choose_vec(&view, forward_pointers, 1);
-  const bnk_reduce_plan plan = bnk__plan_reduce(&view, vec, ctx->sm_count);
+  const bnk_reduce_plan plan = backward ? bnk__reduce_plan_of(ctx, BNK_FAMILY_BACKWARD_SUMS, BNK_GRAD_PLAIN, &view, vec)
+                                        : bnk__reduce_plan_of(ctx, BNK_FAMILY_STATS, 0, &view, vec);
   return bnk_merge_groups(&view, &plan);
 }
 
