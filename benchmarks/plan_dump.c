@@ -59,17 +59,12 @@ static void add_launch(op_plan *plan, int64_t blocks, int threads, const char *f
 /* The one place that knows which kernels each op launches and how their grids come from the plan: today
  * (host/forward.c, host/backward.c, kernels/stats.cu, normalize.cu, backward.cu) a training forward is
  * statistics (with the merge in its last blocks) + normalize, an inference forward one normalize, a backward
- * sums (with the merge) + dx; past the context's merge counters the finalize or merge kernel, one warp per
- * channel, runs between them. Every grid is the library's own plan on sm_count SMs, each holding as many
- * blocks of the kernel as its sm_90 occupancy says (`occupancy`, the emulation's answer from the sm_90
- * resource table). Adapt this function, and only it, when the launchers change. */
-/* Channels of one group: what the block that completes it merges (kernels/reduce.cuh, bnk_last_of_group). */
-static int64_t merged_channels(const bnk_view *view, const bnk_reduce_plan *reduce) {
-  const int64_t tile = (int64_t)reduce->tile_x * reduce->vec;
-  return view->channels_last ? (view->c < tile ? view->c : tile) : 1;
-}
-
-static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_occupancy_table *occupancy) {
+ * sums (with the merge) + dx; where the reduction does not merge inside (bnk__merge_counters_of) the
+ * finalize or merge kernel, one warp per channel, runs between them. Every grid is the library's own plan
+ * on sm_count SMs, each holding as many blocks of the kernel as its sm_90 occupancy says (the emulation's
+ * answer from the sm_90 resource table). Adapt this function, and only it, when the launchers change. */
+static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_context *ctx) {
+  const bnk_occupancy_table *occupancy = &ctx->occupancy;
   static _Alignas(16) const char aligned[16] = {0};
   const void *pointers[5] = {aligned, aligned, aligned, aligned, aligned};
   const int vec = bnk__choose_vec(view, pointers, 5);
@@ -96,9 +91,9 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
       const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count, stats_occupancy[0]);
       plan.parts = reduce.parts;
       add_launch(&plan, reduce.blocks, reduce.threads, "stats_channels_%s<%s, %d>", layout, type, vec);
-      if (1 + bnk_merge_groups(view, &reduce) > BNK_MERGE_COUNTERS)
+      if (bnk__merge_counters_of(ctx, view, &reduce) == NULL)
         add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "finalize_stats");
-      else plan.merged_channels = merged_channels(view, &reduce);
+      else plan.merged_channels = bnk_merge_group_channels(view, &reduce);
     }
     add_launch(&plan, normalize.blocks, normalize.threads, "normalize_channels_%s<%s, %d, %s, 0>", layout, type,
                normalize.vec, op == OP_FWD_INFER ? "true" : "false");
@@ -109,9 +104,9 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
     const bnk_elementwise_plan dx = bnk__plan_elementwise(view, pointers, 3, sm_count, dx_occupancy);
     plan.parts = reduce.parts;
     add_launch(&plan, reduce.blocks, reduce.threads, "backward_sums_channels_%s<%s, %d, 0>", layout, type, vec);
-    if (1 + bnk_merge_groups(view, &reduce) > BNK_MERGE_COUNTERS)
+    if (bnk__merge_counters_of(ctx, view, &reduce) == NULL)
       add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "merge_backward_sums");
-    else plan.merged_channels = merged_channels(view, &reduce);
+    else plan.merged_channels = bnk_merge_group_channels(view, &reduce);
     add_launch(&plan, dx.blocks, dx.threads, "backward_dx_channels_%s<%s, %d, 0>", layout, type, dx.vec);
     break;
   }
@@ -191,7 +186,7 @@ int main(int argc, char **argv) {
            ", \"channels_last\": %d, \"elements\": %" PRId64 ", \"ops\": {",
            i > first_shape ? "," : "", argv[i], view.n, view.c, view.s, view.channels_last, view.n * view.c * view.s);
     for (int op = 0; op < OP_COUNT; ++op) {
-      const op_plan plan = plan_of_op(op, &view, sm_count, &ctx->occupancy);
+      const op_plan plan = plan_of_op(op, &view, sm_count, ctx);
       printf("%s\n  \"%s\": {\"vec\": %d, \"parts\": %" PRId64 ", \"merged_channels\": %" PRId64 ", \"launches\": [",
              op ? "," : "", op_names[op], plan.vec, plan.parts, plan.merged_channels);
       for (int l = 0; l < plan.launches; ++l)

@@ -32,8 +32,11 @@ bnk_reduce_plan bnk__reduce_plan_of(const bnk_context *ctx, bnk_kernel_family fa
 /* bnk__plan_parts_bound for a family on the context's GPU, over every variant. */
 int64_t bnk__parts_bound_of(const bnk_context *ctx, bnk_kernel_family family, const bnk_view *view);
 
-/* The context's merge counters for a reduction on `plan`, or NULL when its groups exceed the pool (the
- * reduction then merges in a kernel of its own). */
+/* The context's merge counters for a reduction on `plan`, or NULL (the reduction then merges in a kernel of
+ * its own) when its groups exceed the pool, or when a group has more channels than its last block has warps:
+ * that block would merge them one after another, a warp walking all pieces of a channel per round, where the
+ * merge kernel gives every channel of the tensor a warp at once (benchmarks/perf_model.py puts the serial
+ * merge of a 1024-channel tile at tens of microseconds, a launch at 2). */
 unsigned *bnk__merge_counters_of(const bnk_context *ctx, const bnk_view *view, const bnk_reduce_plan *plan);
 /* Tests only: lets the reductions use `usable` counters of the pool (at most BNK_MERGE_COUNTERS), so that
  * both sides of the limit are reachable with small tensors. */

@@ -57,6 +57,11 @@ typedef struct bnk_reduce_plan {
 static inline int64_t bnk_merge_groups(const bnk_view *view, const bnk_reduce_plan *plan) {
   return view->channels_last ? plan->tiles : view->c;
 }
+/* Channels of one group: what the block that completes it merges, one warp per channel. */
+static inline int64_t bnk_merge_group_channels(const bnk_view *view, const bnk_reduce_plan *plan) {
+  const int64_t tile = (int64_t)plan->tile_x * plan->vec;
+  return view->channels_last ? (view->c < tile ? view->c : tile) : 1;
+}
 
 /* ---- occupancy: how many blocks of each streaming kernel an SM holds at once ----
  * Queried once per context (cudaOccupancyMaxActiveBlocksPerMultiprocessor, at BNK_STREAM_THREADS threads and
