@@ -82,6 +82,9 @@ def assumptions():
         "  a finalize / merge launch moves (6 + 3 P) C 4 (forward) or (12 + 4 P) C 4 (backward) bytes, P pieces per"
         f" channel,\n    and takes at least {MERGE_STEP_S * 1e6:g} us (an L2 load and a merge) per 32 pieces plus one"
         f" ({MEMORY_LATENCY_S * 1e6:g} us) DRAM latency: one warp per channel merges its pieces in order",
+        "  a reduction launch that merges inside (2-launch ops) adds the merge of its last-finishing block after its"
+        f" waves:\n    one {MEMORY_LATENCY_S * 1e6:g} us counter round trip, then per round of"
+        " (channels of the group / warps of the block) the merge above",
         "  blocks of a launch carry equal work; launches do not overlap",
         "  the persistent path (where bnk-plan lists one) is chosen exactly when host/persistent.c's capacity rule"
         " takes it:",
@@ -140,6 +143,12 @@ def merge_launch_seconds(op, plan, channels, device):
     return max(total_bytes / device["bandwidth"], latency)
 
 
+def in_kernel_merge_seconds(plan, launch):
+    """The tail of a reduction whose last block of each group merges the group's pieces (bnk_last_of_group)."""
+    rounds = math.ceil(plan["merged_channels"] / max(1, launch["threads"] // 32))
+    return MEMORY_LATENCY_S + rounds * (MEMORY_LATENCY_S + MERGE_STEP_S * math.ceil(plan["parts"] / 32))
+
+
 def two_pass_model(op, entry, sass, device):
     """(floor seconds, model seconds, launches, details) of the op's two-pass path on one shape."""
     plan = entry["ops"][op]
@@ -152,8 +161,13 @@ def two_pass_model(op, entry, sass, device):
         kernel = kernel_figures(sass, launch["kernel"])
         if kernel["hot_loop"] is not None:
             t, waves, per_sm = streaming_launch_seconds(launch, kernel, elements, device)
+            merge = ""
+            if launch is plan["launches"][0] and plan.get("merged_channels", 0) > 0:
+                tail = in_kernel_merge_seconds(plan, launch)
+                t += tail
+                merge = f" (merge inside: {tail * 1e6:.2f} us)"
             details.append(f"{launch['kernel']} grid {launch['blocks']}x{launch['threads']}, {per_sm}/SM,"
-                           f" {waves:.2f} waves, {t * 1e6:.2f} us")
+                           f" {waves:.2f} waves, {t * 1e6:.2f} us{merge}")
         else:
             t = merge_launch_seconds(op, plan, entry["c"], device)
             details.append(f"{launch['kernel']} grid {launch['blocks']}x{launch['threads']}, {t * 1e6:.2f} us")

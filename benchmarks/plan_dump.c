@@ -38,6 +38,9 @@ typedef struct persistent_plan {
 typedef struct op_plan {
   int vec;
   int64_t parts; /* pieces per channel of the reduction (0: none) */
+  /* channels that the last block of a group merges inside the reduction kernel; 0: no reduction, or a merge
+   * kernel of its own merges */
+  int64_t merged_channels;
   int launches;
   plan_launch launch[MAX_LAUNCHES]; /* the two-pass path's (the only path of an op without a persistent one) */
   persistent_plan persistent;
@@ -66,64 +69,88 @@ static void add_launch(op_plan *plan, int64_t blocks, int threads, const char *f
   launch->threads = threads;
 }
 
-/* The persistent training forward (host/persistent.c, kernels/persistent.cu): bnk__plan_persistent's grid, the
- * occupancy of the plain-epilogue kernel for this dtype, layout and width, and its two grid barriers (before and
- * after the merge). */
-static persistent_plan persistent_forward_plan(const bnk_view *view, int vec, int sm_count, const char *type,
-                                               const char *layout) {
+/* An op's persistent kernel (host/persistent.c; kernels/persistent.cu, persistent_backward.cu): bnk__plan_persistent's
+ * grid for the op's cache depth, the occupancy of its plain-epilogue kernel for this dtype, layout and width, and
+ * its two grid barriers (before and after the merge). */
+static persistent_plan persistent_op_plan(int op, const bnk_view *view, int vec, int sm_count, const char *type,
+                                          const char *layout) {
   persistent_plan plan = {.exists = 1, .grid_syncs = 2};
-  if (bnk__persistent_forward_occupancy(view, vec, BNK_EPILOGUE_NONE, &plan.blocks_per_sm) != cudaSuccess) {
-    fprintf(stderr, "bnk-plan: the occupancy query of the persistent forward failed\n");
+  const int forward = op == OP_FWD_TRAIN;
+  const cudaError_t error = forward
+                                ? bnk__persistent_forward_occupancy(view, vec, BNK_EPILOGUE_NONE, &plan.blocks_per_sm)
+                                : bnk__persistent_backward_occupancy(view, vec, BNK_GRAD_PLAIN, &plan.blocks_per_sm);
+  if (error != cudaSuccess) {
+    fprintf(stderr, "bnk-plan: the occupancy query of the persistent %s failed\n", forward ? "forward" : "backward");
     exit(1);
   }
   bnk_reduce_plan reduce;
-  plan.fits = bnk__plan_persistent(view, vec, sm_count, plan.blocks_per_sm, &reduce);
+  plan.fits = bnk__plan_persistent(view, vec, forward ? BNK_PERSISTENT_CACHE : BNK_PERSISTENT_BACKWARD_CACHE, sm_count,
+                                   plan.blocks_per_sm, &reduce);
   plan.parts = reduce.parts;
-  snprintf(plan.launch.kernel, sizeof plan.launch.kernel, "persistent_forward_channels_%s<%s, %d, 0>", layout, type,
-           vec);
+  snprintf(plan.launch.kernel, sizeof plan.launch.kernel, "persistent_%s_channels_%s<%s, %d, 0>",
+           forward ? "forward" : "backward", layout, type, vec);
   plan.launch.blocks = reduce.blocks;
   plan.launch.threads = reduce.threads;
   return plan;
 }
 
 /* The one place that knows which kernels each op launches and how their grids come from the plan: today
- * (host/forward.c, host/backward.c, host/persistent.c, kernels/stats.cu, normalize.cu, backward.cu,
- * persistent.cu) a training forward is statistics + finalize + normalize on the two-pass path and one
- * persistent kernel on the other, an inference forward one normalize, a backward sums + merge + dx,
- * the finalize and merge kernels one warp per channel, and the channels-first elementwise passes a
- * grid-stride loop. Adapt this function, and only it, when the launchers change. */
-static op_plan plan_of_op(int op, const bnk_view *view, int sm_count) {
+ * (host/forward.c, host/backward.c, host/persistent.c, kernels/stats.cu, normalize.cu, backward.cu, persistent.cu,
+ * persistent_backward.cu) a training forward is one persistent kernel where it fits, else statistics (with the
+ * merge in its last blocks) + normalize, an inference forward one normalize, a backward
+ * one persistent kernel or sums (with the merge) + dx; where the reduction does not merge inside
+ * (bnk__merge_counters_of) the finalize or merge kernel, one warp per channel, runs between them. Every grid is the
+ * library's own plan on sm_count SMs, each holding as many blocks of the kernel as its sm_90 occupancy says (the
+ * emulation's answer from the sm_90 resource table). Adapt this function, and only it, when the launchers change. */
+static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_context *ctx) {
+  const bnk_occupancy_table *occupancy = &ctx->occupancy;
   static _Alignas(16) const char aligned[16] = {0};
   const void *pointers[5] = {aligned, aligned, aligned, aligned, aligned};
   const int vec = bnk__choose_vec(view, pointers, 5);
-  const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count);
+  const int layout_index = view->channels_last != 0;
+  const int *stats_occupancy = occupancy->blocks_per_sm[BNK_FAMILY_STATS][layout_index][view->dtype][vec != 1];
+  const int *sums_occupancy = occupancy->blocks_per_sm[BNK_FAMILY_BACKWARD_SUMS][layout_index][view->dtype][vec != 1];
+  const int normalize_variant = bnk_normalize_variant(BNK_EPILOGUE_NONE, op == OP_FWD_INFER);
+  int normalize_occupancy[2], dx_occupancy[2];
+  for (int wide = 0; wide < 2; ++wide) {
+    normalize_occupancy[wide] =
+        occupancy->blocks_per_sm[BNK_FAMILY_NORMALIZE][layout_index][view->dtype][wide][normalize_variant];
+    dx_occupancy[wide] = occupancy->blocks_per_sm[BNK_FAMILY_DX][layout_index][view->dtype][wide][BNK_GRAD_PLAIN];
+  }
   const char *type = storage_type(view->dtype);
   const char *layout = view->channels_last ? "last" : "first";
-  const int64_t vecs = view->n * view->c * view->s / vec;
-  const int64_t elementwise_blocks = view->channels_last ? reduce.blocks : bnk__plan_grid_stride_blocks(vecs, sm_count);
-  const int elementwise_threads = view->channels_last ? reduce.threads : BNK_STREAM_THREADS;
   const int64_t per_channel_blocks = (view->c + BNK_STREAM_THREADS / 32 - 1) / (BNK_STREAM_THREADS / 32);
 
   op_plan plan = {.vec = vec};
   switch (op) {
   case OP_FWD_TRAIN:
-    plan.parts = reduce.parts;
-    add_launch(&plan, reduce.blocks, reduce.threads, "stats_channels_%s<%s, %d>", layout, type, vec);
-    add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "finalize_stats");
-    add_launch(&plan, elementwise_blocks, elementwise_threads, "normalize_channels_%s<%s, %d, false, 0>", layout, type,
-               vec);
-    plan.persistent = persistent_forward_plan(view, vec, sm_count, type, layout);
+  case OP_FWD_INFER: {
+    const bnk_elementwise_plan normalize = bnk__plan_elementwise(view, pointers, 2, sm_count, normalize_occupancy);
+    if (op == OP_FWD_TRAIN) {
+      const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count, stats_occupancy[0]);
+      plan.parts = reduce.parts;
+      add_launch(&plan, reduce.blocks, reduce.threads, "stats_channels_%s<%s, %d>", layout, type, vec);
+      if (bnk__merge_counters_of(ctx, view, &reduce) == NULL)
+        add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "finalize_stats");
+      else plan.merged_channels = bnk_merge_group_channels(view, &reduce);
+      plan.persistent = persistent_op_plan(op, view, vec, sm_count, type, layout);
+    }
+    add_launch(&plan, normalize.blocks, normalize.threads, "normalize_channels_%s<%s, %d, %s, 0>", layout, type,
+               normalize.vec, op == OP_FWD_INFER ? "true" : "false");
     break;
-  case OP_FWD_INFER:
-    add_launch(&plan, elementwise_blocks, elementwise_threads, "normalize_channels_%s<%s, %d, true, 0>", layout, type,
-               vec);
-    break;
-  default:
+  }
+  default: {
+    const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count, sums_occupancy[BNK_GRAD_PLAIN]);
+    const bnk_elementwise_plan dx = bnk__plan_elementwise(view, pointers, 3, sm_count, dx_occupancy);
     plan.parts = reduce.parts;
     add_launch(&plan, reduce.blocks, reduce.threads, "backward_sums_channels_%s<%s, %d, 0>", layout, type, vec);
-    add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "merge_backward_sums");
-    add_launch(&plan, elementwise_blocks, elementwise_threads, "backward_dx_channels_%s<%s, %d, 0>", layout, type, vec);
+    if (bnk__merge_counters_of(ctx, view, &reduce) == NULL)
+      add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "merge_backward_sums");
+    else plan.merged_channels = bnk_merge_group_channels(view, &reduce);
+    add_launch(&plan, dx.blocks, dx.threads, "backward_dx_channels_%s<%s, %d, 0>", layout, type, dx.vec);
+    plan.persistent = persistent_op_plan(op, view, vec, sm_count, type, layout);
     break;
+  }
   }
   return plan;
 }
@@ -190,6 +217,9 @@ int main(int argc, char **argv) {
   bnk_tensor_desc *descs = calloc((size_t)argc, sizeof *descs);
   if (descs == NULL) usage_error("out of memory", "");
   for (int i = first_shape; i < argc; ++i) descs[i] = parse_shape(argv[i]);
+  /* A context of the emulated sm_90 device, for its kernels' occupancy only. */
+  bnk_context *ctx = NULL;
+  if (bnk_context_create(&ctx, -1) != BNK_SUCCESS) usage_error("no emulated device", bnk_last_error_message());
   printf("{\"sm_count\": %d, \"stream_threads\": %d, \"shapes\": [", sm_count, BNK_STREAM_THREADS);
   for (int i = first_shape; i < argc; ++i) {
     const bnk_view view = bnk__view_of(&descs[i]);
@@ -197,9 +227,9 @@ int main(int argc, char **argv) {
            ", \"channels_last\": %d, \"elements\": %" PRId64 ", \"ops\": {",
            i > first_shape ? "," : "", argv[i], view.n, view.c, view.s, view.channels_last, view.n * view.c * view.s);
     for (int op = 0; op < OP_COUNT; ++op) {
-      const op_plan plan = plan_of_op(op, &view, sm_count);
-      printf("%s\n  \"%s\": {\"vec\": %d, \"parts\": %" PRId64 ", \"launches\": [", op ? "," : "", op_names[op],
-             plan.vec, plan.parts);
+      const op_plan plan = plan_of_op(op, &view, sm_count, ctx);
+      printf("%s\n  \"%s\": {\"vec\": %d, \"parts\": %" PRId64 ", \"merged_channels\": %" PRId64 ", \"launches\": [",
+             op ? "," : "", op_names[op], plan.vec, plan.parts, plan.merged_channels);
       for (int l = 0; l < plan.launches; ++l)
         printf("%s{\"kernel\": \"%s\", \"blocks\": %" PRId64 ", \"threads\": %d}", l ? ", " : "", plan.launch[l].kernel,
                plan.launch[l].blocks, plan.launch[l].threads);
@@ -215,6 +245,7 @@ int main(int argc, char **argv) {
     printf("}}");
   }
   printf("\n]}\n");
+  bnk_context_destroy(ctx);
   free(descs);
   return 0;
 }

@@ -59,9 +59,11 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_tensor_desc 
   if (persistent) return BNK_SUCCESS;
   const void *dx_x = coefficients ? x : NULL;
   const void *sums_pointers[4] = {sums_x, dy, fused->y, fused->dz};
-  const bnk_reduce_plan sums_plan = bnk__plan_reduce(view, bnk__choose_vec(view, sums_pointers, 4), ctx->sm_count);
+  const bnk_reduce_plan sums_plan =
+      bnk__reduce_plan_of(ctx, BNK_FAMILY_BACKWARD_SUMS, fused->source, view, bnk__choose_vec(view, sums_pointers, 4));
   const void *dx_pointers[5] = {dx_x, dx_dy, dx, dx_fused->y, dx_fused->dz};
-  const bnk_elementwise_plan dx_plan = bnk__elementwise_plan_of(ctx, view, dx_pointers, 5);
+  const bnk_elementwise_plan dx_plan =
+      bnk__elementwise_plan_of(ctx, view, dx_pointers, 5, BNK_FAMILY_DX, dx_fused->source);
   if (sums_wanted) BNK__TRY(bnk__require_grid(&sums_plan));
   if (dx_pass_wanted) BNK__TRY(bnk__require_elementwise_grid(&dx_plan));
 
@@ -74,9 +76,10 @@ static bnk_status launch_backward(const bnk_context *ctx, const bnk_tensor_desc 
   if (sums_wanted) {
     ws = bnk__backward_workspace_carve(workspace, view, sums_plan.parts);
     snprintf(what, sizeof what, "%s: reduction kernels", caller);
-    status = bnk__check_cuda(
-        bnk__launch_backward_reduce_ex(view, &sums_plan, sums_x, dy, stats, ws, dgamma, dbeta, fused, ctx->stream),
-        what);
+    status =
+        bnk__check_cuda(bnk__launch_backward_reduce_ex(view, &sums_plan, sums_x, dy, stats, ws, dgamma, dbeta, fused,
+                                                       bnk__merge_counters_of(ctx, view, &sums_plan), ctx->stream),
+                        what);
   }
   if (status == BNK_SUCCESS && dx_pass_wanted) {
     snprintf(what, sizeof what, "%s: dx kernel", caller);

@@ -1,9 +1,41 @@
 #include <stdlib.h>
+#include <string.h>
 
 #include "host/internal.h"
 
 static int is_missing_device(cudaError_t error) {
   return error == cudaErrorNoDevice || error == cudaErrorInsufficientDriver;
+}
+
+/* The pool of merge counters on the context's device, zeroed once; synchronous, as creation may be. */
+static bnk_status create_merge_counters(bnk_context *ctx) {
+  bnk_device_guard guard;
+  BNK__TRY(bnk__device_enter(ctx, &guard));
+  const size_t bytes = BNK_MERGE_COUNTERS * sizeof(unsigned);
+  void *counters = NULL;
+  bnk_status status = bnk__check_cuda(cudaMalloc(&counters, bytes), "cudaMalloc(merge counters)");
+  if (status == BNK_SUCCESS) status = bnk__check_cuda(cudaMemset(counters, 0, bytes), "cudaMemset(merge counters)");
+  if (status != BNK_SUCCESS) cudaFree(counters);
+  else ctx->merge_counters = counters;
+  bnk__device_leave(&guard);
+  return status;
+}
+
+/* Every streaming kernel's blocks per SM, once: the plans of every call read them (host/plan.c). */
+static bnk_status query_occupancy(bnk_context *ctx) {
+  bnk_device_guard guard;
+  BNK__TRY(bnk__device_enter(ctx, &guard));
+  memset(&ctx->occupancy, 0, sizeof ctx->occupancy);
+  bnk_status status = bnk__check_cuda(bnk__stats_occupancy(&ctx->occupancy),
+                                      "cudaOccupancyMaxActiveBlocksPerMultiprocessor (statistics kernels)");
+  if (status == BNK_SUCCESS)
+    status = bnk__check_cuda(bnk__backward_occupancy(&ctx->occupancy),
+                             "cudaOccupancyMaxActiveBlocksPerMultiprocessor (backward kernels)");
+  if (status == BNK_SUCCESS)
+    status = bnk__check_cuda(bnk__normalize_occupancy(&ctx->occupancy),
+                             "cudaOccupancyMaxActiveBlocksPerMultiprocessor (normalize kernels)");
+  bnk__device_leave(&guard);
+  return status;
 }
 
 bnk_status bnk_context_create(bnk_context **ctx, int device) {
@@ -36,8 +68,15 @@ bnk_status bnk_context_create(bnk_context **ctx, int device) {
   created->cooperative_launch = cooperative;
   created->training_path = BNK_TRAINING_PATH_AUTO;
   created->stream = NULL;
-  /* Here rather than in the first bnk_linear_bn: compute calls allocate nothing. */
-  const bnk_status status = bnk__cublaslt_create(&created->cublaslt);
+  created->merge_counters = NULL;
+  created->merge_counters_usable = BNK_MERGE_COUNTERS;
+  /* Here rather than in the first call: compute calls allocate nothing (and may be captured in a graph). */
+  bnk_status status = query_occupancy(created);
+  if (status == BNK_SUCCESS) status = create_merge_counters(created);
+  if (status == BNK_SUCCESS) {
+    status = bnk__cublaslt_create(&created->cublaslt);
+    if (status != BNK_SUCCESS) cudaFree(created->merge_counters);
+  }
   if (status != BNK_SUCCESS) {
     free(created);
     return status;
@@ -48,8 +87,25 @@ bnk_status bnk_context_create(bnk_context **ctx, int device) {
 
 void bnk_context_destroy(bnk_context *ctx) {
   bnk__clear_error();
-  if (ctx != NULL) bnk__cublaslt_destroy(ctx->cublaslt);
+  if (ctx != NULL) {
+    bnk__cublaslt_destroy(ctx->cublaslt);
+    bnk_device_guard guard;
+    if (bnk__device_enter(ctx, &guard) == BNK_SUCCESS) {
+      cudaFree(ctx->merge_counters);
+      bnk__device_leave(&guard);
+    }
+  }
   free(ctx);
+}
+
+unsigned *bnk__merge_counters_of(const bnk_context *ctx, const bnk_view *view, const bnk_reduce_plan *plan) {
+  const int fits = 1 + bnk_merge_groups(view, plan) <= ctx->merge_counters_usable;
+  const int short_merge = bnk_merge_group_channels(view, plan) <= plan->threads / 32;
+  return fits && short_merge ? ctx->merge_counters : NULL;
+}
+
+void bnk__context_limit_merge_counters(bnk_context *ctx, int64_t usable) {
+  ctx->merge_counters_usable = usable < BNK_MERGE_COUNTERS ? usable : BNK_MERGE_COUNTERS;
 }
 
 bnk_status bnk_context_set_stream(bnk_context *ctx, bnk_stream stream) {

@@ -22,13 +22,14 @@ static bnk_status launch_local_stats(const bnk_context *ctx, const bnk_tensor_de
     return bnk__check_cuda(cudaMemsetAsync(partials, 0, partials_bytes(view->c), ctx->stream),
                            "cudaMemsetAsync(partials)");
   const void *pointers[1] = {x};
-  const bnk_reduce_plan plan = bnk__plan_reduce(view, bnk__choose_vec(view, pointers, 1), ctx->sm_count);
+  const bnk_reduce_plan plan = bnk__reduce_plan_of(ctx, BNK_FAMILY_STATS, 0, view, bnk__choose_vec(view, pointers, 1));
   BNK__TRY(bnk__require_grid(&plan));
   bnk__range_push("batch_stats", desc);
   const bnk_stats_workspace ws = bnk__stats_workspace_carve(workspace, view, plan.parts);
   const bnk_running_update untracked = {NULL, NULL, NULL, 0.0f, 0};
   const bnk_status status =
-      bnk__check_cuda(bnk__launch_batch_stats(view, &plan, x, ws, 0.0f, untracked, NULL, NULL, partials, ctx->stream),
+      bnk__check_cuda(bnk__launch_batch_stats(view, &plan, x, ws, 0.0f, untracked, NULL, NULL, partials,
+                                              bnk__merge_counters_of(ctx, view, &plan), ctx->stream),
                       "bnk_batch_stats: statistics kernels");
   bnk__range_pop();
   return status;
@@ -135,14 +136,16 @@ static bnk_status launch_local_sums(const bnk_context *ctx, const bnk_tensor_des
   if (m == 0)
     return bnk__check_cuda(cudaMemsetAsync(sums, 0, sums_bytes(view->c), ctx->stream), "cudaMemsetAsync(sums)");
   const void *pointers[2] = {x, dy};
-  const bnk_reduce_plan plan = bnk__plan_reduce(view, bnk__choose_vec(view, pointers, 2), ctx->sm_count);
+  const bnk_reduce_plan plan =
+      bnk__reduce_plan_of(ctx, BNK_FAMILY_BACKWARD_SUMS, BNK_GRAD_PLAIN, view, bnk__choose_vec(view, pointers, 2));
   BNK__TRY(bnk__require_grid(&plan));
   bnk__range_push("backward_local_sums", desc);
   const bnk_backward_workspace ws = bnk__backward_workspace_carve(workspace, view, plan.parts);
   const bnk_backward_stats stats = {save_mean, save_invstd, NULL, 0.0f, NULL};
   /* The merge writes sum(dy) as "dbeta" and sum(dy * xhat) as "dgamma": exactly the two sums wanted. */
   bnk_status status =
-      bnk__check_cuda(bnk__launch_backward_reduce(view, &plan, x, dy, stats, ws, sums + view->c, sums, ctx->stream),
+      bnk__check_cuda(bnk__launch_backward_reduce(view, &plan, x, dy, stats, ws, sums + view->c, sums,
+                                                  bnk__merge_counters_of(ctx, view, &plan), ctx->stream),
                       "bnk_backward_local_sums: reduction kernels");
   if (status == BNK_SUCCESS)
     status = bnk__check_cuda(bnk__launch_store_value(sums + 2 * view->c, (float)m, ctx->stream),
@@ -183,8 +186,9 @@ static bnk_status launch_apply(const bnk_context *ctx, const bnk_tensor_desc *de
     return status;
   }
   const void *pointers[3] = {x, dy, dx};
-  const bnk_reduce_plan plan = bnk__plan_reduce(view, bnk__choose_vec(view, pointers, 3), ctx->sm_count);
-  const bnk_elementwise_plan dx_plan = bnk__elementwise_plan_of(ctx, view, pointers, 3);
+  const bnk_reduce_plan plan =
+      bnk__reduce_plan_of(ctx, BNK_FAMILY_BACKWARD_SUMS, BNK_GRAD_PLAIN, view, bnk__choose_vec(view, pointers, 3));
+  const bnk_elementwise_plan dx_plan = bnk__elementwise_plan_of(ctx, view, pointers, 3, BNK_FAMILY_DX, BNK_GRAD_PLAIN);
   BNK__TRY(bnk__require_grid(&plan));
   if (dx != NULL) BNK__TRY(bnk__require_elementwise_grid(&dx_plan));
   bnk__range_push("backward_apply", desc);

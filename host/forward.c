@@ -62,7 +62,8 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
   BNK__TRY(bnk__plan_training_forward(ctx, &view, x, y, &fused, &path));
   const bnk_reduce_plan plan = path.reduce;
   const void *normalize_pointers[3] = {x, y, fused.z};
-  const bnk_elementwise_plan normalize_plan = bnk__elementwise_plan_of(ctx, &view, normalize_pointers, 3);
+  const bnk_elementwise_plan normalize_plan = bnk__elementwise_plan_of(
+      ctx, &view, normalize_pointers, 3, BNK_FAMILY_NORMALIZE, bnk_normalize_variant(fused.kind, 0));
   if (!path.persistent) BNK__TRY(bnk__require_elementwise_grid(&normalize_plan));
 
   bnk_device_guard guard;
@@ -78,7 +79,8 @@ bnk_status bnk_forward_training_ex(bnk_context *ctx, const bnk_tensor_desc *desc
                              "bnk_forward_training: persistent kernel");
   else
     status = bnk__check_cuda(bnk__launch_batch_stats(&view, &plan, x, ws, bnk__eps_to_float(eps), running, save_mean,
-                                                     save_invstd, NULL, ctx->stream),
+                                                     save_invstd, NULL, bnk__merge_counters_of(ctx, &view, &plan),
+                                                     ctx->stream),
                              "bnk_forward_training: statistics kernels");
   if (status == BNK_SUCCESS && !path.persistent) {
     const bnk_normalize_params params = {ws.shift, ws.dmean, ws.invstd, NULL, bnk__eps_to_float(eps), gamma, beta};
@@ -95,7 +97,8 @@ bnk_status bnk__launch_elementwise(const bnk_context *ctx, const bnk_tensor_desc
                                    const char *what) {
   const bnk_view view = bnk__view_of(desc);
   const void *pointers[3] = {x, y, fused->z};
-  const bnk_elementwise_plan plan = bnk__elementwise_plan_of(ctx, &view, pointers, 3);
+  const bnk_elementwise_plan plan = bnk__elementwise_plan_of(
+      ctx, &view, pointers, 3, BNK_FAMILY_NORMALIZE, bnk_normalize_variant(fused->kind, params.variance != NULL));
   BNK__TRY(bnk__require_elementwise_grid(&plan));
 
   bnk_device_guard guard;

@@ -15,7 +15,32 @@ struct bnk_context {
   bnk_training_path training_path;
   cudaStream_t stream;
   void *cublaslt; /* cublasLtHandle_t of bnk_linear_bn in the GPU build (BNK_WITH_CUBLASLT), else NULL */
+  /* BNK_MERGE_COUNTERS device integers, zeroed at creation and zero between calls (bnk_merge_groups): not in
+   * the workspace, which callers recycle, so that no call needs a memset launch to clear them. */
+  unsigned *merge_counters;
+  int64_t merge_counters_usable; /* BNK_MERGE_COUNTERS, or fewer under bnk__context_limit_merge_counters */
+  bnk_occupancy_table occupancy; /* of this device's streaming kernels, queried at creation */
 };
+
+/* Blocks per SM of a family's kernels for this view and variant, the element-wide one [0] and the 16-byte one
+ * [1], from the context's table (at least 1); variant -1: the most over the family's variants. */
+void bnk__blocks_per_sm(const bnk_context *ctx, bnk_kernel_family family, const bnk_view *view, int variant,
+                        int blocks_per_sm[2]);
+/* bnk__plan_reduce for a family's kernel on the context's GPU (its SM limit, the kernel's occupancy). */
+bnk_reduce_plan bnk__reduce_plan_of(const bnk_context *ctx, bnk_kernel_family family, int variant, const bnk_view *view,
+                                    int vec);
+/* bnk__plan_parts_bound for a family on the context's GPU, over every variant. */
+int64_t bnk__parts_bound_of(const bnk_context *ctx, bnk_kernel_family family, const bnk_view *view);
+
+/* The context's merge counters for a reduction on `plan`, or NULL (the reduction then merges in a kernel of
+ * its own) when its groups exceed the pool, or when a group has more channels than its last block has warps:
+ * that block would merge them one after another, a warp walking all pieces of a channel per round, where the
+ * merge kernel gives every channel of the tensor a warp at once (benchmarks/perf_model.py puts the serial
+ * merge of a 1024-channel tile at tens of microseconds, a launch at 2). */
+unsigned *bnk__merge_counters_of(const bnk_context *ctx, const bnk_view *view, const bnk_reduce_plan *plan);
+/* Tests only: lets the reductions use `usable` counters of the pool (at most BNK_MERGE_COUNTERS), so that
+ * both sides of the limit are reachable with small tensors. */
+void bnk__context_limit_merge_counters(bnk_context *ctx, int64_t usable);
 
 /* The context's cuBLASLt handle (host/linear.c): created with the context, NULL in builds without cuBLASLt. */
 bnk_status bnk__cublaslt_create(void **handle);
@@ -93,12 +118,12 @@ void *bnk__layout_take(bnk_workspace_layout *layout, size_t bytes);
 /* BNK_ERROR_NOT_SUPPORTED when a plan needs more blocks than a one-dimensional grid holds. */
 bnk_status bnk__require_grid(const bnk_reduce_plan *plan);
 bnk_status bnk__require_elementwise_grid(const bnk_elementwise_plan *plan);
-/* Blocks of BNK_STREAM_THREADS that the GPU holds at once, for bnk__plan_grid_stride_blocks and
- * bnk__plan_elementwise: 8 per SM (2048 thread slots on sm_80..sm_90). */
+/* Blocks of BNK_STREAM_THREADS that the GPU holds at once, for the folding kernel's grid-stride loop: 8 per SM
+ * (2048 thread slots on sm_80..sm_90). */
 int64_t bnk__stream_resident_blocks(int sm_count);
-/* bnk__plan_elementwise on the context's GPU. */
+/* bnk__plan_elementwise on the context's GPU for a family's kernel (normalize or dx) and variant. */
 bnk_elementwise_plan bnk__elementwise_plan_of(const bnk_context *ctx, const bnk_view *view, const void *const *pointers,
-                                              int count);
+                                              int count, bnk_kernel_family family, int variant);
 
 /* The kernels' view of a fused epilogue of the forward (NULL: plain), after checking it against the call's
  * tensors; each failure names the field and its value. */

@@ -11,7 +11,8 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int bnk__plan_persistent(const bnk_view *view, int vec, int cache, int sm_count, int blocks_per_sm,
                          bnk_reduce_plan *plan) {
-  *plan = bnk__plan_reduce(view, vec, sm_count);
+  /* The tiling only: the pieces are cut below for the cache. */
+  *plan = bnk__plan_reduce(view, vec, sm_count, blocks_per_sm);
   plan->threads = BNK_STREAM_THREADS;
   if (!view->channels_last) {
     /* A multiple of 8 (every vector width) at most one full cache per thread, as bnk__plan_reduce cuts. */
@@ -31,9 +32,9 @@ int bnk__plan_persistent(const bnk_view *view, int vec, int cache, int sm_count,
   return plan->blocks <= (int64_t)blocks_per_sm * sm_count;
 }
 
-/* The most pieces per channel of the two-pass plans and of the persistent plans of this cache depth. */
-static int64_t parts_bound(const bnk_context *ctx, const bnk_view *view, int cache) {
-  int64_t parts = bnk__plan_parts_bound(view, ctx->sm_count);
+/* The most pieces per channel of a family's two-pass plans and of the persistent plans of this cache depth. */
+static int64_t parts_bound(const bnk_context *ctx, const bnk_view *view, bnk_kernel_family family, int cache) {
+  int64_t parts = bnk__parts_bound_of(ctx, family, view);
   const int widths[2] = {1, bnk__dtype_vec(view->dtype)};
   for (int i = 0; i < 2; ++i) {
     bnk_reduce_plan plan;
@@ -44,11 +45,11 @@ static int64_t parts_bound(const bnk_context *ctx, const bnk_view *view, int cac
 }
 
 int64_t bnk__training_parts_bound(const bnk_context *ctx, const bnk_view *view) {
-  return parts_bound(ctx, view, BNK_PERSISTENT_CACHE);
+  return parts_bound(ctx, view, BNK_FAMILY_STATS, BNK_PERSISTENT_CACHE);
 }
 
 int64_t bnk__backward_parts_bound(const bnk_context *ctx, const bnk_view *view) {
-  return parts_bound(ctx, view, BNK_PERSISTENT_BACKWARD_CACHE);
+  return parts_bound(ctx, view, BNK_FAMILY_BACKWARD_SUMS, BNK_PERSISTENT_BACKWARD_CACHE);
 }
 
 static const char *path_name(bnk_training_path path) {
@@ -96,7 +97,7 @@ bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *vi
     if (plan->persistent) return BNK_SUCCESS;
   }
   const void *stats_pointers[1] = {x};
-  plan->reduce = bnk__plan_reduce(view, bnk__choose_vec(view, stats_pointers, 1), ctx->sm_count);
+  plan->reduce = bnk__reduce_plan_of(ctx, BNK_FAMILY_STATS, 0, view, bnk__choose_vec(view, stats_pointers, 1));
   return bnk__require_grid(&plan->reduce);
 }
 

@@ -5,9 +5,6 @@
 
 #include "host/internal.h"
 
-/* Blocks of BNK_STREAM_THREADS that keep every SM's thread slots full (2048 per SM on sm_80..sm_90). */
-static int64_t target_blocks(int sm_count) { return (int64_t)sm_count * (2048 / BNK_STREAM_THREADS); }
-
 /* Pieces stay below 2^24 values so that float counts are exact. */
 #define BNK_MAX_PIECE ((int64_t)1 << 24)
 /* Below this many values per piece, splitting a channel further costs more in merging than it gains. */
@@ -20,10 +17,11 @@ static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo :
 
 int bnk__dtype_vec(int dtype) { return dtype == BNK_FLOAT32 ? 4 : 8; }
 
-bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count) {
+bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, int blocks_per_sm) {
   bnk_reduce_plan plan = {0};
   plan.vec = vec;
-  const int64_t target = target_blocks(sm_count);
+  /* One full wave: as many blocks as the SMs hold at once. */
+  const int64_t target = (int64_t)sm_count * blocks_per_sm;
   if (!view->channels_last) {
     const int64_t m = view->n * view->s;
     int64_t parts = clamp64(ceil_div(target, view->c), 1, ceil_div(m, BNK_MIN_PIECE));
@@ -67,12 +65,13 @@ bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count) {
   return plan;
 }
 
-int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count) {
-  const bnk_reduce_plan narrow = bnk__plan_reduce(view, 1, sm_count);
+/* Pieces grow with the blocks per SM, so the most over the variants bounds every variant's. */
+int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count, const int blocks_per_sm[2]) {
+  const bnk_reduce_plan narrow = bnk__plan_reduce(view, 1, sm_count, blocks_per_sm[0]);
   int64_t parts = narrow.parts;
   const int vec = bnk__dtype_vec(view->dtype);
   if ((view->channels_last ? view->c : view->s) % vec == 0) {
-    const bnk_reduce_plan wide = bnk__plan_reduce(view, vec, sm_count);
+    const bnk_reduce_plan wide = bnk__plan_reduce(view, vec, sm_count, blocks_per_sm[1]);
     if (wide.parts > parts) parts = wide.parts;
   }
   return parts;
@@ -140,4 +139,28 @@ bnk_backward_workspace bnk__backward_workspace_carve(void *base, const bnk_view 
   bnk_backward_workspace ws;
   backward_layout(base, view, parts, &ws);
   return ws;
+}
+
+void bnk__blocks_per_sm(const bnk_context *ctx, bnk_kernel_family family, const bnk_view *view, int variant,
+                        int blocks_per_sm[2]) {
+  for (int wide = 0; wide < 2; ++wide) {
+    const int *variants = ctx->occupancy.blocks_per_sm[family][view->channels_last != 0][view->dtype][wide];
+    int blocks = 0;
+    for (int v = variant < 0 ? 0 : variant; v < (variant < 0 ? BNK_OCCUPANCY_VARIANTS : variant + 1); ++v)
+      if (variants[v] > blocks) blocks = variants[v];
+    blocks_per_sm[wide] = blocks > 0 ? blocks : 1;
+  }
+}
+
+bnk_reduce_plan bnk__reduce_plan_of(const bnk_context *ctx, bnk_kernel_family family, int variant, const bnk_view *view,
+                                    int vec) {
+  int blocks_per_sm[2];
+  bnk__blocks_per_sm(ctx, family, view, variant, blocks_per_sm);
+  return bnk__plan_reduce(view, vec, ctx->sm_count, blocks_per_sm[vec != 1]);
+}
+
+int64_t bnk__parts_bound_of(const bnk_context *ctx, bnk_kernel_family family, const bnk_view *view) {
+  int blocks_per_sm[2];
+  bnk__blocks_per_sm(ctx, family, view, -1, blocks_per_sm);
+  return bnk__plan_parts_bound(view, ctx->sm_count, blocks_per_sm);
 }

@@ -4,10 +4,6 @@
 
 #include "host/internal.h"
 
-/* Most entries of a block's run table the plan aims for (8 KiB of shared memory); a block's piece is cut
- * shorter rather than exceed it, down to one tile. */
-#define BNK_TABLE_TARGET 512
-
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -55,17 +51,17 @@ static void plan_flat_walk(const bnk_view *view, int64_t resident_blocks, bnk_el
 }
 
 bnk_elementwise_plan bnk__plan_elementwise(const bnk_view *view, const void *const *pointers, int count, int sm_count,
-                                           int64_t resident_blocks) {
+                                           const int blocks_per_sm[2]) {
   bnk_elementwise_plan plan = {0};
   const int vec = bnk__dtype_vec(view->dtype);
   const int aligned = all_aligned(pointers, count);
   if (!view->channels_last) {
     plan.vec = aligned ? vec : 1;
-    plan_flat_walk(view, resident_blocks, &plan);
+    plan_flat_walk(view, (int64_t)sm_count * blocks_per_sm[plan.vec != 1], &plan);
     return plan;
   }
   plan.vec = aligned && view->c % vec == 0 ? vec : 1;
-  plan.tiling = bnk__plan_reduce(view, plan.vec, sm_count);
+  plan.tiling = bnk__plan_reduce(view, plan.vec, sm_count, blocks_per_sm[plan.vec != 1]);
   plan.blocks = plan.tiling.blocks;
   plan.threads = plan.tiling.threads;
   /* A group of 32 / vec lanes covers 32 consecutive elements of one row, starting at a multiple of 32,
@@ -81,6 +77,8 @@ bnk_status bnk__require_elementwise_grid(const bnk_elementwise_plan *plan) {
 }
 
 bnk_elementwise_plan bnk__elementwise_plan_of(const bnk_context *ctx, const bnk_view *view, const void *const *pointers,
-                                              int count) {
-  return bnk__plan_elementwise(view, pointers, count, ctx->sm_count, bnk__stream_resident_blocks(ctx->sm_count));
+                                              int count, bnk_kernel_family family, int variant) {
+  int blocks_per_sm[2];
+  bnk__blocks_per_sm(ctx, family, view, variant, blocks_per_sm);
+  return bnk__plan_elementwise(view, pointers, count, ctx->sm_count, blocks_per_sm);
 }

@@ -112,11 +112,19 @@ BNK_API int64_t bnk_tensor_desc_elements(const bnk_tensor_desc *desc);
 
 /* ---------------------------------------------------------------------------------------------------
  * Context: the device, its properties and the stream every compute call is queued on.
+ *
+ * A context's compute calls, made directly or replayed from graphs they were captured in, must run one at
+ * a time: queue them all on the context's stream (or on streams ordered after each other). The reductions
+ * merge their pieces in the same kernel through a small pool of device counters that the context owns
+ * (allocated and zeroed at creation; each call leaves them zero again), and two calls running at once on
+ * one context would share it. Use one context per concurrently running stream (docs/semantics.md,
+ * "Contexts and concurrency").
  * ------------------------------------------------------------------------------------------------- */
 typedef struct bnk_context bnk_context;
 
 /* device: a CUDA device ordinal, or -1 for the calling thread's current device. The context starts on the
- * default (legacy) stream. Fails with BNK_ERROR_NO_DEVICE when no device is present. */
+ * default (legacy) stream. Allocates and zeroes the context's merge counters (64 KiB of device memory,
+ * synchronously). Fails with BNK_ERROR_NO_DEVICE when no device is present. */
 BNK_API bnk_status bnk_context_create(bnk_context **ctx, int device);
 /* Accepts NULL. Does not synchronize: the caller must not destroy a context with work still in flight. */
 BNK_API void bnk_context_destroy(bnk_context *ctx);

@@ -2,7 +2,8 @@
 // elementwise pass writing dx.
 //
 // The reduction uses the statistics' machinery (bnk_reduce_plan pieces, partials in the workspace, a
-// merge in fixed order), so dgamma and dbeta are bitwise reproducible. It accumulates dy * (x - mean)
+// merge in fixed order, by the last block of each group or by a kernel of its own), so dgamma and dbeta are
+// bitwise reproducible. It accumulates dy * (x - mean)
 // rather than dy * xhat: with the saved fp32 mean, x - mean is exact when |mean| >> std (Sterbenz), and
 // invstd is applied once per channel in the merge instead of once per element.
 //
@@ -17,6 +18,36 @@
 #include "kernels/dispatch.cuh"
 #include "kernels/elementwise.cuh"
 #include "kernels/gradient.cuh"
+
+// The merge of the backward sums in a kernel of its own, one warp per channel: the path without counters.
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    merge_backward_sums(int64_t c, int64_t parts, int64_t m, bnk_backward_stats stats, bnk_backward_workspace ws,
+                        float *dgamma, float *dbeta) {
+  const int64_t channel = (int64_t)blockIdx.x * (blockDim.x / BNK_WARP) + threadIdx.x / BNK_WARP;
+  if (channel >= c) return;  // the whole warp leaves together
+  merge_backward_channel(channel, c, parts, m, stats, ws, dgamma, dbeta);
+}
+
+// What the last block of a group needs to merge it in the sums kernel (bnk_last_of_group); counters NULL:
+// merge_backward_sums does it in a launch of its own.
+struct sums_merge {
+  unsigned *counters;  // [1 + g]: pieces of group g written
+  int64_t m;
+  bnk_backward_stats stats;
+  float *dgamma;
+  float *dbeta;
+};
+
+// Called by every thread of a block after its partials are written: when it is the last block of group
+// `group` (channels [first, end)), merges the group's pieces, a warp per channel.
+static __device__ __forceinline__ void merge_sums_if_last(const sums_merge &merge, const bnk_backward_workspace &ws,
+                                                          int64_t c, int64_t parts, int64_t group, int64_t first,
+                                                          int64_t end) {
+  if (merge.counters == NULL || !bnk_last_of_group(merge.counters + 1 + group, parts)) return;
+  const int warps = (int)(blockDim.x / BNK_WARP);
+  for (int64_t channel = first + threadIdx.x / BNK_WARP; channel < end; channel += warps)
+    merge_backward_channel(channel, c, parts, merge.m, merge.stats, ws, merge.dgamma, merge.dbeta);
+}
 
 // Adds `count` vectors (at most BNK_UNROLL) at the element offsets given to a thread's L lanes of sums,
 // writing dz on the way when the epilogue asks: element i of a vector goes to lane i % L, whose channel
@@ -64,7 +95,8 @@ template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     backward_sums_channels_first(const T *__restrict__ x, const T *__restrict__ dy, int64_t c, int64_t s,
                                  bnk_run_walk walk, int64_t parts, int64_t chunk, int64_t m,
-                                 const float *__restrict__ mean, bnk_backward_workspace ws, bnk_grad_epilogue_args e) {
+                                 const float *__restrict__ mean, bnk_backward_workspace ws, bnk_grad_epilogue_args e,
+                                 sums_merge merge) {
   __shared__ float2 shared[BNK_WARP];
   const int64_t block = blockIdx.x;
   const int64_t channel = block / parts;
@@ -87,6 +119,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     ws.sum_dy[slot] = sums.x;
     ws.sum_dy_xmu[slot] = sums.y;
   }
+  merge_sums_if_last(merge, ws, c, parts, channel, channel, channel + 1);
 }
 
 // Adds `rows` rows (at most BNK_UNROLL) of a channels-last thread's V channels, row u at element offset
@@ -107,7 +140,7 @@ template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     backward_sums_channels_last(const T *__restrict__ x, const T *__restrict__ dy, int64_t rows, int64_t c, int tile_x,
                                 int tile_y, int64_t tiles, int64_t rows_per_part, const float *__restrict__ mean,
-                                bnk_backward_workspace ws, bnk_grad_epilogue_args e) {
+                                bnk_backward_workspace ws, bnk_grad_epilogue_args e, sums_merge merge) {
   typedef bnk_sums_vec<V> state;
   __shared__ float shared[bnk_fields<state>::count * BNK_STREAM_THREADS];
   int64_t part, channel0;
@@ -139,15 +172,9 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
       ws.sum_dy_xmu[out] = acc.dy_xmu[i];
     }
   }
-}
-
-// One warp per channel merges the channel's pieces (merge_backward_channel).
-static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
-    merge_backward_sums(int64_t c, int64_t parts, int64_t m, bnk_backward_stats stats, bnk_backward_workspace ws,
-                        float *dgamma, float *dbeta) {
-  const int64_t channel = (int64_t)blockIdx.x * (blockDim.x / BNK_WARP) + threadIdx.x / BNK_WARP;
-  if (channel >= c) return;  // the whole warp leaves together
-  merge_backward_channel(channel, c, parts, m, stats, ws, dgamma, dbeta);
+  const int64_t tile = blockIdx.x % tiles;
+  const int64_t first = tile * tile_x * V;
+  merge_sums_if_last(merge, ws, c, (int64_t)gridDim.x / tiles, tile, first, min(c, first + tile_x * V));
 }
 
 // Synchronized backward: `sums` holds the sums of every rank added up (sum dy, then sum dy * xhat, C each,
@@ -215,34 +242,34 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, BNK_MIN_RESIDENT_BL
 template <typename T, int V, int GRAD>
 static void launch_sums_typed(const bnk_view *view, const bnk_reduce_plan *plan, const T *x, const T *dy,
                               const float *mean, bnk_backward_workspace ws, const bnk_grad_epilogue_args &e,
-                              cudaStream_t stream) {
+                              const sums_merge &merge, cudaStream_t stream) {
   const dim3 grid((unsigned)plan->blocks);
   const dim3 block((unsigned)plan->threads);
   if (view->channels_last) {
     auto kernel = backward_sums_channels_last<T, V, GRAD>;
     BNK_LAUNCH(kernel, grid, block, 0, stream, x, dy, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
-               plan->rows_per_part, mean, ws, e);
+               plan->rows_per_part, mean, ws, e, merge);
   } else {
     const bnk_run_walk walk = bnk_run_walk_make(view->c, view->s, V, plan->threads);
     auto kernel = backward_sums_channels_first<T, V, GRAD>;
     BNK_LAUNCH(kernel, grid, block, 0, stream, x, dy, view->c, view->s, walk, plan->parts, plan->chunk,
-               view->n * view->s, mean, ws, e);
+               view->n * view->s, mean, ws, e, merge);
   }
 }
 
 template <typename T, int V>
 static void launch_sums_source(const bnk_view *view, const bnk_reduce_plan *plan, const T *x, const T *dy,
                                const float *mean, bnk_backward_workspace ws, const bnk_grad_epilogue_args &e,
-                               cudaStream_t stream) {
+                               const sums_merge &merge, cudaStream_t stream) {
   switch (e.source) {
   case BNK_GRAD_FROM_Y:
-    launch_sums_typed<T, V, BNK_GRAD_FROM_Y>(view, plan, x, dy, mean, ws, e, stream);
+    launch_sums_typed<T, V, BNK_GRAD_FROM_Y>(view, plan, x, dy, mean, ws, e, merge, stream);
     break;
   case BNK_GRAD_FROM_MASK:
-    launch_sums_typed<T, V, BNK_GRAD_FROM_MASK>(view, plan, x, dy, mean, ws, e, stream);
+    launch_sums_typed<T, V, BNK_GRAD_FROM_MASK>(view, plan, x, dy, mean, ws, e, merge, stream);
     break;
   default:
-    launch_sums_typed<T, V, BNK_GRAD_PLAIN>(view, plan, x, dy, mean, ws, e, stream);
+    launch_sums_typed<T, V, BNK_GRAD_PLAIN>(view, plan, x, dy, mean, ws, e, merge, stream);
     break;
   }
 }
@@ -250,46 +277,50 @@ static void launch_sums_source(const bnk_view *view, const bnk_reduce_plan *plan
 template <typename T>
 static void launch_sums(const bnk_view *view, const bnk_reduce_plan *plan, const void *x_raw, const void *dy_raw,
                         const float *mean, bnk_backward_workspace ws, const bnk_grad_epilogue_args &e,
-                        cudaStream_t stream) {
+                        const sums_merge &merge, cudaStream_t stream) {
   constexpr int W = bnk_vec_width<T>::value;
   const T *x = static_cast<const T *>(x_raw);
   const T *dy = static_cast<const T *>(dy_raw);
-  if (plan->vec == W) launch_sums_source<T, W>(view, plan, x, dy, mean, ws, e, stream);
-  else launch_sums_source<T, 1>(view, plan, x, dy, mean, ws, e, stream);
+  if (plan->vec == W) launch_sums_source<T, W>(view, plan, x, dy, mean, ws, e, merge, stream);
+  else launch_sums_source<T, 1>(view, plan, x, dy, mean, ws, e, merge, stream);
 }
 
 static const bnk_grad_epilogue_args plain_gradient = {BNK_GRAD_PLAIN, NULL, NULL, NULL};
 
 extern "C" cudaError_t bnk__launch_backward_reduce(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                                    const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
-                                                   float *dgamma, float *dbeta, cudaStream_t stream) {
-  return bnk__launch_backward_reduce_ex(view, plan, x, dy, stats, ws, dgamma, dbeta, NULL, stream);
+                                                   float *dgamma, float *dbeta, unsigned *counters,
+                                                   cudaStream_t stream) {
+  return bnk__launch_backward_reduce_ex(view, plan, x, dy, stats, ws, dgamma, dbeta, NULL, counters, stream);
 }
 
 extern "C" cudaError_t bnk__launch_backward_reduce_ex(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                                       const void *dy, bnk_backward_stats stats,
                                                       bnk_backward_workspace ws, float *dgamma, float *dbeta,
-                                                      const bnk_grad_epilogue_args *epilogue, cudaStream_t stream) {
+                                                      const bnk_grad_epilogue_args *epilogue, unsigned *counters,
+                                                      cudaStream_t stream) {
   const bnk_grad_epilogue_args &e = epilogue != NULL ? *epilogue : plain_gradient;
+  const int64_t m = view->n * view->s;
+  const sums_merge merge = {counters, m, stats, dgamma, dbeta};
   switch (view->dtype) {
   case BNK_FLOAT32:
-    launch_sums<float>(view, plan, x, dy, stats.mean, ws, e, stream);
+    launch_sums<float>(view, plan, x, dy, stats.mean, ws, e, merge, stream);
     break;
   case BNK_FLOAT16:
-    launch_sums<__half>(view, plan, x, dy, stats.mean, ws, e, stream);
+    launch_sums<__half>(view, plan, x, dy, stats.mean, ws, e, merge, stream);
     break;
   case BNK_BFLOAT16:
-    launch_sums<__nv_bfloat16>(view, plan, x, dy, stats.mean, ws, e, stream);
+    launch_sums<__nv_bfloat16>(view, plan, x, dy, stats.mean, ws, e, merge, stream);
     break;
   default:
     return cudaErrorInvalidValue;
   }
   cudaError_t status = cudaGetLastError();
-  if (status != cudaSuccess) return status;
+  if (status != cudaSuccess || counters != NULL) return status;
   const int warps_per_block = BNK_STREAM_THREADS / BNK_WARP;
   const dim3 grid((unsigned)((view->c + warps_per_block - 1) / warps_per_block));
-  BNK_LAUNCH(merge_backward_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream, view->c, plan->parts, view->n * view->s,
-             stats, ws, dgamma, dbeta);
+  BNK_LAUNCH(merge_backward_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream, view->c, plan->parts, m, stats, ws, dgamma,
+             dbeta);
   return cudaGetLastError();
 }
 
@@ -338,4 +369,27 @@ extern "C" cudaError_t bnk__launch_backward_gradients_from_sums(int64_t c, const
   const dim3 grid((unsigned)((c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));
   BNK_LAUNCH(gradients_from_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream, c, sums, stats, ws, dgamma, dbeta);
   return cudaGetLastError();
+}
+
+// The channels-first dx pass's run table is at most BNK_TABLE_TARGET entries but for the tiniest S, where one
+// tile touches more runs: residency is taken at the usual table.
+extern "C" cudaError_t bnk__backward_occupancy(bnk_occupancy_table *table) {
+  return bnk_for_each_storage([&](auto type, auto width, int dtype, int wide) {
+    using T = typename decltype(type)::type;
+    constexpr int V = decltype(width)::value;
+    return bnk_for_each_value<BNK_GRAD_PLAIN, BNK_GRAD_FROM_Y, BNK_GRAD_FROM_MASK>([&](auto source) {
+      constexpr int GRAD = decltype(source)::value;
+      int(&sums)[2][3][2][BNK_OCCUPANCY_VARIANTS] = table->blocks_per_sm[BNK_FAMILY_BACKWARD_SUMS];
+      int(&dx)[2][3][2][BNK_OCCUPANCY_VARIANTS] = table->blocks_per_sm[BNK_FAMILY_DX];
+      const size_t table_bytes = BNK_TABLE_TARGET * sizeof(dx_coefficients);
+      cudaError_t status = bnk_occupancy(backward_sums_channels_first<T, V, GRAD>, 0, &sums[0][dtype][wide][GRAD]);
+      if (status == cudaSuccess)
+        status = bnk_occupancy(backward_sums_channels_last<T, V, GRAD>, 0, &sums[1][dtype][wide][GRAD]);
+      if (status == cudaSuccess)
+        status = bnk_occupancy(backward_dx_channels_first<T, V, GRAD>, table_bytes, &dx[0][dtype][wide][GRAD]);
+      if (status == cudaSuccess)
+        status = bnk_occupancy(backward_dx_channels_last<T, V, GRAD>, 0, &dx[1][dtype][wide][GRAD]);
+      return status;
+    });
+  });
 }

@@ -13,8 +13,10 @@ static __device__ __forceinline__ void bnk_finalize_channel(int64_t channel, int
                                                             float *save_invstd, double *rank_partials) {
   const int lane = (int)(threadIdx.x % BNK_WARP);
   bnk_welford_run run = bnk_run_empty();
-  for (int64_t p = lane; p < parts; p += BNK_WARP) {
-    const int64_t slot = p * c + channel;
+  // Pieces are blocks of a one-dimensional grid, so fewer than 2^31: a 32-bit counter keeps the loop's
+  // registers few enough that a kernel merging several channels in a row (stats.cu) needs no stack.
+  for (int p = lane; p < (int)parts; p += BNK_WARP) {
+    const int64_t slot = (int64_t)p * c + channel;
     const bnk_welford piece = {ws.count[slot], ws.mean[slot], ws.m2[slot]};
     bnk_run_add(run, piece);
   }

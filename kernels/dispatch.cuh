@@ -57,3 +57,34 @@ static cudaError_t bnk_dispatch(int dtype, int vec, int variant, F &&f) {
   });
   return found != cudaSuccess ? found : status;
 }
+
+// ---- every instantiation, for tables indexed by them (the context's occupancy table) ----
+
+// f(bnk_int_tag<K>{}) for each K of Ks in turn, until one returns an error, which it returns.
+template <int... Ks, typename F>
+static cudaError_t bnk_for_each_value(F &&f) {
+  cudaError_t status = cudaSuccess;
+  ((status = status == cudaSuccess ? f(bnk_int_tag<Ks>{}) : status), ...);
+  return status;
+}
+
+// f(bnk_type_tag<T>{}, bnk_int_tag<V>{}, dtype, wide) for every storage type and both of its vector widths (V = 1,
+// wide 0; V = its 16-byte width, wide 1), until one returns an error, which it returns.
+template <typename F>
+static cudaError_t bnk_for_each_storage(F &&f) {
+  const auto with_type = [&](auto type, int dtype) {
+    using T = typename decltype(type)::type;
+    const cudaError_t status = f(type, bnk_int_tag<1>{}, dtype, 0);
+    return status != cudaSuccess ? status : f(type, bnk_int_tag<bnk_vec_width<T>::value>{}, dtype, 1);
+  };
+  cudaError_t status = with_type(bnk_type_tag<float>{}, BNK_FLOAT32);
+  if (status == cudaSuccess) status = with_type(bnk_type_tag<__half>{}, BNK_FLOAT16);
+  if (status == cudaSuccess) status = with_type(bnk_type_tag<__nv_bfloat16>{}, BNK_BFLOAT16);
+  return status;
+}
+
+// Blocks of BNK_STREAM_THREADS threads of `kernel` that one SM holds at once with `dynamic_shared` bytes each.
+template <typename... P>
+static cudaError_t bnk_occupancy(void (*kernel)(P...), size_t dynamic_shared, int *blocks_per_sm) {
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS, dynamic_shared);
+}

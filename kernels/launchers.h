@@ -32,7 +32,8 @@ typedef struct bnk_view {
 /* How a per-channel reduction (and the channels-last elementwise pass) splits the tensor into blocks.
  * Every channel's data is cut into `parts` pieces; each block reduces one piece of one channel
  * (channels-first) or one piece of rows of a tile of channels (channels-last), and writes one partial
- * result per channel and piece to the workspace. A second kernel merges the pieces in a fixed order. */
+ * result per channel and piece to the workspace. The pieces are merged in a fixed order, by the last block
+ * of each group to finish or by a second kernel (bnk_merge_groups). */
 typedef struct bnk_reduce_plan {
   int vec;     /* elements per access: 16 bytes when alignment allows, else 1 */
   int threads; /* per block */
@@ -45,10 +46,55 @@ typedef struct bnk_reduce_plan {
   int64_t rows_per_part; /* channels-last: rows of one piece */
 } bnk_reduce_plan;
 
+/* The merge inside a reduction kernel. A group is what one merge covers: a channel (channels-first) or a
+ * tile of channels (channels-last), each of `parts` pieces. Given counters, the reduction kernels count
+ * every piece written on its group's counter, and the block that completes a group merges it, in the same
+ * launch and in the same order (so to the same bits) as the separate merge kernel, which runs when the
+ * counters are NULL. Counters: 1 + groups unsigned integers, zero on entry and zero again when the launch
+ * ends (the last block of a group resets it), so that a call replayed from a graph finds them zero. One
+ * pool of BNK_MERGE_COUNTERS per context (host/context.c): calls of a context run one at a time. */
+#define BNK_MERGE_COUNTERS 16384
+static inline int64_t bnk_merge_groups(const bnk_view *view, const bnk_reduce_plan *plan) {
+  return view->channels_last ? plan->tiles : view->c;
+}
+/* Channels of one group: what the block that completes it merges, one warp per channel. */
+static inline int64_t bnk_merge_group_channels(const bnk_view *view, const bnk_reduce_plan *plan) {
+  const int64_t tile = (int64_t)plan->tile_x * plan->vec;
+  return view->channels_last ? (view->c < tile ? view->c : tile) : 1;
+}
+
+/* ---- occupancy: how many blocks of each streaming kernel an SM holds at once ----
+ * Queried once per context (cudaOccupancyMaxActiveBlocksPerMultiprocessor, at BNK_STREAM_THREADS threads and
+ * the most dynamic shared memory the launch uses) and cached there; the plans size their grids from it. */
+typedef enum bnk_kernel_family {
+  BNK_FAMILY_STATS = 0,         /* stats_channels_first / _last; variant 0 */
+  BNK_FAMILY_BACKWARD_SUMS = 1, /* backward_sums_channels_*; variant: the bnk_grad_source */
+  BNK_FAMILY_NORMALIZE = 2,     /* normalize_channels_*; variant: bnk_normalize_variant */
+  BNK_FAMILY_DX = 3,            /* backward_dx_channels_*; variant: the bnk_grad_source */
+  BNK_FAMILIES = 4
+} bnk_kernel_family;
+#define BNK_OCCUPANCY_VARIANTS 6
+/* The normalize kernel's variant: its epilogue kind (bnk_epilogue_kind), plus 3 when it derives invstd from a
+ * variance (inference) rather than reading it. */
+static inline int bnk_normalize_variant(int epilogue_kind, int from_variance) {
+  return epilogue_kind + (from_variance ? 3 : 0);
+}
+/* blocks_per_sm[family][channels_last][dtype][vec is the 16-byte width][variant]; 0 where no such kernel
+ * exists. */
+typedef struct bnk_occupancy_table {
+  int blocks_per_sm[BNK_FAMILIES][2][3][2][BNK_OCCUPANCY_VARIANTS];
+} bnk_occupancy_table;
+/* Each fills its families' entries: statistics (kernels/stats.cu), backward sums and dx (kernels/backward.cu),
+ * normalize (kernels/normalize.cu). */
+cudaError_t bnk__stats_occupancy(bnk_occupancy_table *table);
+cudaError_t bnk__backward_occupancy(bnk_occupancy_table *table);
+cudaError_t bnk__normalize_occupancy(bnk_occupancy_table *table);
+
 /* Elements per 16-byte access for a dtype. */
 int bnk__dtype_vec(int dtype);
-/* The plan for a view whose tensors allow `vec`-wide access, on a device with sm_count SMs. */
-bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count);
+/* The plan for a view whose tensors allow `vec`-wide access, on a device with sm_count SMs, each of which
+ * holds blocks_per_sm blocks of the reduction kernel at once: pieces enough for one full wave. */
+bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, int blocks_per_sm);
 /* The widest access that every pointer's alignment and the view's contiguous extent allow. */
 int bnk__choose_vec(const bnk_view *view, const void *const *pointers, int count);
 /* Blocks of BNK_STREAM_THREADS for a grid-stride loop over `items`: one per item, at most
@@ -91,14 +137,19 @@ typedef struct bnk_elementwise_plan {
   int mask_words;
 } bnk_elementwise_plan;
 
+/* Most entries of a block's run table the channels-first elementwise plan aims for (16 bytes each); a block's
+ * piece is cut shorter rather than exceed it, down to one tile. */
+#define BNK_TABLE_TARGET 512
+
 /* The plan of an elementwise pass over `view` whose tensors are `pointers` (NULL entries ignored), on a
- * GPU of sm_count SMs (the channels-last tiling of bnk__plan_reduce) that holds `resident_blocks` blocks of
- * BNK_STREAM_THREADS at once. */
+ * GPU of sm_count SMs, each of which holds blocks_per_sm[0] blocks of the pass's element-wide kernel and
+ * blocks_per_sm[1] of its 16-byte one at once (the channels-last tiling of bnk__plan_reduce with those). */
 bnk_elementwise_plan bnk__plan_elementwise(const bnk_view *view, const void *const *pointers, int count, int sm_count,
-                                           int64_t resident_blocks);
-/* The most pieces per channel of any plan for this view: the launch picks its vector width from the
- * pointers' alignment, which a workspace size query cannot know. */
-int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count);
+                                           const int blocks_per_sm[2]);
+/* The most pieces per channel of any plan for this view, given the most blocks per SM of the reduction's
+ * element-wide [0] and 16-byte [1] kernels over their variants: the launch picks its vector width from the
+ * pointers' alignment and its variant from the epilogue, which a workspace size query cannot know. */
+int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count, const int blocks_per_sm[2]);
 
 /* Workspace of the statistics: per-channel arrays, then per-piece partials; 256-byte aligned arrays.
  * The per-channel part is the same for every plan of a view, so the normalize pass can find it. */
@@ -123,12 +174,13 @@ typedef struct bnk_running_update {
   int cumulative;               /* weight 1 / num_batches_tracked */
 } bnk_running_update;
 
-/* Batch statistics of x: stats kernel (pieces) then merge kernel. Fills ws.shift/dmean/invstd,
- * save_mean/save_invstd when not NULL, and applies `running`. rank_partials, when not NULL, receives the
- * batch's count[c], mean[c], m2[c] (3 x C doubles) for merging across ranks. */
+/* Batch statistics of x: stats kernel (pieces, merged in it when `counters` is not NULL, see
+ * bnk_merge_groups), else stats kernel then merge kernel. Fills ws.shift/dmean/invstd, save_mean/save_invstd
+ * when not NULL, and applies `running`. rank_partials, when not NULL, receives the batch's count[c], mean[c],
+ * m2[c] (3 x C doubles) for merging across ranks. */
 cudaError_t bnk__launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                     bnk_stats_workspace ws, float eps, bnk_running_update running, float *save_mean,
-                                    float *save_invstd, double *rank_partials, cudaStream_t stream);
+                                    float *save_invstd, double *rank_partials, unsigned *counters, cudaStream_t stream);
 
 /* Per-channel parameters of the elementwise pass
  *   y = ((x - shift[c]) - dmean[c]) * invstd[c] * gamma[c] + beta[c],
@@ -166,12 +218,13 @@ typedef struct bnk_backward_stats {
   const float *gamma; /* NULL: 1 */
 } bnk_backward_stats;
 
-/* The backward's per-channel sums over (x, dy): reduction kernel (pieces of `plan`) then merge kernel,
- * which writes dbeta = sum(dy) and dgamma = invstd * sum(dy * (x - mean)) when not NULL, and the dx
- * coefficients of the training backward to ws. x may be NULL when dgamma is NULL. */
+/* The backward's per-channel sums over (x, dy): reduction kernel (pieces of `plan`, merged in it when
+ * `counters` is not NULL, see bnk_merge_groups), else reduction kernel then merge kernel. The merge writes dbeta =
+ * sum(dy) and dgamma = invstd * sum(dy * (x - mean)) when not NULL, and the dx coefficients of the training backward to
+ * ws. x may be NULL when dgamma is NULL. */
 cudaError_t bnk__launch_backward_reduce(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                         const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
-                                        float *dgamma, float *dbeta, cudaStream_t stream);
+                                        float *dgamma, float *dbeta, unsigned *counters, cudaStream_t stream);
 
 /* The elementwise pass writing dx, on `plan` (of x, dy and dx). With `coefficients` (training), dx = dy *
  * dy_scale[c] + (x - mean[c]) * xmu_scale[c] + bias[c] from bnk__launch_backward_reduce; with NULL (frozen
@@ -218,7 +271,7 @@ typedef struct bnk_grad_epilogue_args {
 cudaError_t bnk__launch_backward_reduce_ex(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                            const void *dy, bnk_backward_stats stats, bnk_backward_workspace ws,
                                            float *dgamma, float *dbeta, const bnk_grad_epilogue_args *epilogue,
-                                           cudaStream_t stream);
+                                           unsigned *counters, cudaStream_t stream);
 cudaError_t bnk__launch_backward_dx_ex(const bnk_view *view, const bnk_elementwise_plan *plan, const void *x,
                                        const void *dy, void *dx, bnk_backward_stats stats,
                                        const bnk_backward_workspace *coefficients,

@@ -349,6 +349,39 @@ static __device__ __forceinline__ S bnk_tile_reduce(S v, float *shared, int tile
   return v;
 }
 
+// ---- the merge of a group's pieces by the last of its blocks to finish ----
+// A group is what one merge covers: a channel (channels-first) or a tile of channels (channels-last), cut
+// into `pieces` pieces, one block each. Each block writes its piece's partials, then counts itself on the
+// group's counter; the block that brings the count to `pieces` sees every piece written and merges them in
+// index order, exactly as a separate merge kernel would, so the result does not depend on which block that
+// is. It puts the counter back to 0, ready for the next call (or graph replay) on the same stream.
+//
+// The fences are where the CUDA memory model needs them, not where the emulation does (x86 is strongly
+// ordered, so the emulation passes without them): plain stores of a block's partials may become visible to
+// other SMs after its atomic does, and plain loads of the last block may be satisfied before its atomic.
+//  * Every thread that wrote partials fences before the barrier: a gpu-scope fence orders its own stores
+//    before everything it does after (release), and the barrier then orders them before thread 0's atomic.
+//  * Thread 0 fences again after its atomic when it is last, and every thread of the last block fences
+//    after the barrier that tells it so (acquire): the loads of other blocks' partials come after the
+//    atomic that observed their counts. The partials are read with plain coherent loads (never .nc).
+// Every thread of the block calls it, after writing its partials; it returns the same answer to all.
+static __device__ __forceinline__ bool bnk_last_of_group(unsigned *counter, int64_t pieces) {
+  __threadfence();
+  __syncthreads();
+  int last = 0;
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, 1u) == (unsigned)(pieces - 1);
+    if (last) {
+      __threadfence();
+      // No other block of this call touches the counter again; the next launch sees 0.
+      *counter = 0u;
+    }
+  }
+  last = __syncthreads_or(last);
+  if (last) __threadfence();
+  return last != 0;
+}
+
 static __device__ __forceinline__ float bnk_shfl_down(unsigned mask, float v, int offset) {
   return __shfl_down_sync(mask, v, offset);
 }

@@ -2,11 +2,54 @@
 //
 // Stage 1 cuts every channel into pieces (bnk_reduce_plan); a block reduces one piece and writes its
 // Welford triple to the workspace. Stage 2 merges a channel's pieces in index order, then derives
-// invstd, the saved statistics and the running statistics.
+// invstd, the saved statistics and the running statistics. Stage 2 runs in the same launch, in the last
+// block of a channel (channels-first) or tile (channels-last) to finish (bnk_last_of_group), when the
+// context's counters cover the call's groups; else in a kernel of its own (finalize_stats). Both run
+// bnk_finalize_channel on the same pieces, so both give the same bits.
 //
 // Every value is accumulated as x - K, where K is the channel's first element: with a large common
 // offset (mean 1e4, unit variance) the shifted values are small, so fp32 keeps their digits.
 #include "kernels/batch_stats.cuh"
+#include "kernels/dispatch.cuh"
+
+// What the last block of a group needs to merge it in the statistics kernel. counters NULL: finalize_stats
+// merges in a launch of its own, and block 0 counts the batch first.
+struct stats_merge {
+  unsigned *counters;  // [0]: groups merged so far in this call; [1 + g]: pieces of group g written
+  int64_t groups;
+  int64_t m;
+  float eps;
+  bnk_running_update running;
+  float *save_mean;
+  float *save_invstd;
+  double *rank_partials;
+};
+
+// The batch is counted after every group has merged (below), so a merge sees the count before it: the
+// cumulative weight 1 / num_batches_tracked of finalize_stats, which runs after the count, is here
+// 1 / (count + 1), handed on as a momentum.
+static __device__ __forceinline__ bnk_running_update running_before_count(bnk_running_update running) {
+  const bool weighed_by_count = running.running_mean != NULL && running.cumulative;
+  const float weight = weighed_by_count ? 1.0f / (float)(*running.num_batches_tracked + 1) : running.momentum;
+  running.momentum = weight;
+  running.cumulative = 0;
+  return running;
+}
+
+// Called by every thread of a block after its partials are written: when it is the last block of group
+// `group` (channels [first, end)), merges the group's pieces, a warp per channel; when it is also the
+// last group to be merged, counts the batch, which no merge reads after that.
+static __device__ __forceinline__ void merge_if_last(const stats_merge &merge, const bnk_stats_workspace &ws, int64_t c,
+                                                     int64_t parts, int64_t group, int64_t first, int64_t end) {
+  if (!bnk_last_of_group(merge.counters + 1 + group, parts)) return;
+  const int warps = (int)(blockDim.x / BNK_WARP);
+  // The weight is read again per channel: held across the loop, it takes a stack slot.
+  for (int64_t channel = first + threadIdx.x / BNK_WARP; channel < end; channel += warps)
+    bnk_finalize_channel(channel, c, parts, merge.m, ws, merge.eps, running_before_count(merge.running),
+                         merge.save_mean, merge.save_invstd, merge.rank_partials);
+  if (bnk_last_of_group(merge.counters, merge.groups) && threadIdx.x == 0 && merge.running.num_batches_tracked != NULL)
+    *merge.running.num_batches_tracked += 1;
+}
 
 // Folds `vectors` vectors (at most BNK_UNROLL) of a channel into the run, from the cursor's on, one
 // step apart: one triple of all their values, one division. Leaves the cursor past them.
@@ -33,7 +76,7 @@ static __device__ __forceinline__ void fold_vectors(const T *x, const bnk_run_wa
 template <typename T, int V>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     stats_channels_first(const T *__restrict__ x, int64_t c, int64_t s, bnk_run_walk walk, int64_t parts, int64_t chunk,
-                         int64_t m, bnk_stats_workspace ws, int64_t *num_batches_tracked) {
+                         int64_t m, bnk_stats_workspace ws, stats_merge merge) {
   __shared__ bnk_welford shared[BNK_WARP];
   const int64_t block = blockIdx.x;
   const int64_t channel = block / parts;
@@ -41,7 +84,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   const float shift = bnk_to_float(x[channel * s]);
   if (threadIdx.x == 0) {
     if (part == 0) ws.shift[channel] = shift;
-    if (block == 0 && num_batches_tracked != NULL) *num_batches_tracked += 1;
+    if (block == 0 && merge.counters == NULL && merge.running.num_batches_tracked != NULL)
+      *merge.running.num_batches_tracked += 1;
   }
   const int64_t first = part * chunk / V + threadIdx.x;
   const int64_t end = min(m, (part + 1) * chunk) / V;
@@ -60,6 +104,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     ws.mean[slot] = acc.mean;
     ws.m2[slot] = acc.m2;
   }
+  if (merge.counters != NULL) merge_if_last(merge, ws, c, parts, channel, channel, channel + 1);
 }
 
 // Folds `rows` rows (at most BNK_UNROLL) of a thread's V channels into its run: row u at p + u * stride.
@@ -85,7 +130,7 @@ static __device__ __forceinline__ void fold_rows(const T *p, int64_t stride, int
 template <typename T, int V>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     stats_channels_last(const T *__restrict__ x, int64_t rows, int64_t c, int tile_x, int tile_y, int64_t tiles,
-                        int64_t rows_per_part, bnk_stats_workspace ws, int64_t *num_batches_tracked) {
+                        int64_t rows_per_part, bnk_stats_workspace ws, stats_merge merge) {
   typedef bnk_welford_vec<V> state;
   __shared__ float shared[bnk_fields<state>::count * BNK_STREAM_THREADS];
   int64_t part, channel0;
@@ -99,7 +144,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 #pragma unroll
     for (int i = 0; i < V; ++i) ws.shift[channel0 + i] = shift[i];
   }
-  if (blockIdx.x == 0 && threadIdx.x == 0 && num_batches_tracked != NULL) *num_batches_tracked += 1;
+  if (blockIdx.x == 0 && threadIdx.x == 0 && merge.counters == NULL && merge.running.num_batches_tracked != NULL)
+    *merge.running.num_batches_tracked += 1;
 
   bnk_welford_vec_run<V> run = bnk_run_vec_empty<V>();
   if (active) {
@@ -122,6 +168,11 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
       ws.m2[out] = acc.m2[i];
     }
   }
+  if (merge.counters != NULL) {
+    const int64_t tile = blockIdx.x % tiles;
+    const int64_t first = tile * tile_x * V;
+    merge_if_last(merge, ws, c, (int64_t)gridDim.x / tiles, tile, first, min(c, first + tile_x * V));
+  }
 }
 
 // Stage 2: one warp per channel merges the channel's pieces and derives everything per-channel
@@ -136,7 +187,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 
 template <typename T>
 static void launch_stats_pieces(const bnk_view *view, const bnk_reduce_plan *plan, const void *x_raw,
-                                bnk_stats_workspace ws, int64_t *num_batches_tracked, cudaStream_t stream) {
+                                bnk_stats_workspace ws, const stats_merge &merge, cudaStream_t stream) {
   constexpr int W = bnk_vec_width<T>::value;
   const T *x = static_cast<const T *>(x_raw);
   const dim3 grid((unsigned)plan->blocks);
@@ -144,37 +195,50 @@ static void launch_stats_pieces(const bnk_view *view, const bnk_reduce_plan *pla
   if (view->channels_last) {
     auto kernel = plan->vec == W ? stats_channels_last<T, W> : stats_channels_last<T, 1>;
     BNK_LAUNCH(kernel, grid, block, 0, stream, x, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
-               plan->rows_per_part, ws, num_batches_tracked);
+               plan->rows_per_part, ws, merge);
   } else {
     const bnk_run_walk walk = bnk_run_walk_make(view->c, view->s, plan->vec, plan->threads);
     auto kernel = plan->vec == W ? stats_channels_first<T, W> : stats_channels_first<T, 1>;
     BNK_LAUNCH(kernel, grid, block, 0, stream, x, view->c, view->s, walk, plan->parts, plan->chunk, view->n * view->s,
-               ws, num_batches_tracked);
+               ws, merge);
   }
 }
 
 extern "C" cudaError_t bnk__launch_batch_stats(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
                                                bnk_stats_workspace ws, float eps, bnk_running_update running,
                                                float *save_mean, float *save_invstd, double *rank_partials,
-                                               cudaStream_t stream) {
+                                               unsigned *counters, cudaStream_t stream) {
+  const int64_t m = view->n * view->s;
+  const stats_merge merge = {counters,     bnk_merge_groups(view, plan), m, eps, running, save_mean, save_invstd,
+                             rank_partials};
   switch (view->dtype) {
   case BNK_FLOAT32:
-    launch_stats_pieces<float>(view, plan, x, ws, running.num_batches_tracked, stream);
+    launch_stats_pieces<float>(view, plan, x, ws, merge, stream);
     break;
   case BNK_FLOAT16:
-    launch_stats_pieces<__half>(view, plan, x, ws, running.num_batches_tracked, stream);
+    launch_stats_pieces<__half>(view, plan, x, ws, merge, stream);
     break;
   case BNK_BFLOAT16:
-    launch_stats_pieces<__nv_bfloat16>(view, plan, x, ws, running.num_batches_tracked, stream);
+    launch_stats_pieces<__nv_bfloat16>(view, plan, x, ws, merge, stream);
     break;
   default:
     return cudaErrorInvalidValue;
   }
   cudaError_t status = cudaGetLastError();
-  if (status != cudaSuccess) return status;
+  if (status != cudaSuccess || counters != NULL) return status;
   const int warps_per_block = BNK_STREAM_THREADS / BNK_WARP;
   const dim3 grid((unsigned)((view->c + warps_per_block - 1) / warps_per_block));
-  BNK_LAUNCH(finalize_stats, grid, dim3(BNK_STREAM_THREADS), 0, stream, view->c, plan->parts, view->n * view->s, ws,
-             eps, running, save_mean, save_invstd, rank_partials);
+  BNK_LAUNCH(finalize_stats, grid, dim3(BNK_STREAM_THREADS), 0, stream, view->c, plan->parts, m, ws, eps, running,
+             save_mean, save_invstd, rank_partials);
   return cudaGetLastError();
+}
+
+extern "C" cudaError_t bnk__stats_occupancy(bnk_occupancy_table *table) {
+  return bnk_for_each_storage([&](auto type, auto width, int dtype, int wide) {
+    using T = typename decltype(type)::type;
+    constexpr int V = decltype(width)::value;
+    int(&row)[2][3][2][BNK_OCCUPANCY_VARIANTS] = table->blocks_per_sm[BNK_FAMILY_STATS];
+    const cudaError_t status = bnk_occupancy(stats_channels_first<T, V>, 0, &row[0][dtype][wide][0]);
+    return status != cudaSuccess ? status : bnk_occupancy(stats_channels_last<T, V>, 0, &row[1][dtype][wide][0]);
+  });
 }

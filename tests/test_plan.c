@@ -20,7 +20,7 @@ static const char *layout_name(const bnk_view *view) { return view->channels_las
 #define SHAPE_ARGS(view, vec, sms) layout_name(view), (view)->dtype, (view)->n, (view)->c, (view)->s, vec, sms
 
 /* The pieces cover every channel exactly once, each under 2^24 values, in a grid that a launch can take. */
-static void check_pieces(const bnk_view *view, int vec, int sms, const bnk_reduce_plan *plan) {
+static void check_pieces(const bnk_view *view, int vec, int sms, int blocks_per_sm, const bnk_reduce_plan *plan) {
   cr_assert(plan->parts >= 1, "parts %" PRId64 " for " SHAPE_FORMAT, plan->parts, SHAPE_ARGS(view, vec, sms));
   cr_assert(plan->threads >= 32 && plan->threads <= BNK_STREAM_THREADS && plan->threads % 32 == 0,
             "threads %d for " SHAPE_FORMAT, plan->threads, SHAPE_ARGS(view, vec, sms));
@@ -60,17 +60,19 @@ static void check_pieces(const bnk_view *view, int vec, int sms, const bnk_reduc
     else if (view->n >= chunk_rows)
       cr_assert(2 * plan->rows_per_part >= chunk_rows, "%" PRId64 " rows per piece of %d-row tiles for " SHAPE_FORMAT,
                 plan->rows_per_part, plan->tile_y, SHAPE_ARGS(view, vec, sms));
-    /* No more pieces than one wave of 8 blocks per SM asks for, unless the piece size limit forces them. */
+    /* No more pieces than one wave of the kernel's blocks per SM asks for, unless the piece size limit forces
+     * them. */
     if (view->n <= MAX_PIECE_VALUES)
-      cr_assert(plan->parts <= ceil_div((int64_t)sms * 8, plan->tiles),
+      cr_assert(plan->parts <= ceil_div((int64_t)sms * blocks_per_sm, plan->tiles),
                 "%" PRId64 " pieces of %" PRId64 " tiles for " SHAPE_FORMAT, plan->parts, plan->tiles,
                 SHAPE_ARGS(view, vec, sms));
   }
 }
 
 /* Every array a launch carves lies inside what the size query asked for, 256-byte aligned. */
-static void check_workspaces(const bnk_view *view, int vec, int sms, const bnk_reduce_plan *plan) {
-  const int64_t bound = bnk__plan_parts_bound(view, sms);
+static void check_workspaces(const bnk_view *view, int vec, int sms, int blocks_per_sm, const bnk_reduce_plan *plan) {
+  const int blocks_per_sm_by_width[2] = {blocks_per_sm, blocks_per_sm};
+  const int64_t bound = bnk__plan_parts_bound(view, sms, blocks_per_sm_by_width);
   cr_assert(bound >= plan->parts, "parts bound %" PRId64 " < parts %" PRId64 " for " SHAPE_FORMAT, bound, plan->parts,
             SHAPE_ARGS(view, vec, sms));
   const uintptr_t base = 1 << 20;
@@ -114,6 +116,7 @@ Test(plan, reduction_plans_keep_their_invariants) {
   static const int64_t channel_counts[] = {1, 3, 8, 24, 64, 100, 256, 1000, 2048, 4104, 70000};
   static const int64_t spatial_sizes[] = {1, 7 * 7, 14 * 14, 56 * 56, 112 * 112, 1 << 22};
   static const int sm_counts[] = {1, 8, 132};
+  static const int blocks_per_sm_counts[] = {2, 8};
   static const int dtypes[] = {BNK_FLOAT32, BNK_FLOAT16};
   int64_t checked = 0;
   for (size_t b = 0; b < sizeof batches / sizeof batches[0]; ++b)
@@ -132,12 +135,59 @@ Test(plan, reduction_plans_keep_their_invariants) {
               const int wide = bnk__dtype_vec(view.dtype);
               const int64_t contiguous = channels_last ? view.c : view.s;
               const int vecs[2] = {1, wide};
-              for (int v = 0; v < (contiguous % wide == 0 ? 2 : 1); ++v) {
-                const bnk_reduce_plan plan = bnk__plan_reduce(&view, vecs[v], sm_counts[g]);
-                check_pieces(&view, vecs[v], sm_counts[g], &plan);
-                check_workspaces(&view, vecs[v], sm_counts[g], &plan);
-                ++checked;
-              }
+              for (int v = 0; v < (contiguous % wide == 0 ? 2 : 1); ++v)
+                for (int k = 0; k < 2; ++k) {
+                  const int blocks_per_sm = blocks_per_sm_counts[k];
+                  const bnk_reduce_plan plan = bnk__plan_reduce(&view, vecs[v], sm_counts[g], blocks_per_sm);
+                  check_pieces(&view, vecs[v], sm_counts[g], blocks_per_sm, &plan);
+                  check_workspaces(&view, vecs[v], sm_counts[g], blocks_per_sm, &plan);
+                  ++checked;
+                }
             }
   cr_assert(checked > 1000, "only %" PRId64 " plans checked", checked);
+}
+
+/* The grids come from each kernel's occupancy on the context's device (the emulation answers it from the sm_90
+ * resource table, emu/src/kernel_resources_sm90.inc), not from a fixed 8 blocks per SM: a big channels-first
+ * normalize pass and statistics reduction fill exactly occupancy x SMs blocks, also under an SM limit. */
+Test(plan, big_grids_are_occupancy_times_sms) {
+  bnk_context *ctx = NULL;
+  cr_assert_eq(bnk_context_create(&ctx, -1), BNK_SUCCESS, "%s", bnk_last_error_message());
+  int device_sms = 0;
+  cr_assert_eq(cudaDeviceGetAttribute(&device_sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+  const int limits[2] = {0, device_sms > 3 ? 3 : 1};
+  const int dtypes[3] = {BNK_FLOAT32, BNK_FLOAT16, BNK_BFLOAT16};
+  for (int l = 0; l < 2; ++l) {
+    cr_assert_eq(bnk_context_set_sm_limit(ctx, limits[l]), BNK_SUCCESS);
+    const int sms = limits[l] == 0 ? device_sms : limits[l];
+    for (int d = 0; d < 3; ++d)
+      for (int variant = 0; variant < BNK_OCCUPANCY_VARIANTS; ++variant) {
+        const int blocks_per_sm = ctx->occupancy.blocks_per_sm[BNK_FAMILY_NORMALIZE][0][dtypes[d]][1][variant];
+        /* At least one block of 256 threads per SM, at most the 2048 thread slots. */
+        cr_assert(blocks_per_sm >= 1 && blocks_per_sm <= 8, "normalize dtype %d variant %d: %d blocks per SM",
+                  dtypes[d], variant, blocks_per_sm);
+        /* blocks_per_sm x SMs channels of 4 tiles (256 vectors) each: 4 tiles per block fill one wave. */
+        const bnk_view big = {1, (int64_t)blocks_per_sm * sms, 4 * BNK_STREAM_THREADS * bnk__dtype_vec(dtypes[d]), 0,
+                              dtypes[d]};
+        static _Alignas(16) const char aligned[16] = {0};
+        const void *pointers[2] = {aligned, aligned};
+        const bnk_elementwise_plan plan =
+            bnk__elementwise_plan_of(ctx, &big, pointers, 2, BNK_FAMILY_NORMALIZE, variant);
+        cr_assert_eq(plan.blocks, (int64_t)blocks_per_sm * sms,
+                     "normalize dtype %d variant %d on %d SMs: %" PRId64 " blocks, occupancy %d per SM", dtypes[d],
+                     variant, sms, plan.blocks, blocks_per_sm);
+      }
+    for (int d = 0; d < 3; ++d) {
+      const int blocks_per_sm = ctx->occupancy.blocks_per_sm[BNK_FAMILY_STATS][0][dtypes[d]][1][0];
+      cr_assert(blocks_per_sm >= 1 && blocks_per_sm <= 8, "statistics dtype %d: %d blocks per SM", dtypes[d],
+                blocks_per_sm);
+      /* One channel of occupancy x SMs pieces of 8192 values: the plan cuts it into exactly that many. */
+      const int64_t target = (int64_t)blocks_per_sm * sms;
+      const bnk_view channel = {1, 1, target * 8192, 0, dtypes[d]};
+      const bnk_reduce_plan plan = bnk__reduce_plan_of(ctx, BNK_FAMILY_STATS, 0, &channel, bnk__dtype_vec(dtypes[d]));
+      cr_assert_eq(plan.blocks, target, "statistics dtype %d on %d SMs: %" PRId64 " blocks, occupancy %d per SM",
+                   dtypes[d], sms, plan.blocks, blocks_per_sm);
+    }
+  }
+  bnk_context_destroy(ctx);
 }

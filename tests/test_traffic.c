@@ -42,12 +42,12 @@ typedef struct traffic_row {
 } traffic_row;
 
 static const traffic_row forward_rows[] = {
-    {"forward training", FORWARD_TRAINING, BNK_EPILOGUE_NONE, 0, 3, 0, 3},
+    {"forward training", FORWARD_TRAINING, BNK_EPILOGUE_NONE, 0, 3, 0, 2},
     {"forward inference", FORWARD_INFERENCE, BNK_EPILOGUE_NONE, 0, 2, 0, 1},
-    {"training BN + ReLU", FORWARD_TRAINING, BNK_EPILOGUE_RELU, 0, 3, 0, 3},
-    {"training BN + ReLU, mask", FORWARD_TRAINING, BNK_EPILOGUE_RELU, WITH_MASK, 3, 2, 3},
-    {"training BN + add + ReLU", FORWARD_TRAINING, BNK_EPILOGUE_ADD_RELU, WITH_Z, 4, 0, 3},
-    {"training BN + add + ReLU, mask", FORWARD_TRAINING, BNK_EPILOGUE_ADD_RELU, WITH_Z | WITH_MASK, 4, 2, 3},
+    {"training BN + ReLU", FORWARD_TRAINING, BNK_EPILOGUE_RELU, 0, 3, 0, 2},
+    {"training BN + ReLU, mask", FORWARD_TRAINING, BNK_EPILOGUE_RELU, WITH_MASK, 3, 2, 2},
+    {"training BN + add + ReLU", FORWARD_TRAINING, BNK_EPILOGUE_ADD_RELU, WITH_Z, 4, 0, 2},
+    {"training BN + add + ReLU, mask", FORWARD_TRAINING, BNK_EPILOGUE_ADD_RELU, WITH_Z | WITH_MASK, 4, 2, 2},
     {"inference BN + ReLU", FORWARD_INFERENCE, BNK_EPILOGUE_RELU, 0, 2, 0, 1},
     {"inference BN + ReLU, mask", FORWARD_INFERENCE, BNK_EPILOGUE_RELU, WITH_MASK, 2, 2, 1},
     {"inference BN + add + ReLU", FORWARD_INFERENCE, BNK_EPILOGUE_ADD_RELU, WITH_Z, 3, 0, 1},
@@ -58,16 +58,16 @@ static const traffic_row forward_rows[] = {
 };
 
 static const traffic_row backward_rows[] = {
-    {"backward", BACKWARD, BNK_EPILOGUE_NONE, 0, 5, 0, 3},
-    {"backward, parameter gradients only", BACKWARD, BNK_EPILOGUE_NONE, NO_DX, 2, 0, 2},
+    {"backward", BACKWARD, BNK_EPILOGUE_NONE, 0, 5, 0, 2},
+    {"backward, parameter gradients only", BACKWARD, BNK_EPILOGUE_NONE, NO_DX, 2, 0, 1},
     {"backward inference, dx only", BACKWARD_INFERENCE, BNK_EPILOGUE_NONE, NO_DGAMMA | NO_DBETA, 2, 0, 1},
-    {"backward inference with dgamma", BACKWARD_INFERENCE, BNK_EPILOGUE_NONE, 0, 4, 0, 3},
-    {"backward inference, dbeta only", BACKWARD_INFERENCE, BNK_EPILOGUE_NONE, NO_DGAMMA, 3, 0, 3},
-    {"training ReLU backward from y", BACKWARD, BNK_EPILOGUE_RELU, 0, 7, 0, 3},
-    {"training ReLU backward from the mask", BACKWARD, BNK_EPILOGUE_RELU, WITH_MASK, 5, 2, 3},
-    {"training add + ReLU backward with dz, from y", BACKWARD, BNK_EPILOGUE_ADD_RELU, WITH_Z, 7, 0, 3},
+    {"backward inference with dgamma", BACKWARD_INFERENCE, BNK_EPILOGUE_NONE, 0, 4, 0, 2},
+    {"backward inference, dbeta only", BACKWARD_INFERENCE, BNK_EPILOGUE_NONE, NO_DGAMMA, 3, 0, 2},
+    {"training ReLU backward from y", BACKWARD, BNK_EPILOGUE_RELU, 0, 7, 0, 2},
+    {"training ReLU backward from the mask", BACKWARD, BNK_EPILOGUE_RELU, WITH_MASK, 5, 2, 2},
+    {"training add + ReLU backward with dz, from y", BACKWARD, BNK_EPILOGUE_ADD_RELU, WITH_Z, 7, 0, 2},
     {"training add + ReLU backward with dz, from the mask", BACKWARD, BNK_EPILOGUE_ADD_RELU, WITH_Z | WITH_MASK, 6, 1,
-     3},
+     2},
     {"inference ReLU backward, dx only, from y", BACKWARD_INFERENCE, BNK_EPILOGUE_RELU, NO_DGAMMA | NO_DBETA, 3, 0, 1},
     {"inference ReLU backward, dx only, from the mask", BACKWARD_INFERENCE, BNK_EPILOGUE_RELU,
      WITH_MASK | NO_DGAMMA | NO_DBETA, 2, 1, 1},
