@@ -201,9 +201,11 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
 }
 
 // Channels-last: the tiling of bnk_reduce_plan (bnk_tile_position); thread (tx, ty) caches its V channels
-// in rows ty, ty + tile_y, ... of its piece (at most BNK_PERSISTENT_CACHE rows).
+// in rows ty, ty + tile_y, ... of its piece (at most BNK_PERSISTENT_CACHE rows). At least 2 blocks per SM, as
+// the channels-first kernel: unbounded, ptxas held the fp32 vector kernels to 80 registers and spilled 32
+// bytes of the cache; bounded, they take 92 and spill nothing.
 template <typename T, int V, int EPILOGUE>
-static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
     persistent_forward_channels_last(const T *x, const T *z, T *y, int64_t rows, int64_t c, int tile_x, int tile_y,
                                      int64_t tiles, int64_t rows_per_part, persistent_forward_args a) {
   constexpr int K = BNK_PERSISTENT_CACHE;
