@@ -381,15 +381,6 @@ static void run_inference_case(const backward_case *bc, bnk_context *ctx, test_r
   free_data(&d);
 }
 
-#define S0 \
-  0, { 1, 1, 1 }
-#define S1(a) \
-  1, { a, 1, 1 }
-#define S2(a, b) \
-  2, { a, b, 1 }
-#define S3(a, b, c) \
-  3, { a, b, c }
-
 /* The shapes of the forward sweep: both layouts, ranks 1-D to 3-D, odd and prime sizes, C = 1, S = 1,
  * N = 1, vectorizable and not, misaligned pointers, several pieces per channel, C > 65535; and the same
  * for 16-bit storage, with and without the 16-byte path. */

@@ -32,15 +32,6 @@ typedef struct epilogue_case {
   int misalign; /* every tensor starts one element past a 256-byte boundary */
 } epilogue_case;
 
-#define S0 \
-  0, { 1, 1, 1 }
-#define S1(a) \
-  1, { a, 1, 1 }
-#define S2(a, b) \
-  2, { a, b, 1 }
-#define S3(a, b, c) \
-  3, { a, b, c }
-
 /* Both layouts, ranks 0 to 3, every dtype with and without the 16-byte path, misaligned tensors, C = 3 and 5
  * (mask bytes that span rows of a channels-last tensor), and a channel cut into two pieces. */
 static const epilogue_case cases[] = {

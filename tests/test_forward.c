@@ -261,15 +261,6 @@ static void run_inference_case(const forward_case *fc, bnk_context *ctx, test_rn
   free_data(&d);
 }
 
-#define S0 \
-  0, { 1, 1, 1 }
-#define S1(a) \
-  1, { a, 1, 1 }
-#define S2(a, b) \
-  2, { a, b, 1 }
-#define S3(a, b, c) \
-  3, { a, b, c }
-
 /* The sweep: both layouts, ranks 1-D to 3-D, odd and prime sizes, C = 1, S = 1, N = 1, vectorizable and
  * not, misaligned pointers, sizes that need several pieces per channel, C > 65535. It runs for every
  * storage type (the dtype field is replaced); vector widths differ per type (4 floats, 8 halves), so the

@@ -320,15 +320,6 @@ static void check_persistent_shape(bnk_context *ctx, const shape *sh, test_rng *
   free_problem(&p);
 }
 
-#define S0 \
-  0, { 1, 1, 1 }
-#define S1(a) \
-  1, { a, 1, 1 }
-#define S2(a, b) \
-  2, { a, b, 1 }
-#define S3(a, b, c) \
-  3, { a, b, c }
-
 /* Both layouts, ranks 0-3, every dtype with and without the 16-byte path, misaligned tensors, channels cut into
  * several pieces (NCHW: more than 256 x 8 vectors per channel; NHWC: more than tile_y x 8 rows). */
 static const shape fitting_shapes[] = {
