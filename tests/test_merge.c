@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/gradient_check.h"
 #include "tests/harness.h"
 #include "tests/reference.h"
 
@@ -19,16 +20,14 @@
 
 #include "host/internal.h"
 
-/* The tolerances of tests/test_forward.c and tests/test_backward.c, which explain them. */
+/* The tolerances of tests/test_forward.c and tests/test_backward.c, which explain them (the backward's are in
+ * tests/gradient_check.h). */
 #define EPS 1e-5
 #define MEAN_TOLERANCE 1e-6
 #define INVSTD_TOLERANCE 1e-6
 #define RUNNING_TOLERANCE 2e-6
 #define Y_TOLERANCE 1e-5
 #define Y_FP32_FLOOR 1e-6
-#define SUM_TOLERANCE 1e-5
-#define DX_TOLERANCE 1e-5
-#define DX_FP32_ERROR 2e-6
 /* Batches counted before the call: the cumulative weight of this one is 1 / (TRACKED + 1). */
 #define TRACKED 4
 
@@ -307,38 +306,14 @@ static void expect_reference(const char *label, const step_data *d, const step_o
                TRACKED + 1);
 
   ref_backward(desc, d->x, d->dy, saved_mean, saved_invstd, d->gamma, want, dgamma, dbeta);
-  const int64_t spatial = ref_spatial(desc);
-  for (int64_t ch = 0; ch < c; ++ch) {
-    double dy_squares = 0.0, term_squares = 0.0;
-    for (int64_t n = 0; n < desc->n; ++n)
-      for (int64_t s = 0; s < spatial; ++s) {
-        const int64_t i = ref_offset(desc, n, ch, s);
-        const double term = d->dy[i] * (d->x[i] - saved_mean[ch]) * saved_invstd[ch];
-        dy_squares += d->dy[i] * d->dy[i];
-        term_squares += term * term;
-      }
-    cr_expect(fabs(o->dbeta[ch] - dbeta[ch]) <= SUM_TOLERANCE * (fabs(dbeta[ch]) + sqrt(dy_squares)),
-              "%s: dbeta[%lld] = %.9g, reference %.9g", label, (long long)ch, o->dbeta[ch], dbeta[ch]);
-    cr_expect(fabs(o->dgamma[ch] - dgamma[ch]) <= SUM_TOLERANCE * (fabs(dgamma[ch]) + sqrt(term_squares)),
-              "%s: dgamma[%lld] = %.9g, reference %.9g", label, (long long)ch, o->dgamma[ch], dgamma[ch]);
-    scale[ch] = fabs(d->gamma[ch]) * saved_invstd[ch];
-  }
+  double *got_sums = malloc((size_t)c * 2 * sizeof(double));
+  floats_to_doubles(o->dgamma, got_sums, c);
+  floats_to_doubles(o->dbeta, got_sums + c, c);
+  check_gradient_sums(label, desc, got_sums, got_sums + c, d->dy, d->x, saved_mean, saved_invstd, dgamma, dbeta);
+  free(got_sums);
+  for (int64_t ch = 0; ch < c; ++ch) scale[ch] = fabs(d->gamma[ch]) * saved_invstd[ch];
   from_storage(desc->dtype, o->dx, got, count);
-  for (int64_t ch = 0; ch < c; ++ch)
-    for (int64_t n = 0; n < desc->n; ++n)
-      for (int64_t s = 0; s < spatial; ++s) {
-        const int64_t i = ref_offset(desc, n, ch, s);
-        double expected = want[i], allowed = DX_TOLERANCE * scale[ch];
-        if (desc->dtype != BNK_FLOAT32) {
-          expected = round_to_storage(desc->dtype, want[i]);
-          allowed = storage_ulp(desc->dtype, expected) + DX_FP32_ERROR * scale[ch];
-        }
-        if (!(fabs(got[i] - expected) <= allowed)) {
-          cr_expect(0, "%s: dx[%lld] = %.9g, reference %.9g", label, (long long)i, got[i], expected);
-          ch = c;
-          break;
-        }
-      }
+  check_training_dx(label, desc, got, want, scale);
   free(mean);
   free(var);
   free(var_unbiased);
