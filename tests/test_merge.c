@@ -329,6 +329,13 @@ static void expect_reference(const char *label, const step_data *d, const step_o
   free(got_c);
 }
 
+/* A step's launches: `want` kernels in its forward and `want` in its backward. */
+static void expect_launches(const char *what, const step_outputs *o, unsigned long long want) {
+  cr_expect_eq(o->forward_launches, want, "%s: forward: %llu launches, expected %llu", what, o->forward_launches, want);
+  cr_expect_eq(o->backward_launches, want, "%s: backward: %llu launches, expected %llu", what, o->backward_launches,
+               want);
+}
+
 Test(merge, in_kernel_merge_matches_the_merge_kernel_at_the_counter_limit, .timeout = 900) {
   bnk_context *ctx = test_context();
   cr_assert_eq(bnk_context_set_training_path(ctx, BNK_TRAINING_PATH_TWO_PASS), BNK_SUCCESS);
@@ -349,15 +356,11 @@ Test(merge, in_kernel_merge_matches_the_merge_kernel_at_the_counter_limit, .time
       step_outputs fused = run_step(ctx, &d, forward_need, backward_need, label);
       step_outputs split = run_step(ctx, &d, forward_need - 1, backward_need - 1, label);
       const unsigned long long within = mc->inside ? 2 : 3;
-      cr_expect_eq(fused.forward_launches, within, "%s: forward within the counter limit: %llu launches", label,
-                   fused.forward_launches);
-      cr_expect_eq(fused.backward_launches, within, "%s: backward within the counter limit: %llu launches", label,
-                   fused.backward_launches);
-      cr_expect_eq(split.forward_launches, 3, "%s: forward past the counter limit: %llu launches", label,
-                   split.forward_launches);
-      cr_expect_eq(split.backward_launches, 3, "%s: backward past the counter limit: %llu launches", label,
-                   split.backward_launches);
       char what[200];
+      snprintf(what, sizeof what, "%s, within the counter limit", label);
+      expect_launches(what, &fused, within);
+      snprintf(what, sizeof what, "%s, past the counter limit", label);
+      expect_launches(what, &split, 3);
       snprintf(what, sizeof what, "%s, merge in the kernel vs merge kernel", label);
       expect_same_outputs(what, &d, &fused, &split);
       expect_reference(label, &d, &fused);
@@ -391,8 +394,7 @@ Test(merge, many_channels_take_the_merge_kernel, .timeout = 900) {
     const char *label = side == 0 ? "C = 16384" : "C = 16383";
     step_outputs o = run_step(ctx, &d, BNK_MERGE_COUNTERS, BNK_MERGE_COUNTERS, label);
     const unsigned long long want = side == 0 ? 3 : 2;
-    cr_expect_eq(o.forward_launches, want, "%s: forward: %llu launches", label, o.forward_launches);
-    cr_expect_eq(o.backward_launches, want, "%s: backward: %llu launches", label, o.backward_launches);
+    expect_launches(label, &o, want);
     expect_reference(label, &d, &o);
     free_outputs(&o);
     free_data(&d);
