@@ -170,6 +170,17 @@ static void expect_counters_zero(bnk_context *ctx, const char *label) {
   free(counters);
 }
 
+/* After a call (the traffic meter reset before it): its status, the emulation's diagnostic, the counters back at
+ * zero; returns the launches the meter counted. */
+static unsigned long long finish_call(bnk_context *ctx, bnk_status status, const char *label) {
+  cr_assert_eq(status, BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
+  cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess, "%s: %s", label, bnk_emu_last_diagnostic());
+  bnk_emu_traffic t;
+  bnk_emu_traffic_total(&t);
+  expect_counters_zero(ctx, label);
+  return t.launches;
+}
+
 /* A training forward (cumulative momentum) then the backward with its saved statistics, outputs poisoned
  * first, with the context's usable counters set to `forward_limit` and `backward_limit`. */
 static step_outputs run_step(bnk_context *ctx, step_data *d, int64_t forward_limit, int64_t backward_limit,
@@ -190,28 +201,19 @@ static step_outputs run_step(bnk_context *ctx, step_data *d, int64_t forward_lim
   dev_poison(d->backward_workspace, d->backward_workspace_bytes);
 
   step_outputs o;
-  bnk_emu_traffic t;
   bnk__context_limit_merge_counters(ctx, forward_limit);
   bnk_emu_traffic_reset();
   bnk_status status =
       bnk_forward_training(ctx, &d->desc, d->x_dev, d->y_dev, d->gamma_dev, d->beta_dev, d->running_mean_dev,
                            d->running_var_dev, d->tracked_dev, BNK_MOMENTUM_CUMULATIVE, EPS, d->save_mean_dev,
                            d->save_invstd_dev, d->forward_workspace, d->forward_workspace_bytes);
-  cr_assert_eq(status, BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
-  cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess, "%s: %s", label, bnk_emu_last_diagnostic());
-  bnk_emu_traffic_total(&t);
-  o.forward_launches = t.launches;
-  expect_counters_zero(ctx, label);
+  o.forward_launches = finish_call(ctx, status, label);
 
   bnk__context_limit_merge_counters(ctx, backward_limit);
   bnk_emu_traffic_reset();
   status = bnk_backward(ctx, &d->desc, d->x_dev, d->dy_dev, d->dx_dev, d->gamma_dev, d->dgamma_dev, d->dbeta_dev,
                         d->save_mean_dev, d->save_invstd_dev, d->backward_workspace, d->backward_workspace_bytes);
-  cr_assert_eq(status, BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
-  cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess, "%s: %s", label, bnk_emu_last_diagnostic());
-  bnk_emu_traffic_total(&t);
-  o.backward_launches = t.launches;
-  expect_counters_zero(ctx, label);
+  o.backward_launches = finish_call(ctx, status, label);
   bnk__context_limit_merge_counters(ctx, BNK_MERGE_COUNTERS);
 
   o.y = malloc(d->tensor_bytes);
