@@ -27,6 +27,16 @@ void from_storage(bnk_dtype dtype, const void *in, double *out, int64_t count);
 void format_shape(char *out, size_t size, bnk_layout layout, bnk_dtype dtype, int64_t n, int64_t c, int spatial_dims,
                   const int64_t *spatial);
 
+/* ---- case tables: a shape's rank and its three spatial extents, padded with 1 ({spatial_dims, spatial}) ---- */
+#define S0 \
+  0, { 1, 1, 1 }
+#define S1(a) \
+  1, { a, 1, 1 }
+#define S2(a, b) \
+  2, { a, b, 1 }
+#define S3(a, b, c) \
+  3, { a, b, c }
+
 /* ---- device memory: every allocation starts poisoned (all bits set: NaN in every float type) ---- */
 void *dev_alloc(size_t bytes);
 void dev_free(void *pointer);

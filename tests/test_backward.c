@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/gradient_check.h"
 #include "tests/harness.h"
 #include "tests/reference.h"
 
@@ -36,11 +37,8 @@ typedef struct backward_case {
  *    (2e-6 |gamma| invstd). The ulp alone would fail only where |dx| < ~1e-3 (f16) or ~1e-4 (bf16): an
  *    ulp there is finer than fp32 arithmetic on O(1) terms can be.
  *  - inference dx = dy gamma invstd: relative 1e-6 for float32 (three roundings and the fp32 square root);
- *    1 ulp of the rounded reference for 16-bit (no cancellation, so no floor is needed). */
-#define SUM_TOLERANCE 1e-5
-#define DX_TOLERANCE 1e-5
-#define DX_FP32_ERROR 2e-6
-#define INFERENCE_DX_TOLERANCE 1e-6
+ *    1 ulp of the rounded reference for 16-bit (no cancellation, so no floor is needed).
+ * tests/gradient_check.h holds them (SUM_TOLERANCE, DX_TOLERANCE, DX_FP32_ERROR, INFERENCE_DX_TOLERANCE). */
 
 static void describe(const backward_case *bc, char *out, size_t size) {
   char shape[96];
@@ -141,58 +139,6 @@ static void free_data(backward_data *d) {
   dev_free(d->dx_base);
 }
 
-/* sqrt(sum over the channel of term^2), where term = dy * factor and factor = (x - center[c]) * scale[c], or 1
- * when center is NULL. */
-static double *term_norms(const bnk_tensor_desc *desc, const double *x, const double *dy, const double *center,
-                          const double *scale) {
-  const int64_t spatial = ref_spatial(desc);
-  double *norms = malloc((size_t)desc->c * sizeof(double));
-  for (int64_t c = 0; c < desc->c; ++c) {
-    double squares = 0.0;
-    for (int64_t n = 0; n < desc->n; ++n)
-      for (int64_t s = 0; s < spatial; ++s) {
-        const int64_t i = ref_offset(desc, n, c, s);
-        const double term = center != NULL ? dy[i] * (x[i] - center[c]) * scale[c] : dy[i];
-        squares += term * term;
-      }
-    norms[c] = sqrt(squares);
-  }
-  return norms;
-}
-
-static void check_sums(const char *what, const double *got, const double *want, const double *norms, int64_t c) {
-  for (int64_t i = 0; i < c; ++i) {
-    const double allowed = SUM_TOLERANCE * (fabs(want[i]) + norms[i]);
-    if (!(fabs(got[i] - want[i]) <= allowed)) {
-      cr_expect(0, "%s[%lld] = %.9g, reference %.9g (error %.3g > %.3g allowed)", what, (long long)i, got[i], want[i],
-                fabs(got[i] - want[i]), allowed);
-      return;
-    }
-  }
-}
-
-/* dx of the training backward; scale[c] = |gamma[c]| invstd[c], the factor dx carries. */
-static void check_training_dx(const char *what, const bnk_tensor_desc *desc, const double *got, const double *want,
-                              const double *scale) {
-  const int64_t spatial = ref_spatial(desc);
-  for (int64_t c = 0; c < desc->c; ++c)
-    for (int64_t n = 0; n < desc->n; ++n)
-      for (int64_t s = 0; s < spatial; ++s) {
-        const int64_t i = ref_offset(desc, n, c, s);
-        double allowed = DX_TOLERANCE * scale[c];
-        double expected = want[i];
-        if (desc->dtype != BNK_FLOAT32) {
-          expected = round_to_storage(desc->dtype, want[i]);
-          allowed = storage_ulp(desc->dtype, expected) + DX_FP32_ERROR * scale[c];
-        }
-        if (!(fabs(got[i] - expected) <= allowed)) {
-          cr_expect(0, "%s: dx[%lld] (n %lld, c %lld) = %.9g, reference %.9g (error %.3g > %.3g allowed)", what,
-                    (long long)i, (long long)n, (long long)c, got[i], expected, fabs(got[i] - expected), allowed);
-          return;
-        }
-      }
-}
-
 typedef struct device_params {
   float *gamma, *save_mean, *save_invstd, *running_mean, *running_var, *dgamma, *dbeta;
   void *workspace;
@@ -264,8 +210,6 @@ static void run_training_case(const backward_case *bc, bnk_context *ctx, test_rn
   double *dx_ref = malloc((size_t)(d.elements + 1) * sizeof(double)), *got = malloc((size_t)(d.elements + 1) * 8);
   double *dgamma_ref = malloc((size_t)c * 8), *dbeta_ref = malloc((size_t)c * 8), *got_c = malloc((size_t)c * 16);
   ref_backward(&d.desc, d.x, d.dy, d.mean, d.invstd, d.gamma, dx_ref, dgamma_ref, dbeta_ref);
-  double *dbeta_norms = term_norms(&d.desc, d.x, d.dy, NULL, NULL);
-  double *dgamma_norms = term_norms(&d.desc, d.x, d.dy, d.mean, d.invstd);
   double *scale = malloc((size_t)c * sizeof(double));
   for (int64_t i = 0; i < c; ++i) scale[i] = (d.gamma ? fabs(d.gamma[i]) : 1.0) * d.invstd[i];
 
@@ -283,10 +227,7 @@ static void run_training_case(const backward_case *bc, bnk_context *ctx, test_rn
     from_storage(bc->dtype, now.dx, got, d.elements);
     check_training_dx(what, &d.desc, got, dx_ref, scale);
     float_bytes_to_doubles(now.params, got_c, 2 * c);
-    snprintf(what, sizeof what, "%s [%s]: dgamma", label, schedule_name(schedule));
-    check_sums(what, got_c, dgamma_ref, dgamma_norms, c);
-    snprintf(what, sizeof what, "%s [%s]: dbeta", label, schedule_name(schedule));
-    check_sums(what, got_c + c, dbeta_ref, dbeta_norms, c);
+    check_gradient_sums(what, &d.desc, got_c, got_c + c, d.dy, d.x, d.mean, d.invstd, dgamma_ref, dbeta_ref);
     if (schedule == 0) {
       first = now;
     } else {
@@ -302,8 +243,6 @@ static void run_training_case(const backward_case *bc, bnk_context *ctx, test_rn
   free(dgamma_ref);
   free(dbeta_ref);
   free(got_c);
-  free(dbeta_norms);
-  free(dgamma_norms);
   free(scale);
   free_data(&d);
 }
@@ -322,8 +261,7 @@ static void run_inference_case(const backward_case *bc, bnk_context *ctx, test_r
                          dbeta_ref);
   double *invstd = malloc((size_t)c * sizeof(double));
   for (int64_t i = 0; i < c; ++i) invstd[i] = 1.0 / sqrt(d.running_var[i] + EPS);
-  double *dbeta_norms = term_norms(&d.desc, d.x, d.dy, NULL, NULL);
-  double *dgamma_norms = term_norms(&d.desc, d.x, d.dy, d.running_mean, invstd);
+  /* 16-bit: 1 ulp of the rounded reference (check_inference_dx takes the ulp of the value it is given). */
   if (bc->dtype != BNK_FLOAT32)
     for (int64_t i = 0; i < d.elements; ++i) dx_ref[i] = round_to_storage(bc->dtype, dx_ref[i]);
 
@@ -338,11 +276,9 @@ static void run_inference_case(const backward_case *bc, bnk_context *ctx, test_r
     cr_assert_eq(status, BNK_SUCCESS, "%s: %s", what, bnk_last_error_message());
     output_bytes now = read_outputs(&d, &p);
     from_storage(bc->dtype, now.dx, got, d.elements);
-    if (bc->dtype == BNK_FLOAT32) expect_close(what, got, dx_ref, d.elements, 0.0, INFERENCE_DX_TOLERANCE);
-    else expect_within_ulps(what, bc->dtype, got, dx_ref, d.elements, 1.0, 0.0);
+    check_inference_dx(what, &d.desc, got, dx_ref);
     float_bytes_to_doubles(now.params, got_c, 2 * c);
-    check_sums("inference dgamma", got_c, dgamma_ref, dgamma_norms, c);
-    check_sums("inference dbeta", got_c + c, dbeta_ref, dbeta_norms, c);
+    check_gradient_sums(what, &d.desc, got_c, got_c + c, d.dy, d.x, d.running_mean, invstd, dgamma_ref, dbeta_ref);
 
     dev_poison(d.dx_dev, d.bytes);
     status = bnk_backward_inference(ctx, &d.desc, NULL, d.dy_dev, d.dx_dev, p.gamma, NULL, NULL, p.running_mean,
@@ -376,19 +312,8 @@ static void run_inference_case(const backward_case *bc, bnk_context *ctx, test_r
   free(dbeta_ref);
   free(got_c);
   free(invstd);
-  free(dbeta_norms);
-  free(dgamma_norms);
   free_data(&d);
 }
-
-#define S0 \
-  0, { 1, 1, 1 }
-#define S1(a) \
-  1, { a, 1, 1 }
-#define S2(a, b) \
-  2, { a, b, 1 }
-#define S3(a, b, c) \
-  3, { a, b, c }
 
 /* The shapes of the forward sweep: both layouts, ranks 1-D to 3-D, odd and prime sizes, C = 1, S = 1,
  * N = 1, vectorizable and not, misaligned pointers, several pieces per channel, C > 65535; and the same
@@ -534,14 +459,11 @@ Test(backward, after_forward_training) {
     double *scale = malloc((size_t)c * 8);
     ref_backward(&d.desc, d.x, d.dy, d.mean, d.invstd, d.gamma, dx_ref, dgamma_ref, dbeta_ref);
     for (int64_t i = 0; i < c; ++i) scale[i] = d.gamma[i] * d.invstd[i];
-    double *dbeta_norms = term_norms(&d.desc, d.x, d.dy, NULL, NULL);
-    double *dgamma_norms = term_norms(&d.desc, d.x, d.dy, d.mean, d.invstd);
     output_bytes now = read_outputs(&d, &p);
     from_storage(d.desc.dtype, now.dx, got, d.elements);
     check_training_dx("after forward", &d.desc, got, dx_ref, scale);
     float_bytes_to_doubles(now.params, got_c, 2 * c);
-    check_sums("after forward: dgamma", got_c, dgamma_ref, dgamma_norms, c);
-    check_sums("after forward: dbeta", got_c + c, dbeta_ref, dbeta_norms, c);
+    check_gradient_sums("after forward", &d.desc, got_c, got_c + c, d.dy, d.x, d.mean, d.invstd, dgamma_ref, dbeta_ref);
     free_outputs(&now);
     free(dx_ref);
     free(got);
@@ -549,8 +471,6 @@ Test(backward, after_forward_training) {
     free(dbeta_ref);
     free(got_c);
     free(scale);
-    free(dbeta_norms);
-    free(dgamma_norms);
     dev_free(forward_workspace);
     free_params(&p);
     free_data(&d);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/gradient_check.h"
 #include "tests/harness.h"
 #include "tests/reference.h"
 
@@ -15,12 +16,10 @@
  *    error, which only shows where y is near zero) for 16-bit. The ReLU moves no error: near 0 both sides
  *    are within that bound of 0.
  *  - dx: 1e-5 |gamma| invstd for float32; 1 ulp plus 2e-6 |gamma| invstd for 16-bit.
- *  - dgamma, dbeta: 1e-5 (|reference| + sqrt(sum of squared terms)). */
+ *  - dgamma, dbeta: 1e-5 (|reference| + sqrt(sum of squared terms)).
+ * The backward's are tests/gradient_check.h's. */
 #define Y_TOLERANCE 1e-5
 #define Y_FP32_FLOOR 1e-6
-#define DX_TOLERANCE 1e-5
-#define DX_FP32_ERROR 2e-6
-#define SUM_TOLERANCE 1e-5
 #define EPS 1e-5
 
 typedef struct epilogue_case {
@@ -31,15 +30,6 @@ typedef struct epilogue_case {
   int64_t spatial[3];
   int misalign; /* every tensor starts one element past a 256-byte boundary */
 } epilogue_case;
-
-#define S0 \
-  0, { 1, 1, 1 }
-#define S1(a) \
-  1, { a, 1, 1 }
-#define S2(a, b) \
-  2, { a, b, 1 }
-#define S3(a, b, c) \
-  3, { a, b, c }
 
 /* Both layouts, ranks 0 to 3, every dtype with and without the 16-byte path, misaligned tensors, C = 3 and 5
  * (mask bytes that span rows of a channels-last tensor), and a channel cut into two pieces. */
@@ -392,49 +382,6 @@ Test(epilogue, inference_params_and_scale_shift, .timeout = 600) {
 
 /* ---- the backward through the epilogue ---- */
 
-/* dx within DX_TOLERANCE |gamma| invstd (float32), or 1 ulp plus DX_FP32_ERROR |gamma| invstd (16-bit). */
-static void check_dx(const problem *p, const char *what, const double *got, const double *want, const double *scale) {
-  const int64_t spatial = ref_spatial(&p->desc);
-  for (int64_t c = 0; c < p->desc.c; ++c)
-    for (int64_t n = 0; n < p->desc.n; ++n)
-      for (int64_t s = 0; s < spatial; ++s) {
-        const int64_t i = ref_offset(&p->desc, n, c, s);
-        double expected = want[i], allowed = DX_TOLERANCE * scale[c];
-        if (p->desc.dtype != BNK_FLOAT32) {
-          expected = round_to_storage(p->desc.dtype, want[i]);
-          allowed = storage_ulp(p->desc.dtype, expected) + DX_FP32_ERROR * scale[c];
-        }
-        if (!(fabs(got[i] - expected) <= allowed)) {
-          cr_expect(0, "%s: dx[%lld] = %.9g, reference %.9g (error %.3g > %.3g)", what, (long long)i, got[i], expected,
-                    fabs(got[i] - expected), allowed);
-          return;
-        }
-      }
-}
-
-/* Per-channel sums within SUM_TOLERANCE (|reference| + sqrt(sum of squared terms)), the terms being g and
- * g (x - center) scale. */
-static void check_sums(const problem *p, const char *what, const double *got, const double *g, const double *x,
-                       const double *center, const double *scale, const double *dgamma, const double *dbeta) {
-  const int64_t spatial = ref_spatial(&p->desc);
-  for (int64_t c = 0; c < p->desc.c; ++c) {
-    double beta_squares = 0.0, gamma_squares = 0.0;
-    for (int64_t n = 0; n < p->desc.n; ++n)
-      for (int64_t s = 0; s < spatial; ++s) {
-        const int64_t i = ref_offset(&p->desc, n, c, s);
-        const double term = g[i] * (x[i] - center[c]) * scale[c];
-        beta_squares += g[i] * g[i];
-        gamma_squares += term * term;
-      }
-    const double gamma_allowed = SUM_TOLERANCE * (fabs(dgamma[c]) + sqrt(gamma_squares));
-    const double beta_allowed = SUM_TOLERANCE * (fabs(dbeta[c]) + sqrt(beta_squares));
-    cr_expect(fabs(got[c] - dgamma[c]) <= gamma_allowed, "%s: dgamma[%lld] = %.9g, reference %.9g", what, (long long)c,
-              got[c], dgamma[c]);
-    cr_expect(fabs(got[p->desc.c + c] - dbeta[c]) <= beta_allowed, "%s: dbeta[%lld] = %.9g, reference %.9g", what,
-              (long long)c, got[p->desc.c + c], dbeta[c]);
-  }
-}
-
 /* What one backward wrote, as bytes: dx, dz, then dgamma and dbeta. */
 typedef struct backward_outputs {
   void *dx, *dz, *params;
@@ -546,10 +493,11 @@ static void run_backward_case(const epilogue_case *ec, bnk_context *ctx, test_rn
                                                   save_mean, save_invstd, b.workspace, b.workspace_bytes, &epilogue);
         cr_assert_eq(status, BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
         backward_outputs now = read_backward(&p, &b, with_dz);
-        check_dx(&p, label, b.dx.values, dx_ref, scale);
+        check_training_dx(label, &p.desc, b.dx.values, dx_ref, scale);
         if (with_dz) expect_close(label, b.dz.values, g, p.elements, 0.0, 0.0);
         from_storage(BNK_FLOAT32, now.params, got_params, 2 * c);
-        check_sums(&p, label, got_params, g, x.values, mean, invstd, dgamma_ref, dbeta_ref);
+        check_gradient_sums(label, &p.desc, got_params, got_params + p.desc.c, g, x.values, mean, invstd, dgamma_ref,
+                            dbeta_ref);
         compare_outputs(&p, label, &first, &now, 1);
       }
     }
@@ -573,11 +521,12 @@ static void run_backward_case(const epilogue_case *ec, bnk_context *ctx, test_rn
             with_params ? b.workspace_bytes : 0, &epilogue);
         cr_assert_eq(status, BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
         backward_outputs now = read_backward(&p, &b, with_dz);
-        check_dx(&p, label, b.dx.values, dx_ref, frozen_scale);
+        check_training_dx(label, &p.desc, b.dx.values, dx_ref, frozen_scale);
         if (with_dz) expect_close(label, b.dz.values, g, p.elements, 0.0, 0.0);
         if (with_params) {
           from_storage(BNK_FLOAT32, now.params, got_params, 2 * c);
-          check_sums(&p, label, got_params, g, x.values, p.running_mean, frozen_invstd, dgamma_ref, dbeta_ref);
+          check_gradient_sums(label, &p.desc, got_params, got_params + p.desc.c, g, x.values, p.running_mean,
+                              frozen_invstd, dgamma_ref, dbeta_ref);
         }
         compare_outputs(&p, label, &frozen_first, &now, 0);
       }

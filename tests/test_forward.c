@@ -47,7 +47,8 @@ static void describe(const forward_case *fc, char *out, size_t size) {
 typedef struct forward_data {
   bnk_tensor_desc desc;
   int64_t elements;
-  double *x; /* the stored values, as doubles */
+  size_t bytes; /* of one tensor, x or y */
+  double *x;    /* the stored values, as doubles */
   double *gamma, *beta;
   double *running_mean, *running_var;
   void *x_storage; /* host copy in the storage type */
@@ -84,13 +85,13 @@ static forward_data make_data(const forward_case *fc, test_rng *rng) {
     d.running_mean[c] = (double)(float)(fc->offset + rng_uniform(rng, -1.0, 1.0));
     d.running_var[c] = (double)(float)rng_uniform(rng, 0.5, 2.0);
   }
-  const size_t bytes = (size_t)d.elements * es;
+  d.bytes = (size_t)d.elements * es;
   const size_t skew = fc->misalign ? es : 0;
-  d.x_base = dev_alloc(bytes + es + 1);
-  d.y_base = dev_alloc(bytes + es + 1);
+  d.x_base = dev_alloc(d.bytes + es + 1);
+  d.y_base = dev_alloc(d.bytes + es + 1);
   d.x_dev = d.x_base + skew;
   d.y_dev = d.y_base + skew;
-  dev_upload(d.x_dev, d.x_storage, bytes);
+  dev_upload(d.x_dev, d.x_storage, d.bytes);
   return d;
 }
 
@@ -117,8 +118,6 @@ static void run_training_case(const forward_case *fc, bnk_context *ctx, test_rng
   describe(fc, label, sizeof label);
   forward_data d = make_data(fc, rng);
   const int64_t c = fc->c;
-  const size_t es = dtype_size(fc->dtype);
-  const size_t y_bytes = (size_t)d.elements * es;
 
   double *mean = malloc((size_t)c * sizeof(double)), *var = malloc((size_t)c * sizeof(double));
   double *var_unbiased = malloc((size_t)c * sizeof(double)), *invstd = malloc((size_t)c * sizeof(double));
@@ -141,7 +140,7 @@ static void run_training_case(const forward_case *fc, bnk_context *ctx, test_rng
 
   double *got = malloc((size_t)(d.elements + 1) * sizeof(double));
   double *got_c = malloc((size_t)c * sizeof(double));
-  void *y_first = malloc(y_bytes + 1), *y_now = malloc(y_bytes + 1);
+  void *y_first = malloc(d.bytes + 1), *y_now = malloc(d.bytes + 1);
   float *stats_first = malloc((size_t)c * 4 * 4), *stats_now = malloc((size_t)c * 4 * 4);
   char what[200];
   for (int schedule = 0; schedule < schedule_count(); ++schedule) {
@@ -155,7 +154,7 @@ static void run_training_case(const forward_case *fc, bnk_context *ctx, test_rng
     dev_upload(running_var, initial_var, (size_t)c * 4);
     free(initial_mean);
     free(initial_var);
-    dev_poison(d.y_dev, y_bytes);
+    dev_poison(d.y_dev, d.bytes);
     dev_poison(save_mean, (size_t)c * 4);
     dev_poison(save_invstd, (size_t)c * 4);
     dev_poison(workspace, ws_bytes);
@@ -165,7 +164,7 @@ static void run_training_case(const forward_case *fc, bnk_context *ctx, test_rng
     cr_assert_eq(status, BNK_SUCCESS, "%s [%s]: %s: %s", label, schedule_name(schedule), bnk_status_name(status),
                  bnk_last_error_message());
 
-    dev_download(y_now, d.y_dev, y_bytes);
+    dev_download(y_now, d.y_dev, d.bytes);
     from_storage(fc->dtype, y_now, got, d.elements);
     snprintf(what, sizeof what, "%s [%s]", label, schedule_name(schedule));
     check_y(fc, what, got, y_ref, d.elements);
@@ -192,10 +191,10 @@ static void run_training_case(const forward_case *fc, bnk_context *ctx, test_rng
     dev_download(stats_now + 2 * c, running_mean, (size_t)c * 4);
     dev_download(stats_now + 3 * c, running_var, (size_t)c * 4);
     if (schedule == 0) {
-      memcpy(y_first, y_now, y_bytes);
+      memcpy(y_first, y_now, d.bytes);
       memcpy(stats_first, stats_now, (size_t)c * 16);
     } else {
-      expect_bitwise_equal("training y", y_first, y_now, y_bytes);
+      expect_bitwise_equal("training y", y_first, y_now, d.bytes);
       expect_bitwise_equal("training statistics", stats_first, stats_now, (size_t)c * 16);
     }
   }
@@ -227,7 +226,6 @@ static void run_inference_case(const forward_case *fc, bnk_context *ctx, test_rn
   describe(fc, label, sizeof label);
   forward_data d = make_data(fc, rng);
   const int64_t c = fc->c;
-  const size_t y_bytes = (size_t)d.elements * dtype_size(fc->dtype);
   double *y_ref = malloc((size_t)(d.elements + 1) * sizeof(double));
   ref_normalize(&d.desc, d.x, d.running_mean, d.running_var, fc->eps, fc->affine ? d.gamma : NULL,
                 fc->affine ? d.beta : NULL, y_ref);
@@ -235,20 +233,20 @@ static void run_inference_case(const forward_case *fc, bnk_context *ctx, test_rn
   float *beta = fc->affine ? dev_floats(d.beta, c) : NULL;
   float *running_mean = dev_floats(d.running_mean, c), *running_var = dev_floats(d.running_var, c);
   double *got = malloc((size_t)(d.elements + 1) * sizeof(double));
-  void *y_first = malloc(y_bytes + 1), *y_now = malloc(y_bytes + 1);
+  void *y_first = malloc(d.bytes + 1), *y_now = malloc(d.bytes + 1);
   char what[200];
   for (int schedule = 0; schedule < schedule_count(); ++schedule) {
     schedule_use(schedule);
-    dev_poison(d.y_dev, y_bytes);
+    dev_poison(d.y_dev, d.bytes);
     const bnk_status status =
         bnk_forward_inference(ctx, &d.desc, d.x_dev, d.y_dev, gamma, beta, running_mean, running_var, fc->eps);
     cr_assert_eq(status, BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
-    dev_download(y_now, d.y_dev, y_bytes);
+    dev_download(y_now, d.y_dev, d.bytes);
     from_storage(fc->dtype, y_now, got, d.elements);
     snprintf(what, sizeof what, "inference %s [%s]", label, schedule_name(schedule));
     check_y(fc, what, got, y_ref, d.elements);
-    if (schedule == 0) memcpy(y_first, y_now, y_bytes);
-    else expect_bitwise_equal("inference y", y_first, y_now, y_bytes);
+    if (schedule == 0) memcpy(y_first, y_now, d.bytes);
+    else expect_bitwise_equal("inference y", y_first, y_now, d.bytes);
   }
   free(got);
   free(y_first);
@@ -260,15 +258,6 @@ static void run_inference_case(const forward_case *fc, bnk_context *ctx, test_rn
   dev_free(running_var);
   free_data(&d);
 }
-
-#define S0 \
-  0, { 1, 1, 1 }
-#define S1(a) \
-  1, { a, 1, 1 }
-#define S2(a, b) \
-  2, { a, b, 1 }
-#define S3(a, b, c) \
-  3, { a, b, c }
 
 /* The sweep: both layouts, ranks 1-D to 3-D, odd and prime sizes, C = 1, S = 1, N = 1, vectorizable and
  * not, misaligned pointers, sizes that need several pieces per channel, C > 65535. It runs for every
@@ -369,22 +358,21 @@ static void run_inference_in_place(const forward_case *fc, bnk_context *ctx, tes
   describe(fc, label, sizeof label);
   forward_data d = make_data(fc, rng);
   const int64_t c = fc->c;
-  const size_t y_bytes = (size_t)d.elements * dtype_size(fc->dtype);
   float *gamma = dev_floats(d.gamma, c), *beta = dev_floats(d.beta, c);
   float *running_mean = dev_floats(d.running_mean, c), *running_var = dev_floats(d.running_var, c);
-  dev_poison(d.y_dev, y_bytes);
+  dev_poison(d.y_dev, d.bytes);
   cr_assert_eq(bnk_forward_inference(ctx, &d.desc, d.x_dev, d.y_dev, gamma, beta, running_mean, running_var, fc->eps),
                BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
-  void *out_of_place = dev_snapshot(d.y_dev, y_bytes);
+  void *out_of_place = dev_snapshot(d.y_dev, d.bytes);
   char what[200];
   for (int schedule = 0; schedule < schedule_count(); ++schedule) {
     schedule_use(schedule);
-    dev_upload(d.x_dev, d.x_storage, y_bytes);
+    dev_upload(d.x_dev, d.x_storage, d.bytes);
     cr_assert_eq(bnk_forward_inference(ctx, &d.desc, d.x_dev, d.x_dev, gamma, beta, running_mean, running_var, fc->eps),
                  BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
-    void *in_place = dev_snapshot(d.x_dev, y_bytes);
+    void *in_place = dev_snapshot(d.x_dev, d.bytes);
     snprintf(what, sizeof what, "inference in place %s [%s]", label, schedule_name(schedule));
-    expect_bitwise_equal(what, out_of_place, in_place, y_bytes);
+    expect_bitwise_equal(what, out_of_place, in_place, d.bytes);
     free(in_place);
   }
   free(out_of_place);

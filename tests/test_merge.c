@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/gradient_check.h"
 #include "tests/harness.h"
 #include "tests/reference.h"
 
@@ -19,16 +20,14 @@
 
 #include "host/internal.h"
 
-/* The tolerances of tests/test_forward.c and tests/test_backward.c, which explain them. */
+/* The tolerances of tests/test_forward.c and tests/test_backward.c, which explain them (the backward's are in
+ * tests/gradient_check.h). */
 #define EPS 1e-5
 #define MEAN_TOLERANCE 1e-6
 #define INVSTD_TOLERANCE 1e-6
 #define RUNNING_TOLERANCE 2e-6
 #define Y_TOLERANCE 1e-5
 #define Y_FP32_FLOOR 1e-6
-#define SUM_TOLERANCE 1e-5
-#define DX_TOLERANCE 1e-5
-#define DX_FP32_ERROR 2e-6
 /* Batches counted before the call: the cumulative weight of this one is 1 / (TRACKED + 1). */
 #define TRACKED 4
 
@@ -171,6 +170,17 @@ static void expect_counters_zero(bnk_context *ctx, const char *label) {
   free(counters);
 }
 
+/* After a call (the traffic meter reset before it): its status, the emulation's diagnostic, the counters back at
+ * zero; returns the launches the meter counted. */
+static unsigned long long finish_call(bnk_context *ctx, bnk_status status, const char *label) {
+  cr_assert_eq(status, BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
+  cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess, "%s: %s", label, bnk_emu_last_diagnostic());
+  bnk_emu_traffic t;
+  bnk_emu_traffic_total(&t);
+  expect_counters_zero(ctx, label);
+  return t.launches;
+}
+
 /* A training forward (cumulative momentum) then the backward with its saved statistics, outputs poisoned
  * first, with the context's usable counters set to `forward_limit` and `backward_limit`. */
 static step_outputs run_step(bnk_context *ctx, step_data *d, int64_t forward_limit, int64_t backward_limit,
@@ -191,28 +201,19 @@ static step_outputs run_step(bnk_context *ctx, step_data *d, int64_t forward_lim
   dev_poison(d->backward_workspace, d->backward_workspace_bytes);
 
   step_outputs o;
-  bnk_emu_traffic t;
   bnk__context_limit_merge_counters(ctx, forward_limit);
   bnk_emu_traffic_reset();
   bnk_status status =
       bnk_forward_training(ctx, &d->desc, d->x_dev, d->y_dev, d->gamma_dev, d->beta_dev, d->running_mean_dev,
                            d->running_var_dev, d->tracked_dev, BNK_MOMENTUM_CUMULATIVE, EPS, d->save_mean_dev,
                            d->save_invstd_dev, d->forward_workspace, d->forward_workspace_bytes);
-  cr_assert_eq(status, BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
-  cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess, "%s: %s", label, bnk_emu_last_diagnostic());
-  bnk_emu_traffic_total(&t);
-  o.forward_launches = t.launches;
-  expect_counters_zero(ctx, label);
+  o.forward_launches = finish_call(ctx, status, label);
 
   bnk__context_limit_merge_counters(ctx, backward_limit);
   bnk_emu_traffic_reset();
   status = bnk_backward(ctx, &d->desc, d->x_dev, d->dy_dev, d->dx_dev, d->gamma_dev, d->dgamma_dev, d->dbeta_dev,
                         d->save_mean_dev, d->save_invstd_dev, d->backward_workspace, d->backward_workspace_bytes);
-  cr_assert_eq(status, BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
-  cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess, "%s: %s", label, bnk_emu_last_diagnostic());
-  bnk_emu_traffic_total(&t);
-  o.backward_launches = t.launches;
-  expect_counters_zero(ctx, label);
+  o.backward_launches = finish_call(ctx, status, label);
   bnk__context_limit_merge_counters(ctx, BNK_MERGE_COUNTERS);
 
   o.y = malloc(d->tensor_bytes);
@@ -307,38 +308,14 @@ static void expect_reference(const char *label, const step_data *d, const step_o
                TRACKED + 1);
 
   ref_backward(desc, d->x, d->dy, saved_mean, saved_invstd, d->gamma, want, dgamma, dbeta);
-  const int64_t spatial = ref_spatial(desc);
-  for (int64_t ch = 0; ch < c; ++ch) {
-    double dy_squares = 0.0, term_squares = 0.0;
-    for (int64_t n = 0; n < desc->n; ++n)
-      for (int64_t s = 0; s < spatial; ++s) {
-        const int64_t i = ref_offset(desc, n, ch, s);
-        const double term = d->dy[i] * (d->x[i] - saved_mean[ch]) * saved_invstd[ch];
-        dy_squares += d->dy[i] * d->dy[i];
-        term_squares += term * term;
-      }
-    cr_expect(fabs(o->dbeta[ch] - dbeta[ch]) <= SUM_TOLERANCE * (fabs(dbeta[ch]) + sqrt(dy_squares)),
-              "%s: dbeta[%lld] = %.9g, reference %.9g", label, (long long)ch, o->dbeta[ch], dbeta[ch]);
-    cr_expect(fabs(o->dgamma[ch] - dgamma[ch]) <= SUM_TOLERANCE * (fabs(dgamma[ch]) + sqrt(term_squares)),
-              "%s: dgamma[%lld] = %.9g, reference %.9g", label, (long long)ch, o->dgamma[ch], dgamma[ch]);
-    scale[ch] = fabs(d->gamma[ch]) * saved_invstd[ch];
-  }
+  double *got_sums = malloc((size_t)c * 2 * sizeof(double));
+  floats_to_doubles(o->dgamma, got_sums, c);
+  floats_to_doubles(o->dbeta, got_sums + c, c);
+  check_gradient_sums(label, desc, got_sums, got_sums + c, d->dy, d->x, saved_mean, saved_invstd, dgamma, dbeta);
+  free(got_sums);
+  for (int64_t ch = 0; ch < c; ++ch) scale[ch] = fabs(d->gamma[ch]) * saved_invstd[ch];
   from_storage(desc->dtype, o->dx, got, count);
-  for (int64_t ch = 0; ch < c; ++ch)
-    for (int64_t n = 0; n < desc->n; ++n)
-      for (int64_t s = 0; s < spatial; ++s) {
-        const int64_t i = ref_offset(desc, n, ch, s);
-        double expected = want[i], allowed = DX_TOLERANCE * scale[ch];
-        if (desc->dtype != BNK_FLOAT32) {
-          expected = round_to_storage(desc->dtype, want[i]);
-          allowed = storage_ulp(desc->dtype, expected) + DX_FP32_ERROR * scale[ch];
-        }
-        if (!(fabs(got[i] - expected) <= allowed)) {
-          cr_expect(0, "%s: dx[%lld] = %.9g, reference %.9g", label, (long long)i, got[i], expected);
-          ch = c;
-          break;
-        }
-      }
+  check_training_dx(label, desc, got, want, scale);
   free(mean);
   free(var);
   free(var_unbiased);
@@ -352,6 +329,13 @@ static void expect_reference(const char *label, const step_data *d, const step_o
   free(running_mean);
   free(running_var);
   free(got_c);
+}
+
+/* A step's launches: `want` kernels in its forward and `want` in its backward. */
+static void expect_launches(const char *what, const step_outputs *o, unsigned long long want) {
+  cr_expect_eq(o->forward_launches, want, "%s: forward: %llu launches, expected %llu", what, o->forward_launches, want);
+  cr_expect_eq(o->backward_launches, want, "%s: backward: %llu launches, expected %llu", what, o->backward_launches,
+               want);
 }
 
 Test(merge, in_kernel_merge_matches_the_merge_kernel_at_the_counter_limit, .timeout = 900) {
@@ -374,15 +358,11 @@ Test(merge, in_kernel_merge_matches_the_merge_kernel_at_the_counter_limit, .time
       step_outputs fused = run_step(ctx, &d, forward_need, backward_need, label);
       step_outputs split = run_step(ctx, &d, forward_need - 1, backward_need - 1, label);
       const unsigned long long within = mc->inside ? 2 : 3;
-      cr_expect_eq(fused.forward_launches, within, "%s: forward within the counter limit: %llu launches", label,
-                   fused.forward_launches);
-      cr_expect_eq(fused.backward_launches, within, "%s: backward within the counter limit: %llu launches", label,
-                   fused.backward_launches);
-      cr_expect_eq(split.forward_launches, 3, "%s: forward past the counter limit: %llu launches", label,
-                   split.forward_launches);
-      cr_expect_eq(split.backward_launches, 3, "%s: backward past the counter limit: %llu launches", label,
-                   split.backward_launches);
       char what[200];
+      snprintf(what, sizeof what, "%s, within the counter limit", label);
+      expect_launches(what, &fused, within);
+      snprintf(what, sizeof what, "%s, past the counter limit", label);
+      expect_launches(what, &split, 3);
       snprintf(what, sizeof what, "%s, merge in the kernel vs merge kernel", label);
       expect_same_outputs(what, &d, &fused, &split);
       expect_reference(label, &d, &fused);
@@ -416,8 +396,7 @@ Test(merge, many_channels_take_the_merge_kernel, .timeout = 900) {
     const char *label = side == 0 ? "C = 16384" : "C = 16383";
     step_outputs o = run_step(ctx, &d, BNK_MERGE_COUNTERS, BNK_MERGE_COUNTERS, label);
     const unsigned long long want = side == 0 ? 3 : 2;
-    cr_expect_eq(o.forward_launches, want, "%s: forward: %llu launches", label, o.forward_launches);
-    cr_expect_eq(o.backward_launches, want, "%s: backward: %llu launches", label, o.backward_launches);
+    expect_launches(label, &o, want);
     expect_reference(label, &d, &o);
     free_outputs(&o);
     free_data(&d);

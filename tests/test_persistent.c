@@ -195,11 +195,6 @@ static bnk_status call_forward(bnk_context *ctx, problem *p, bnk_epilogue_kind k
                                  p->save_invstd_dev, p->workspace, p->workspace_bytes, &e);
 }
 
-static bnk_status run_forward(bnk_context *ctx, problem *p, bnk_epilogue_kind kind) {
-  prepare_outputs(p);
-  return call_forward(ctx, p, kind);
-}
-
 /* Every output of the last run against the reference. Returns the bytes of y, the mask and the per-channel
  * outputs (the caller frees them) for bitwise comparisons. */
 static unsigned char *check_outputs(const problem *p, bnk_epilogue_kind kind, const char *label) {
@@ -289,45 +284,174 @@ static void use_workers(int index) {
 #endif
 }
 
-/* Runs every epilogue of a shape on the forced persistent path, under every schedule and worker count:
- * each run against the reference, and all runs bitwise identical. */
+/* Whether every byte of an output still has the poison's bits (a NULL output, one a capture made, is never
+ * written). */
+static void expect_poisoned(const char *what, const unsigned char *bytes, size_t count) {
+  for (size_t i = 0; i < count; ++i)
+    if (bytes[i] != 0xff) {
+      cr_expect(0, "%s: byte %zu was written", what, i);
+      return;
+    }
+}
+
+/* ---- the checks the forward's and the backward's tests share, each on one op ---- */
+
+/* The forward with one epilogue, or a backward with one variant, on one case: `prepare` poisons the outputs
+ * (and restores what the op updates), `call` makes the call, `check` compares every output with the reference
+ * and returns them as `bytes` bytes (the caller frees them), `expect_path` asks the op's path query. */
+typedef struct persistent_op persistent_op;
+struct persistent_op {
+  bnk_context *ctx;
+  void *problem;          /* a problem (forward) or a grad_problem (backward) */
+  const problem *forward; /* the forward's problem: the case's x and its shape */
+  int variant;            /* the forward's bnk_epilogue_kind, or the backward's index into grad_variants */
+  int frozen;             /* the backward: the frozen (inference) backward */
+  size_t bytes;
+  void (*prepare)(const persistent_op *op);
+  bnk_status (*call)(const persistent_op *op);
+  unsigned char *(*check)(const persistent_op *op, const char *what);
+  void (*expect_path)(const persistent_op *op, bnk_training_path want, const char *what);
+};
+
+static bnk_status op_run(const persistent_op *op) {
+  op->prepare(op);
+  return op->call(op);
+}
+
+/* The op on the forced persistent path, under every schedule and worker count: each run against the
+ * reference, all runs bitwise identical. */
+static void check_every_schedule_and_worker_count(const persistent_op *op, const char *label) {
+  char what[260];
+  op->expect_path(op, BNK_TRAINING_PATH_PERSISTENT, label);
+  unsigned char *first = NULL;
+  for (int w = 0; w < worker_setting_count(); ++w) {
+    use_workers(w);
+    for (int schedule = 0; schedule < schedule_count(); ++schedule) {
+      schedule_use(schedule);
+      snprintf(what, sizeof what, "%s [%s, workers setting %d]", label, schedule_name(schedule), w);
+      const bnk_status status = op_run(op);
+      cr_assert_eq(status, BNK_SUCCESS, "%s: %s: %s", what, bnk_status_name(status), bnk_last_error_message());
+      unsigned char *now = op->check(op, what);
+      if (first == NULL) first = now;
+      else {
+        expect_bitwise_equal(what, first, now, op->bytes);
+        free(now);
+      }
+    }
+  }
+  use_workers(0);
+  free(first);
+}
+
+/* The op through the forced two-pass path, the forced persistent path and the automatic choice (persistent for
+ * a case that fits): each against the reference, the automatic run bitwise the persistent one. */
+static void check_each_path(const persistent_op *op, const char *label) {
+  const bnk_training_path paths[] = {BNK_TRAINING_PATH_TWO_PASS, BNK_TRAINING_PATH_PERSISTENT, BNK_TRAINING_PATH_AUTO};
+  unsigned char *persistent = NULL;
+  for (int k = 0; k < 3; ++k) {
+    set_path(op->ctx, paths[k]);
+    char what[240];
+    snprintf(what, sizeof what, "%s, path setting %d", label, (int)paths[k]);
+    op->expect_path(
+        op, paths[k] == BNK_TRAINING_PATH_TWO_PASS ? BNK_TRAINING_PATH_TWO_PASS : BNK_TRAINING_PATH_PERSISTENT, what);
+    cr_assert_eq(op_run(op), BNK_SUCCESS, "%s: %s", what, bnk_last_error_message());
+    unsigned char *now = op->check(op, what);
+    if (paths[k] == BNK_TRAINING_PATH_PERSISTENT) persistent = now;
+    else if (paths[k] == BNK_TRAINING_PATH_AUTO) {
+      expect_bitwise_equal(what, persistent, now, op->bytes);
+      free(now);
+    } else {
+      free(now);
+    }
+  }
+  free(persistent);
+}
+
+/* The automatic choice on one side of the capacity boundary (side 0: the last batch that fits, side 1: the
+ * first that does not): the persistent path, then the two-pass path, each against the reference. */
+static void check_automatic_path_at_boundary(const persistent_op *op, int side, const char *label) {
+  set_path(op->ctx, BNK_TRAINING_PATH_AUTO);
+  op->expect_path(op, side == 0 ? BNK_TRAINING_PATH_PERSISTENT : BNK_TRAINING_PATH_TWO_PASS, label);
+  cr_assert_eq(op_run(op), BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
+  free(op->check(op, label));
+}
+
+/* The op captured into a CUDA graph on a non-blocking stream, then replayed: the capture runs nothing (the
+ * output at `watched`, `watched_bytes` long, keeps its poison), the replay writes what a direct call writes. */
+static void check_capture_and_replay(const persistent_op *op, const void *watched, size_t watched_bytes,
+                                     const char *watched_name) {
+  cr_assert_eq(op_run(op), BNK_SUCCESS, "%s", bnk_last_error_message());
+  unsigned char *direct = op->check(op, "direct");
+
+  cudaStream_t stream;
+  cr_assert_eq(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  cr_assert_eq(bnk_context_set_stream(op->ctx, (bnk_stream)stream), BNK_SUCCESS);
+  op->prepare(op);
+  cr_assert_eq(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  const bnk_status status = op->call(op);
+  cudaGraph_t graph;
+  cr_assert_eq(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cr_assert_eq(status, BNK_SUCCESS, "captured: %s", bnk_last_error_message());
+  unsigned char *poisoned = malloc(watched_bytes);
+  dev_download(poisoned, watched, watched_bytes);
+  char what[64];
+  snprintf(what, sizeof what, "the capture: %s", watched_name);
+  expect_poisoned(what, poisoned, watched_bytes);
+  free(poisoned);
+  cudaGraphExec_t exec;
+  cr_assert_eq(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  cr_assert_eq(cudaGraphLaunch(exec, stream), cudaSuccess);
+  cr_assert_eq(cudaStreamSynchronize(stream), cudaSuccess);
+  unsigned char *replayed = op->check(op, "replayed");
+  expect_bitwise_equal("replayed graph", direct, replayed, op->bytes);
+  free(direct);
+  free(replayed);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cr_assert_eq(bnk_context_set_stream(op->ctx, NULL), BNK_SUCCESS);
+  cudaStreamDestroy(stream);
+}
+
+/* ---- the persistent forward ---- */
+
+static void forward_prepare(const persistent_op *op) { prepare_outputs(op->problem); }
+
+static bnk_status forward_call(const persistent_op *op) {
+  return call_forward(op->ctx, op->problem, (bnk_epilogue_kind)op->variant);
+}
+
+static unsigned char *forward_check(const persistent_op *op, const char *what) {
+  return check_outputs(op->problem, (bnk_epilogue_kind)op->variant, what);
+}
+
+static void forward_expect_path(const persistent_op *op, bnk_training_path want, const char *what) {
+  expect_path(op->ctx, op->problem, (bnk_epilogue_kind)op->variant, want, what);
+}
+
+static persistent_op forward_op(bnk_context *ctx, problem *p, bnk_epilogue_kind kind) {
+  const persistent_op op = {.ctx = ctx,
+                            .problem = p,
+                            .forward = p,
+                            .variant = (int)kind,
+                            .bytes = output_bytes(p),
+                            .prepare = forward_prepare,
+                            .call = forward_call,
+                            .check = forward_check,
+                            .expect_path = forward_expect_path};
+  return op;
+}
+
+/* Every epilogue of a shape, on the forced persistent path. */
 static void check_persistent_shape(bnk_context *ctx, const shape *sh, test_rng *rng) {
   problem p = make_problem(ctx, sh, rng);
   for (int k = BNK_EPILOGUE_NONE; k <= BNK_EPILOGUE_ADD_RELU; ++k) {
-    const bnk_epilogue_kind kind = (bnk_epilogue_kind)k;
-    char label[200], what[260];
-    describe(&p, kind, label, sizeof label);
-    expect_path(ctx, &p, kind, BNK_TRAINING_PATH_PERSISTENT, label);
-    unsigned char *first = NULL;
-    for (int w = 0; w < worker_setting_count(); ++w) {
-      use_workers(w);
-      for (int schedule = 0; schedule < schedule_count(); ++schedule) {
-        schedule_use(schedule);
-        snprintf(what, sizeof what, "%s [%s, workers setting %d]", label, schedule_name(schedule), w);
-        const bnk_status status = run_forward(ctx, &p, kind);
-        cr_assert_eq(status, BNK_SUCCESS, "%s: %s: %s", what, bnk_status_name(status), bnk_last_error_message());
-        unsigned char *now = check_outputs(&p, kind, what);
-        if (first == NULL) first = now;
-        else {
-          expect_bitwise_equal(what, first, now, output_bytes(&p));
-          free(now);
-        }
-      }
-    }
-    use_workers(0);
-    free(first);
+    char label[200];
+    describe(&p, (bnk_epilogue_kind)k, label, sizeof label);
+    const persistent_op op = forward_op(ctx, &p, (bnk_epilogue_kind)k);
+    check_every_schedule_and_worker_count(&op, label);
   }
   free_problem(&p);
 }
-
-#define S0 \
-  0, { 1, 1, 1 }
-#define S1(a) \
-  1, { a, 1, 1 }
-#define S2(a, b) \
-  2, { a, b, 1 }
-#define S3(a, b, c) \
-  3, { a, b, c }
 
 /* Both layouts, ranks 0-3, every dtype with and without the 16-byte path, misaligned tensors, channels cut into
  * several pieces (NCHW: more than 256 x 8 vectors per channel; NHWC: more than tile_y x 8 rows). */
@@ -339,6 +463,11 @@ static const shape fitting_shapes[] = {
     {BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0}, {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0},
     {BNK_BFLOAT16, BNK_NHWC, 3, 24, S1(9), 0},    {BNK_BFLOAT16, BNK_NHWC, 2, 5, S3(2, 3, 4), 1},
 };
+
+/* Two of them, channels-last 16-bit and channels-first float32: the tests that make a few calls per shape. */
+static const shape two_fitting_shapes[] = {{BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0},
+                                           {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0}};
+#define TWO_FITTING_SHAPES (sizeof two_fitting_shapes / sizeof two_fitting_shapes[0])
 
 Test(persistent, matches_reference_on_every_schedule_layout_dtype_and_epilogue, .timeout = 1200) {
   bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
@@ -355,31 +484,12 @@ Test(persistent, matches_reference_on_every_schedule_layout_dtype_and_epilogue, 
 Test(persistent, same_data_through_each_path, .timeout = 600) {
   bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
   test_rng rng = rng_fresh();
-  const shape shapes[] = {{BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0}, {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0}};
-  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; ++i) {
-    problem p = make_problem(ctx, &shapes[i], &rng);
-    const bnk_training_path paths[] = {BNK_TRAINING_PATH_TWO_PASS, BNK_TRAINING_PATH_PERSISTENT,
-                                       BNK_TRAINING_PATH_AUTO};
-    unsigned char *persistent = NULL;
-    for (int k = 0; k < 3; ++k) {
-      set_path(ctx, paths[k]);
-      char label[200], what[240];
-      describe(&p, BNK_EPILOGUE_ADD_RELU, label, sizeof label);
-      snprintf(what, sizeof what, "%s, path setting %d", label, (int)paths[k]);
-      expect_path(ctx, &p, BNK_EPILOGUE_ADD_RELU,
-                  paths[k] == BNK_TRAINING_PATH_TWO_PASS ? BNK_TRAINING_PATH_TWO_PASS : BNK_TRAINING_PATH_PERSISTENT,
-                  what);
-      cr_assert_eq(run_forward(ctx, &p, BNK_EPILOGUE_ADD_RELU), BNK_SUCCESS, "%s: %s", what, bnk_last_error_message());
-      unsigned char *now = check_outputs(&p, BNK_EPILOGUE_ADD_RELU, what);
-      if (paths[k] == BNK_TRAINING_PATH_PERSISTENT) persistent = now;
-      else if (paths[k] == BNK_TRAINING_PATH_AUTO) {
-        expect_bitwise_equal(what, persistent, now, output_bytes(&p));
-        free(now);
-      } else {
-        free(now);
-      }
-    }
-    free(persistent);
+  for (size_t i = 0; i < TWO_FITTING_SHAPES; ++i) {
+    problem p = make_problem(ctx, &two_fitting_shapes[i], &rng);
+    char label[200];
+    describe(&p, BNK_EPILOGUE_ADD_RELU, label, sizeof label);
+    const persistent_op op = forward_op(ctx, &p, BNK_EPILOGUE_ADD_RELU);
+    check_each_path(&op, label);
     free_problem(&p);
   }
   bnk_context_destroy(ctx);
@@ -429,22 +539,33 @@ static int64_t first_two_pass_batch(bnk_context *ctx, path_query query) {
   return hi;
 }
 
+/* The first batch the automatic plan sends to the two-pass path, one past whole blocks of `rows_per_block`. */
+static int64_t capacity_boundary(bnk_context *ctx, path_query query, int64_t rows_per_block) {
+  const int64_t boundary = first_two_pass_batch(ctx, query);
+  cr_expect_eq((boundary - 1) % rows_per_block, 0, "the last batch that fits, %lld, is not whole blocks",
+               (long long)(boundary - 1));
+  return boundary;
+}
+
+/* The co-resident grid scales with the SMs bnk may use: twice the SMs, twice the rows that fit. */
+static void expect_capacity_scales_with_sm_limit(bnk_context *ctx, path_query query) {
+  const int64_t one = first_two_pass_batch(ctx, query) - 1;
+  cr_assert_eq(bnk_context_set_sm_limit(ctx, 2), BNK_SUCCESS);
+  const int64_t two = first_two_pass_batch(ctx, query) - 1;
+  cr_expect_eq(two, 2 * one, "%lld rows fit on 2 SMs, %lld on 1", (long long)two, (long long)one);
+}
+
 Test(persistent, capacity_boundary_on_both_sides, .timeout = 900) {
   bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
-  const int64_t boundary = first_two_pass_batch(ctx, forward_path);
-  cr_expect_eq((boundary - 1) % ROWS_PER_BLOCK, 0, "the last batch that fits, %lld, is not whole blocks",
-               (long long)(boundary - 1));
+  const int64_t boundary = capacity_boundary(ctx, forward_path, ROWS_PER_BLOCK);
   test_rng rng = rng_fresh();
   for (int side = 0; side < 2; ++side) {
     const shape sh = {BNK_FLOAT32, BNK_NHWC, boundary - 1 + side, 4, S0, 0};
     problem p = make_problem(ctx, &sh, &rng);
     char label[200];
     describe(&p, BNK_EPILOGUE_RELU, label, sizeof label);
-    set_path(ctx, BNK_TRAINING_PATH_AUTO);
-    expect_path(ctx, &p, BNK_EPILOGUE_RELU, side == 0 ? BNK_TRAINING_PATH_PERSISTENT : BNK_TRAINING_PATH_TWO_PASS,
-                label);
-    cr_assert_eq(run_forward(ctx, &p, BNK_EPILOGUE_RELU), BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
-    free(check_outputs(&p, BNK_EPILOGUE_RELU, label));
+    const persistent_op op = forward_op(ctx, &p, BNK_EPILOGUE_RELU);
+    check_automatic_path_at_boundary(&op, side, label);
     if (side == 1) {
       /* Forced onto a grid it does not fit: a clear rejection that writes nothing. */
       set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
@@ -465,13 +586,9 @@ Test(persistent, capacity_boundary_on_both_sides, .timeout = 900) {
   bnk_context_destroy(ctx);
 }
 
-/* The co-resident grid scales with the SMs bnk may use: twice the SMs, twice the rows that fit. */
 Test(persistent, sm_limit_sets_the_capacity) {
   bnk_context *ctx = persistent_context(1);
-  const int64_t one = first_two_pass_batch(ctx, forward_path) - 1;
-  cr_assert_eq(bnk_context_set_sm_limit(ctx, 2), BNK_SUCCESS);
-  const int64_t two = first_two_pass_batch(ctx, forward_path) - 1;
-  cr_expect_eq(two, 2 * one, "%lld rows fit on 2 SMs, %lld on 1", (long long)two, (long long)one);
+  expect_capacity_scales_with_sm_limit(ctx, forward_path);
   int limit = -1;
   cr_assert_eq(bnk_context_get_sm_limit(ctx, &limit), BNK_SUCCESS);
   cr_expect_eq(limit, 2);
@@ -505,46 +622,15 @@ Test(persistent, settings_reject_bad_values) {
   bnk_context_destroy(ctx);
 }
 
-/* The persistent forward captured into a CUDA graph on a non-blocking stream, then replayed: the capture runs
- * nothing, the replay writes what a direct call writes. */
+/* The persistent forward captured into a CUDA graph and replayed. */
 Test(persistent, cooperative_launch_is_capturable, .timeout = 600) {
   bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
   set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
   test_rng rng = rng_fresh();
   const shape sh = {BNK_FLOAT16, BNK_NCHW, 3, 4, S1(33), 0};
   problem p = make_problem(ctx, &sh, &rng);
-  cr_assert_eq(run_forward(ctx, &p, BNK_EPILOGUE_ADD_RELU), BNK_SUCCESS, "%s", bnk_last_error_message());
-  unsigned char *direct = check_outputs(&p, BNK_EPILOGUE_ADD_RELU, "direct");
-
-  cudaStream_t stream;
-  cr_assert_eq(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-  cr_assert_eq(bnk_context_set_stream(ctx, (bnk_stream)stream), BNK_SUCCESS);
-  prepare_outputs(&p);
-  cr_assert_eq(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
-  const bnk_status status = call_forward(ctx, &p, BNK_EPILOGUE_ADD_RELU);
-  cudaGraph_t graph;
-  cr_assert_eq(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-  cr_assert_eq(status, BNK_SUCCESS, "captured: %s", bnk_last_error_message());
-  unsigned char *poisoned = malloc(p.bytes);
-  dev_download(poisoned, p.y_dev, p.bytes);
-  for (size_t i = 0; i < p.bytes; ++i)
-    if (poisoned[i] != 0xff) {
-      cr_expect(0, "the capture wrote y (byte %zu)", i);
-      break;
-    }
-  free(poisoned);
-  cudaGraphExec_t exec;
-  cr_assert_eq(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  cr_assert_eq(cudaGraphLaunch(exec, stream), cudaSuccess);
-  cr_assert_eq(cudaStreamSynchronize(stream), cudaSuccess);
-  unsigned char *replayed = check_outputs(&p, BNK_EPILOGUE_ADD_RELU, "replayed");
-  expect_bitwise_equal("replayed graph", direct, replayed, output_bytes(&p));
-  free(direct);
-  free(replayed);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  cr_assert_eq(bnk_context_set_stream(ctx, NULL), BNK_SUCCESS);
-  cudaStreamDestroy(stream);
+  const persistent_op op = forward_op(ctx, &p, BNK_EPILOGUE_ADD_RELU);
+  check_capture_and_replay(&op, p.y_dev, p.bytes, "y");
   free_problem(&p);
   bnk_context_destroy(ctx);
 }
@@ -750,34 +836,45 @@ static void expect_backward_path(bnk_context *ctx, const grad_problem *p, const 
   cr_expect_eq(got, want, "%s: the backward takes path %d, expected %d", label, (int)got, (int)want);
 }
 
-/* Runs every epilogue of a shape through the training backward and the frozen backward on the forced persistent
- * path, under every schedule and worker count: each run against the reference, all runs bitwise identical. */
+static void backward_prepare(const persistent_op *op) { poison_backward(op->problem); }
+
+static bnk_status backward_call(const persistent_op *op) {
+  return call_backward(op->ctx, op->problem, &grad_variants[op->variant], op->frozen, every_output);
+}
+
+static unsigned char *backward_check(const persistent_op *op, const char *what) {
+  return check_backward(op->problem, &grad_variants[op->variant], op->frozen, what);
+}
+
+static void backward_expect_path(const persistent_op *op, bnk_training_path want, const char *what) {
+  expect_backward_path(op->ctx, op->problem, &grad_variants[op->variant], want, what);
+}
+
+/* The backward (frozen: the inference backward) with grad_variants[variant]. */
+static persistent_op backward_op(bnk_context *ctx, grad_problem *p, size_t variant, int frozen) {
+  const persistent_op op = {.ctx = ctx,
+                            .problem = p,
+                            .forward = &p->f,
+                            .variant = (int)variant,
+                            .frozen = frozen,
+                            .bytes = grad_output_bytes(p),
+                            .prepare = backward_prepare,
+                            .call = backward_call,
+                            .check = backward_check,
+                            .expect_path = backward_expect_path};
+  return op;
+}
+
+/* Every variant of a shape through the training backward and the frozen backward, on the forced persistent
+ * path. */
 static void check_persistent_backward_shape(bnk_context *ctx, const shape *sh, test_rng *rng) {
   grad_problem p = make_grad_problem(ctx, sh, rng);
   for (int frozen = 0; frozen < 2; ++frozen)
     for (size_t k = 0; k < GRAD_VARIANTS; ++k) {
-      const grad_variant *v = &grad_variants[k];
-      char label[200], what[260];
-      describe_grad(&p, v, frozen, label, sizeof label);
-      expect_backward_path(ctx, &p, v, BNK_TRAINING_PATH_PERSISTENT, label);
-      unsigned char *first = NULL;
-      for (int w = 0; w < worker_setting_count(); ++w) {
-        use_workers(w);
-        for (int schedule = 0; schedule < schedule_count(); ++schedule) {
-          schedule_use(schedule);
-          snprintf(what, sizeof what, "%s [%s, workers setting %d]", label, schedule_name(schedule), w);
-          const bnk_status status = run_backward(ctx, &p, v, frozen);
-          cr_assert_eq(status, BNK_SUCCESS, "%s: %s: %s", what, bnk_status_name(status), bnk_last_error_message());
-          unsigned char *now = check_backward(&p, v, frozen, what);
-          if (first == NULL) first = now;
-          else {
-            expect_bitwise_equal(what, first, now, grad_output_bytes(&p));
-            free(now);
-          }
-        }
-      }
-      use_workers(0);
-      free(first);
+      char label[200];
+      describe_grad(&p, &grad_variants[k], frozen, label, sizeof label);
+      const persistent_op op = backward_op(ctx, &p, k, frozen);
+      check_every_schedule_and_worker_count(&op, label);
     }
   free_grad_problem(&p);
 }
@@ -796,32 +893,12 @@ Test(persistent_backward, matches_reference_on_every_schedule_layout_dtype_and_e
 Test(persistent_backward, same_data_through_each_path, .timeout = 600) {
   bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
   test_rng rng = rng_fresh();
-  const shape shapes[] = {{BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0}, {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0}};
-  const grad_variant *v = &grad_variants[GRAD_VARIANTS - 1];
-  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; ++i) {
-    grad_problem p = make_grad_problem(ctx, &shapes[i], &rng);
-    const bnk_training_path paths[] = {BNK_TRAINING_PATH_TWO_PASS, BNK_TRAINING_PATH_PERSISTENT,
-                                       BNK_TRAINING_PATH_AUTO};
-    unsigned char *persistent = NULL;
-    for (int k = 0; k < 3; ++k) {
-      set_path(ctx, paths[k]);
-      char label[200], what[240];
-      describe_grad(&p, v, 0, label, sizeof label);
-      snprintf(what, sizeof what, "%s, path setting %d", label, (int)paths[k]);
-      expect_backward_path(
-          ctx, &p, v,
-          paths[k] == BNK_TRAINING_PATH_TWO_PASS ? BNK_TRAINING_PATH_TWO_PASS : BNK_TRAINING_PATH_PERSISTENT, what);
-      cr_assert_eq(run_backward(ctx, &p, v, 0), BNK_SUCCESS, "%s: %s", what, bnk_last_error_message());
-      unsigned char *now = check_backward(&p, v, 0, what);
-      if (paths[k] == BNK_TRAINING_PATH_PERSISTENT) persistent = now;
-      else if (paths[k] == BNK_TRAINING_PATH_AUTO) {
-        expect_bitwise_equal(what, persistent, now, grad_output_bytes(&p));
-        free(now);
-      } else {
-        free(now);
-      }
-    }
-    free(persistent);
+  for (size_t i = 0; i < TWO_FITTING_SHAPES; ++i) {
+    grad_problem p = make_grad_problem(ctx, &two_fitting_shapes[i], &rng);
+    char label[200];
+    describe_grad(&p, &grad_variants[GRAD_VARIANTS - 1], 0, label, sizeof label);
+    const persistent_op op = backward_op(ctx, &p, GRAD_VARIANTS - 1, 0);
+    check_each_path(&op, label);
     free_grad_problem(&p);
   }
   bnk_context_destroy(ctx);
@@ -829,9 +906,7 @@ Test(persistent_backward, same_data_through_each_path, .timeout = 600) {
 
 Test(persistent_backward, capacity_boundary_on_both_sides, .timeout = 900) {
   bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
-  const int64_t boundary = first_two_pass_batch(ctx, backward_path);
-  cr_expect_eq((boundary - 1) % BACKWARD_ROWS_PER_BLOCK, 0, "the last batch that fits, %lld, is not whole blocks",
-               (long long)(boundary - 1));
+  const int64_t boundary = capacity_boundary(ctx, backward_path, BACKWARD_ROWS_PER_BLOCK);
   test_rng rng = rng_fresh();
   const grad_variant *v = &grad_variants[2]; /* ReLU from the mask */
   for (int side = 0; side < 2; ++side) {
@@ -839,10 +914,8 @@ Test(persistent_backward, capacity_boundary_on_both_sides, .timeout = 900) {
     grad_problem p = make_grad_problem(ctx, &sh, &rng);
     char label[200];
     describe_grad(&p, v, 0, label, sizeof label);
-    set_path(ctx, BNK_TRAINING_PATH_AUTO);
-    expect_backward_path(ctx, &p, v, side == 0 ? BNK_TRAINING_PATH_PERSISTENT : BNK_TRAINING_PATH_TWO_PASS, label);
-    cr_assert_eq(run_backward(ctx, &p, v, 0), BNK_SUCCESS, "%s: %s", label, bnk_last_error_message());
-    free(check_backward(&p, v, 0, label));
+    const persistent_op op = backward_op(ctx, &p, 2, 0);
+    check_automatic_path_at_boundary(&op, side, label);
     if (side == 1) {
       /* Forced onto a grid it does not fit: a clear rejection that writes nothing. */
       set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
@@ -866,10 +939,7 @@ Test(persistent_backward, capacity_boundary_on_both_sides, .timeout = 900) {
 
 Test(persistent_backward, sm_limit_sets_the_capacity) {
   bnk_context *ctx = persistent_context(1);
-  const int64_t one = first_two_pass_batch(ctx, backward_path) - 1;
-  cr_assert_eq(bnk_context_set_sm_limit(ctx, 2), BNK_SUCCESS);
-  const int64_t two = first_two_pass_batch(ctx, backward_path) - 1;
-  cr_expect_eq(two, 2 * one, "%lld rows fit on 2 SMs, %lld on 1", (long long)two, (long long)one);
+  expect_capacity_scales_with_sm_limit(ctx, backward_path);
   bnk_context_destroy(ctx);
 }
 
@@ -896,53 +966,15 @@ Test(persistent_backward, path_query_rejects_bad_arguments) {
   bnk_context_destroy(ctx);
 }
 
-/* The persistent backward captured into a CUDA graph on a non-blocking stream, then replayed: the capture runs
- * nothing, the replay writes what a direct call writes. */
+/* The persistent backward captured into a CUDA graph and replayed. */
 Test(persistent_backward, cooperative_launch_is_capturable, .timeout = 600) {
   bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
   set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
   test_rng rng = rng_fresh();
   const shape sh = {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0};
   grad_problem p = make_grad_problem(ctx, &sh, &rng);
-  const grad_variant *v = &grad_variants[GRAD_VARIANTS - 1];
-  cr_assert_eq(run_backward(ctx, &p, v, 0), BNK_SUCCESS, "%s", bnk_last_error_message());
-  unsigned char *direct = check_backward(&p, v, 0, "direct");
-
-  cudaStream_t stream;
-  cr_assert_eq(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-  cr_assert_eq(bnk_context_set_stream(ctx, (bnk_stream)stream), BNK_SUCCESS);
-  dev_poison(p.dx_dev, p.f.bytes);
-  dev_poison(p.dz_dev, p.f.bytes);
-  dev_poison(p.dgamma_dev, (size_t)sh.c * 4);
-  dev_poison(p.dbeta_dev, (size_t)sh.c * 4);
-  const bnk_epilogue_grad e = grad_epilogue_of(&p, v);
-  cr_assert_eq(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
-  const bnk_status status =
-      bnk_backward_ex(ctx, &p.f.desc, p.f.x_dev, p.dy_dev, p.dx_dev, p.f.gamma_dev, p.dgamma_dev, p.dbeta_dev,
-                      p.f.save_mean_dev, p.f.save_invstd_dev, p.workspace, p.workspace_bytes, &e);
-  cudaGraph_t graph;
-  cr_assert_eq(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-  cr_assert_eq(status, BNK_SUCCESS, "captured: %s", bnk_last_error_message());
-  unsigned char *poisoned = malloc(p.f.bytes);
-  dev_download(poisoned, p.dx_dev, p.f.bytes);
-  for (size_t i = 0; i < p.f.bytes; ++i)
-    if (poisoned[i] != 0xff) {
-      cr_expect(0, "the capture wrote dx (byte %zu)", i);
-      break;
-    }
-  free(poisoned);
-  cudaGraphExec_t exec;
-  cr_assert_eq(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  cr_assert_eq(cudaGraphLaunch(exec, stream), cudaSuccess);
-  cr_assert_eq(cudaStreamSynchronize(stream), cudaSuccess);
-  unsigned char *replayed = check_backward(&p, v, 0, "replayed");
-  expect_bitwise_equal("replayed graph", direct, replayed, grad_output_bytes(&p));
-  free(direct);
-  free(replayed);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  cr_assert_eq(bnk_context_set_stream(ctx, NULL), BNK_SUCCESS);
-  cudaStreamDestroy(stream);
+  const persistent_op op = backward_op(ctx, &p, GRAD_VARIANTS - 1, 0);
+  check_capture_and_replay(&op, p.dx_dev, p.f.bytes, "dx");
   free_grad_problem(&p);
   bnk_context_destroy(ctx);
 }
@@ -956,15 +988,6 @@ static unsigned char *read_backward(const grad_problem *p) {
   dev_download(raw + 2 * f->bytes, p->dgamma_dev, (size_t)f->sh.c * 4);
   dev_download(raw + 2 * f->bytes + f->sh.c * 4, p->dbeta_dev, (size_t)f->sh.c * 4);
   return raw;
-}
-
-/* Whether every byte of an output still has the poison's bits: a NULL output is never written. */
-static void expect_poisoned(const char *what, const unsigned char *bytes, size_t count) {
-  for (size_t i = 0; i < count; ++i)
-    if (bytes[i] != 0xff) {
-      cr_expect(0, "%s: byte %zu was written", what, i);
-      return;
-    }
 }
 
 /* On the persistent path, dx, dgamma and dbeta are each optional, and dx may be dy, in the training and the
@@ -1052,6 +1075,15 @@ static void expect_traffic(const char *what, const problem *f, double tensors, d
   cr_expect_eq(t.launches, 1ull, "%s: %llu launches, expected one", what, t.launches);
 }
 
+/* The traffic of one call of the op, its outputs prepared beforehand (off the meter). */
+static void expect_op_traffic(const persistent_op *op, const char *what, double tensors, double eighths) {
+  op->prepare(op);
+  cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
+  bnk_emu_traffic_reset();
+  cr_assert_eq(op->call(op), BNK_SUCCESS, "%s: %s", what, bnk_last_error_message());
+  expect_traffic(what, op->forward, tensors, eighths);
+}
+
 /* The traffic meter on shapes that fit: the persistent forward moves 2 E b (+ E b of z for add + ReLU, + E / 8
  * of the mask it writes), the backward 3 E b (+ E b of y or E / 8 of the mask it gates from, + E b of dz), the
  * frozen backward with dgamma the same, each in one launch. */
@@ -1059,40 +1091,27 @@ Test(persistent_backward, one_launch_and_the_documented_bytes, .timeout = 600) {
   bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
   set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
   test_rng rng = rng_fresh();
-  const shape shapes[] = {{BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0}, {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0}};
   static const double forward_tensors[] = {2, 2, 3}, forward_eighths[] = {0, 1, 1};
   static const double backward_tensors[] = {3, 4, 3, 5, 4}, backward_eighths[] = {0, 0, 1, 0, 1};
   bnk_emu_set_traffic(1);
-  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; ++i) {
-    grad_problem p = make_grad_problem(ctx, &shapes[i], &rng);
+  for (size_t i = 0; i < TWO_FITTING_SHAPES; ++i) {
+    grad_problem p = make_grad_problem(ctx, &two_fitting_shapes[i], &rng);
     char label[200], what[260];
     for (int k = BNK_EPILOGUE_NONE; k <= BNK_EPILOGUE_ADD_RELU; ++k) {
       describe(&p.f, (bnk_epilogue_kind)k, label, sizeof label);
       snprintf(what, sizeof what, "%s, forward", label);
-      prepare_outputs(&p.f);
-      cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
-      bnk_emu_traffic_reset();
-      cr_assert_eq(call_forward(ctx, &p.f, (bnk_epilogue_kind)k), BNK_SUCCESS, "%s: %s", what,
-                   bnk_last_error_message());
-      expect_traffic(what, &p.f, forward_tensors[k], forward_eighths[k]);
+      const persistent_op op = forward_op(ctx, &p.f, (bnk_epilogue_kind)k);
+      expect_op_traffic(&op, what, forward_tensors[k], forward_eighths[k]);
     }
     for (size_t k = 0; k < GRAD_VARIANTS; ++k) {
       describe_grad(&p, &grad_variants[k], 0, what, sizeof what);
-      poison_backward(&p);
-      cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
-      bnk_emu_traffic_reset();
-      cr_assert_eq(call_backward(ctx, &p, &grad_variants[k], 0, every_output), BNK_SUCCESS, "%s: %s", what,
-                   bnk_last_error_message());
-      expect_traffic(what, &p.f, backward_tensors[k], backward_eighths[k]);
+      const persistent_op op = backward_op(ctx, &p, k, 0);
+      expect_op_traffic(&op, what, backward_tensors[k], backward_eighths[k]);
     }
     for (size_t k = 0; k < 3; k += 2) { /* the frozen backward with dgamma and dbeta: plain, gated by the mask */
       describe_grad(&p, &grad_variants[k], 1, what, sizeof what);
-      poison_backward(&p);
-      cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
-      bnk_emu_traffic_reset();
-      cr_assert_eq(call_backward(ctx, &p, &grad_variants[k], 1, every_output), BNK_SUCCESS, "%s: %s", what,
-                   bnk_last_error_message());
-      expect_traffic(what, &p.f, backward_tensors[k], backward_eighths[k]);
+      const persistent_op op = backward_op(ctx, &p, k, 1);
+      expect_op_traffic(&op, what, backward_tensors[k], backward_eighths[k]);
     }
     free_grad_problem(&p);
   }
