@@ -148,7 +148,8 @@ static void add_training_buffers(step *st, bnk_context *ctx, test_rng *rng) {
   st->running_mean = add_channels(st, "running_mean", ROLE_STATE, rng, 0.0, 0.0);
   st->running_var = add_channels(st, "running_var", ROLE_STATE, rng, 1.0, 1.0);
   buffer *tracked = add_buffer(st, "num_batches_tracked", ROLE_STATE, sizeof(int64_t));
-  tracked->host[0] = calloc(1, sizeof(int64_t));
+  int64_t *untracked = calloc(1, sizeof *untracked);
+  tracked->host[0] = (unsigned char *)untracked;
   st->num_batches_tracked = tracked->dev;
   st->y = add_output(st, "y", st->tensor_bytes);
   st->dx = add_output(st, "dx", st->tensor_bytes);
@@ -395,7 +396,7 @@ static void check_capture_and_replay(bnk_context *ctx, const step *st, const cha
   char shape[96], label[200];
   format_shape(shape, sizeof shape, st->desc.layout, st->desc.dtype, st->desc.n, st->desc.c, st->desc.spatial_dims,
                st->desc.spatial);
-  unsigned char *first[STEPS][MAX_BUFFERS]; /* the first schedule's direct steps */
+  unsigned char *first[STEPS][MAX_BUFFERS] = {{NULL}}; /* the first schedule's direct steps */
 
   for (int schedule = 0; schedule < schedule_count(); ++schedule) {
     schedule_use(schedule);
