@@ -515,7 +515,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   }
   snapshot = malloc(ARENA_BYTES);
   after = malloc(ARENA_BYTES);
-  memset(arena, 0xff, ARENA_BYTES); /* poison: NaN in every float type */
   return 0;
 }
 
@@ -523,6 +522,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static void (*const calls[])(input *) = {call_queries,  call_descriptors,      call_context, call_forward,
                                            call_backward, call_split_statistics, call_merge,   call_inference_pipeline};
   input in = {data, size};
+  /* Poisoned afresh (NaN in every float type), so that no input sees what an earlier one's calls wrote: a finding
+   * then reproduces from its input alone. */
+  memset(arena, 0xff, ARENA_BYTES);
   for (int i = 0; i < MAX_CALLS && in.size > 0; ++i) calls[take_byte(&in) % (sizeof calls / sizeof calls[0])](&in);
   return 0;
 }
