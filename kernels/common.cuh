@@ -131,6 +131,10 @@ static __device__ __forceinline__ void bnk_store_first(T *p, int count, const fl
     if (i < count) p[i] = bnk_from_float<T>(in[i]);
 }
 
+// num_batches_tracked + 1 in two's complement: a counter the caller left at INT64_MAX wraps, as PyTorch's
+// int64 counter does in practice, where a signed `+ 1` would be undefined behaviour (the API fuzzer found it).
+static __device__ __forceinline__ int64_t bnk_next_count(int64_t count) { return (int64_t)((uint64_t)count + 1u); }
+
 // ---- the inverse standard deviation: every kernel derives invstd here and nowhere else ----
 // 1 / sqrt(var + eps), except that a zero variance with eps = 0 gives 0 rather than inf: PyTorch's rule,
 // under which a constant channel normalizes to beta and passes no gradient (docs/semantics.md).

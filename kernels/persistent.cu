@@ -37,7 +37,8 @@ struct persistent_forward_args {
 // mask is cleared before the last phase ORs its bits in (one launch: no memset on the stream).
 static __device__ __forceinline__ void begin_forward(const persistent_forward_args &a) {
   const int64_t thread = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (thread == 0 && a.running.num_batches_tracked != NULL) *a.running.num_batches_tracked += 1;
+  if (thread == 0 && a.running.num_batches_tracked != NULL)
+    *a.running.num_batches_tracked = bnk_next_count(*a.running.num_batches_tracked);
   if (a.mask != NULL)
     for (int64_t w = thread; w < a.mask_words; w += (int64_t)gridDim.x * blockDim.x) a.mask[w] = 0u;
 }

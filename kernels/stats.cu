@@ -30,7 +30,7 @@ struct stats_merge {
 // 1 / (count + 1), handed on as a momentum.
 static __device__ __forceinline__ bnk_running_update running_before_count(bnk_running_update running) {
   const bool weighed_by_count = running.running_mean != NULL && running.cumulative;
-  const float weight = weighed_by_count ? 1.0f / (float)(*running.num_batches_tracked + 1) : running.momentum;
+  const float weight = weighed_by_count ? 1.0f / (float)bnk_next_count(*running.num_batches_tracked) : running.momentum;
   running.momentum = weight;
   running.cumulative = 0;
   return running;
@@ -48,7 +48,7 @@ static __device__ __forceinline__ void merge_if_last(const stats_merge &merge, c
     bnk_finalize_channel(channel, c, parts, merge.m, ws, merge.eps, running_before_count(merge.running),
                          merge.save_mean, merge.save_invstd, merge.rank_partials);
   if (bnk_last_of_group(merge.counters, merge.groups) && threadIdx.x == 0 && merge.running.num_batches_tracked != NULL)
-    *merge.running.num_batches_tracked += 1;
+    *merge.running.num_batches_tracked = bnk_next_count(*merge.running.num_batches_tracked);
 }
 
 // Folds `vectors` vectors (at most BNK_UNROLL) of a channel into the run, from the cursor's on, one
@@ -85,7 +85,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   if (threadIdx.x == 0) {
     if (part == 0) ws.shift[channel] = shift;
     if (block == 0 && merge.counters == NULL && merge.running.num_batches_tracked != NULL)
-      *merge.running.num_batches_tracked += 1;
+      *merge.running.num_batches_tracked = bnk_next_count(*merge.running.num_batches_tracked);
   }
   const int64_t first = part * chunk / V + threadIdx.x;
   const int64_t end = min(m, (part + 1) * chunk) / V;
@@ -145,7 +145,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     for (int i = 0; i < V; ++i) ws.shift[channel0 + i] = shift[i];
   }
   if (blockIdx.x == 0 && threadIdx.x == 0 && merge.counters == NULL && merge.running.num_batches_tracked != NULL)
-    *merge.running.num_batches_tracked += 1;
+    *merge.running.num_batches_tracked = bnk_next_count(*merge.running.num_batches_tracked);
 
   bnk_welford_vec_run<V> run = bnk_run_vec_empty<V>();
   if (active) {

@@ -28,7 +28,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   invstd_out[channel] = invstd;
   // The unbiased variance needs two values; with fewer the running statistics stay as they were.
   if (running.running_mean != NULL && count > 1.0) {
-    const float weight = running.cumulative ? 1.0f / (float)(*running.num_batches_tracked + 1) : running.momentum;
+    const float weight =
+        running.cumulative ? 1.0f / (float)bnk_next_count(*running.num_batches_tracked) : running.momentum;
     const float unbiased_var = (float)(m2 / (count - 1.0));
     running.running_mean[channel] = (1.0f - weight) * running.running_mean[channel] + weight * (float)mean;
     running.running_var[channel] = (1.0f - weight) * running.running_var[channel] + weight * unbiased_var;
@@ -36,7 +37,9 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 }
 
 // Runs after every thread of merge_rank_stats has read the old value (stream order).
-static __global__ void count_batch(int64_t *num_batches_tracked) { *num_batches_tracked += 1; }
+static __global__ void count_batch(int64_t *num_batches_tracked) {
+  *num_batches_tracked = bnk_next_count(*num_batches_tracked);
+}
 
 static __global__ void store_value(float *destination, float value) { *destination = value; }
 

@@ -285,6 +285,30 @@ Test(forward_args, empty_batch_counts_and_writes_nothing_else) {
   free_setup(&s);
 }
 
+/* A counter the caller left at INT64_MAX wraps to INT64_MIN, as PyTorch's int64 counter does in practice, on the
+ * full path and on the empty batch's: never the signed overflow that UBSan (./dev sanitize) reports. */
+Test(forward_args, num_batches_tracked_wraps_at_int64_max) {
+  setup s;
+  make_setup(&s, BNK_NCHW);
+  const int64_t spatial[2] = {0, 3};
+  bnk_tensor_desc empty;
+  cr_assert_eq(bnk_tensor_desc_init(&empty, BNK_FLOAT32, BNK_NCHW, 4, C, 2, spatial), BNK_SUCCESS);
+  for (int is_empty = 0; is_empty < 2; ++is_empty) {
+    const int64_t last = INT64_MAX;
+    dev_upload(s.num_batches_tracked, &last, 8);
+    cr_assert_eq(bnk_forward_training(s.ctx, is_empty ? &empty : &s.desc, is_empty ? NULL : s.x_dev,
+                                      is_empty ? NULL : s.y_dev, NULL, NULL, s.running_mean, s.running_var,
+                                      s.num_batches_tracked, 0.1, 1e-5, NULL, NULL, is_empty ? NULL : s.workspace,
+                                      is_empty ? 0 : s.workspace_bytes),
+                 BNK_SUCCESS, "%s", bnk_last_error_message());
+    int64_t tracked = 0;
+    dev_download(&tracked, s.num_batches_tracked, 8);
+    cr_expect_eq(tracked, INT64_MIN, "%s batch: num_batches_tracked = %lld after INT64_MAX",
+                 is_empty ? "empty" : "full", (long long)tracked);
+  }
+  free_setup(&s);
+}
+
 /* Without running statistics momentum is ignored, whatever its value (the header's rule): the call succeeds
  * and gives the y of momentum 0.1 bit for bit. */
 Test(forward_args, momentum_ignored_without_running_statistics) {
