@@ -272,7 +272,8 @@ def main():
     plans = {sms: run_plan_tool(args.plan_tool, shapes, sms) for sms in sm_counts}
 
     rows = []
-    totals = {}  # (device, batch, layout, dtype, op) -> [floor, model, launches per call]
+    # (device, batch, layout, dtype, op) -> [floor, model, launches per call, launches over the 53 layers]
+    totals = {}
     # (device, batch, layout, dtype, op) -> [two-pass model, persistent model, over the layers where persistent is
     # chosen; layers where it is chosen, layers]
     paths = {}
@@ -294,10 +295,11 @@ def main():
                                   f" {model * 1e6:.2f} us\n    " + "\n    ".join(details))
                         if preset == "resnet50":
                             key = (device_name, batch, layout, dtype, op)
-                            total = totals.setdefault(key, [0.0, 0.0, 0])
+                            total = totals.setdefault(key, [0.0, 0.0, 0, 0])
                             total[0] += count * floor
                             total[1] += count * model
                             total[2] = max(total[2], launches)
+                            total[3] += count * launches
                             if op in PERSISTENT_READS:
                                 offered[op] |= "persistent" in entry["ops"][op]
                                 both = paths.setdefault(key, [0.0, 0.0, 0, 0])
@@ -306,7 +308,7 @@ def main():
                                     both[0] += count * two_pass_model(op, entry, sass, device)[1]
                                     both[1] += count * model
                                     both[2] += count
-    for (device_name, batch, layout, dtype, op), (floor, model, launches) in totals.items():
+    for (device_name, batch, layout, dtype, op), (floor, model, launches, _) in totals.items():
         rows.append([device_name, "resnet50", batch, layout, dtype, op, launches, f"{floor * 1e6:.6g}",
                      f"{model * 1e6:.6g}"])
 
@@ -335,7 +337,7 @@ def print_resnet_summary(totals, batches, layouts, dtypes):
                 for dtype in dtypes:
                     cells = []
                     for op in OPS:
-                        floor, model, launches = totals[(device_name, batch, layout, dtype, op)]
+                        floor, model = totals[(device_name, batch, layout, dtype, op)][:2]
                         cells.append(f"{floor / model:>9.1%}")
                     detail = "  ".join(f"{op} {totals[(device_name, batch, layout, dtype, op)][0] * 1e6:.0f}/"
                                        f"{totals[(device_name, batch, layout, dtype, op)][1] * 1e6:.0f}"
@@ -349,12 +351,22 @@ def print_resnet_summary(totals, batches, layouts, dtypes):
             for dtype in dtypes:
                 verdicts = []
                 for op in OPS:
-                    floor, model, launches = totals[("H100", 32, layout, dtype, op)]
+                    floor, model, launches, _ = totals[("H100", 32, layout, dtype, op)]
                     met = floor / model >= TARGETS[op]
                     if op != "fwd_infer":
                         met = met and launches <= MAX_TRAINING_LAUNCHES
                     verdicts.append(f"{op} {'met' if met else 'NOT met'} ({floor / model:.1%}, {launches} launches)")
                 print(f"  {layout} {dtype:<4} " + ", ".join(verdicts))
+        print(f"\nThe launch cost alone (H100, batch 32): floor / (floor + launches x {LAUNCH_US:g} us), the most any kernel"
+              " could reach with the launches the plan takes (every kernel at its byte floor)")
+        for layout in layouts:
+            for dtype in dtypes:
+                cells = []
+                for op in OPS:
+                    floor, _, _, launches_total = totals[("H100", 32, layout, dtype, op)]
+                    ceiling = floor / (floor + launches_total * LAUNCH_US * 1e-6)
+                    cells.append(f"{op} {ceiling:.1%} ({launches_total} launches)")
+                print(f"  {layout} {dtype:<4} " + ", ".join(cells))
     print()
 
 
