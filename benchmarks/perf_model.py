@@ -94,10 +94,10 @@ def assumptions():
         " instructions",
         "    per element / issue rate of the SMs the grid occupies), then "
         f"{GRID_SYNC_S * 1e6:g} us per grid barrier, the merge as above",
-        "    (in the kernel: no launch; channels-last: `split` warps of a block share a channel, split the most of"
-        " its warps,",
-        "    halving, that leaves a warp group for every channel; per round of (blocks x warps / split) channels"
-        f" one DRAM latency,\n    {MERGE_STEP_S * 1e6:g} us per 32 x split pieces and, when split > 1,"
+        "    (in the kernel: no launch; channels-last: `group` threads of a block share a channel, group the most of"
+        " its threads,",
+        "    halving, that leaves a group for every channel; per round of (blocks x threads / group) channels"
+        f" one DRAM latency,\n    {MERGE_STEP_S * 1e6:g} us per `group` pieces and, when group > 32,"
         f" {MERGE_STEP_S * 1e6:g} us for the combine in shared memory),",
         "    then the write phase max(output bytes / bandwidth, one DRAM latency, elements x",
         "    the two-pass elementwise pass's instructions per element / issue rate); floor = (inputs + 1) E b",
@@ -149,19 +149,19 @@ def merge_launch_seconds(op, plan, channels, device):
 
 def persistent_merge_seconds(op, persistent, channels, device):
     """The merge between a persistent kernel's grid barriers. Channels-first: one warp per channel, as the merge
-    launch. Channels-last: kernels/persistent.cuh's for_each_block_channel, whose `split` warps of one block
-    share a channel's pieces and combine them in shared memory."""
+    launch. Channels-last: kernels/persistent.cuh's for_each_block_channel, whose `group` threads of one block
+    share a channel's pieces (groups of several warps combine them in shared memory)."""
     if "channels_last" not in persistent["kernel"]:
         return merge_launch_seconds(op, persistent, channels, device)
-    warps = persistent["threads"] // 32
-    split = warps
-    while split > 1 and persistent["blocks"] * (warps // split) < channels:
-        split //= 2
-    rounds = math.ceil(channels / (persistent["blocks"] * (warps // split)))
-    combine = MERGE_STEP_S if split > 1 else 0.0
+    threads = persistent["threads"]
+    group = threads
+    while group > 1 and persistent["blocks"] * (threads // group) < channels:
+        group //= 2
+    rounds = math.ceil(channels / (persistent["blocks"] * (threads // group)))
+    combine = MERGE_STEP_S if group > 32 else 0.0
     fixed, per_part = PER_CHANNEL_FLOATS[op]
     total_bytes = (fixed + per_part * persistent["parts"]) * channels * 4
-    latency = rounds * (MEMORY_LATENCY_S + MERGE_STEP_S * math.ceil(persistent["parts"] / (32 * split)) + combine)
+    latency = rounds * (MEMORY_LATENCY_S + MERGE_STEP_S * math.ceil(persistent["parts"] / group) + combine)
     return max(total_bytes / device["bandwidth"], latency)
 
 

@@ -4,20 +4,18 @@
 
 #include "kernels/reduce.cuh"
 
-// Lane l of a warp merges the channel's pieces first + l lane_stride, then + step, + 2 step, ... in order,
-// then the lanes' triples are merged along a fixed tree: the result is lane 0's. Every lane of the warp calls it.
+// A thread's merge of the channel's pieces first, first + step, ... in order.
 static __device__ __forceinline__ bnk_welford bnk_merge_pieces(int64_t channel, int64_t c, int64_t parts,
-                                                               const bnk_stats_workspace &ws, int first,
-                                                               int lane_stride, int step) {
+                                                               const bnk_stats_workspace &ws, int first, int step) {
   bnk_welford_run run = bnk_run_empty();
   // Pieces are blocks of a one-dimensional grid, so fewer than 2^31: a 32-bit counter keeps the loop's
   // registers few enough that a kernel merging several channels in a row (stats.cu) needs no stack.
-  for (int p = first + (int)(threadIdx.x % BNK_WARP) * lane_stride; p < (int)parts; p += step) {
+  for (int p = first; p < (int)parts; p += step) {
     const int64_t slot = (int64_t)p * c + channel;
     const bnk_welford piece = {ws.count[slot], ws.mean[slot], ws.m2[slot]};
     bnk_run_add(run, piece);
   }
-  return bnk_warp_reduce(bnk_run_result(run), BNK_FULL_MASK, BNK_WARP);
+  return bnk_run_result(run);
 }
 
 // Everything per channel from its merged triple, by one thread: ws.dmean and ws.invstd, the saved
@@ -53,7 +51,8 @@ static __device__ __forceinline__ void bnk_finalize_channel(int64_t channel, int
                                                             bnk_stats_workspace ws, float eps,
                                                             bnk_running_update running, float *save_mean,
                                                             float *save_invstd, double *rank_partials) {
-  const bnk_welford acc = bnk_merge_pieces(channel, c, parts, ws, 0, 1, BNK_WARP);
-  if (threadIdx.x % BNK_WARP == 0)
-    bnk_finish_channel(channel, c, m, acc, ws, eps, running, save_mean, save_invstd, rank_partials);
+  const int lane = (int)(threadIdx.x % BNK_WARP);
+  const bnk_welford acc =
+      bnk_warp_reduce(bnk_merge_pieces(channel, c, parts, ws, lane, BNK_WARP), BNK_FULL_MASK, BNK_WARP);
+  if (lane == 0) bnk_finish_channel(channel, c, m, acc, ws, eps, running, save_mean, save_invstd, rank_partials);
 }

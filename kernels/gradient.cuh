@@ -59,18 +59,16 @@ static __device__ __forceinline__ void store_gradients(int64_t channel, float ch
   ws.bias[channel] = -k_over_m * channel_dbeta;
 }
 
-// Lane l of a warp adds the channel's pieces first + l lane_stride, then + step, + 2 step, ... of the two sums
-// in order, then the lanes' sums are added along a fixed tree: the result is lane 0's. Every lane of the warp
-// calls it.
+// A thread's sums of the channel's pieces first, first + step, ... in order.
 static __device__ __forceinline__ float2 merge_backward_pieces(int64_t channel, int64_t c, int64_t parts,
                                                                const bnk_backward_workspace &ws, int64_t first,
-                                                               int64_t lane_stride, int64_t step) {
+                                                               int64_t step) {
   float2 acc = make_float2(0.0f, 0.0f);
-  for (int64_t p = first + (int64_t)(threadIdx.x % BNK_WARP) * lane_stride; p < parts; p += step) {
+  for (int64_t p = first; p < parts; p += step) {
     const int64_t slot = p * c + channel;
     acc = bnk_combine(acc, make_float2(ws.sum_dy[slot], ws.sum_dy_xmu[slot]));
   }
-  return bnk_warp_reduce(acc, BNK_FULL_MASK, BNK_WARP);
+  return acc;
 }
 
 // The gradients of gamma and beta and the dx coefficients of a channel from its merged sums, by one thread.
@@ -89,8 +87,10 @@ static __device__ __forceinline__ void merge_backward_channel(int64_t channel, i
                                                               const bnk_backward_stats &stats,
                                                               const bnk_backward_workspace &ws, float *dgamma,
                                                               float *dbeta) {
-  const float2 acc = merge_backward_pieces(channel, c, parts, ws, 0, 1, BNK_WARP);
-  if (threadIdx.x % BNK_WARP == 0) finish_backward_channel(channel, m, acc, stats, ws, dgamma, dbeta);
+  const int lane = (int)(threadIdx.x % BNK_WARP);
+  const float2 acc =
+      bnk_warp_reduce(merge_backward_pieces(channel, c, parts, ws, lane, BNK_WARP), BNK_FULL_MASK, BNK_WARP);
+  if (lane == 0) finish_backward_channel(channel, m, acc, stats, ws, dgamma, dbeta);
 }
 
 // What the dx pass needs; dy_scale is NULL for frozen statistics.

@@ -6,7 +6,7 @@
 //      Welford triples into the workspace as the two-pass statistics kernel does (one piece per block);
 //   2. grid barrier; the channel's pieces are merged and its statistics derived, the saved and running
 //      statistics written once (channels-first: one warp per channel, bnk_finalize_channel; channels-last:
-//      the warps of a block share a channel, for_each_block_channel);
+//      threads of a block share a channel, for_each_block_channel);
 //   3. grid barrier; normalize the cached values with the fused epilogue (affine.cuh) and write y.
 // The blocks and pieces are bnk__plan_persistent's: the tiling of bnk__plan_reduce with each thread's share cut
 // to fit its cache. The channels-first merge is the two-pass path's, so both paths agree wherever their
@@ -55,8 +55,8 @@ static __device__ __forceinline__ void merge_statistics(const persistent_forward
   grid.sync();
 }
 
-// The same for channels-last, whose grids have several warps per channel to spare: the warps of a block share
-// a channel (for_each_block_channel).
+// The same for channels-last, whose grids have threads to spare per channel, or fewer warps than channels:
+// threads of a block share a channel (for_each_block_channel).
 static __device__ __forceinline__ void merge_statistics_in_blocks(const persistent_forward_args &a, int64_t c,
                                                                   int64_t parts) {
   __shared__ bnk_welford merged[BNK_STREAM_THREADS / BNK_WARP];
@@ -64,9 +64,7 @@ static __device__ __forceinline__ void merge_statistics_in_blocks(const persiste
   grid.sync();
   for_each_block_channel(
       c, merged,
-      [&](int64_t channel, int first, int lane_stride, int step) {
-        return bnk_merge_pieces(channel, c, parts, a.ws, first, lane_stride, step);
-      },
+      [&](int64_t channel, int first, int step) { return bnk_merge_pieces(channel, c, parts, a.ws, first, step); },
       [&](int64_t channel, bnk_welford acc) {
         bnk_finish_channel(channel, c, a.m, acc, a.ws, a.eps, a.running, a.save_mean, a.save_invstd, NULL);
       });

@@ -22,37 +22,46 @@ static __device__ __forceinline__ void for_each_warp_channel(int64_t c, F &&merg
     merge(channel);
 }
 
-// The channels-last merge: the warps of one block share a channel when the grid has warps to spare, so that
-// a channel of P pieces takes ceil(P / (32 split)) steps instead of ceil(P / 32). Block b takes channels
-// b per_block, ... (per_block = warps / split), then gridDim.x per_block further on, and so on; member s of a
-// channel's `split` warps takes pieces s, s + split, ...: merge(channel, first, lane_stride, step) returns
-// the warp's merge of pieces first + lane lane_stride, then + step, ... in lane 0. One thread combines the
-// members' results from shared memory in member order and calls finish(channel, merged). split is the most
-// warps of the block, halving, that leaves a warp group for every channel: it depends only on the grid and
-// c, so the same pieces merge in the same order under any schedule. Every thread of the block calls it (it
-// has block barriers); `shared` holds one S per warp of the block.
+// The channels-last merge: `group` threads of one block share a channel, so that a channel of P pieces takes
+// ceil(P / group) steps per thread, and a grid with fewer threads than channels still keeps all of them busy.
+// group is the most threads of the block, halving, that leaves a group for every channel (it depends only on
+// the grid and c); block b takes channels b x per_block, ... (per_block = threads / group), then gridDim.x x
+// per_block further on. Each thread merges pieces first, first + group, ... (merge(channel, first, step)
+// returns the thread's result): in a group of `split` > 1 warps, lane l of member warp s starts at s + l split,
+// so that few pieces still spread over the members; in a group of at most a warp, thread t of the group at t.
+// The results meet along a fixed shuffle tree within each warp's share of the group, then one thread combines
+// the members' results from shared memory in member order and calls finish(channel, merged): the same pieces
+// merge in the same order under any schedule. Every thread of the block calls it (shuffles of whole warps and
+// block barriers); `shared` holds one S per warp of the block.
 template <typename S, typename Merge, typename Finish>
 static __device__ __forceinline__ void for_each_block_channel(int64_t c, S *shared, Merge &&merge, Finish &&finish) {
   // 32-bit counters (channels are fewer than 2^31) keep the loop's registers few: the cache is live across it.
-  const int channels = (int)c, warps = (int)(blockDim.x / BNK_WARP);
-  const int warp = (int)(threadIdx.x / BNK_WARP), lane = (int)(threadIdx.x % BNK_WARP);
-  int split = warps;
-  while (split > 1 && (int)gridDim.x * (warps / split) < channels) split /= 2;
-  const int per_block = warps / split, member = warp % split;
-  // Every warp while the block's warps are a power of two.
-  const int group_channel = warp < per_block * split ? warp / split : channels;
+  const int channels = (int)c, threads = (int)blockDim.x, thread = (int)threadIdx.x;
+  const int warp = thread / BNK_WARP, lane = thread % BNK_WARP;
+  int group = threads;  // a power of two: the block's threads are 256
+  while (group > 1 && (int)gridDim.x * (threads / group) < channels) group /= 2;
+  const int per_block = threads / group, split = group > BNK_WARP ? group / BNK_WARP : 1;
+  const int lanes = min(group, BNK_WARP), rank = thread % group;
+  const int first_piece = split > 1 ? warp % split + lane * split : rank;
   for (int first = (int)blockIdx.x * per_block; first < channels; first += (int)gridDim.x * per_block) {
-    const int channel = first + group_channel;
-    if (channel < channels) {
-      const S merged = merge((int64_t)channel, member, split, split * BNK_WARP);
-      if (lane == 0) shared[warp] = merged;
+    const int channel = first + thread / group;
+    S merged = {};
+    if (channel < channels) merged = merge((int64_t)channel, first_piece, group);
+#pragma unroll
+    for (int offset = BNK_WARP / 2; offset > 0; offset /= 2) {
+      const S other = bnk_shfl_down(BNK_FULL_MASK, merged, offset);
+      if (offset < lanes && lane % lanes + offset < lanes) merged = bnk_combine(merged, other);
     }
-    __syncthreads();
-    if (channel < channels && member == 0 && lane == 0) {
-      S merged = shared[warp];
-      for (int k = 1; k < split; ++k) merged = bnk_combine(merged, shared[warp + k]);
+    if (split > 1) {
+      if (lane == 0) shared[warp] = merged;
+      __syncthreads();
+      if (rank == 0 && channel < channels) {
+        for (int k = 1; k < split; ++k) merged = bnk_combine(merged, shared[warp + k]);
+        finish((int64_t)channel, merged);
+      }
+      __syncthreads();
+    } else if (rank == 0 && channel < channels) {
       finish((int64_t)channel, merged);
     }
-    __syncthreads();
   }
 }

@@ -7,7 +7,7 @@
 //      thread's terms of sum g and sum g (x - mean), and reduce them over the block into the workspace as
 //      backward.cu's sums kernels do (one piece per block);
 //   2. grid barrier; the channel's pieces are merged (channels-first: one warp per channel,
-//      merge_backward_channel; channels-last: the warps of a block share a channel, for_each_block_channel):
+//      merge_backward_channel; channels-last: threads of a block share a channel, for_each_block_channel):
 //      dgamma, dbeta and the dx coefficients are written once;
 //   3. grid barrier (only when dx is wanted); dx of the cached values (apply_dx) is written.
 // The arithmetic is gradient.cuh's, so both paths agree wherever their pieces do (channels-last: but for the
@@ -44,8 +44,8 @@ static __device__ __forceinline__ void merge_sums(const persistent_backward_args
   if (dx_follows) grid.sync();
 }
 
-// The same for channels-last, whose grids have several warps per channel to spare: the warps of a block share
-// a channel (for_each_block_channel).
+// The same for channels-last, whose grids have threads to spare per channel, or fewer warps than channels:
+// threads of a block share a channel (for_each_block_channel).
 static __device__ __forceinline__ void merge_sums_in_blocks(const persistent_backward_args &a, int64_t c, int64_t parts,
                                                             bool dx_follows) {
   __shared__ float2 merged[BNK_STREAM_THREADS / BNK_WARP];
@@ -53,9 +53,7 @@ static __device__ __forceinline__ void merge_sums_in_blocks(const persistent_bac
   grid.sync();
   for_each_block_channel(
       c, merged,
-      [&](int64_t channel, int first, int lane_stride, int step) {
-        return merge_backward_pieces(channel, c, parts, a.ws, first, lane_stride, step);
-      },
+      [&](int64_t channel, int first, int step) { return merge_backward_pieces(channel, c, parts, a.ws, first, step); },
       [&](int64_t channel, float2 acc) {
         finish_backward_channel(channel, a.m, acc, a.stats, a.ws, a.dgamma, a.dbeta);
       });
