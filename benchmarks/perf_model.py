@@ -94,8 +94,12 @@ def assumptions():
         " instructions",
         "    per element / issue rate of the SMs the grid occupies), then "
         f"{GRID_SYNC_S * 1e6:g} us per grid barrier, the merge as above",
-        "    (in the kernel: no launch), then the write phase max(output bytes / bandwidth, one DRAM latency,"
-        " elements x",
+        "    (in the kernel: no launch; channels-last: `group` threads of a block share a channel, group the most of"
+        " its threads,",
+        "    halving, that leaves a group for every channel; per round of (blocks x threads / group) channels"
+        f" one DRAM latency,\n    {MERGE_STEP_S * 1e6:g} us per `group` pieces and, when group > 32,"
+        f" {MERGE_STEP_S * 1e6:g} us for the combine in shared memory),",
+        "    then the write phase max(output bytes / bandwidth, one DRAM latency, elements x",
         "    the two-pass elementwise pass's instructions per element / issue rate); floor = (inputs + 1) E b",
     ]
     return "\n".join(lines)
@@ -140,6 +144,24 @@ def merge_launch_seconds(op, plan, channels, device):
     fixed, per_part = PER_CHANNEL_FLOATS.get(op, (4, 0))
     total_bytes = (fixed + per_part * plan["parts"]) * channels * 4
     latency = MEMORY_LATENCY_S + MERGE_STEP_S * math.ceil(plan["parts"] / 32)
+    return max(total_bytes / device["bandwidth"], latency)
+
+
+def persistent_merge_seconds(op, persistent, channels, device):
+    """The merge between a persistent kernel's grid barriers. Channels-first: one warp per channel, as the merge
+    launch. Channels-last: kernels/persistent.cuh's for_each_block_channel, whose `group` threads of one block
+    share a channel's pieces (groups of several warps combine them in shared memory)."""
+    if "channels_last" not in persistent["kernel"]:
+        return merge_launch_seconds(op, persistent, channels, device)
+    threads = persistent["threads"]
+    group = threads
+    while group > 1 and persistent["blocks"] * (threads // group) < channels:
+        group //= 2
+    rounds = math.ceil(channels / (persistent["blocks"] * (threads // group)))
+    combine = MERGE_STEP_S if group > 32 else 0.0
+    fixed, per_part = PER_CHANNEL_FLOATS[op]
+    total_bytes = (fixed + per_part * persistent["parts"]) * channels * 4
+    latency = rounds * (MEMORY_LATENCY_S + MERGE_STEP_S * math.ceil(persistent["parts"] / group) + combine)
     return max(total_bytes / device["bandwidth"], latency)
 
 
@@ -196,7 +218,7 @@ def persistent_model(op, entry, sass, device):
     sms_in_use = min(device["sms"], persistent["blocks"])
     load = phase_seconds(reads * elements * dtype_bytes, elements, streaming[0]["instructions_per_element"],
                          sms_in_use, device)
-    merge = merge_launch_seconds(op, persistent, entry["c"], device)
+    merge = persistent_merge_seconds(op, persistent, entry["c"], device)
     write = phase_seconds(elements * dtype_bytes, elements, streaming[-1]["instructions_per_element"], sms_in_use,
                           device)
     seconds = LAUNCH_US * 1e-6 + load + persistent["grid_syncs"] * GRID_SYNC_S + merge + write

@@ -4,25 +4,25 @@
 
 #include "kernels/reduce.cuh"
 
-// One warp merges channel's pieces (lane l takes pieces l, l + 32, ... in order, then a fixed tree across
-// lanes) and lane 0 derives everything per channel: ws.dmean and ws.invstd, the saved statistics, the
-// rank partials and the running statistics, each written once. Every lane of the warp calls it.
-static __device__ __forceinline__ void bnk_finalize_channel(int64_t channel, int64_t c, int64_t parts, int64_t m,
-                                                            bnk_stats_workspace ws, float eps,
-                                                            bnk_running_update running, float *save_mean,
-                                                            float *save_invstd, double *rank_partials) {
-  const int lane = (int)(threadIdx.x % BNK_WARP);
+// A thread's merge of the channel's pieces first, first + step, ... in order.
+static __device__ __forceinline__ bnk_welford bnk_merge_pieces(int64_t channel, int64_t c, int64_t parts,
+                                                               const bnk_stats_workspace &ws, int first, int step) {
   bnk_welford_run run = bnk_run_empty();
   // Pieces are blocks of a one-dimensional grid, so fewer than 2^31: a 32-bit counter keeps the loop's
   // registers few enough that a kernel merging several channels in a row (stats.cu) needs no stack.
-  for (int p = lane; p < (int)parts; p += BNK_WARP) {
+  for (int p = first; p < (int)parts; p += step) {
     const int64_t slot = (int64_t)p * c + channel;
     const bnk_welford piece = {ws.count[slot], ws.mean[slot], ws.m2[slot]};
     bnk_run_add(run, piece);
   }
-  const bnk_welford acc = bnk_warp_reduce(bnk_run_result(run), BNK_FULL_MASK, BNK_WARP);
-  if (lane != 0) return;
+  return bnk_run_result(run);
+}
 
+// Everything per channel from its merged triple, by one thread: ws.dmean and ws.invstd, the saved
+// statistics, the rank partials and the running statistics, each written once.
+static __device__ __forceinline__ void bnk_finish_channel(int64_t channel, int64_t c, int64_t m, bnk_welford acc,
+                                                          bnk_stats_workspace ws, float eps, bnk_running_update running,
+                                                          float *save_mean, float *save_invstd, double *rank_partials) {
   const float var = acc.m2 / (float)m;
   const float invstd = bnk_invstd_of(var, eps);
   const float mean = ws.shift[channel] + acc.mean;
@@ -43,4 +43,16 @@ static __device__ __forceinline__ void bnk_finalize_channel(int64_t channel, int
     running.running_mean[channel] = (1.0f - weight) * running.running_mean[channel] + weight * mean;
     running.running_var[channel] = (1.0f - weight) * running.running_var[channel] + weight * unbiased_var;
   }
+}
+
+// One warp merges channel's pieces (lane l takes pieces l, l + 32, ... in order, then a fixed tree across
+// lanes) and lane 0 finishes the channel. Every lane of the warp calls it.
+static __device__ __forceinline__ void bnk_finalize_channel(int64_t channel, int64_t c, int64_t parts, int64_t m,
+                                                            bnk_stats_workspace ws, float eps,
+                                                            bnk_running_update running, float *save_mean,
+                                                            float *save_invstd, double *rank_partials) {
+  const int lane = (int)(threadIdx.x % BNK_WARP);
+  const bnk_welford acc =
+      bnk_warp_reduce(bnk_merge_pieces(channel, c, parts, ws, lane, BNK_WARP), BNK_FULL_MASK, BNK_WARP);
+  if (lane == 0) bnk_finish_channel(channel, c, m, acc, ws, eps, running, save_mean, save_invstd, rank_partials);
 }

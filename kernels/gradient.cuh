@@ -59,6 +59,27 @@ static __device__ __forceinline__ void store_gradients(int64_t channel, float ch
   ws.bias[channel] = -k_over_m * channel_dbeta;
 }
 
+// A thread's sums of the channel's pieces first, first + step, ... in order.
+static __device__ __forceinline__ float2 merge_backward_pieces(int64_t channel, int64_t c, int64_t parts,
+                                                               const bnk_backward_workspace &ws, int64_t first,
+                                                               int64_t step) {
+  float2 acc = make_float2(0.0f, 0.0f);
+  for (int64_t p = first; p < parts; p += step) {
+    const int64_t slot = p * c + channel;
+    acc = bnk_combine(acc, make_float2(ws.sum_dy[slot], ws.sum_dy_xmu[slot]));
+  }
+  return acc;
+}
+
+// The gradients of gamma and beta and the dx coefficients of a channel from its merged sums, by one thread.
+static __device__ __forceinline__ void finish_backward_channel(int64_t channel, int64_t m, float2 acc,
+                                                               const bnk_backward_stats &stats,
+                                                               const bnk_backward_workspace &ws, float *dgamma,
+                                                               float *dbeta) {
+  const float invstd = channel_invstd(stats, channel);
+  store_gradients(channel, acc.x, acc.y * invstd, (float)m, invstd, stats, ws, dgamma, dbeta);
+}
+
 // One warp merges channel's pieces (lane l takes pieces l, l + 32, ... in order, then a fixed tree across
 // lanes); lane 0 stores the gradients of gamma and beta and the dx coefficients. Every lane of the warp
 // calls it.
@@ -67,16 +88,9 @@ static __device__ __forceinline__ void merge_backward_channel(int64_t channel, i
                                                               const bnk_backward_workspace &ws, float *dgamma,
                                                               float *dbeta) {
   const int lane = (int)(threadIdx.x % BNK_WARP);
-  float2 acc = make_float2(0.0f, 0.0f);
-  for (int64_t p = lane; p < parts; p += BNK_WARP) {
-    const int64_t slot = p * c + channel;
-    acc = bnk_combine(acc, make_float2(ws.sum_dy[slot], ws.sum_dy_xmu[slot]));
-  }
-  acc = bnk_warp_reduce(acc, BNK_FULL_MASK, BNK_WARP);
-  if (lane != 0) return;
-
-  const float invstd = channel_invstd(stats, channel);
-  store_gradients(channel, acc.x, acc.y * invstd, (float)m, invstd, stats, ws, dgamma, dbeta);
+  const float2 acc =
+      bnk_warp_reduce(merge_backward_pieces(channel, c, parts, ws, lane, BNK_WARP), BNK_FULL_MASK, BNK_WARP);
+  if (lane == 0) finish_backward_channel(channel, m, acc, stats, ws, dgamma, dbeta);
 }
 
 // What the dx pass needs; dy_scale is NULL for frozen statistics.

@@ -4,11 +4,13 @@
 // at most BNK_PERSISTENT_CACHE vectors, in registers from the first phase to the last:
 //   1. load the share, minus the channel's shift K (stats.cu's first element), and reduce the block's
 //      Welford triples into the workspace as the two-pass statistics kernel does (one piece per block);
-//   2. grid barrier; one warp per channel merges that channel's pieces and derives the statistics
-//      (bnk_finalize_channel: the saved and running statistics are written once, by that warp);
+//   2. grid barrier; the channel's pieces are merged and its statistics derived, the saved and running
+//      statistics written once (channels-first: one warp per channel, bnk_finalize_channel; channels-last:
+//      threads of a block share a channel, for_each_block_channel);
 //   3. grid barrier; normalize the cached values with the fused epilogue (affine.cuh) and write y.
 // The blocks and pieces are bnk__plan_persistent's: the tiling of bnk__plan_reduce with each thread's share cut
-// to fit its cache. The merge is the two-pass path's, so both paths agree wherever their pieces do.
+// to fit its cache. The channels-first merge is the two-pass path's, so both paths agree wherever their
+// pieces do; the channels-last merge takes its pieces in another fixed order.
 #include <cooperative_groups.h>
 
 #include <type_traits>
@@ -50,6 +52,22 @@ static __device__ __forceinline__ void merge_statistics(const persistent_forward
   for_each_warp_channel(c, [&](int64_t channel) {
     bnk_finalize_channel(channel, c, parts, a.m, a.ws, a.eps, a.running, a.save_mean, a.save_invstd, NULL);
   });
+  grid.sync();
+}
+
+// The same for channels-last, whose grids have threads to spare per channel, or fewer warps than channels:
+// threads of a block share a channel (for_each_block_channel).
+static __device__ __forceinline__ void merge_statistics_in_blocks(const persistent_forward_args &a, int64_t c,
+                                                                  int64_t parts) {
+  __shared__ bnk_welford merged[BNK_STREAM_THREADS / BNK_WARP];
+  cg::grid_group grid = cg::this_grid();
+  grid.sync();
+  for_each_block_channel(
+      c, merged,
+      [&](int64_t channel, int first, int step) { return bnk_merge_pieces(channel, c, parts, a.ws, first, step); },
+      [&](int64_t channel, bnk_welford acc) {
+        bnk_finish_channel(channel, c, a.m, acc, a.ws, a.eps, a.running, a.save_mean, a.save_invstd, NULL);
+      });
   grid.sync();
 }
 
@@ -204,9 +222,10 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
 // Channels-last: the tiling of bnk_reduce_plan (bnk_tile_position); thread (tx, ty) caches its V channels
 // in rows ty, ty + tile_y, ... of its piece (at most BNK_PERSISTENT_CACHE rows). At least 2 blocks per SM, as
 // the channels-first kernel: unbounded, ptxas held the fp32 vector kernels to 80 registers and spilled 32
-// bytes of the cache; bounded, they take 92 and spill nothing.
+// bytes of the cache; bounded, they take 92 and spill nothing. The element-wide kernels, 4 blocks: they took
+// 60 registers until the block-shared merge made ptxas choose 66 (3 blocks, a quarter of the capacity gone).
 template <typename T, int V, int EPILOGUE>
-static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 1 ? 4 : 2)
     persistent_forward_channels_last(const T *x, const T *z, T *y, int64_t rows, int64_t c, int tile_x, int tile_y,
                                      int64_t tiles, int64_t rows_per_part, persistent_forward_args a) {
   constexpr int K = BNK_PERSISTENT_CACHE;
@@ -253,9 +272,16 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
     }
   }
 
-  merge_statistics(a, c, (int64_t)gridDim.x / tiles);  // blocks = tiles x parts
+  merge_statistics_in_blocks(a, c, (int64_t)gridDim.x / tiles);  // blocks = tiles x parts
 
   if (!active) return;
+  // bf16: K read again (as the first phase stored it) rather than held across the barriers, V registers fewer
+  // beside the raw cache, without which ptxas spilled 32 bytes within the 128 registers. Not for fp16, whose
+  // kernel fits as it is and, so changed, parks 8 bytes of its cache's halves on the stack instead.
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+#pragma unroll
+    for (int i = 0; i < V; ++i) shift[i] = a.ws.shift[channel0 + i];
+  }
   bnk_channel_affine affine[V];
 #pragma unroll
   for (int i = 0; i < V; ++i) affine[i] = shifted_affine(a, channel0 + i);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "kernels/common.cuh"
+#include "kernels/reduce.cuh"
 
 // Offset, from the channel's first element, of vector j of a channels-first channel (runs of s elements,
 // run_stride apart).
@@ -19,4 +20,48 @@ static __device__ __forceinline__ void for_each_warp_channel(int64_t c, F &&merg
   const int64_t warps = (int64_t)gridDim.x * (blockDim.x / BNK_WARP);
   for (int64_t channel = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / BNK_WARP; channel < c; channel += warps)
     merge(channel);
+}
+
+// The channels-last merge: `group` threads of one block share a channel, so that a channel of P pieces takes
+// ceil(P / group) steps per thread, and a grid with fewer threads than channels still keeps all of them busy.
+// group is the most threads of the block, halving, that leaves a group for every channel (it depends only on
+// the grid and c); block b takes channels b x per_block, ... (per_block = threads / group), then gridDim.x x
+// per_block further on. Each thread merges pieces first, first + group, ... (merge(channel, first, step)
+// returns the thread's result): in a group of `split` > 1 warps, lane l of member warp s starts at s + l split,
+// so that few pieces still spread over the members; in a group of at most a warp, thread t of the group at t.
+// The results meet along a fixed shuffle tree within each warp's share of the group, then one thread combines
+// the members' results from shared memory in member order and calls finish(channel, merged): the same pieces
+// merge in the same order under any schedule. Every thread of the block calls it (shuffles of whole warps and
+// block barriers); `shared` holds one S per warp of the block.
+template <typename S, typename Merge, typename Finish>
+static __device__ __forceinline__ void for_each_block_channel(int64_t c, S *shared, Merge &&merge, Finish &&finish) {
+  // 32-bit counters (channels are fewer than 2^31) keep the loop's registers few: the cache is live across it.
+  const int channels = (int)c, threads = (int)blockDim.x, thread = (int)threadIdx.x;
+  const int warp = thread / BNK_WARP, lane = thread % BNK_WARP;
+  int group = threads;  // a power of two: the block's threads are 256
+  while (group > 1 && (int)gridDim.x * (threads / group) < channels) group /= 2;
+  const int per_block = threads / group, split = group > BNK_WARP ? group / BNK_WARP : 1;
+  const int lanes = min(group, BNK_WARP), rank = thread % group;
+  const int first_piece = split > 1 ? warp % split + lane * split : rank;
+  for (int first = (int)blockIdx.x * per_block; first < channels; first += (int)gridDim.x * per_block) {
+    const int channel = first + thread / group;
+    S merged = {};
+    if (channel < channels) merged = merge((int64_t)channel, first_piece, group);
+#pragma unroll
+    for (int offset = BNK_WARP / 2; offset > 0; offset /= 2) {
+      const S other = bnk_shfl_down(BNK_FULL_MASK, merged, offset);
+      if (offset < lanes && lane % lanes + offset < lanes) merged = bnk_combine(merged, other);
+    }
+    if (split > 1) {
+      if (lane == 0) shared[warp] = merged;
+      __syncthreads();
+      if (rank == 0 && channel < channels) {
+        for (int k = 1; k < split; ++k) merged = bnk_combine(merged, shared[warp + k]);
+        finish((int64_t)channel, merged);
+      }
+      __syncthreads();
+    } else if (rank == 0 && channel < channels) {
+      finish((int64_t)channel, merged);
+    }
+  }
 }

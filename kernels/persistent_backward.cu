@@ -6,10 +6,12 @@
 //   1. load the share (g = dy gated by the epilogue from y or the mask, and written to dz when asked), add the
 //      thread's terms of sum g and sum g (x - mean), and reduce them over the block into the workspace as
 //      backward.cu's sums kernels do (one piece per block);
-//   2. grid barrier; one warp per channel merges that channel's pieces (merge_backward_channel): dgamma, dbeta
-//      and the dx coefficients are written once, by that warp;
+//   2. grid barrier; the channel's pieces are merged (channels-first: one warp per channel,
+//      merge_backward_channel; channels-last: threads of a block share a channel, for_each_block_channel):
+//      dgamma, dbeta and the dx coefficients are written once;
 //   3. grid barrier (only when dx is wanted); dx of the cached values (apply_dx) is written.
-// The arithmetic is gradient.cuh's, so both paths agree wherever their pieces do. With frozen statistics (the
+// The arithmetic is gradient.cuh's, so both paths agree wherever their pieces do (channels-last: but for the
+// order in which the pieces are added). With frozen statistics (the
 // inference backward) the mean is the running mean (x NULL when only dbeta is wanted: its cache stays 0), and
 // dx is g gamma invstd alone (channel_dx without coefficients): the sums serve dgamma and dbeta only.
 // The blocks and pieces are bnk__plan_persistent's with the backward's cache depth.
@@ -39,6 +41,22 @@ static __device__ __forceinline__ void merge_sums(const persistent_backward_args
   grid.sync();
   for_each_warp_channel(
       c, [&](int64_t channel) { merge_backward_channel(channel, c, parts, a.m, a.stats, a.ws, a.dgamma, a.dbeta); });
+  if (dx_follows) grid.sync();
+}
+
+// The same for channels-last, whose grids have threads to spare per channel, or fewer warps than channels:
+// threads of a block share a channel (for_each_block_channel).
+static __device__ __forceinline__ void merge_sums_in_blocks(const persistent_backward_args &a, int64_t c, int64_t parts,
+                                                            bool dx_follows) {
+  __shared__ float2 merged[BNK_STREAM_THREADS / BNK_WARP];
+  cg::grid_group grid = cg::this_grid();
+  grid.sync();
+  for_each_block_channel(
+      c, merged,
+      [&](int64_t channel, int first, int step) { return merge_backward_pieces(channel, c, parts, a.ws, first, step); },
+      [&](int64_t channel, float2 acc) {
+        finish_backward_channel(channel, a.m, acc, a.stats, a.ws, a.dgamma, a.dbeta);
+      });
   if (dx_follows) grid.sync();
 }
 
@@ -173,7 +191,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     }
   }
 
-  merge_sums(a, c, (int64_t)gridDim.x / tiles, dx != NULL);  // blocks = tiles x parts
+  merge_sums_in_blocks(a, c, (int64_t)gridDim.x / tiles, dx != NULL);  // blocks = tiles x parts
 
   if (!active || dx == NULL) return;
   dx_coefficients k[V];
