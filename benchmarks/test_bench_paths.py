@@ -57,8 +57,9 @@ class BenchPaths(unittest.TestCase):
                 self.assertLess(persistent[0], two_pass[0], f"{layout} {dtype}: persistent moved no fewer bytes")
 
     def test_a_shape_that_does_not_fit_reports_the_status(self):
-        # 16 channels of a channels-first tensor need at least 16 co-resident blocks; one SM holds fewer.
-        rows = run_bench(["--shape", "2,16,8,8", "--layout", "nchw", "--dtype", "f32"], sms=1)
+        # 16 channels-first channels of 18432 elements, more than a block's cache (256 x 8 x 4), are cut into 3
+        # pieces each: 48 co-resident blocks, more than one SM holds.
+        rows = run_bench(["--shape", "2,16,96,96", "--layout", "nchw", "--dtype", "f32"], sms=1)
         check, line = rows[("fwd_train", "nchw", "f32", "bnk-persistent")]
         self.assertEqual(check, "n/a", line)
         self.assertIn("BNK_ERROR_NOT_SUPPORTED", line)
