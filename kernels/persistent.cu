@@ -239,14 +239,13 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
   constexpr int K = BNK_PERSISTENT_CACHE;
   __shared__ bnk_welford shared[BNK_WARP];
   __shared__ int64_t counted;
-  bnk_running_update running = a.running;
-  const bool count_after = running.num_batches_tracked != NULL && running.cumulative;
+  int64_t *const batches = a.running.num_batches_tracked;
+  const bool count_after = batches != NULL && a.running.cumulative;
   if (count_after) {
-    if (threadIdx.x == 0) counted = bnk_next_count(*running.num_batches_tracked);
+    if (threadIdx.x == 0) counted = bnk_next_count(*batches);
     __syncthreads();
-    running.num_batches_tracked = &counted;
-  } else if (running.num_batches_tracked != NULL && blockIdx.x == 0 && threadIdx.x == 0) {
-    *running.num_batches_tracked = bnk_next_count(*running.num_batches_tracked);
+  } else if (batches != NULL && blockIdx.x == 0 && threadIdx.x == 0) {
+    *batches = bnk_next_count(*batches);
   }
 
   const int rank = (int)(threadIdx.x % TEAM);
@@ -278,8 +277,13 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
       a.ws.mean[channel] = acc.mean;
       a.ws.m2[channel] = acc.m2;
     }
-    if (rank < BNK_WARP)
+    if (rank < BNK_WARP) {
+      // Made here from the arguments rather than kept across the loop: the 16-bit kernels have no register to
+      // spare (held, it cost the block team an 8-byte stack frame).
+      bnk_running_update running = a.running;
+      if (count_after) running.num_batches_tracked = &counted;
       bnk_finalize_channel(channel, c, 1, a.m, a.ws, a.eps, running, a.save_mean, a.save_invstd, NULL);
+    }
     team_sync<TEAM>();
 
     bnk_channel_affine affine[V];
@@ -299,7 +303,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
 
   if (count_after) {
     cg::this_grid().sync();
-    if (blockIdx.x == 0 && threadIdx.x == 0) *a.running.num_batches_tracked = counted;
+    if (blockIdx.x == 0 && threadIdx.x == 0) *batches = counted;
   }
 }
 
