@@ -307,16 +307,23 @@ cudaError_t bnk__launch_fold(int64_t rows, int64_t row_elements, int dtype, cons
  * registers across its grid barriers: the same registers as the forward's cache of x. */
 #define BNK_PERSISTENT_BACKWARD_CACHE 4
 
+/* Vectors per thread of a team kernel (below) of a persistent kernel that caches `cache` vectors of `vec`
+ * elements: the element-wide kernels (vec 1) cache 4 x as many, in the registers that a 16-byte fp32 vector
+ * takes (their SASS has them to spare), so that the channels of ResNet-50's 7 x 7 layers at batch 32 (1568
+ * elements, read element by element: 49 is odd) fit a block of the backward too. */
+#define BNK_PERSISTENT_TEAM_CACHE(cache, vec) ((vec) == 1 ? 4 * (cache) : (cache))
+
 /* Which threads of a channels-first persistent kernel own a channel whole, given its `vec`-wide access and
- * `cache` vectors per thread: a warp when the channel fits the warp's cache (32), else the block when it
- * fits the block's (BNK_STREAM_THREADS), else none (0): the channel is cut into pieces over several blocks,
- * which meet at grid barriers. Channels-last kernels always cut (0). A team that owns its channels needs no
- * grid barrier, so its grid is not bounded by co-residency: any C fits. */
+ * `cache` vectors per thread (BNK_PERSISTENT_TEAM_CACHE of them in a team): a warp when the channel fits the
+ * warp's cache (32), else the block when it fits the block's (BNK_STREAM_THREADS), else none (0): the channel
+ * is cut into pieces over several blocks, which meet at grid barriers. Channels-last kernels always cut (0). A
+ * team that owns its channels needs no grid barrier, so its grid is not bounded by co-residency: any C fits. */
 static inline int bnk_persistent_team(const bnk_view *view, int vec, int cache) {
   const int64_t m = view->n * view->s;
+  const int64_t team_vectors = (int64_t)BNK_PERSISTENT_TEAM_CACHE(cache, vec) * vec;
   if (view->channels_last) return 0;
-  if (m <= (int64_t)32 * cache * vec) return 32;
-  return m <= (int64_t)BNK_STREAM_THREADS * cache * vec ? BNK_STREAM_THREADS : 0;
+  if (m <= 32 * team_vectors) return 32;
+  return m <= BNK_STREAM_THREADS * team_vectors ? BNK_STREAM_THREADS : 0;
 }
 
 /* The plan of a persistent kernel: bnk__plan_reduce's tiling with every thread's share of a piece at most

@@ -236,7 +236,7 @@ template <typename T, int V, int EPILOGUE, int TEAM>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
     persistent_forward_team(const T *x, const T *z, T *y, int64_t c, int64_t s, bnk_fastdiv vecs_per_run,
                             persistent_forward_args a) {
-  constexpr int K = BNK_PERSISTENT_CACHE;
+  constexpr int K = BNK_PERSISTENT_TEAM_CACHE(BNK_PERSISTENT_CACHE, V);
   __shared__ bnk_welford shared[BNK_WARP];
   __shared__ int64_t counted;
   int64_t *const batches = a.running.num_batches_tracked;

@@ -141,7 +141,7 @@ template <typename T, int V, int GRAD, int TEAM>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     persistent_backward_team(const T *x, const T *dy, T *dx, int64_t c, int64_t s, bnk_fastdiv vecs_per_run,
                              persistent_backward_args a) {
-  constexpr int K = BNK_PERSISTENT_BACKWARD_CACHE;
+  constexpr int K = BNK_PERSISTENT_TEAM_CACHE(BNK_PERSISTENT_BACKWARD_CACHE, V);
   __shared__ float2 shared[BNK_WARP];
   const int rank = (int)(threadIdx.x % TEAM);
   const int64_t channel_vectors = a.m / V;

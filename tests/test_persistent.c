@@ -456,14 +456,16 @@ static void check_persistent_shape(bnk_context *ctx, const shape *sh, test_rng *
 }
 
 /* Both layouts, ranks 0-3, every dtype with and without the 16-byte path, misaligned tensors, channels cut into
- * several pieces (NCHW: more than 256 x 8 vectors per channel; NHWC: more than tile_y x 8 rows). */
+ * several pieces (NCHW: more than a block's team holds, 256 x 8 16-byte vectors or 256 x 32 elements per channel,
+ * fp32 3 x 60 x 64 and misaligned bf16 2 x 75 x 60; NHWC: more than tile_y x 8 rows). */
 static const shape fitting_shapes[] = {
-    {BNK_FLOAT32, BNK_NCHW, 2, 3, S2(5, 7), 0},   {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0},
-    {BNK_FLOAT32, BNK_NHWC, 2, 3, S2(5, 7), 1},   {BNK_FLOAT32, BNK_NHWC, 2, 8, S2(30, 30), 0},
-    {BNK_FLOAT32, BNK_NHWC, 37, 5, S0, 0},        {BNK_FLOAT16, BNK_NCHW, 2, 3, S2(8, 8), 0},
-    {BNK_FLOAT16, BNK_NCHW, 3, 4, S1(33), 1},     {BNK_FLOAT16, BNK_NHWC, 2, 16, S2(3, 5), 0},
-    {BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0}, {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0},
-    {BNK_BFLOAT16, BNK_NHWC, 3, 24, S1(9), 0},    {BNK_BFLOAT16, BNK_NHWC, 2, 5, S3(2, 3, 4), 1},
+    {BNK_FLOAT32, BNK_NCHW, 2, 3, S2(5, 7), 0},    {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0},
+    {BNK_FLOAT32, BNK_NHWC, 2, 3, S2(5, 7), 1},    {BNK_FLOAT32, BNK_NHWC, 2, 8, S2(30, 30), 0},
+    {BNK_FLOAT32, BNK_NHWC, 37, 5, S0, 0},         {BNK_FLOAT16, BNK_NCHW, 2, 3, S2(8, 8), 0},
+    {BNK_FLOAT16, BNK_NCHW, 3, 4, S1(33), 1},      {BNK_FLOAT16, BNK_NHWC, 2, 16, S2(3, 5), 0},
+    {BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0},  {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0},
+    {BNK_BFLOAT16, BNK_NHWC, 3, 24, S1(9), 0},     {BNK_BFLOAT16, BNK_NHWC, 2, 5, S3(2, 3, 4), 1},
+    {BNK_BFLOAT16, BNK_NCHW, 2, 1, S2(75, 60), 1},
 };
 
 /* Channels-first shapes whose every channel fits one team's cache (bnk_persistent_team), so any C fits: a
@@ -626,19 +628,20 @@ Test(persistent, capacity_boundary_on_both_sides, .timeout = 900) {
   bnk_context_destroy(ctx);
 }
 
-/* Batches of an fp32 NCHW tensor of S = 2 (one element a vector) on both sides of the teams' capacities for a
- * cache of `cache` vectors: the most a warp holds (32 x cache), one more (the block's team), the most a block
- * holds (256 x cache), and one more, which cuts each channel into two pieces over 2 x TEAM_TEST_C blocks that
- * the test device's co-resident grid does not hold. */
+/* Batches of an fp32 NCHW tensor of S = 2 (one element a vector, of which a team's thread caches 4 x cache) on
+ * both sides of the teams' capacities for a cache of `cache` vectors: the most a warp holds (32 x 4 x cache
+ * elements), one more (the block's team), the most a block holds (256 x 4 x cache), and one more, which cuts
+ * each channel into pieces over several blocks a channel, more than the test device's co-resident grid holds
+ * for TEAM_TEST_C channels. */
 #define TEAM_TEST_C 64
 /* Vectors each thread caches: the forward's 8 (of x), the backward's 4 (of g and of x - mean), as above. */
 #define FORWARD_CACHE 8
 #define BACKWARD_CACHE 4
 static void team_boundary_batches(int cache, int64_t batches[4]) {
-  batches[0] = 16 * cache;
-  batches[1] = 16 * cache + 1;
-  batches[2] = 128 * cache;
-  batches[3] = 128 * cache + 1;
+  batches[0] = 16 * 4 * cache;
+  batches[1] = 16 * 4 * cache + 1;
+  batches[2] = 128 * 4 * cache;
+  batches[3] = 128 * 4 * cache + 1;
 }
 
 /* The forward on both sides of each team boundary: the automatic path persistent up to the block's capacity
@@ -667,25 +670,26 @@ Test(persistent, team_capacity_on_both_sides, .timeout = 900) {
   bnk_context_destroy(ctx);
 }
 
-/* ResNet-50's last stage, 2048 channels of 7 x 7, takes the persistent path on the 4 SMs of the test device:
- * at batch 1 both ops (a warp per channel), at batch 32 the forward (a block per channel); the batch-32
- * backward's channel, 1568 elements, is more than a block's cache of 256 x 4 and its 2 x 2048 pieces do not fit
- * the co-resident grid. */
+/* ResNet-50's last stage, 2048 channels of 7 x 7 (read element by element), takes the persistent path on the 4
+ * SMs of the test device, whatever the dtype: at batch 1 a warp per channel, at batch 32 (1568 elements a
+ * channel) a block per channel, in both ops; at batch 256 (12544) the channels would be cut into pieces over
+ * blocks, which the co-resident grid does not hold for 2048 channels. */
 Test(persistent, resnet_last_stage_paths) {
   bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
   const bnk_dtype dtypes[] = {BNK_FLOAT32, BNK_FLOAT16, BNK_BFLOAT16};
   const int64_t hw[2] = {7, 7};
+  const int batches[3] = {1, 32, 256};
   for (int d = 0; d < 3; ++d)
-    for (int batch = 1; batch <= 32; batch += 31) {
+    for (int b = 0; b < 3; ++b) {
+      const int batch = batches[b];
       bnk_tensor_desc desc;
       cr_assert_eq(bnk_tensor_desc_init(&desc, dtypes[d], BNK_NCHW, batch, 2048, 2, hw), BNK_SUCCESS);
       bnk_training_path path = BNK_TRAINING_PATH_AUTO;
       cr_assert_eq(forward_path(ctx, &desc, &path), BNK_SUCCESS, "%s", bnk_last_error_message());
-      cr_expect_eq(path, BNK_TRAINING_PATH_PERSISTENT, "dtype %d, %dx2048x7x7: forward path %d", (int)dtypes[d], batch,
-                   (int)path);
+      const bnk_training_path want = batch <= 32 ? BNK_TRAINING_PATH_PERSISTENT : BNK_TRAINING_PATH_TWO_PASS;
+      cr_expect_eq(path, want, "dtype %d, %dx2048x7x7: forward path %d", (int)dtypes[d], batch, (int)path);
       cr_assert_eq(backward_path(ctx, &desc, &path), BNK_SUCCESS, "%s", bnk_last_error_message());
-      cr_expect_eq(path, batch == 1 ? BNK_TRAINING_PATH_PERSISTENT : BNK_TRAINING_PATH_TWO_PASS,
-                   "dtype %d, %dx2048x7x7: backward path %d", (int)dtypes[d], batch, (int)path);
+      cr_expect_eq(path, want, "dtype %d, %dx2048x7x7: backward path %d", (int)dtypes[d], batch, (int)path);
     }
   bnk_context_destroy(ctx);
 }
