@@ -101,6 +101,12 @@ def assumptions():
         f" {MERGE_STEP_S * 1e6:g} us for the combine in shared memory),",
         "    then the write phase max(output bytes / bandwidth, one DRAM latency, elements x",
         "    the two-pass elementwise pass's instructions per element / issue rate); floor = (inputs + 1) E b",
+        "  a channels-first persistent kernel whose team (a warp or a block, bnk-plan's \"team\") owns whole channels"
+        " has no",
+        "    grid barrier and no merge of pieces: its teams take the channels in rounds of (blocks x teams per block),"
+        " and",
+        f"    each round adds one {MERGE_STEP_S * 1e6:g} us step (the team's own piece read back from L2 and derived)"
+        " for the merge",
     ]
     return "\n".join(lines)
 
@@ -218,7 +224,10 @@ def persistent_model(op, entry, sass, device):
     sms_in_use = min(device["sms"], persistent["blocks"])
     load = phase_seconds(reads * elements * dtype_bytes, elements, streaming[0]["instructions_per_element"],
                          sms_in_use, device)
-    merge = persistent_merge_seconds(op, persistent, entry["c"], device)
+    if persistent.get("team", 0):
+        merge = team_merge_seconds(persistent, entry["c"])
+    else:
+        merge = persistent_merge_seconds(op, persistent, entry["c"], device)
     write = phase_seconds(elements * dtype_bytes, elements, streaming[-1]["instructions_per_element"], sms_in_use,
                           device)
     seconds = LAUNCH_US * 1e-6 + load + persistent["grid_syncs"] * GRID_SYNC_S + merge + write
@@ -226,6 +235,13 @@ def persistent_model(op, entry, sass, device):
                f" {persistent['blocks_per_sm']}/SM: load {load * 1e6:.2f} us, {persistent['grid_syncs']} barriers,"
                f" merge {merge * 1e6:.2f} us, write {write * 1e6:.2f} us"]
     return floor, seconds, 1, details
+
+
+def team_merge_seconds(persistent, channels):
+    """The derivation of a team kernel (no pieces to merge, no barrier): each team derives its channels one after
+    another from its own piece, one merge step a channel."""
+    teams = persistent["blocks"] * (persistent["threads"] // persistent["team"])
+    return math.ceil(channels / teams) * MERGE_STEP_S
 
 
 def persistent_chosen(op, entry):

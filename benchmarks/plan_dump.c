@@ -30,6 +30,7 @@ typedef struct persistent_plan {
   int exists;
   int fits;
   int blocks_per_sm;
+  int team; /* threads that own a channel whole (bnk_persistent_team); 0: pieces across blocks */
   int grid_syncs;
   int64_t parts;
   plan_launch launch;
@@ -70,25 +71,31 @@ static void add_launch(op_plan *plan, int64_t blocks, int threads, const char *f
 }
 
 /* An op's persistent kernel (host/persistent.c; kernels/persistent.cu, persistent_backward.cu): bnk__plan_persistent's
- * grid for the op's cache depth, the occupancy of its plain-epilogue kernel for this dtype, layout and width, and
- * its two grid barriers (before and after the merge). */
+ * grid for the op's cache depth, the occupancy of its plain-epilogue kernel for this dtype, layout, width and team
+ * (bnk_persistent_team), and its grid barriers: two (before and after the merge) where pieces of a channel lie
+ * in several blocks, none where a team owns its channels (momentum running statistics; cumulative ones add one). */
 static persistent_plan persistent_op_plan(int op, const bnk_view *view, int vec, int sm_count, const char *type,
                                           const char *layout) {
-  persistent_plan plan = {.exists = 1, .grid_syncs = 2};
   const int forward = op == OP_FWD_TRAIN;
-  const cudaError_t error = forward
-                                ? bnk__persistent_forward_occupancy(view, vec, BNK_EPILOGUE_NONE, &plan.blocks_per_sm)
-                                : bnk__persistent_backward_occupancy(view, vec, BNK_GRAD_PLAIN, &plan.blocks_per_sm);
+  const int cache = forward ? BNK_PERSISTENT_CACHE : BNK_PERSISTENT_BACKWARD_CACHE;
+  const int team = bnk_persistent_team(view, vec, cache);
+  persistent_plan plan = {.exists = 1, .team = team, .grid_syncs = team != 0 ? 0 : 2};
+  const cudaError_t error =
+      forward ? bnk__persistent_forward_occupancy(view, vec, BNK_EPILOGUE_NONE, team, &plan.blocks_per_sm)
+              : bnk__persistent_backward_occupancy(view, vec, BNK_GRAD_PLAIN, team, &plan.blocks_per_sm);
   if (error != cudaSuccess) {
     fprintf(stderr, "bnk-plan: the occupancy query of the persistent %s failed\n", forward ? "forward" : "backward");
     exit(1);
   }
   bnk_reduce_plan reduce;
-  plan.fits = bnk__plan_persistent(view, vec, forward ? BNK_PERSISTENT_CACHE : BNK_PERSISTENT_BACKWARD_CACHE, sm_count,
-                                   plan.blocks_per_sm, &reduce);
+  plan.fits = bnk__plan_persistent(view, vec, cache, sm_count, plan.blocks_per_sm, &reduce);
   plan.parts = reduce.parts;
-  snprintf(plan.launch.kernel, sizeof plan.launch.kernel, "persistent_%s_channels_%s<%s, %d, 0>",
-           forward ? "forward" : "backward", layout, type, vec);
+  if (team != 0)
+    snprintf(plan.launch.kernel, sizeof plan.launch.kernel, "persistent_%s_team<%s, %d, 0, %d>",
+             forward ? "forward" : "backward", type, vec, team);
+  else
+    snprintf(plan.launch.kernel, sizeof plan.launch.kernel, "persistent_%s_channels_%s<%s, %d, 0>",
+             forward ? "forward" : "backward", layout, type, vec);
   plan.launch.blocks = reduce.blocks;
   plan.launch.threads = reduce.threads;
   return plan;
@@ -236,9 +243,9 @@ int main(int argc, char **argv) {
       printf("]");
       const persistent_plan *persistent = &plan.persistent;
       if (persistent->exists)
-        printf(", \"persistent\": {\"fits\": %s, \"blocks_per_sm\": %d, \"grid_syncs\": %d, \"parts\": %" PRId64
-               ", \"kernel\": \"%s\", \"blocks\": %" PRId64 ", \"threads\": %d}",
-               persistent->fits ? "true" : "false", persistent->blocks_per_sm, persistent->grid_syncs,
+        printf(", \"persistent\": {\"fits\": %s, \"blocks_per_sm\": %d, \"team\": %d, \"grid_syncs\": %d, "
+               "\"parts\": %" PRId64 ", \"kernel\": \"%s\", \"blocks\": %" PRId64 ", \"threads\": %d}",
+               persistent->fits ? "true" : "false", persistent->blocks_per_sm, persistent->team, persistent->grid_syncs,
                persistent->parts, persistent->launch.kernel, persistent->launch.blocks, persistent->launch.threads);
       printf("}");
     }

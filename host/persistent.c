@@ -1,7 +1,8 @@
 /* The choice between the persistent kernels and the two-pass ones, for the training forward and the backward
- * (docs/performance.md, "Two training paths"): persistent when the tensor fits the co-resident grid of the
- * persistent kernel on this device, which the kernel's occupancy decides; a context setting may force either
- * path. */
+ * (docs/performance.md, "Two training paths"): persistent when a channels-first channel fits one team's cache
+ * (a warp's or a block's, bnk_persistent_team: any C), or else when the tensor's pieces fit the co-resident grid
+ * of the persistent kernel on this device, which the kernel's occupancy decides; a context setting may force
+ * either path. */
 #include <inttypes.h>
 #include <stdio.h>
 
@@ -14,6 +15,17 @@ int bnk__plan_persistent(const bnk_view *view, int vec, int cache, int sm_count,
   /* The tiling only: the pieces are cut below for the cache. */
   *plan = bnk__plan_reduce(view, vec, sm_count, blocks_per_sm);
   plan->threads = BNK_STREAM_THREADS;
+  const int team = bnk_persistent_team(view, vec, cache);
+  if (team != 0) {
+    /* Teams own whole channels and meet at no grid barrier: a grid-stride grid over the channels, as many blocks
+     * as the channels need up to the co-resident grid (the forward's launch is cooperative, see persistent.cu). */
+    const int64_t needed = ceil_div(view->c, BNK_STREAM_THREADS / team);
+    const int64_t resident = (int64_t)blocks_per_sm * sm_count;
+    plan->chunk = view->n * view->s;
+    plan->parts = 1;
+    plan->blocks = needed < resident ? needed : resident;
+    return resident > 0;
+  }
   if (!view->channels_last) {
     /* A multiple of 8 (every vector width) at most one full cache per thread, as bnk__plan_reduce cuts. */
     const int64_t m = view->n * view->s;
@@ -90,8 +102,9 @@ bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *vi
   if (allowed) {
     const void *pointers[3] = {x, y, fused->z};
     const int vec = bnk__choose_vec(view, pointers, fused->z != NULL ? 3 : 2);
+    const int team = bnk_persistent_team(view, vec, BNK_PERSISTENT_CACHE);
     int blocks_per_sm = 0;
-    BNK__TRY(bnk__check_cuda(bnk__persistent_forward_occupancy(view, vec, fused->kind, &blocks_per_sm),
+    BNK__TRY(bnk__check_cuda(bnk__persistent_forward_occupancy(view, vec, fused->kind, team, &blocks_per_sm),
                              "cudaOccupancyMaxActiveBlocksPerMultiprocessor (persistent forward)"));
     BNK__TRY(fit_persistent(ctx, view, vec, BNK_PERSISTENT_CACHE, blocks_per_sm, plan));
     if (plan->persistent) return BNK_SUCCESS;
@@ -109,8 +122,9 @@ bnk_status bnk__plan_training_backward(const bnk_context *ctx, const bnk_view *v
   if (!allowed) return BNK_SUCCESS;
   const void *pointers[5] = {x, dy, dx, fused->y, fused->dz};
   const int vec = bnk__choose_vec(view, pointers, 5);
+  const int team = bnk_persistent_team(view, vec, BNK_PERSISTENT_BACKWARD_CACHE);
   int blocks_per_sm = 0;
-  BNK__TRY(bnk__check_cuda(bnk__persistent_backward_occupancy(view, vec, fused->source, &blocks_per_sm),
+  BNK__TRY(bnk__check_cuda(bnk__persistent_backward_occupancy(view, vec, fused->source, team, &blocks_per_sm),
                            "cudaOccupancyMaxActiveBlocksPerMultiprocessor (persistent backward)"));
   return fit_persistent(ctx, view, vec, BNK_PERSISTENT_BACKWARD_CACHE, blocks_per_sm, plan);
 }

@@ -307,19 +307,42 @@ cudaError_t bnk__launch_fold(int64_t rows, int64_t row_elements, int dtype, cons
  * registers across its grid barriers: the same registers as the forward's cache of x. */
 #define BNK_PERSISTENT_BACKWARD_CACHE 4
 
+/* Vectors per thread of a team kernel (below) of a persistent kernel that caches `cache` vectors of `vec`
+ * elements: the element-wide kernels (vec 1) cache 4 x as many, in the registers that a 16-byte fp32 vector
+ * takes (their SASS has them to spare), so that the channels of ResNet-50's 7 x 7 layers at batch 32 (1568
+ * elements, read element by element: 49 is odd) fit a block of the backward too. */
+#define BNK_PERSISTENT_TEAM_CACHE(cache, vec) ((vec) == 1 ? 4 * (cache) : (cache))
+
+/* Which threads of a channels-first persistent kernel own a channel whole, given its `vec`-wide access and
+ * `cache` vectors per thread (BNK_PERSISTENT_TEAM_CACHE of them in a team): a warp when the channel fits the
+ * warp's cache (32), else the block when it fits the block's (BNK_STREAM_THREADS), else none (0): the channel
+ * is cut into pieces over several blocks, which meet at grid barriers. Channels-last kernels always cut (0). A
+ * team that owns its channels needs no grid barrier, so its grid is not bounded by co-residency: any C fits. */
+static inline int bnk_persistent_team(const bnk_view *view, int vec, int cache) {
+  const int64_t m = view->n * view->s;
+  const int64_t team_vectors = (int64_t)BNK_PERSISTENT_TEAM_CACHE(cache, vec) * vec;
+  if (view->channels_last) return 0;
+  if (m <= 32 * team_vectors) return 32;
+  return m <= BNK_STREAM_THREADS * team_vectors ? BNK_STREAM_THREADS : 0;
+}
+
 /* The plan of a persistent kernel: bnk__plan_reduce's tiling with every thread's share of a piece at most
  * `cache` vectors (channels-first) or rows (channels-last), BNK_STREAM_THREADS per block. Returns whether its
- * blocks fit the co-resident grid, blocks_per_sm x sm_count. */
+ * blocks fit the co-resident grid, blocks_per_sm x sm_count. With a team (bnk_persistent_team), parts is 1 and
+ * blocks is a grid-stride grid over the channels, at most the co-resident grid and at least 1 block: it
+ * always fits. */
 int bnk__plan_persistent(const bnk_view *view, int vec, int cache, int sm_count, int blocks_per_sm,
                          bnk_reduce_plan *plan);
 
-/* Blocks of the persistent forward kernel for this dtype, layout, vector width and epilogue kind that one SM
- * holds at once (cudaOccupancyMaxActiveBlocksPerMultiprocessor). */
-cudaError_t bnk__persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue, int *blocks_per_sm);
+/* Blocks of the persistent forward kernel for this dtype, layout, vector width, epilogue kind and team
+ * (bnk_persistent_team) that one SM holds at once (cudaOccupancyMaxActiveBlocksPerMultiprocessor). */
+cudaError_t bnk__persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue, int team,
+                                              int *blocks_per_sm);
 
 /* The training forward in one cooperative launch of plan->blocks blocks: the work of bnk__launch_batch_stats
  * (ws, running, save_mean, save_invstd) and of bnk__launch_normalize_ex with the batch statistics, x read once.
- * The launcher does not clear the mask: the kernel does, before its grid barrier. */
+ * The launcher does not clear the mask: the kernel does, before its grid barrier (or, with a team, assigns every
+ * bit). */
 cudaError_t bnk__launch_persistent_forward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x, void *y,
                                            bnk_stats_workspace ws, float eps, bnk_running_update running,
                                            float *save_mean, float *save_invstd, const float *gamma, const float *beta,
@@ -327,12 +350,13 @@ cudaError_t bnk__launch_persistent_forward(const bnk_view *view, const bnk_reduc
 
 /* ---- the persistent backward (kernels/persistent_backward.cu, host/persistent.c) ---- */
 
-/* Blocks of the persistent backward kernel for this dtype, layout, vector width and gradient source (a
- * bnk_grad_source) that one SM holds at once (cudaOccupancyMaxActiveBlocksPerMultiprocessor). */
-cudaError_t bnk__persistent_backward_occupancy(const bnk_view *view, int vec, int source, int *blocks_per_sm);
+/* Blocks of the persistent backward kernel for this dtype, layout, vector width, gradient source (a
+ * bnk_grad_source) and team (bnk_persistent_team) that one SM holds at once
+ * (cudaOccupancyMaxActiveBlocksPerMultiprocessor). */
+cudaError_t bnk__persistent_backward_occupancy(const bnk_view *view, int vec, int source, int team, int *blocks_per_sm);
 
-/* The backward in one cooperative launch of plan->blocks blocks (bnk__plan_persistent with
- * BNK_PERSISTENT_BACKWARD_CACHE): the work of bnk__launch_backward_reduce_ex (ws, dgamma, dbeta, dz through the
+/* The backward in one launch of plan->blocks blocks, cooperative unless a team owns each channel (bnk__plan_persistent
+ * with BNK_PERSISTENT_BACKWARD_CACHE): the work of bnk__launch_backward_reduce_ex (ws, dgamma, dbeta, dz through the
  * epilogue) and of bnk__launch_backward_dx_ex, x and dy read once. Frozen statistics (stats of the running
  * statistics): dx = g gamma invstd, and x may be NULL when dgamma is. dx may be NULL (not written) or dy. */
 cudaError_t bnk__launch_persistent_backward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,

@@ -11,6 +11,8 @@
 // The blocks and pieces are bnk__plan_persistent's: the tiling of bnk__plan_reduce with each thread's share cut
 // to fit its cache. The channels-first merge is the two-pass path's, so both paths agree wherever their
 // pieces do; the channels-last merge takes its pieces in another fixed order.
+// Channels-first channels that fit one warp's or one block's cache (bnk_persistent_team) take
+// persistent_forward_team instead: no pieces, no merge across blocks, no barrier (any C fits).
 #include <cooperative_groups.h>
 
 #include <type_traits>
@@ -78,10 +80,26 @@ static __device__ __forceinline__ bnk_channel_affine shifted_affine(const persis
   return channel_affine<false>(p, c);
 }
 
-// y of V cached values (z read at the same place for ADD_RELU), stored at element `at`, with its mask bits.
-template <typename T, int V, int EPILOGUE>
+// The mask bits of V elements at `at` made `bits` in a mask nobody cleared (the team kernels have no barrier
+// to clear it behind): the thread that owns the elements clears those it leaves 0, and the padding bits past
+// the tensor's last element, and sets the others. Every bit has one owner, so these atomics on disjoint bits
+// leave the same word in any order.
+template <int V>
+static __device__ __forceinline__ void mask_assign(uint32_t *mask, int64_t at, unsigned bits, int64_t elements) {
+  const int shift = (int)(at % 32);
+  unsigned own = ((1u << V) - 1u) << shift;
+  if (at + V == elements && elements % 32 != 0) own |= ~0u << (elements % 32);
+  const unsigned set = (bits << shift) & own;
+  if ((own & ~set) != 0u) atomicAnd(mask + at / 32, ~(own & ~set));
+  if (set != 0u) atomicOr(mask + at / 32, set);
+}
+
+// y of V cached values (z read at the same place for ADD_RELU), stored at element `at`, with its mask bits:
+// ORed into a cleared mask, or with ASSIGN_MASK assigned (mask_assign) in a tensor of `elements`.
+template <typename T, int V, int EPILOGUE, bool ASSIGN_MASK = false>
 static __device__ __forceinline__ void write_outputs(const float (&v)[V], const bnk_channel_affine (&affine)[V],
-                                                     const T *z, T *y, uint32_t *mask, int64_t at) {
+                                                     const T *z, T *y, uint32_t *mask, int64_t at,
+                                                     int64_t elements = 0) {
   float out[V], vz[V] = {};
   if constexpr (EPILOGUE == BNK_EPILOGUE_ADD_RELU) bnk_load<T, V>(z + at, vz);
 #pragma unroll
@@ -99,7 +117,10 @@ static __device__ __forceinline__ void write_outputs(const float (&v)[V], const 
   } else {
     bnk_store<T, V>(y + at, out);
   }
-  if (EPILOGUE != BNK_EPILOGUE_NONE && mask != NULL) bnk_mask_set<V>(mask, at, bnk_positive_bits<T, V>(out));
+  if (EPILOGUE != BNK_EPILOGUE_NONE && mask != NULL) {
+    if constexpr (ASSIGN_MASK) mask_assign<V>(mask, at, bnk_positive_bits<T, V>(out), elements);
+    else bnk_mask_set<V>(mask, at, bnk_positive_bits<T, V>(out));
+  }
 }
 
 // What a thread keeps of one cached vector: x - K as floats, or, for the 16-byte vectors of a 16-bit type, the
@@ -219,6 +240,91 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
     }
 }
 
+// Channels-first, a team of TEAM threads (a warp or the block) per channel, channels in a grid-stride loop
+// (for_each_team_channel): the team caches the channel's vectors r, r + TEAM, ... by rank r (all of them:
+// bnk_persistent_team), reduces them with the channel's first element as K, derives the statistics as the
+// one piece of bnk_finalize_channel (the saved and running statistics written once, by the team) and writes
+// y from the cache. No grid barrier orders the channels, so nothing is cleared or counted ahead of them: the
+// mask bits are assigned (mask_assign), and the batch is counted once by the grid's first thread, which with
+// cumulative running statistics (weight 1 / num_batches_tracked, read by every team) waits for the others at
+// the kernel's one grid barrier; every block reads the count before it and keeps it in shared memory. That
+// barrier is why the launch is cooperative: the grid is at most the co-resident grid, which bounds nothing
+// here (a grid-stride loop), and the capacity is the team's cache alone.
+template <typename T, int V, int EPILOGUE, int TEAM>
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
+    persistent_forward_team(const T *x, const T *z, T *y, int64_t c, int64_t s, bnk_fastdiv vecs_per_run,
+                            persistent_forward_args a) {
+  constexpr int K = BNK_PERSISTENT_TEAM_CACHE(BNK_PERSISTENT_CACHE, V);
+  __shared__ bnk_welford shared[BNK_WARP];
+  __shared__ int64_t counted;
+  int64_t *const batches = a.running.num_batches_tracked;
+  const bool count_after = batches != NULL && a.running.cumulative;
+  if (count_after) {
+    if (threadIdx.x == 0) counted = bnk_next_count(*batches);
+    __syncthreads();
+  } else if (batches != NULL && blockIdx.x == 0 && threadIdx.x == 0) {
+    *batches = bnk_next_count(*batches);
+  }
+
+  const int rank = (int)(threadIdx.x % TEAM);
+  const int64_t channel_vectors = a.m / V;
+  const int64_t run_stride = c * s;
+  for_each_team_channel<TEAM>(c, [&](int64_t channel) {
+    const int64_t base = channel * s;
+    float shift[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) shift[i] = bnk_to_float(x[base]);
+    cached_vector<T, V> cache[K] = {};
+    int vectors = 0;
+#pragma unroll
+    for (int u = 0; u < K; ++u) {
+      const int64_t j = rank + (int64_t)u * TEAM;
+      if (j < channel_vectors) {
+        cache_load(cache[u], x + base + channel_vector_offset(j, vecs_per_run, run_stride, V), shift);
+        vectors = u + 1;
+      }
+    }
+    float v[K][V];
+#pragma unroll
+    for (int u = 0; u < K; ++u) shifted_values(cache[u], shift, v[u]);
+    const bnk_welford mine = vectors > 0 ? bnk_welford_of<K, V>(v, vectors) : bnk_welford_empty();
+    const bnk_welford acc = team_reduce<TEAM>(mine, shared);
+    if (rank == 0) {  // the channel's one piece, which the same thread reads back in bnk_finalize_channel
+      a.ws.shift[channel] = shift[0];
+      a.ws.count[channel] = acc.count;
+      a.ws.mean[channel] = acc.mean;
+      a.ws.m2[channel] = acc.m2;
+    }
+    if (rank < BNK_WARP) {
+      // Made here from the arguments rather than kept across the loop: the 16-bit kernels have no register to
+      // spare (held, it cost the block team an 8-byte stack frame).
+      bnk_running_update running = a.running;
+      if (count_after) running.num_batches_tracked = &counted;
+      bnk_finalize_channel(channel, c, 1, a.m, a.ws, a.eps, running, a.save_mean, a.save_invstd, NULL);
+    }
+    team_sync<TEAM>();
+
+    bnk_channel_affine affine[V];
+    const bnk_channel_affine channel_affine_value = shifted_affine(a, channel);
+#pragma unroll
+    for (int i = 0; i < V; ++i) affine[i] = channel_affine_value;
+#pragma unroll
+    for (int u = 0; u < K; ++u)
+      if (u < vectors) {
+        float values[V];
+        shifted_values(cache[u], shift, values);
+        const int64_t j = rank + (int64_t)u * TEAM;
+        write_outputs<T, V, EPILOGUE, true>(values, affine, z, y, a.mask,
+                                            base + channel_vector_offset(j, vecs_per_run, run_stride, V), c * a.m);
+      }
+  });
+
+  if (count_after) {
+    cg::this_grid().sync();
+    if (blockIdx.x == 0 && threadIdx.x == 0) *batches = counted;
+  }
+}
+
 // Channels-last: the tiling of bnk_reduce_plan (bnk_tile_position); thread (tx, ty) caches its V channels
 // in rows ty, ty + tile_y, ... of its piece (at most BNK_PERSISTENT_CACHE rows). At least 2 blocks per SM, as
 // the channels-first kernel: unbounded, ptxas held the fp32 vector kernels to 80 registers and spilled 32
@@ -311,15 +417,24 @@ static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *pl
   }
   int64_t c = view->c, s = view->s, parts = plan->parts, chunk = plan->chunk;
   bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / V));
+  const int team = bnk_persistent_team(view, V, BNK_PERSISTENT_CACHE);
+  if (team != 0) {
+    void *args[] = {&x, &z, &y, &c, &s, &vecs_per_run, &a};
+    return cudaLaunchCooperativeKernel(team == BNK_WARP ? persistent_forward_team<T, V, EPILOGUE, BNK_WARP>
+                                                        : persistent_forward_team<T, V, EPILOGUE, BNK_STREAM_THREADS>,
+                                       grid, block, args, 0, stream);
+  }
   void *args[] = {&x, &z, &y, &c, &s, &vecs_per_run, &parts, &chunk, &a};
   return cudaLaunchCooperativeKernel(persistent_forward_channels_first<T, V, EPILOGUE>, grid, block, args, 0, stream);
 }
 
 template <typename T, int V, int EPILOGUE>
-static cudaError_t occupancy_layout(int channels_last, int *blocks_per_sm) {
-  const void *kernel = channels_last
-                           ? reinterpret_cast<const void *>(persistent_forward_channels_last<T, V, EPILOGUE>)
-                           : reinterpret_cast<const void *>(persistent_forward_channels_first<T, V, EPILOGUE>);
+static cudaError_t occupancy_layout(int channels_last, int team, int *blocks_per_sm) {
+  const void *kernel =
+      channels_last      ? reinterpret_cast<const void *>(persistent_forward_channels_last<T, V, EPILOGUE>)
+      : team == BNK_WARP ? reinterpret_cast<const void *>(persistent_forward_team<T, V, EPILOGUE, BNK_WARP>)
+      : team != 0        ? reinterpret_cast<const void *>(persistent_forward_team<T, V, EPILOGUE, BNK_STREAM_THREADS>)
+                         : reinterpret_cast<const void *>(persistent_forward_channels_first<T, V, EPILOGUE>);
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS, 0);
 }
 
@@ -367,14 +482,14 @@ struct launch_op {
 
 template <typename T, int V, int EPILOGUE>
 struct occupancy_op {
-  static cudaError_t run(int channels_last, int *blocks_per_sm) {
-    return occupancy_layout<T, V, EPILOGUE>(channels_last, blocks_per_sm);
+  static cudaError_t run(int channels_last, int team, int *blocks_per_sm) {
+    return occupancy_layout<T, V, EPILOGUE>(channels_last, team, blocks_per_sm);
   }
 };
 
-extern "C" cudaError_t bnk__persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue,
+extern "C" cudaError_t bnk__persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue, int team,
                                                          int *blocks_per_sm) {
-  return dispatch<occupancy_op>(view->dtype, vec, epilogue, view->channels_last, blocks_per_sm);
+  return dispatch<occupancy_op>(view->dtype, vec, epilogue, view->channels_last, team, blocks_per_sm);
 }
 
 extern "C" cudaError_t bnk__launch_persistent_forward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,

@@ -65,3 +65,32 @@ static __device__ __forceinline__ void for_each_block_channel(int64_t c, S *shar
     }
   }
 }
+
+// ---- teams: the channels-first kernels whose channels each fit one team (bnk_persistent_team) ----
+// A team of TEAM threads (a warp or the whole block) owns whole channels, so it reduces, derives and writes
+// a channel with no grid barrier. A block holds blockDim.x / TEAM teams.
+
+// Synchronizes the threads of a team, memory included.
+template <int TEAM>
+static __device__ __forceinline__ void team_sync() {
+  if constexpr (TEAM == BNK_WARP) __syncwarp();
+  else __syncthreads();
+}
+
+// Reduces one value per thread of the team into the team's first thread (others return partial results);
+// `shared` is bnk_block_reduce's storage for a block team, reusable after the next team_sync.
+template <int TEAM, typename T>
+static __device__ __forceinline__ T team_reduce(T v, T *shared) {
+  if constexpr (TEAM == BNK_WARP) return bnk_warp_reduce(v, BNK_FULL_MASK, BNK_WARP);
+  else return bnk_block_reduce(v, shared);
+}
+
+// work(channel) by every thread of team t of the grid for channels t, t + teams, ...: a block team's threads
+// all take the same channels, so work may synchronize the block.
+template <int TEAM, typename F>
+static __device__ __forceinline__ void for_each_team_channel(int64_t c, F &&work) {
+  const int64_t per_block = blockDim.x / TEAM;
+  const int64_t teams = (int64_t)gridDim.x * per_block;
+  for (int64_t channel = (int64_t)blockIdx.x * per_block + threadIdx.x / TEAM; channel < c; channel += teams)
+    work(channel);
+}

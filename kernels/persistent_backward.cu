@@ -14,7 +14,9 @@
 // order in which the pieces are added). With frozen statistics (the
 // inference backward) the mean is the running mean (x NULL when only dbeta is wanted: its cache stays 0), and
 // dx is g gamma invstd alone (channel_dx without coefficients): the sums serve dgamma and dbeta only.
-// The blocks and pieces are bnk__plan_persistent's with the backward's cache depth.
+// The blocks and pieces are bnk__plan_persistent's with the backward's cache depth. Channels-first channels that
+// fit one warp's or one block's cache (bnk_persistent_team) take persistent_backward_team instead: no pieces, no
+// merge across blocks, no barrier, a plain launch (any C fits).
 #include <cooperative_groups.h>
 
 #include "kernels/dispatch.cuh"
@@ -147,6 +149,60 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     if (u < vectors) write_dx<T, V>(a, g[u], xmu[u], k, dx, at[u]);
 }
 
+// Channels-first, a team of TEAM threads (a warp or the block) per channel, channels in a grid-stride loop
+// (for_each_team_channel): the team caches the channel's vectors r, r + TEAM, ... by rank r (all of them:
+// bnk_persistent_team), reduces its sums, merges them as the one piece of merge_backward_channel (dgamma, dbeta
+// and the dx coefficients written once, by the team) and writes dx from the cache. Nothing here waits for
+// another team, so the launch is a plain one (bnk_persistent_team's grid-stride grid): the capacity is the
+// team's cache alone. dx may be dy: a team reads all of its channel before it writes any of it.
+template <typename T, int V, int GRAD, int TEAM>
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    persistent_backward_team(const T *x, const T *dy, T *dx, int64_t c, int64_t s, bnk_fastdiv vecs_per_run,
+                             persistent_backward_args a) {
+  constexpr int K = BNK_PERSISTENT_TEAM_CACHE(BNK_PERSISTENT_BACKWARD_CACHE, V);
+  __shared__ float2 shared[BNK_WARP];
+  const int rank = (int)(threadIdx.x % TEAM);
+  const int64_t channel_vectors = a.m / V;
+  const int64_t run_stride = c * s;
+  for_each_team_channel<TEAM>(c, [&](int64_t channel) {
+    const int64_t base = channel * s;
+    const float mean[1] = {x != NULL ? a.stats.mean[channel] : 0.0f};
+    // The element offsets are kept beside the cache, as in persistent_backward_channels_first.
+    float g[K][V] = {}, xmu[K][V] = {};
+    int64_t at[K] = {};
+    int vectors = 0;
+#pragma unroll
+    for (int u = 0; u < K; ++u) {
+      const int64_t j = rank + (int64_t)u * TEAM;
+      if (j < channel_vectors) {
+        at[u] = base + channel_vector_offset(j, vecs_per_run, run_stride, V);
+        load_gradient<GRAD, T, V>(x, dy, a.e, at[u], g[u], xmu[u]);
+        vectors = u + 1;
+      }
+    }
+    bnk_sums_vec<1> acc = bnk_sums_vec_empty<1>();
+#pragma unroll
+    for (int u = 0; u < K; ++u)
+      if (u < vectors) add_cached<T, V, GRAD, 1>(a, at[u], g[u], xmu[u], mean, acc);
+    const float2 sums = team_reduce<TEAM>(make_float2(acc.dy[0], acc.dy_xmu[0]), shared);
+    if (rank == 0) {  // the channel's one piece, which the same thread reads back in merge_backward_channel
+      a.ws.sum_dy[channel] = sums.x;
+      a.ws.sum_dy_xmu[channel] = sums.y;
+    }
+    if (rank < BNK_WARP) merge_backward_channel(channel, c, 1, a.m, a.stats, a.ws, a.dgamma, a.dbeta);
+    team_sync<TEAM>();
+
+    if (dx == NULL) return;
+    dx_coefficients k[V];
+    const dx_coefficients channel_k = cached_dx(a, channel);
+#pragma unroll
+    for (int i = 0; i < V; ++i) k[i] = channel_k;
+#pragma unroll
+    for (int u = 0; u < K; ++u)
+      if (u < vectors) write_dx<T, V>(a, g[u], xmu[u], k, dx, at[u]);
+  });
+}
+
 // Channels-last: the tiling of bnk_reduce_plan (bnk_tile_position); thread (tx, ty) caches its V channels in
 // rows ty, ty + tile_y, ... of its piece (at most BNK_PERSISTENT_BACKWARD_CACHE rows).
 template <typename T, int V, int GRAD>
@@ -220,20 +276,29 @@ static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *pl
   }
   int64_t c = view->c, s = view->s, parts = plan->parts, chunk = plan->chunk;
   bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / V));
+  const int team = bnk_persistent_team(view, V, BNK_PERSISTENT_BACKWARD_CACHE);
+  if (team != 0) {
+    const auto kernel = team == BNK_WARP ? persistent_backward_team<T, V, GRAD, BNK_WARP>
+                                         : persistent_backward_team<T, V, GRAD, BNK_STREAM_THREADS>;
+    BNK_LAUNCH(kernel, grid, block, 0, stream, x, dy, dx, c, s, vecs_per_run, a);
+    return cudaGetLastError();
+  }
   void *args[] = {&x, &dy, &dx, &c, &s, &vecs_per_run, &parts, &chunk, &a};
   return cudaLaunchCooperativeKernel(persistent_backward_channels_first<T, V, GRAD>, grid, block, args, 0, stream);
 }
 
-extern "C" cudaError_t bnk__persistent_backward_occupancy(const bnk_view *view, int vec, int source,
+extern "C" cudaError_t bnk__persistent_backward_occupancy(const bnk_view *view, int vec, int source, int team,
                                                           int *blocks_per_sm) {
   cudaError_t status = cudaSuccess;
   const cudaError_t found = bnk_dispatch<BNK_GRAD_PLAIN, BNK_GRAD_FROM_Y, BNK_GRAD_FROM_MASK>(
       view->dtype, vec, source, [&](auto type, auto width, auto grad) {
         using T = typename decltype(type)::type;
         constexpr int V = decltype(width)::value, GRAD = decltype(grad)::value;
-        const void *kernel = view->channels_last
-                                 ? reinterpret_cast<const void *>(persistent_backward_channels_last<T, V, GRAD>)
-                                 : reinterpret_cast<const void *>(persistent_backward_channels_first<T, V, GRAD>);
+        const void *kernel =
+            view->channels_last ? reinterpret_cast<const void *>(persistent_backward_channels_last<T, V, GRAD>)
+            : team == BNK_WARP  ? reinterpret_cast<const void *>(persistent_backward_team<T, V, GRAD, BNK_WARP>)
+            : team != 0 ? reinterpret_cast<const void *>(persistent_backward_team<T, V, GRAD, BNK_STREAM_THREADS>)
+                        : reinterpret_cast<const void *>(persistent_backward_channels_first<T, V, GRAD>);
         status = cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS, 0);
       });
   return found != cudaSuccess ? found : status;

@@ -66,6 +66,7 @@ typedef struct problem {
   void *x_dev, *z_dev, *y_dev, *mask_dev, *workspace;
   float *gamma_dev, *beta_dev, *running_mean_dev, *running_var_dev, *save_mean_dev, *save_invstd_dev;
   int64_t *batches_dev;
+  double momentum; /* BNK_MOMENTUM_CUMULATIVE, or the same weight as a momentum: 1 / (BATCHES_BEFORE + 1) */
   /* reference */
   double *mean, *var, *invstd, *y_plain, *rm_ref, *rv_ref;
 } problem;
@@ -95,6 +96,7 @@ static problem make_problem(bnk_context *ctx, const shape *sh, test_rng *rng) {
   problem p;
   memset(&p, 0, sizeof p);
   p.sh = *sh;
+  p.momentum = BNK_MOMENTUM_CUMULATIVE;
   cr_assert_eq(bnk_tensor_desc_init(&p.desc, sh->dtype, sh->layout, sh->n, sh->c, sh->spatial_dims, sh->spatial),
                BNK_SUCCESS, "%s", bnk_last_error_message());
   p.elements = bnk_tensor_desc_elements(&p.desc);
@@ -191,7 +193,7 @@ static void prepare_outputs(problem *p) {
 static bnk_status call_forward(bnk_context *ctx, problem *p, bnk_epilogue_kind kind) {
   const bnk_epilogue e = epilogue_of(p, kind);
   return bnk_forward_training_ex(ctx, &p->desc, p->x_dev, p->y_dev, p->gamma_dev, p->beta_dev, p->running_mean_dev,
-                                 p->running_var_dev, p->batches_dev, BNK_MOMENTUM_CUMULATIVE, EPS, p->save_mean_dev,
+                                 p->running_var_dev, p->batches_dev, p->momentum, EPS, p->save_mean_dev,
                                  p->save_invstd_dev, p->workspace, p->workspace_bytes, &e);
 }
 
@@ -454,7 +456,8 @@ static void check_persistent_shape(bnk_context *ctx, const shape *sh, test_rng *
 }
 
 /* Both layouts, ranks 0-3, every dtype with and without the 16-byte path, misaligned tensors, channels cut into
- * several pieces (NCHW: more than 256 x 8 vectors per channel; NHWC: more than tile_y x 8 rows). The NHWC merge
+ * several pieces (NCHW: more than a block's team holds, 256 x 8 16-byte vectors or 256 x 32 elements per channel,
+ * fp32 3 x 60 x 64 and misaligned bf16 2 x 75 x 60; NHWC: more than tile_y x 8 rows). The NHWC merge
  * gives a channel 8 to 256 threads of a block (for_each_block_channel): the (7, 4, 25, 40) shape has no more
  * channels than blocks, so each of its 4 (forward) or 7 (backward) pieces is merged by a warp of its own; the
  * (3, 64, 100) one has more channels than warps, 8 (forward) or 16 (backward) threads sharing 3 or 5 pieces. */
@@ -466,7 +469,23 @@ static const shape fitting_shapes[] = {
     {BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0}, {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0},
     {BNK_BFLOAT16, BNK_NHWC, 3, 24, S1(9), 0},    {BNK_BFLOAT16, BNK_NHWC, 2, 5, S3(2, 3, 4), 1},
     {BNK_FLOAT32, BNK_NHWC, 7, 4, S2(25, 40), 0}, {BNK_FLOAT32, BNK_NHWC, 3, 64, S1(100), 0},
+    {BNK_BFLOAT16, BNK_NCHW, 2, 1, S2(75, 60), 1},
 };
+
+/* Channels-first shapes whose every channel fits one team's cache (bnk_persistent_team), so any C fits: a
+ * warp's (batch 1 at S = 49, C = 1, 3 and ResNet-50's last stage, 2048, in every dtype; ranks 1 and 3) or the
+ * block's (batch 32 at S = 49; 16-bit vectors; misaligned); and S = 1 at ranks 0 and 1, which both layouts store
+ * alike, so that the channels-last kernels take them. */
+static const shape team_shapes[] = {
+    {BNK_FLOAT32, BNK_NCHW, 1, 1, S2(7, 7), 0},     {BNK_FLOAT32, BNK_NCHW, 1, 3, S2(7, 7), 0},
+    {BNK_FLOAT32, BNK_NCHW, 1, 2048, S2(7, 7), 0},  {BNK_FLOAT16, BNK_NCHW, 1, 2048, S2(7, 7), 0},
+    {BNK_BFLOAT16, BNK_NCHW, 1, 2048, S2(7, 7), 0}, {BNK_FLOAT16, BNK_NCHW, 1, 3, S1(49), 0},
+    {BNK_BFLOAT16, BNK_NCHW, 1, 1, S3(7, 7, 1), 0}, {BNK_FLOAT32, BNK_NCHW, 32, 3, S2(7, 7), 0},
+    {BNK_FLOAT16, BNK_NCHW, 2, 3, S2(40, 40), 0},   {BNK_BFLOAT16, BNK_NCHW, 4, 2, S2(24, 24), 0},
+    {BNK_FLOAT32, BNK_NCHW, 2, 3, S2(24, 24), 1},   {BNK_FLOAT32, BNK_NCHW, 4, 1, S0, 0},
+    {BNK_FLOAT16, BNK_NCHW, 3, 3, S1(1), 0},        {BNK_BFLOAT16, BNK_NCHW, 2, 2048, S0, 0},
+};
+#define TEAM_SHAPES (sizeof team_shapes / sizeof team_shapes[0])
 
 /* Two of them, channels-last 16-bit and channels-first float32: the tests that make a few calls per shape. */
 static const shape two_fitting_shapes[] = {{BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0},
@@ -479,6 +498,29 @@ Test(persistent, matches_reference_on_every_schedule_layout_dtype_and_epilogue, 
   test_rng rng = rng_fresh();
   for (size_t i = 0; i < sizeof fitting_shapes / sizeof fitting_shapes[0]; ++i)
     check_persistent_shape(ctx, &fitting_shapes[i], &rng);
+  bnk_context_destroy(ctx);
+}
+
+/* The team shapes, every epilogue, with cumulative running statistics (the team kernel's one grid barrier) and,
+ * for the first ones, the same weight as a momentum (no barrier). */
+Test(persistent, teams_match_reference_on_every_schedule_dtype_and_epilogue, .timeout = 1800) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  test_rng rng = rng_fresh();
+  for (size_t i = 0; i < TEAM_SHAPES; ++i) {
+    problem p = make_problem(ctx, &team_shapes[i], &rng);
+    for (int momentum = 0; momentum < (i < 3 ? 2 : 1); ++momentum) {
+      p.momentum = momentum ? 1.0 / (BATCHES_BEFORE + 1) : BNK_MOMENTUM_CUMULATIVE;
+      for (int k = BNK_EPILOGUE_NONE; k <= BNK_EPILOGUE_ADD_RELU; ++k) {
+        char label[200], what[240];
+        describe(&p, (bnk_epilogue_kind)k, label, sizeof label);
+        snprintf(what, sizeof what, "%s, %s", label, momentum ? "momentum" : "cumulative");
+        const persistent_op op = forward_op(ctx, &p, (bnk_epilogue_kind)k);
+        check_every_schedule_and_worker_count(&op, what);
+      }
+    }
+    free_problem(&p);
+  }
   bnk_context_destroy(ctx);
 }
 
@@ -587,6 +629,72 @@ Test(persistent, capacity_boundary_on_both_sides, .timeout = 900) {
     }
     free_problem(&p);
   }
+  bnk_context_destroy(ctx);
+}
+
+/* Batches of an fp32 NCHW tensor of S = 2 (one element a vector, of which a team's thread caches 4 x cache) on
+ * both sides of the teams' capacities for a cache of `cache` vectors: the most a warp holds (32 x 4 x cache
+ * elements), one more (the block's team), the most a block holds (256 x 4 x cache), and one more, which cuts
+ * each channel into pieces over several blocks a channel, more than the test device's co-resident grid holds
+ * for TEAM_TEST_C channels. */
+#define TEAM_TEST_C 64
+/* Vectors each thread caches: the forward's 8 (of x), the backward's 4 (of g and of x - mean), as above. */
+#define FORWARD_CACHE 8
+#define BACKWARD_CACHE 4
+static void team_boundary_batches(int cache, int64_t batches[4]) {
+  batches[0] = 16 * 4 * cache;
+  batches[1] = 16 * 4 * cache + 1;
+  batches[2] = 128 * 4 * cache;
+  batches[3] = 128 * 4 * cache + 1;
+}
+
+/* The forward on both sides of each team boundary: the automatic path persistent up to the block's capacity
+ * (whatever C), two-pass past it, each against the reference; forced persistent past it, a clear rejection. */
+Test(persistent, team_capacity_on_both_sides, .timeout = 900) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  test_rng rng = rng_fresh();
+  int64_t batches[4];
+  team_boundary_batches(FORWARD_CACHE, batches);
+  for (int b = 0; b < 4; ++b) {
+    const shape sh = {BNK_FLOAT32, BNK_NCHW, batches[b], TEAM_TEST_C, S1(2), 0};
+    problem p = make_problem(ctx, &sh, &rng);
+    char label[200];
+    describe(&p, BNK_EPILOGUE_RELU, label, sizeof label);
+    const persistent_op op = forward_op(ctx, &p, BNK_EPILOGUE_RELU);
+    check_automatic_path_at_boundary(&op, b == 3, label);
+    if (b == 3) {
+      set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+      const bnk_epilogue e = epilogue_of(&p, BNK_EPILOGUE_RELU);
+      bnk_training_path path;
+      expect_rejection(bnk_forward_training_path(ctx, &p.desc, p.x_dev, p.y_dev, &e, &path), BNK_ERROR_NOT_SUPPORTED,
+                       "does not fit the co-resident grid");
+    }
+    free_problem(&p);
+  }
+  bnk_context_destroy(ctx);
+}
+
+/* ResNet-50's last stage, 2048 channels of 7 x 7 (read element by element), takes the persistent path on the 4
+ * SMs of the test device, whatever the dtype: at batch 1 a warp per channel, at batch 32 (1568 elements a
+ * channel) a block per channel, in both ops; at batch 256 (12544) the channels would be cut into pieces over
+ * blocks, which the co-resident grid does not hold for 2048 channels. */
+Test(persistent, resnet_last_stage_paths) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  const bnk_dtype dtypes[] = {BNK_FLOAT32, BNK_FLOAT16, BNK_BFLOAT16};
+  const int64_t hw[2] = {7, 7};
+  const int batches[3] = {1, 32, 256};
+  for (int d = 0; d < 3; ++d)
+    for (int b = 0; b < 3; ++b) {
+      const int batch = batches[b];
+      bnk_tensor_desc desc;
+      cr_assert_eq(bnk_tensor_desc_init(&desc, dtypes[d], BNK_NCHW, batch, 2048, 2, hw), BNK_SUCCESS);
+      bnk_training_path path = BNK_TRAINING_PATH_AUTO;
+      cr_assert_eq(forward_path(ctx, &desc, &path), BNK_SUCCESS, "%s", bnk_last_error_message());
+      const bnk_training_path want = batch <= 32 ? BNK_TRAINING_PATH_PERSISTENT : BNK_TRAINING_PATH_TWO_PASS;
+      cr_expect_eq(path, want, "dtype %d, %dx2048x7x7: forward path %d", (int)dtypes[d], batch, (int)path);
+      cr_assert_eq(backward_path(ctx, &desc, &path), BNK_SUCCESS, "%s", bnk_last_error_message());
+      cr_expect_eq(path, want, "dtype %d, %dx2048x7x7: backward path %d", (int)dtypes[d], batch, (int)path);
+    }
   bnk_context_destroy(ctx);
 }
 
@@ -894,6 +1002,15 @@ Test(persistent_backward, matches_reference_on_every_schedule_layout_dtype_and_e
 
 /* The same data through the forced two-pass path, the forced persistent path and the automatic choice (persistent
  * for a shape that fits): all within the reference's tolerances, the automatic run bitwise the persistent one. */
+/* The team shapes through every variant of the training backward and the frozen backward. */
+Test(persistent_backward, teams_match_reference_on_every_schedule_dtype_and_epilogue, .timeout = 2400) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  test_rng rng = rng_fresh();
+  for (size_t i = 0; i < TEAM_SHAPES; ++i) check_persistent_backward_shape(ctx, &team_shapes[i], &rng);
+  bnk_context_destroy(ctx);
+}
+
 Test(persistent_backward, same_data_through_each_path, .timeout = 600) {
   bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
   test_rng rng = rng_fresh();
@@ -936,6 +1053,24 @@ Test(persistent_backward, capacity_boundary_on_both_sides, .timeout = 900) {
       expect_rejection(bnk_backward_training_path(ctx, &p.f.desc, p.f.x_dev, p.dy_dev, p.dx_dev, &e, &path),
                        BNK_ERROR_NOT_SUPPORTED, "BNK_TRAINING_PATH_PERSISTENT");
     }
+    free_grad_problem(&p);
+  }
+  bnk_context_destroy(ctx);
+}
+
+/* The backward on both sides of each team boundary (team_boundary_batches), as the forward's test. */
+Test(persistent_backward, team_capacity_on_both_sides, .timeout = 900) {
+  bnk_context *ctx = persistent_context(TEST_SM_LIMIT);
+  test_rng rng = rng_fresh();
+  int64_t batches[4];
+  team_boundary_batches(BACKWARD_CACHE, batches);
+  for (int b = 0; b < 4; ++b) {
+    const shape sh = {BNK_FLOAT32, BNK_NCHW, batches[b], TEAM_TEST_C, S1(2), 0};
+    grad_problem p = make_grad_problem(ctx, &sh, &rng);
+    char label[200];
+    describe_grad(&p, &grad_variants[2], 0, label, sizeof label);
+    const persistent_op op = backward_op(ctx, &p, 2, 0);
+    check_automatic_path_at_boundary(&op, b == 3, label);
     free_grad_problem(&p);
   }
   bnk_context_destroy(ctx);
@@ -1097,9 +1232,14 @@ Test(persistent_backward, one_launch_and_the_documented_bytes, .timeout = 600) {
   test_rng rng = rng_fresh();
   static const double forward_tensors[] = {2, 2, 3}, forward_eighths[] = {0, 1, 1};
   static const double backward_tensors[] = {3, 4, 3, 5, 4}, backward_eighths[] = {0, 0, 1, 0, 1};
+  /* Pieces over blocks, and channels-first teams: a warp's (fp16, 1024 elements), a block's (fp32, 2048). */
+  const shape shapes[] = {two_fitting_shapes[0],
+                          two_fitting_shapes[1],
+                          {BNK_FLOAT16, BNK_NCHW, 4, 8, S2(16, 16), 0},
+                          {BNK_FLOAT32, BNK_NCHW, 8, 4, S2(16, 16), 0}};
   bnk_emu_set_traffic(1);
-  for (size_t i = 0; i < TWO_FITTING_SHAPES; ++i) {
-    grad_problem p = make_grad_problem(ctx, &two_fitting_shapes[i], &rng);
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; ++i) {
+    grad_problem p = make_grad_problem(ctx, &shapes[i], &rng);
     char label[200], what[260];
     for (int k = BNK_EPILOGUE_NONE; k <= BNK_EPILOGUE_ADD_RELU; ++k) {
       describe(&p.f, (bnk_epilogue_kind)k, label, sizeof label);

@@ -101,11 +101,13 @@ static const traffic_shape shapes[] = {
 
 /* The persistent rows' device and shapes: a co-resident grid of the emulated device's SMs must hold the
  * shape, and the emulation runs each of its blocks on an OS thread, so both stay small (a quarter of the
- * shapes above, which still keeps per-channel arrays and partials below 1%). */
+ * shapes above, which still keeps per-channel arrays and partials below 1%). Channels-first, the fp32 shape's
+ * channels (4096 elements) each fit a block's cache and the fp16 one's (1024) a warp's (bnk_persistent_team). */
 #define PERSISTENT_SMS 8
 static const traffic_shape persistent_shapes[] = {
     {BNK_FLOAT32, BNK_NCHW, 4, 8, 32, 32},
     {BNK_FLOAT16, BNK_NHWC, 4, 8, 32, 32},
+    {BNK_FLOAT16, BNK_NCHW, 4, 8, 16, 16},
 };
 
 /* Every buffer an op may use, on the device. */
