@@ -72,9 +72,10 @@ static void add_launch(op_plan *plan, int64_t blocks, int threads, const char *f
 /* An op's persistent kernel (host/persistent.c; kernels/persistent.cu, persistent_backward.cu): bnk__plan_persistent's
  * grid for the op's cache depth, the occupancy of its plain-epilogue kernel for this dtype, layout and width, and
  * its two grid barriers (before and after the merge). */
-static persistent_plan persistent_op_plan(int op, const bnk_view *view, int vec, int sm_count, const char *type,
-                                          const char *layout) {
+static persistent_plan persistent_op_plan(int op, const bnk_view *view, const void *const *pointers, int sm_count,
+                                          const char *type, const char *layout) {
   persistent_plan plan = {.exists = 1, .grid_syncs = 2};
+  const int vec = bnk__choose_whole_run_vec(view, pointers, 5);
   const int forward = op == OP_FWD_TRAIN;
   const cudaError_t error = forward
                                 ? bnk__persistent_forward_occupancy(view, vec, BNK_EPILOGUE_NONE, &plan.blocks_per_sm)
@@ -133,7 +134,7 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
       if (bnk__merge_counters_of(ctx, view, &reduce) == NULL)
         add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "finalize_stats");
       else plan.merged_channels = bnk_merge_group_channels(view, &reduce);
-      plan.persistent = persistent_op_plan(op, view, vec, sm_count, type, layout);
+      plan.persistent = persistent_op_plan(op, view, pointers, sm_count, type, layout);
     }
     add_launch(&plan, normalize.blocks, normalize.threads, "normalize_channels_%s<%s, %d, %s, 0>", layout, type,
                normalize.vec, op == OP_FWD_INFER ? "true" : "false");
@@ -148,7 +149,7 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
       add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "merge_backward_sums");
     else plan.merged_channels = bnk_merge_group_channels(view, &reduce);
     add_launch(&plan, dx.blocks, dx.threads, "backward_dx_channels_%s<%s, %d, 0>", layout, type, dx.vec);
-    plan.persistent = persistent_op_plan(op, view, vec, sm_count, type, layout);
+    plan.persistent = persistent_op_plan(op, view, pointers, sm_count, type, layout);
     break;
   }
   }

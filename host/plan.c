@@ -65,12 +65,19 @@ bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, in
   return plan;
 }
 
+int bnk__reduce_vec_fits(const bnk_view *view, int vec) {
+  if (view->channels_last) return view->c % vec == 0;
+  /* Channels-first runs then all start at the same misalignment per channel, each a head, whole vectors and
+   * a tail (kernels/reduce.cuh, bnk_run_split); S >= vec keeps the head inside the run. */
+  return view->s % vec == 0 || (view->s >= vec && (view->c * view->s) % vec == 0);
+}
+
 /* Pieces grow with the blocks per SM, so the most over the variants bounds every variant's. */
 int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count, const int blocks_per_sm[2]) {
   const bnk_reduce_plan narrow = bnk__plan_reduce(view, 1, sm_count, blocks_per_sm[0]);
   int64_t parts = narrow.parts;
   const int vec = bnk__dtype_vec(view->dtype);
-  if ((view->channels_last ? view->c : view->s) % vec == 0) {
+  if (bnk__reduce_vec_fits(view, vec)) {
     const bnk_reduce_plan wide = bnk__plan_reduce(view, vec, sm_count, blocks_per_sm[1]);
     if (wide.parts > parts) parts = wide.parts;
   }

@@ -19,6 +19,11 @@ int64_t bnk__stream_resident_blocks(int sm_count) { return (int64_t)sm_count * (
 
 int bnk__choose_vec(const bnk_view *view, const void *const *pointers, int count) {
   const int vec = bnk__dtype_vec(view->dtype);
+  return bnk__reduce_vec_fits(view, vec) && all_aligned(pointers, count) ? vec : 1;
+}
+
+int bnk__choose_whole_run_vec(const bnk_view *view, const void *const *pointers, int count) {
+  const int vec = bnk__dtype_vec(view->dtype);
   const int64_t contiguous = view->channels_last ? view->c : view->s;
   return contiguous % vec == 0 && all_aligned(pointers, count) ? vec : 1;
 }

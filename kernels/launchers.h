@@ -95,8 +95,15 @@ int bnk__dtype_vec(int dtype);
 /* The plan for a view whose tensors allow `vec`-wide access, on a device with sm_count SMs, each of which
  * holds blocks_per_sm blocks of the reduction kernel at once: pieces enough for one full wave. */
 bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, int blocks_per_sm);
-/* The widest access that every pointer's alignment and the view's contiguous extent allow. */
+/* Whether the reductions (statistics, backward sums) can read `view` in accesses of vec elements, given
+ * aligned pointers: channels-last when C is a multiple of vec; channels-first when S is, or when C x S is
+ * and S >= vec, the head and tail of each run then read element by element (kernels/reduce.cuh). */
+int bnk__reduce_vec_fits(const bnk_view *view, int vec);
+/* The widest access of the reductions that every pointer's alignment and bnk__reduce_vec_fits allow. */
 int bnk__choose_vec(const bnk_view *view, const void *const *pointers, int count);
+/* The widest access that every pointer's alignment allows where the contiguous extent (S channels-first, C
+ * channels-last) is whole vectors: what the persistent kernels walk. */
+int bnk__choose_whole_run_vec(const bnk_view *view, const void *const *pointers, int count);
 /* Blocks of BNK_STREAM_THREADS for a grid-stride loop over `items`: one per item, at most
  * `resident_blocks` (the blocks of BNK_STREAM_THREADS the GPU holds at once). */
 int64_t bnk__plan_grid_stride_blocks(int64_t items, int64_t resident_blocks);

@@ -133,9 +133,8 @@ Test(plan, reduction_plans_keep_their_invariants) {
                 view.s = 1;
               }
               const int wide = bnk__dtype_vec(view.dtype);
-              const int64_t contiguous = channels_last ? view.c : view.s;
               const int vecs[2] = {1, wide};
-              for (int v = 0; v < (contiguous % wide == 0 ? 2 : 1); ++v)
+              for (int v = 0; v < (bnk__reduce_vec_fits(&view, wide) ? 2 : 1); ++v)
                 for (int k = 0; k < 2; ++k) {
                   const int blocks_per_sm = blocks_per_sm_counts[k];
                   const bnk_reduce_plan plan = bnk__plan_reduce(&view, vecs[v], sm_counts[g], blocks_per_sm);
@@ -145,6 +144,42 @@ Test(plan, reduction_plans_keep_their_invariants) {
                 }
             }
   cr_assert(checked > 1000, "only %" PRId64 " plans checked", checked);
+}
+
+/* The reductions' vector width: channels-first any S >= vec whose C x S is whole vectors (heads and tails
+ * peeled), channels-last whole vectors of C; the persistent kernels' width only for whole vectors of the
+ * contiguous extent; never with a misaligned pointer. */
+Test(plan, vector_width_rules) {
+  static _Alignas(16) const char aligned[32] = {0};
+  const void *good[2] = {aligned, aligned + 16};
+  const void *bad[2] = {aligned, aligned + 2};
+  static const struct {
+    int channels_last, dtype;
+    int64_t n, c, s;
+    int reduce_vec, whole_run_vec;
+  } cases[] = {
+      {0, BNK_FLOAT16, 32, 64, 49, 8, 1},   /* 7x7, C x S = 3136: peeled */
+      {0, BNK_FLOAT16, 32, 256, 196, 8, 1}, /* 14x14 */
+      {0, BNK_FLOAT16, 32, 63, 49, 1, 1},   /* C x S odd: runs start at every misalignment */
+      {0, BNK_FLOAT16, 32, 10, 50, 1, 1},   /* C x S = 500, not a multiple of 8 */
+      {0, BNK_FLOAT16, 32, 16, 64, 8, 8},   /* whole vectors */
+      {0, BNK_FLOAT16, 32, 8, 9, 8, 1},     /* S just past a vector */
+      {0, BNK_FLOAT16, 32, 64, 7, 1, 1},    /* S below a vector: the head would not fit */
+      {0, BNK_FLOAT16, 32, 64, 1, 1, 1},      {0, BNK_FLOAT32, 32, 64, 49, 4, 1},
+      {0, BNK_FLOAT32, 32, 6, 6, 4, 1},       {0, BNK_FLOAT32, 32, 3, 3, 1, 1},
+      {0, BNK_BFLOAT16, 32, 1024, 49, 8, 1},  {1, BNK_FLOAT16, 32 * 49, 64, 1, 8, 8},
+      {1, BNK_FLOAT16, 32 * 49, 60, 1, 1, 1}, {1, BNK_FLOAT32, 32 * 49, 6, 1, 1, 1},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
+    const bnk_view view = {cases[i].n, cases[i].c, cases[i].s, cases[i].channels_last, cases[i].dtype};
+    const int vec = bnk__choose_vec(&view, good, 2), whole = bnk__choose_whole_run_vec(&view, good, 2);
+    cr_expect_eq(vec, cases[i].reduce_vec, "reductions' width %d for " SHAPE_FORMAT, vec, SHAPE_ARGS(&view, 0, 0));
+    cr_expect_eq(whole, cases[i].whole_run_vec, "persistent width %d for " SHAPE_FORMAT, whole,
+                 SHAPE_ARGS(&view, 0, 0));
+    cr_expect_eq(bnk__choose_vec(&view, bad, 2), 1, "misaligned pointer for " SHAPE_FORMAT, SHAPE_ARGS(&view, 0, 0));
+    cr_expect_eq(bnk__choose_whole_run_vec(&view, bad, 2), 1, "misaligned pointer for " SHAPE_FORMAT,
+                 SHAPE_ARGS(&view, 0, 0));
+  }
 }
 
 /* The grids come from each kernel's occupancy on the context's device (the emulation answers it from the sm_90
