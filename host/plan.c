@@ -24,7 +24,10 @@ bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, in
   const int64_t target = (int64_t)sm_count * blocks_per_sm;
   if (!view->channels_last) {
     const int64_t m = view->n * view->s;
-    int64_t parts = clamp64(ceil_div(target, view->c), 1, ceil_div(m, BNK_MIN_PIECE));
+    /* At most one wave where C allows it: rounding the pieces per channel up would start a second wave of a
+     * few blocks (448 blocks for 396 slots at C = 64), as long as a full one. Past `target` channels, one piece
+     * each, in waves of small blocks (threads sized to the piece). */
+    int64_t parts = clamp64(target / view->c, 1, ceil_div(m, BNK_MIN_PIECE));
     if (parts < ceil_div(m, BNK_MAX_PIECE)) parts = ceil_div(m, BNK_MAX_PIECE);
     /* A multiple of 8 is a multiple of every vector width, so pieces never split a vector. */
     plan.chunk = ceil_div(ceil_div(m, parts), 8) * 8;

@@ -382,8 +382,8 @@ extern "C" cudaError_t bnk__launch_backward_gradients_from_sums(int64_t c, const
   return cudaGetLastError();
 }
 
-// The channels-first dx pass's run table is at most BNK_TABLE_TARGET entries but for the tiniest S, where one
-// tile touches more runs: residency is taken at the usual table.
+// The channels-first dx pass's run table is at most BNK_TABLE_MAX(V) entries (BNK_TABLE_TARGET but for the
+// tiniest S, where one tile touches more runs): residency is taken at that most.
 extern "C" cudaError_t bnk__backward_occupancy(bnk_occupancy_table *table) {
   return bnk_for_each_storage([&](auto type, auto width, int dtype, int wide) {
     using T = typename decltype(type)::type;
@@ -392,7 +392,7 @@ extern "C" cudaError_t bnk__backward_occupancy(bnk_occupancy_table *table) {
       constexpr int GRAD = decltype(source)::value;
       int(&sums)[2][3][2][BNK_OCCUPANCY_VARIANTS] = table->blocks_per_sm[BNK_FAMILY_BACKWARD_SUMS];
       int(&dx)[2][3][2][BNK_OCCUPANCY_VARIANTS] = table->blocks_per_sm[BNK_FAMILY_DX];
-      const size_t table_bytes = BNK_TABLE_TARGET * sizeof(dx_coefficients);
+      const size_t table_bytes = (size_t)BNK_TABLE_MAX(V) * sizeof(dx_coefficients);
       cudaError_t status = bnk_occupancy(backward_sums_channels_first<T, V, GRAD>, 0, &sums[0][dtype][wide][GRAD]);
       if (status == cudaSuccess)
         status = bnk_occupancy(backward_sums_channels_last<T, V, GRAD>, 0, &sums[1][dtype][wide][GRAD]);

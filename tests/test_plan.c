@@ -35,6 +35,11 @@ static void check_pieces(const bnk_view *view, int vec, int sms, int blocks_per_
               "%" PRId64 " pieces of %" PRId64 " do not cover %" PRId64 " values once for " SHAPE_FORMAT, plan->parts,
               plan->chunk, m, SHAPE_ARGS(view, vec, sms));
     cr_assert_eq(plan->blocks, view->c * plan->parts);
+    /* One wave at most, where the channels and the piece size limit allow it. */
+    const int64_t target = (int64_t)sms * blocks_per_sm;
+    if (view->c <= target && m <= MAX_PIECE_VALUES * (target / view->c))
+      cr_assert(plan->blocks <= target, "%" PRId64 " blocks for %" PRId64 " slots for " SHAPE_FORMAT, plan->blocks,
+                target, SHAPE_ARGS(view, vec, sms));
   } else {
     cr_assert(plan->tile_x * plan->tile_y == plan->threads, "tile %d x %d, threads %d for " SHAPE_FORMAT, plan->tile_x,
               plan->tile_y, plan->threads, SHAPE_ARGS(view, vec, sms));
@@ -225,4 +230,45 @@ Test(plan, big_grids_are_occupancy_times_sms) {
     }
   }
   bnk_context_destroy(ctx);
+}
+
+/* The folding kernel's grid is its own occupancy x SMs (not 8 blocks per SM) for a big weight, one block per 256
+ * items for a small one, for both bias types. */
+Test(plan, fold_grid_is_its_occupancy_times_sms) {
+  bnk_context *ctx = NULL;
+  cr_assert_eq(bnk_context_create(&ctx, -1), BNK_SUCCESS, "%s", bnk_last_error_message());
+  const int dtypes[3] = {BNK_FLOAT32, BNK_FLOAT16, BNK_BFLOAT16};
+  for (int d = 0; d < 3; ++d)
+    for (int float_bias = 0; float_bias < 2; ++float_bias) {
+      const int bias_dtype = float_bias ? BNK_FLOAT32 : dtypes[d];
+      const int blocks_per_sm = ctx->occupancy.blocks_per_sm[BNK_FAMILY_FOLD][0][dtypes[d]][0][float_bias];
+      cr_assert(blocks_per_sm >= 1 && blocks_per_sm <= 8, "fold dtype %d bias %d: %d blocks per SM", dtypes[d],
+                bias_dtype, blocks_per_sm);
+      const int64_t resident = (int64_t)blocks_per_sm * ctx->sm_count;
+      cr_expect_eq(bnk__fold_blocks(ctx, resident * BNK_STREAM_THREADS * 3, dtypes[d], bias_dtype), resident,
+                   "fold dtype %d bias %d", dtypes[d], bias_dtype);
+      cr_expect_eq(bnk__fold_blocks(ctx, 1000, dtypes[d], bias_dtype), 4, "fold dtype %d bias %d", dtypes[d],
+                   bias_dtype);
+    }
+  bnk_context_destroy(ctx);
+}
+
+/* No channels-first elementwise plan's run table exceeds BNK_TABLE_MAX, the size the occupancy is queried at. */
+Test(plan, run_tables_fit_the_queried_shared_memory) {
+  static const int64_t spatial_sizes[] = {1, 2, 3, 5, 7, 49, 196, 3136, 1 << 20};
+  static const int64_t channel_counts[] = {1, 3, 64, 2048};
+  static const int dtypes[] = {BNK_FLOAT32, BNK_FLOAT16};
+  static _Alignas(16) const char aligned[32] = {0};
+  const void *good[1] = {aligned}, *bad[1] = {aligned + 2};
+  const int blocks_per_sm[2] = {8, 4};
+  for (size_t s = 0; s < sizeof spatial_sizes / sizeof spatial_sizes[0]; ++s)
+    for (size_t c = 0; c < sizeof channel_counts / sizeof channel_counts[0]; ++c)
+      for (size_t d = 0; d < 2; ++d)
+        for (int a = 0; a < 2; ++a) {
+          const bnk_view view = {32, channel_counts[c], spatial_sizes[s], 0, dtypes[d]};
+          const bnk_elementwise_plan plan = bnk__plan_elementwise(&view, a ? good : bad, 1, 132, blocks_per_sm);
+          cr_expect(plan.table_runs >= 1 && plan.table_runs <= BNK_TABLE_MAX(plan.vec),
+                    "%d table entries (most %d) for " SHAPE_FORMAT, plan.table_runs, BNK_TABLE_MAX(plan.vec),
+                    SHAPE_ARGS(&view, plan.vec, 132));
+        }
 }
