@@ -191,8 +191,8 @@ static inline bnk_channel_runs bnk_channel_runs_make(int64_t n, int64_t c, int64
 
 // How the runs of one channel split: head elements, body vectors, tail elements, and which body walk.
 struct bnk_run_split {
+  int64_t body;  // S may pass 2^31
   int32_t head;
-  int32_t body;
   int32_t tail;
   int32_t kind;  // index into bnk_channel_runs::body and piece_vectors
 };
@@ -205,8 +205,8 @@ static __device__ __forceinline__ bnk_run_split bnk_run_split_of(const bnk_chann
   bnk_run_split split;
   split.head = (int32_t)((V - (channel * s) % V) % V);
   split.kind = split.head > runs.remainder ? 1 : 0;
-  split.body = (int32_t)(s / V) - split.kind;
-  split.tail = (int32_t)(s - split.head - (int64_t)split.body * V);
+  split.body = s / V - split.kind;
+  split.tail = (int32_t)(s - split.head - split.body * V);
   return split;
 }
 
@@ -225,7 +225,7 @@ static __device__ __forceinline__ void bnk_peel_walk(const bnk_channel_runs &run
                                                      int64_t channel_offset, int64_t run_stride, int64_t first,
                                                      int64_t step, Element &&element, RunDone &&run_done) {
   if (V == 1 || split.head + split.tail == 0) return;
-  const int64_t tail_start = split.head + (int64_t)split.body * V;
+  const int64_t tail_start = split.head + split.body * V;
   int64_t offset = channel_offset + first * run_stride;
   const int64_t offset_step = step * run_stride;
   for (int64_t r = first; r < runs.runs; r += step, offset += offset_step) {
