@@ -74,8 +74,9 @@ static void add_launch(op_plan *plan, int64_t blocks, int threads, const char *f
  * grid for the op's cache depth, the occupancy of its plain-epilogue kernel for this dtype, layout, width and team
  * (bnk_persistent_team), and its grid barriers: two (before and after the merge) where pieces of a channel lie
  * in several blocks, none where a team owns its channels (momentum running statistics; cumulative ones add one). */
-static persistent_plan persistent_op_plan(int op, const bnk_view *view, int vec, int sm_count, const char *type,
-                                          const char *layout) {
+static persistent_plan persistent_op_plan(int op, const bnk_view *view, const void *const *pointers, int sm_count,
+                                          const char *type, const char *layout) {
+  const int vec = bnk__choose_whole_run_vec(view, pointers, 5);
   const int forward = op == OP_FWD_TRAIN;
   const int cache = forward ? BNK_PERSISTENT_CACHE : BNK_PERSISTENT_BACKWARD_CACHE;
   const int team = bnk_persistent_team(view, vec, cache);
@@ -140,7 +141,7 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
       if (bnk__merge_counters_of(ctx, view, &reduce) == NULL)
         add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "finalize_stats");
       else plan.merged_channels = bnk_merge_group_channels(view, &reduce);
-      plan.persistent = persistent_op_plan(op, view, vec, sm_count, type, layout);
+      plan.persistent = persistent_op_plan(op, view, pointers, sm_count, type, layout);
     }
     add_launch(&plan, normalize.blocks, normalize.threads, "normalize_channels_%s<%s, %d, %s, 0>", layout, type,
                normalize.vec, op == OP_FWD_INFER ? "true" : "false");
@@ -155,7 +156,7 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
       add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "merge_backward_sums");
     else plan.merged_channels = bnk_merge_group_channels(view, &reduce);
     add_launch(&plan, dx.blocks, dx.threads, "backward_dx_channels_%s<%s, %d, 0>", layout, type, dx.vec);
-    plan.persistent = persistent_op_plan(op, view, vec, sm_count, type, layout);
+    plan.persistent = persistent_op_plan(op, view, pointers, sm_count, type, layout);
     break;
   }
   }

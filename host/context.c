@@ -34,6 +34,9 @@ static bnk_status query_occupancy(bnk_context *ctx) {
   if (status == BNK_SUCCESS)
     status = bnk__check_cuda(bnk__normalize_occupancy(&ctx->occupancy),
                              "cudaOccupancyMaxActiveBlocksPerMultiprocessor (normalize kernels)");
+  if (status == BNK_SUCCESS)
+    status = bnk__check_cuda(bnk__fold_occupancy(&ctx->occupancy),
+                             "cudaOccupancyMaxActiveBlocksPerMultiprocessor (folding kernel)");
   bnk__device_leave(&guard);
   return status;
 }

@@ -54,8 +54,7 @@ static bnk_status fold(const bnk_context *ctx, int64_t rows, int64_t row_element
   bnk__range_push_rows("fold", rows, row_elements);
   const bnk_frozen_bn bn = {gamma, beta, running_mean, running_var, bnk__eps_to_float(eps)};
   /* One pass over the weight, then over the rows for the bias. */
-  const int64_t blocks =
-      bnk__plan_grid_stride_blocks(elements > rows ? elements : rows, bnk__stream_resident_blocks(ctx->sm_count));
+  const int64_t blocks = bnk__fold_blocks(ctx, elements > rows ? elements : rows, dtype, bias_dtype);
   const bnk_status status =
       bnk__check_cuda(bnk__launch_fold(rows, row_elements, (int)dtype, weight_in, weight_out, bias_in, bias_out,
                                        (int)bias_dtype, bn, blocks, ctx->stream),

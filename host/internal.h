@@ -118,9 +118,9 @@ void *bnk__layout_take(bnk_workspace_layout *layout, size_t bytes);
 /* BNK_ERROR_NOT_SUPPORTED when a plan needs more blocks than a one-dimensional grid holds. */
 bnk_status bnk__require_grid(const bnk_reduce_plan *plan);
 bnk_status bnk__require_elementwise_grid(const bnk_elementwise_plan *plan);
-/* Blocks of BNK_STREAM_THREADS that the GPU holds at once, for the folding kernel's grid-stride loop: 8 per SM
- * (2048 thread slots on sm_80..sm_90). */
-int64_t bnk__stream_resident_blocks(int sm_count);
+/* Blocks of the folding kernel's grid-stride loop over `items` for a weight of `dtype` and a bias of bias_dtype:
+ * one per BNK_STREAM_THREADS items, at most the blocks the context's SMs hold at once (its occupancy query). */
+int64_t bnk__fold_blocks(const bnk_context *ctx, int64_t items, int dtype, int bias_dtype);
 /* bnk__plan_elementwise on the context's GPU for a family's kernel (normalize or dx) and variant. */
 bnk_elementwise_plan bnk__elementwise_plan_of(const bnk_context *ctx, const bnk_view *view, const void *const *pointers,
                                               int count, bnk_kernel_family family, int variant);

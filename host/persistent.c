@@ -101,7 +101,7 @@ bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *vi
   plan->persistent = 0;
   if (allowed) {
     const void *pointers[3] = {x, y, fused->z};
-    const int vec = bnk__choose_vec(view, pointers, fused->z != NULL ? 3 : 2);
+    const int vec = bnk__choose_whole_run_vec(view, pointers, fused->z != NULL ? 3 : 2);
     const int team = bnk_persistent_team(view, vec, BNK_PERSISTENT_CACHE);
     int blocks_per_sm = 0;
     BNK__TRY(bnk__check_cuda(bnk__persistent_forward_occupancy(view, vec, fused->kind, team, &blocks_per_sm),
@@ -121,7 +121,7 @@ bnk_status bnk__plan_training_backward(const bnk_context *ctx, const bnk_view *v
   plan->persistent = 0;
   if (!allowed) return BNK_SUCCESS;
   const void *pointers[5] = {x, dy, dx, fused->y, fused->dz};
-  const int vec = bnk__choose_vec(view, pointers, 5);
+  const int vec = bnk__choose_whole_run_vec(view, pointers, 5);
   const int team = bnk_persistent_team(view, vec, BNK_PERSISTENT_BACKWARD_CACHE);
   int blocks_per_sm = 0;
   BNK__TRY(bnk__check_cuda(bnk__persistent_backward_occupancy(view, vec, fused->source, team, &blocks_per_sm),

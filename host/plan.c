@@ -24,7 +24,10 @@ bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, in
   const int64_t target = (int64_t)sm_count * blocks_per_sm;
   if (!view->channels_last) {
     const int64_t m = view->n * view->s;
-    int64_t parts = clamp64(ceil_div(target, view->c), 1, ceil_div(m, BNK_MIN_PIECE));
+    /* At most one wave where C allows it: rounding the pieces per channel up would start a second wave of a
+     * few blocks (448 blocks for 396 slots at C = 64), as long as a full one. Past `target` channels, one piece
+     * each, in waves of small blocks (threads sized to the piece). */
+    int64_t parts = clamp64(target / view->c, 1, ceil_div(m, BNK_MIN_PIECE));
     if (parts < ceil_div(m, BNK_MAX_PIECE)) parts = ceil_div(m, BNK_MAX_PIECE);
     /* A multiple of 8 is a multiple of every vector width, so pieces never split a vector. */
     plan.chunk = ceil_div(ceil_div(m, parts), 8) * 8;
@@ -65,12 +68,19 @@ bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, in
   return plan;
 }
 
+int bnk__reduce_vec_fits(const bnk_view *view, int vec) {
+  if (view->channels_last) return view->c % vec == 0;
+  /* Channels-first runs then all start at the same misalignment per channel, each a head, whole vectors and
+   * a tail (kernels/reduce.cuh, bnk_run_split); S >= vec keeps the head inside the run. */
+  return view->s % vec == 0 || (view->s >= vec && (view->c * view->s) % vec == 0);
+}
+
 /* Pieces grow with the blocks per SM, so the most over the variants bounds every variant's. */
 int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count, const int blocks_per_sm[2]) {
   const bnk_reduce_plan narrow = bnk__plan_reduce(view, 1, sm_count, blocks_per_sm[0]);
   int64_t parts = narrow.parts;
   const int vec = bnk__dtype_vec(view->dtype);
-  if ((view->channels_last ? view->c : view->s) % vec == 0) {
+  if (bnk__reduce_vec_fits(view, vec)) {
     const bnk_reduce_plan wide = bnk__plan_reduce(view, vec, sm_count, blocks_per_sm[1]);
     if (wide.parts > parts) parts = wide.parts;
   }

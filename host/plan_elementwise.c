@@ -15,9 +15,12 @@ static int all_aligned(const void *const *pointers, int count) {
   return 1;
 }
 
-int64_t bnk__stream_resident_blocks(int sm_count) { return (int64_t)sm_count * (2048 / BNK_STREAM_THREADS); }
-
 int bnk__choose_vec(const bnk_view *view, const void *const *pointers, int count) {
+  const int vec = bnk__dtype_vec(view->dtype);
+  return bnk__reduce_vec_fits(view, vec) && all_aligned(pointers, count) ? vec : 1;
+}
+
+int bnk__choose_whole_run_vec(const bnk_view *view, const void *const *pointers, int count) {
   const int vec = bnk__dtype_vec(view->dtype);
   const int64_t contiguous = view->channels_last ? view->c : view->s;
   return contiguous % vec == 0 && all_aligned(pointers, count) ? vec : 1;
@@ -25,6 +28,11 @@ int bnk__choose_vec(const bnk_view *view, const void *const *pointers, int count
 
 int64_t bnk__plan_grid_stride_blocks(int64_t items, int64_t resident_blocks) {
   return min64(ceil_div(items, BNK_STREAM_THREADS), resident_blocks);
+}
+
+int64_t bnk__fold_blocks(const bnk_context *ctx, int64_t items, int dtype, int bias_dtype) {
+  const int per_sm = ctx->occupancy.blocks_per_sm[BNK_FAMILY_FOLD][0][dtype][0][bias_dtype == BNK_FLOAT32];
+  return bnk__plan_grid_stride_blocks(items, (int64_t)ctx->sm_count * (per_sm > 0 ? per_sm : 1));
 }
 
 /* The channels-first flat walk: as many blocks as the GPU holds, each walking a contiguous piece of

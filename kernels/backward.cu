@@ -89,30 +89,42 @@ static __device__ __forceinline__ void add_run_vectors(const T *x, const T *dy, 
   add_vectors<T, V, GRAD, 1>(x, dy, e, offsets, count, mean, acc);
 }
 
-// Channels-first: block b sums piece (b % parts) of channel (b / parts), walking the channel as
-// stats_channels_first does.
+// Channels-first: block b sums piece (b % parts) of channel (b / parts), its body vectors and peeled
+// elements as stats_channels_first takes them.
 template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     backward_sums_channels_first(const T *__restrict__ x, const T *__restrict__ dy, int64_t c, int64_t s,
-                                 bnk_run_walk walk, int64_t parts, int64_t chunk, int64_t m,
-                                 const float *__restrict__ mean, bnk_backward_workspace ws, bnk_grad_epilogue_args e,
-                                 sums_merge merge) {
+                                 bnk_channel_runs runs, int64_t parts, const float *__restrict__ mean,
+                                 bnk_backward_workspace ws, bnk_grad_epilogue_args e, sums_merge merge) {
   __shared__ float2 shared[BNK_WARP];
   const int64_t block = blockIdx.x;
   const int64_t channel = block / parts;
   const int64_t part = block - channel * parts;
+  const int64_t channel_offset = channel * s;
   const float channel_mean[1] = {x != NULL ? mean[channel] : 0.0f};
-  const int64_t first = part * chunk / V + threadIdx.x;
-  const int64_t end = min(m, (part + 1) * chunk) / V;
+  const bnk_run_split split = bnk_run_split_of<V>(runs, channel, s);
+  const bnk_run_walk walk = bnk_body_walk(runs, split);
+  const int64_t piece_vectors = split.kind == 0 ? runs.piece_vectors[0] : runs.piece_vectors[1];
+  const int64_t first = part * piece_vectors + threadIdx.x;
+  const int64_t end = min(runs.runs * split.body, (part + 1) * piece_vectors);
   const int step = (int)blockDim.x;
   // A piece is under 2^24 values, so the thread's count of vectors fits in 32 bits.
   const int vectors = first < end ? (int)((end - first + step - 1) / step) : 0;
   bnk_sums_vec<1> acc = bnk_sums_vec_empty<1>();
-  bnk_run_cursor cursor = bnk_run_cursor_at<V>(walk, channel * s, first);
+  bnk_run_cursor cursor = bnk_run_cursor_at<V>(walk, channel_offset + split.head, first);
   int done = 0;
   for (; done + BNK_UNROLL <= vectors; done += BNK_UNROLL)
     add_run_vectors<T, V, GRAD>(x, dy, e, walk, cursor, BNK_UNROLL, channel_mean, acc);
   if (done < vectors) add_run_vectors<T, V, GRAD>(x, dy, e, walk, cursor, vectors - done, channel_mean, acc);
+  bnk_peel_walk<V>(
+      runs, split, channel_offset, walk.run_stride, part * step + threadIdx.x, parts * step,
+      [&](int, int64_t offset) {
+        float g[1], vx[1] = {0.0f};
+        load_gradient<GRAD, T, 1>(x, dy, e, offset, g, vx);
+        store_residual_gradient<GRAD, T, 1>(e, offset, g);
+        add_gradient(acc.dy[0], acc.dy_xmu[0], g[0], vx[0] - channel_mean[0]);
+      },
+      [] {});
   const float2 sums = bnk_block_reduce(make_float2(acc.dy[0], acc.dy_xmu[0]), shared);
   if (threadIdx.x == 0) {
     const int64_t slot = part * c + channel;
@@ -250,10 +262,9 @@ static void launch_sums_typed(const bnk_view *view, const bnk_reduce_plan *plan,
     BNK_LAUNCH(kernel, grid, block, 0, stream, x, dy, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
                plan->rows_per_part, mean, ws, e, merge);
   } else {
-    const bnk_run_walk walk = bnk_run_walk_make(view->c, view->s, V, plan->threads);
+    const bnk_channel_runs runs = bnk_channel_runs_make(view->n, view->c, view->s, V, plan->threads, plan->parts);
     auto kernel = backward_sums_channels_first<T, V, GRAD>;
-    BNK_LAUNCH(kernel, grid, block, 0, stream, x, dy, view->c, view->s, walk, plan->parts, plan->chunk,
-               view->n * view->s, mean, ws, e, merge);
+    BNK_LAUNCH(kernel, grid, block, 0, stream, x, dy, view->c, view->s, runs, plan->parts, mean, ws, e, merge);
   }
 }
 
@@ -371,8 +382,8 @@ extern "C" cudaError_t bnk__launch_backward_gradients_from_sums(int64_t c, const
   return cudaGetLastError();
 }
 
-// The channels-first dx pass's run table is at most BNK_TABLE_TARGET entries but for the tiniest S, where one
-// tile touches more runs: residency is taken at the usual table.
+// The channels-first dx pass's run table is at most BNK_TABLE_MAX(V) entries (BNK_TABLE_TARGET but for the
+// tiniest S, where one tile touches more runs): residency is taken at that most.
 extern "C" cudaError_t bnk__backward_occupancy(bnk_occupancy_table *table) {
   return bnk_for_each_storage([&](auto type, auto width, int dtype, int wide) {
     using T = typename decltype(type)::type;
@@ -381,7 +392,7 @@ extern "C" cudaError_t bnk__backward_occupancy(bnk_occupancy_table *table) {
       constexpr int GRAD = decltype(source)::value;
       int(&sums)[2][3][2][BNK_OCCUPANCY_VARIANTS] = table->blocks_per_sm[BNK_FAMILY_BACKWARD_SUMS];
       int(&dx)[2][3][2][BNK_OCCUPANCY_VARIANTS] = table->blocks_per_sm[BNK_FAMILY_DX];
-      const size_t table_bytes = BNK_TABLE_TARGET * sizeof(dx_coefficients);
+      const size_t table_bytes = (size_t)BNK_TABLE_MAX(V) * sizeof(dx_coefficients);
       cudaError_t status = bnk_occupancy(backward_sums_channels_first<T, V, GRAD>, 0, &sums[0][dtype][wide][GRAD]);
       if (status == cudaSuccess)
         status = bnk_occupancy(backward_sums_channels_last<T, V, GRAD>, 0, &sums[1][dtype][wide][GRAD]);

@@ -66,3 +66,14 @@ extern "C" cudaError_t bnk__launch_fold(int64_t rows, int64_t row_elements, int 
       });
   return status != cudaSuccess ? status : cudaGetLastError();
 }
+
+// Element-wide only; both bias types.
+extern "C" cudaError_t bnk__fold_occupancy(bnk_occupancy_table *table) {
+  return bnk_for_each_storage([&](auto type, auto, int dtype, int wide) {
+    using T = typename decltype(type)::type;
+    if (wide) return cudaSuccess;
+    int(&row)[BNK_OCCUPANCY_VARIANTS] = table->blocks_per_sm[BNK_FAMILY_FOLD][0][dtype][0];
+    const cudaError_t status = bnk_occupancy(fold_rows<T, T>, 0, &row[0]);
+    return status != cudaSuccess ? status : bnk_occupancy(fold_rows<T, float>, 0, &row[1]);
+  });
+}

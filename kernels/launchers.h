@@ -71,7 +71,8 @@ typedef enum bnk_kernel_family {
   BNK_FAMILY_BACKWARD_SUMS = 1, /* backward_sums_channels_*; variant: the bnk_grad_source */
   BNK_FAMILY_NORMALIZE = 2,     /* normalize_channels_*; variant: bnk_normalize_variant */
   BNK_FAMILY_DX = 3,            /* backward_dx_channels_*; variant: the bnk_grad_source */
-  BNK_FAMILIES = 4
+  BNK_FAMILY_FOLD = 4, /* fold_rows, at [0][dtype][0]; variant: 1 for a float32 bias, 0 for the weight's type */
+  BNK_FAMILIES = 5
 } bnk_kernel_family;
 #define BNK_OCCUPANCY_VARIANTS 6
 /* The normalize kernel's variant: its epilogue kind (bnk_epilogue_kind), plus 3 when it derives invstd from a
@@ -85,18 +86,26 @@ typedef struct bnk_occupancy_table {
   int blocks_per_sm[BNK_FAMILIES][2][3][2][BNK_OCCUPANCY_VARIANTS];
 } bnk_occupancy_table;
 /* Each fills its families' entries: statistics (kernels/stats.cu), backward sums and dx (kernels/backward.cu),
- * normalize (kernels/normalize.cu). */
+ * normalize (kernels/normalize.cu), folding (kernels/fold.cu). */
 cudaError_t bnk__stats_occupancy(bnk_occupancy_table *table);
 cudaError_t bnk__backward_occupancy(bnk_occupancy_table *table);
 cudaError_t bnk__normalize_occupancy(bnk_occupancy_table *table);
+cudaError_t bnk__fold_occupancy(bnk_occupancy_table *table);
 
 /* Elements per 16-byte access for a dtype. */
 int bnk__dtype_vec(int dtype);
 /* The plan for a view whose tensors allow `vec`-wide access, on a device with sm_count SMs, each of which
  * holds blocks_per_sm blocks of the reduction kernel at once: pieces enough for one full wave. */
 bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, int blocks_per_sm);
-/* The widest access that every pointer's alignment and the view's contiguous extent allow. */
+/* Whether the reductions (statistics, backward sums) can read `view` in accesses of vec elements, given
+ * aligned pointers: channels-last when C is a multiple of vec; channels-first when S is, or when C x S is
+ * and S >= vec, the head and tail of each run then read element by element (kernels/reduce.cuh). */
+int bnk__reduce_vec_fits(const bnk_view *view, int vec);
+/* The widest access of the reductions that every pointer's alignment and bnk__reduce_vec_fits allow. */
 int bnk__choose_vec(const bnk_view *view, const void *const *pointers, int count);
+/* The widest access that every pointer's alignment allows where the contiguous extent (S channels-first, C
+ * channels-last) is whole vectors: what the persistent kernels walk. */
+int bnk__choose_whole_run_vec(const bnk_view *view, const void *const *pointers, int count);
 /* Blocks of BNK_STREAM_THREADS for a grid-stride loop over `items`: one per item, at most
  * `resident_blocks` (the blocks of BNK_STREAM_THREADS the GPU holds at once). */
 int64_t bnk__plan_grid_stride_blocks(int64_t items, int64_t resident_blocks);
@@ -140,6 +149,11 @@ typedef struct bnk_elementwise_plan {
 /* Most entries of a block's run table the channels-first elementwise plan aims for (16 bytes each); a block's
  * piece is cut shorter rather than exceed it, down to one tile. */
 #define BNK_TABLE_TARGET 512
+/* The most entries a block's table holds: BNK_TABLE_TARGET, or the runs of one tile where S is so small that a
+ * tile touches more (S = 1: a run per element). The channels-first normalize and dx kernels' occupancy is
+ * queried with this much dynamic shared memory, so that no launch's grid exceeds the blocks an SM holds. */
+#define BNK_TABLE_MAX(vec) \
+  (BNK_STREAM_THREADS * (vec) > BNK_TABLE_TARGET ? BNK_STREAM_THREADS * (vec) : BNK_TABLE_TARGET)
 
 /* The plan of an elementwise pass over `view` whose tensors are `pointers` (NULL entries ignored), on a
  * GPU of sm_count SMs, each of which holds blocks_per_sm[0] blocks of the pass's element-wide kernel and

@@ -133,8 +133,8 @@ extern "C" cudaError_t bnk__launch_normalize_ex(const bnk_view *view, const bnk_
   return status != cudaSuccess ? status : cudaGetLastError();
 }
 
-// The channels-first run table is at most BNK_TABLE_TARGET entries but for the tiniest S, where one tile
-// touches more runs: residency is taken at the usual table.
+// The channels-first run table is at most BNK_TABLE_MAX(V) entries (BNK_TABLE_TARGET but for the tiniest S,
+// where one tile touches more runs): residency is taken at that most.
 extern "C" cudaError_t bnk__normalize_occupancy(bnk_occupancy_table *table) {
   return bnk_for_each_storage([&](auto type, auto width, int dtype, int wide) {
     using T = typename decltype(type)::type;
@@ -142,7 +142,7 @@ extern "C" cudaError_t bnk__normalize_occupancy(bnk_occupancy_table *table) {
     return bnk_for_each_value<BNK_EPILOGUE_NONE, BNK_EPILOGUE_RELU, BNK_EPILOGUE_ADD_RELU>([&](auto kind) {
       constexpr int EPILOGUE = decltype(kind)::value;
       int(&row)[2][3][2][BNK_OCCUPANCY_VARIANTS] = table->blocks_per_sm[BNK_FAMILY_NORMALIZE];
-      const size_t table_bytes = BNK_TABLE_TARGET * sizeof(bnk_channel_affine);
+      const size_t table_bytes = (size_t)BNK_TABLE_MAX(V) * sizeof(bnk_channel_affine);
       return bnk_for_each_value<0, 1>([&](auto variance) {
         constexpr bool FROM_VARIANCE = decltype(variance)::value != 0;
         const int variant = bnk_normalize_variant(EPILOGUE, FROM_VARIANCE);

@@ -101,9 +101,14 @@ static __device__ __forceinline__ bnk_welford bnk_run_result(const bnk_welford_r
 }
 
 // ---- channels-first: a thread's walk over the runs of one channel, without a division per vector ----
-// A channel is N runs of S contiguous elements, C x S apart; its vectors (S a multiple of V) are numbered
-// in that order. A thread visits vectors j, j + step, j + 2 step, ... (step = the block's threads): it
-// keeps the element offset of its vector and the vectors left in its run, and moves both by constants.
+// A channel is N runs of S contiguous elements, C x S apart. When C x S is a multiple of V, every run of
+// channel c starts at the same misalignment (c S) mod V, so every one of its runs is a head of h elements
+// up to a 16-byte boundary, a body of b whole vectors and a tail of t < V elements: the same h, b and t
+// in every run, and b either S / V or S / V - 1 (bnk_run_split). The bodies' vectors, numbered run by run,
+// are walked in 16-byte loads: a thread visits vectors j, j + step, j + 2 step, ... (step = the block's
+// threads), keeping the element offset of its vector and the vectors left in its run, and moving both by
+// constants. The head and tail elements ("peeled") are read one at a time, a run's by one thread
+// (bnk_peel_walk). With S a multiple of V (or V = 1) nothing is peeled.
 
 // Counts of vectors left in a run are capped here: a piece (< 2^24 values) never walks that far.
 #define BNK_RUN_LEFT_CAP ((int32_t)1 << 30)
@@ -122,11 +127,13 @@ struct bnk_run_cursor {
   int32_t left;    // vectors from it to the end of its run, capped
 };
 
-static inline bnk_run_walk bnk_run_walk_make(int64_t c, int64_t s, int vec, int step) {
-  const int64_t run_vectors = s / vec;
+// The walk of runs of `run_vectors` vectors of `vec` elements, run_stride elements apart. A walk of
+// empty runs (no body) is never stepped; it is made as one of 1 vector so that nothing divides by 0.
+static inline bnk_run_walk bnk_run_walk_make(int64_t run_stride, int64_t run_vectors, int vec, int step) {
+  if (run_vectors < 1) run_vectors = 1;
   bnk_run_walk w;
   w.run_vectors_div = bnk_fastdiv_make((uint64_t)run_vectors);
-  w.run_stride = c * s;
+  w.run_stride = run_stride;
   w.step_offset = (step / run_vectors) * w.run_stride + (step % run_vectors) * vec;
   w.wrap_offset = w.run_stride - run_vectors * vec;
   w.step_left = (int32_t)(step % run_vectors);
@@ -134,7 +141,7 @@ static inline bnk_run_walk bnk_run_walk_make(int64_t c, int64_t s, int vec, int 
   return w;
 }
 
-// The cursor at vector `vector` of the channel whose first element is at `channel_offset`.
+// The cursor at vector `vector` of the channel whose first body element is at `channel_offset`.
 template <int V>
 static __device__ __forceinline__ bnk_run_cursor bnk_run_cursor_at(const bnk_run_walk &w, int64_t channel_offset,
                                                                    int64_t vector) {
@@ -154,6 +161,87 @@ static __device__ __forceinline__ void bnk_run_cursor_step(bnk_run_cursor &curso
     cursor.left += w.run_vectors;
     cursor.offset += w.wrap_offset;
   }
+}
+
+// What the channels-first reductions walk, made on the host for a view, a vector width, the block's
+// threads and the pieces per channel. The pieces cut each channel's body vectors into equal shares, in
+// multiples of 8 elements (so that with S a multiple of V they are the pieces of plan.chunk); the peeled
+// elements of run r go to the thread r mod (threads x parts) of the channel's blocks.
+struct bnk_channel_runs {
+  bnk_run_walk body[2];      // [k]: the walk of runs of S / V - k vectors
+  int64_t piece_vectors[2];  // [k]: body vectors per piece
+  int64_t runs;              // N: runs per channel
+  int32_t remainder;         // S mod V
+};
+
+static inline bnk_channel_runs bnk_channel_runs_make(int64_t n, int64_t c, int64_t s, int vec, int threads,
+                                                     int64_t parts) {
+  bnk_channel_runs r;
+  const int64_t whole = s / vec;
+  const int64_t granule = 8 / vec;  // vectors of 8 elements: a multiple of every width
+  for (int k = 0; k < 2; ++k) {
+    const int64_t vectors = whole - k > 0 ? whole - k : 0;
+    r.body[k] = bnk_run_walk_make(c * s, vectors, vec, threads);
+    r.piece_vectors[k] = (n * vectors + granule * parts - 1) / (granule * parts) * granule;
+  }
+  r.runs = n;
+  r.remainder = (int32_t)(s % vec);
+  return r;
+}
+
+// How the runs of one channel split: head elements, body vectors, tail elements, and which body walk.
+struct bnk_run_split {
+  int64_t body;  // S may pass 2^31
+  int32_t head;
+  int32_t tail;
+  int32_t kind;  // index into bnk_channel_runs::body and piece_vectors
+};
+
+// Needs C x S a multiple of V and S >= V (the host's vector choice makes it so), so that the head, the
+// elements up to the channel's first 16-byte boundary, lies inside the run.
+template <int V>
+static __device__ __forceinline__ bnk_run_split bnk_run_split_of(const bnk_channel_runs &runs, int64_t channel,
+                                                                 int64_t s) {
+  bnk_run_split split;
+  split.head = (int32_t)((V - (channel * s) % V) % V);
+  split.kind = split.head > runs.remainder ? 1 : 0;
+  split.body = s / V - split.kind;
+  split.tail = (int32_t)(s - split.head - split.body * V);
+  return split;
+}
+
+// The walk of the body of the split's channel (a selection, not an indexed load, so that the kernel
+// parameters are not copied to local memory).
+static __device__ __forceinline__ bnk_run_walk bnk_body_walk(const bnk_channel_runs &runs, const bnk_run_split &split) {
+  return split.kind == 0 ? runs.body[0] : runs.body[1];
+}
+
+// The peeled elements of runs first, first + step, ... of the channel whose first element is at
+// channel_offset: element(slot, offset) for each of a run's head elements (slots [0, V - 1)) and tail
+// elements (slots [V - 1, 2 V - 2)), then run_done() once per run. bnk_peeled_slot says which slots a
+// run fills.
+template <int V, typename Element, typename RunDone>
+static __device__ __forceinline__ void bnk_peel_walk(const bnk_channel_runs &runs, const bnk_run_split &split,
+                                                     int64_t channel_offset, int64_t run_stride, int64_t first,
+                                                     int64_t step, Element &&element, RunDone &&run_done) {
+  if (V == 1 || split.head + split.tail == 0) return;
+  const int64_t tail_start = split.head + split.body * V;
+  int64_t offset = channel_offset + first * run_stride;
+  const int64_t offset_step = step * run_stride;
+  for (int64_t r = first; r < runs.runs; r += step, offset += offset_step) {
+#pragma unroll
+    for (int j = 0; j < V - 1; ++j)
+      if (j < split.head) element(j, offset + j);
+#pragma unroll
+    for (int j = 0; j < V - 1; ++j)
+      if (j < split.tail) element(V - 1 + j, offset + tail_start + j);
+    run_done();
+  }
+}
+
+template <int V>
+static __device__ __forceinline__ bool bnk_peeled_slot(const bnk_run_split &split, int slot) {
+  return slot < V - 1 ? slot < split.head : slot - (V - 1) < split.tail;
 }
 
 // ---- channels-last: V channels of one thread, which has seen the same rows of each ----

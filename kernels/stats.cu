@@ -71,32 +71,69 @@ static __device__ __forceinline__ void fold_vectors(const T *x, const bnk_run_wa
   bnk_run_add(run, bnk_welford_of<BNK_UNROLL, V>(v, vectors));
 }
 
-// Channels-first: block b reduces piece (b % parts) of channel (b / parts), `chunk` elements of the
-// channel's N runs of S (bnk_run_walk), thread t taking vectors t, t + threads, ...
+// Folds the peeled elements of the thread's runs (bnk_peel_walk) into its run, one triple per run.
+template <typename T, int V>
+static __device__ __forceinline__ void fold_peeled(const T *x, const bnk_channel_runs &runs, const bnk_run_split &split,
+                                                   int64_t channel_offset, int64_t run_stride, int64_t first,
+                                                   int64_t step, float shift, bnk_welford_run &run) {
+  if (V == 1 || split.head + split.tail == 0) return;
+  const float count = (float)(split.head + split.tail);
+  const float inv_count = 1.0f / count;
+  float v[2 * V - 1] = {};
+  bnk_peel_walk<V>(
+      runs, split, channel_offset, run_stride, first, step,
+      [&](int slot, int64_t offset) { v[slot] = bnk_to_float(x[offset]) - shift; },
+      [&]() {
+        bnk_welford w;
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 2 * V - 2; ++j)
+          if (bnk_peeled_slot<V>(split, j)) sum += v[j];
+        w.count = count;
+        w.mean = sum * inv_count;
+        w.m2 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 2 * V - 2; ++j) {
+          const float d = v[j] - w.mean;
+          if (bnk_peeled_slot<V>(split, j)) w.m2 = fmaf(d, d, w.m2);
+        }
+        bnk_run_add(run, w);
+      });
+}
+
+// Channels-first: block b reduces piece (b % parts) of channel (b / parts): its share of the channel's
+// body vectors (bnk_channel_runs), thread t taking vectors t, t + threads, ..., and its share of the peeled
+// elements, one run per thread.
 template <typename T, int V>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
-    stats_channels_first(const T *__restrict__ x, int64_t c, int64_t s, bnk_run_walk walk, int64_t parts, int64_t chunk,
-                         int64_t m, bnk_stats_workspace ws, stats_merge merge) {
+    stats_channels_first(const T *__restrict__ x, int64_t c, int64_t s, bnk_channel_runs runs, int64_t parts,
+                         bnk_stats_workspace ws, stats_merge merge) {
   __shared__ bnk_welford shared[BNK_WARP];
   const int64_t block = blockIdx.x;
   const int64_t channel = block / parts;
   const int64_t part = block - channel * parts;
-  const float shift = bnk_to_float(x[channel * s]);
+  const int64_t channel_offset = channel * s;
+  const float shift = bnk_to_float(x[channel_offset]);
   if (threadIdx.x == 0) {
     if (part == 0) ws.shift[channel] = shift;
     if (block == 0 && merge.counters == NULL && merge.running.num_batches_tracked != NULL)
       *merge.running.num_batches_tracked = bnk_next_count(*merge.running.num_batches_tracked);
   }
-  const int64_t first = part * chunk / V + threadIdx.x;
-  const int64_t end = min(m, (part + 1) * chunk) / V;
+  const bnk_run_split split = bnk_run_split_of<V>(runs, channel, s);
+  const bnk_run_walk walk = bnk_body_walk(runs, split);
+  const int64_t piece_vectors = split.kind == 0 ? runs.piece_vectors[0] : runs.piece_vectors[1];
+  const int64_t first = part * piece_vectors + threadIdx.x;
+  const int64_t end = min(runs.runs * split.body, (part + 1) * piece_vectors);
   const int step = (int)blockDim.x;
   // A piece is under 2^24 values, so the thread's count of vectors fits in 32 bits.
   const int vectors = first < end ? (int)((end - first + step - 1) / step) : 0;
   bnk_welford_run run = bnk_run_empty();
-  bnk_run_cursor cursor = bnk_run_cursor_at<V>(walk, channel * s, first);
+  bnk_run_cursor cursor = bnk_run_cursor_at<V>(walk, channel_offset + split.head, first);
   int done = 0;
   for (; done + BNK_UNROLL <= vectors; done += BNK_UNROLL) fold_vectors<T, V>(x, walk, cursor, BNK_UNROLL, shift, run);
   if (done < vectors) fold_vectors<T, V>(x, walk, cursor, vectors - done, shift, run);
+  fold_peeled<T, V>(x, runs, split, channel_offset, walk.run_stride, part * step + threadIdx.x, parts * step, shift,
+                    run);
   const bnk_welford acc = bnk_block_reduce(bnk_run_result(run), shared);
   if (threadIdx.x == 0) {
     const int64_t slot = part * c + channel;
@@ -197,10 +234,10 @@ static void launch_stats_pieces(const bnk_view *view, const bnk_reduce_plan *pla
     BNK_LAUNCH(kernel, grid, block, 0, stream, x, view->n, view->c, plan->tile_x, plan->tile_y, plan->tiles,
                plan->rows_per_part, ws, merge);
   } else {
-    const bnk_run_walk walk = bnk_run_walk_make(view->c, view->s, plan->vec, plan->threads);
+    const bnk_channel_runs runs =
+        bnk_channel_runs_make(view->n, view->c, view->s, plan->vec, plan->threads, plan->parts);
     auto kernel = plan->vec == W ? stats_channels_first<T, W> : stats_channels_first<T, 1>;
-    BNK_LAUNCH(kernel, grid, block, 0, stream, x, view->c, view->s, walk, plan->parts, plan->chunk, view->n * view->s,
-               ws, merge);
+    BNK_LAUNCH(kernel, grid, block, 0, stream, x, view->c, view->s, runs, plan->parts, ws, merge);
   }
 }
 

@@ -378,6 +378,10 @@ static const backward_case walk_shapes[] = {
     {BNK_FLOAT32, BNK_NCHW, 3, 5, S2(7, 7), 0.0, 1.0, 1, 1},
     {BNK_FLOAT32, BNK_NCHW, 1, 3, S1(4099), 0.0, 1.0, 0, 1},
     {BNK_FLOAT32, BNK_NCHW, 2, 16, S2(261, 261), 0.0, 1.0, 0, 1},
+    /* C x S whole vectors but not S: the sums peel each run's head and tail. */
+    {BNK_FLOAT32, BNK_NCHW, 5, 8, S1(9), 0.0, 1.0, 0, 1},
+    {BNK_FLOAT32, BNK_NCHW, 4, 24, S1(13), 0.3, 1.0, 0, 1},
+    {BNK_FLOAT32, BNK_NCHW, 3, 16, S2(7, 7), 0.0, 1.0, 1, 1},
 };
 
 Test(backward, walk_shapes, .timeout = 900) {
@@ -403,6 +407,7 @@ static const backward_case hard_data[] = {
     {BNK_FLOAT32, BNK_NCHW, 3, 4, S2(5, 5), 7.0, 0.0, 0, 1},
     {BNK_FLOAT32, BNK_NHWC, 3, 4, S2(5, 5), -3.0, 0.0, 0, 1},
     {BNK_FLOAT16, BNK_NHWC, 3, 8, S2(5, 5), 2.0, 0.0, 0, 1},
+    {BNK_FLOAT32, BNK_NCHW, 4, 8, S2(7, 7), 1e4, 1.0, 0, 1},
 };
 
 Test(backward, hard_data, .timeout = 600) {

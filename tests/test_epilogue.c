@@ -55,6 +55,10 @@ static const epilogue_case cases[] = {
     {BNK_BFLOAT16, BNK_NCHW, 2, 3, S2(14, 14), 1},
     {BNK_FLOAT16, BNK_NHWC, 3, 64, S2(3, 3), 0},
     {BNK_FLOAT32, BNK_NHWC, 5, 96, S1(3), 1},
+    /* Channels-first C x S whole vectors but not S: the backward sums read dy, y and the mask of each run's head
+     * and tail element by element. */
+    {BNK_FLOAT16, BNK_NCHW, 3, 8, S2(7, 7), 0},
+    {BNK_FLOAT32, BNK_NCHW, 2, 12, S1(13), 0},
 };
 
 static void describe(const epilogue_case *ec, char *out, size_t size) {

@@ -324,6 +324,10 @@ static const forward_case hard_data[] = {
     {BNK_BFLOAT16, BNK_NHWC, 4, 16, S2(8, 8), 1e4, 10.0, 0, 1, 1e-5, 0.1},
     {BNK_BFLOAT16, BNK_NCHW, 3, 4, S2(5, 5), 2.0, 0.0, 0, 1, 1e-5, 0.1},
     {BNK_FLOAT16, BNK_NHWC, 3, 8, S2(5, 5), -2.0, 0.0, 0, 1, 1e-5, 0.1},
+    /* The same through the peeled channels-first reductions (C x S whole vectors, S not). */
+    {BNK_FLOAT32, BNK_NCHW, 4, 8, S2(7, 7), 1e4, 1.0, 0, 1, 1e-5, 0.1},
+    {BNK_FLOAT16, BNK_NCHW, 4, 8, S2(7, 7), 3e4, 1e3, 0, 1, 1e-5, 0.1},
+    {BNK_FLOAT16, BNK_NCHW, 3, 8, S2(5, 5), -2.0, 0.0, 0, 1, 1e-5, 0.1},
 };
 
 Test(forward, hard_data, .timeout = 600) {
@@ -349,6 +353,12 @@ static const forward_case walk_shapes[] = {
     {BNK_FLOAT32, BNK_NCHW, 3, 5, S2(7, 7), 0.0, 1.0, 1, 1, 1e-5, 0.1},
     {BNK_FLOAT32, BNK_NCHW, 1, 3, S1(4099), 0.0, 1.0, 0, 1, 1e-5, 0.1},
     {BNK_FLOAT32, BNK_NCHW, 2, 16, S2(261, 261), 0.0, 1.0, 0, 1, 1e-5, 0.1},
+    /* C x S whole vectors but not S (the reductions peel each run's head and tail): S just past a vector (some
+     * channels without a whole vector), 13, 7x7. */
+    {BNK_FLOAT32, BNK_NCHW, 5, 8, S1(9), 0.0, 1.0, 0, 1, 1e-5, 0.1},
+    {BNK_FLOAT32, BNK_NCHW, 4, 24, S1(13), 0.3, 1.0, 0, 1, 1e-5, 0.1},
+    {BNK_FLOAT32, BNK_NCHW, 3, 16, S2(7, 7), 0.0, 2.0, 0, 1, 1e-5, 0.1},
+    {BNK_FLOAT32, BNK_NCHW, 3, 16, S2(7, 7), 0.0, 1.0, 1, 1, 1e-5, 0.1},
 };
 
 /* y written over x: each element is read by the thread that then writes it, so in place gives the same

@@ -462,13 +462,13 @@ static void check_persistent_shape(bnk_context *ctx, const shape *sh, test_rng *
  * channels than blocks, so each of its 4 (forward) or 7 (backward) pieces is merged by a warp of its own; the
  * (3, 64, 100) one has more channels than warps, 8 (forward) or 16 (backward) threads sharing 3 or 5 pieces. */
 static const shape fitting_shapes[] = {
-    {BNK_FLOAT32, BNK_NCHW, 2, 3, S2(5, 7), 0},   {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0},
-    {BNK_FLOAT32, BNK_NHWC, 2, 3, S2(5, 7), 1},   {BNK_FLOAT32, BNK_NHWC, 2, 8, S2(30, 30), 0},
-    {BNK_FLOAT32, BNK_NHWC, 37, 5, S0, 0},        {BNK_FLOAT16, BNK_NCHW, 2, 3, S2(8, 8), 0},
-    {BNK_FLOAT16, BNK_NCHW, 3, 4, S1(33), 1},     {BNK_FLOAT16, BNK_NHWC, 2, 16, S2(3, 5), 0},
-    {BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0}, {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0},
-    {BNK_BFLOAT16, BNK_NHWC, 3, 24, S1(9), 0},    {BNK_BFLOAT16, BNK_NHWC, 2, 5, S3(2, 3, 4), 1},
-    {BNK_FLOAT32, BNK_NHWC, 7, 4, S2(25, 40), 0}, {BNK_FLOAT32, BNK_NHWC, 3, 64, S1(100), 0},
+    {BNK_FLOAT32, BNK_NCHW, 2, 3, S2(5, 7), 0},    {BNK_FLOAT32, BNK_NCHW, 3, 2, S2(60, 64), 0},
+    {BNK_FLOAT32, BNK_NHWC, 2, 3, S2(5, 7), 1},    {BNK_FLOAT32, BNK_NHWC, 2, 8, S2(30, 30), 0},
+    {BNK_FLOAT32, BNK_NHWC, 37, 5, S0, 0},         {BNK_FLOAT16, BNK_NCHW, 2, 3, S2(8, 8), 0},
+    {BNK_FLOAT16, BNK_NCHW, 3, 4, S1(33), 1},      {BNK_FLOAT16, BNK_NHWC, 2, 16, S2(3, 5), 0},
+    {BNK_FLOAT16, BNK_NHWC, 4, 8, S2(32, 36), 0},  {BNK_BFLOAT16, BNK_NCHW, 2, 5, S3(3, 3, 3), 0},
+    {BNK_BFLOAT16, BNK_NHWC, 3, 24, S1(9), 0},     {BNK_BFLOAT16, BNK_NHWC, 2, 5, S3(2, 3, 4), 1},
+    {BNK_FLOAT32, BNK_NHWC, 7, 4, S2(25, 40), 0},  {BNK_FLOAT32, BNK_NHWC, 3, 64, S1(100), 0},
     {BNK_BFLOAT16, BNK_NCHW, 2, 1, S2(75, 60), 1},
 };
 

@@ -35,6 +35,11 @@ static void check_pieces(const bnk_view *view, int vec, int sms, int blocks_per_
               "%" PRId64 " pieces of %" PRId64 " do not cover %" PRId64 " values once for " SHAPE_FORMAT, plan->parts,
               plan->chunk, m, SHAPE_ARGS(view, vec, sms));
     cr_assert_eq(plan->blocks, view->c * plan->parts);
+    /* One wave at most, where the channels and the piece size limit allow it. */
+    const int64_t target = (int64_t)sms * blocks_per_sm;
+    if (view->c <= target && m <= MAX_PIECE_VALUES * (target / view->c))
+      cr_assert(plan->blocks <= target, "%" PRId64 " blocks for %" PRId64 " slots for " SHAPE_FORMAT, plan->blocks,
+                target, SHAPE_ARGS(view, vec, sms));
   } else {
     cr_assert(plan->tile_x * plan->tile_y == plan->threads, "tile %d x %d, threads %d for " SHAPE_FORMAT, plan->tile_x,
               plan->tile_y, plan->threads, SHAPE_ARGS(view, vec, sms));
@@ -133,9 +138,8 @@ Test(plan, reduction_plans_keep_their_invariants) {
                 view.s = 1;
               }
               const int wide = bnk__dtype_vec(view.dtype);
-              const int64_t contiguous = channels_last ? view.c : view.s;
               const int vecs[2] = {1, wide};
-              for (int v = 0; v < (contiguous % wide == 0 ? 2 : 1); ++v)
+              for (int v = 0; v < (bnk__reduce_vec_fits(&view, wide) ? 2 : 1); ++v)
                 for (int k = 0; k < 2; ++k) {
                   const int blocks_per_sm = blocks_per_sm_counts[k];
                   const bnk_reduce_plan plan = bnk__plan_reduce(&view, vecs[v], sm_counts[g], blocks_per_sm);
@@ -145,6 +149,42 @@ Test(plan, reduction_plans_keep_their_invariants) {
                 }
             }
   cr_assert(checked > 1000, "only %" PRId64 " plans checked", checked);
+}
+
+/* The reductions' vector width: channels-first any S >= vec whose C x S is whole vectors (heads and tails
+ * peeled), channels-last whole vectors of C; the persistent kernels' width only for whole vectors of the
+ * contiguous extent; never with a misaligned pointer. */
+Test(plan, vector_width_rules) {
+  static _Alignas(16) const char aligned[32] = {0};
+  const void *good[2] = {aligned, aligned + 16};
+  const void *bad[2] = {aligned, aligned + 2};
+  static const struct {
+    int channels_last, dtype;
+    int64_t n, c, s;
+    int reduce_vec, whole_run_vec;
+  } cases[] = {
+      {0, BNK_FLOAT16, 32, 64, 49, 8, 1},   /* 7x7, C x S = 3136: peeled */
+      {0, BNK_FLOAT16, 32, 256, 196, 8, 1}, /* 14x14 */
+      {0, BNK_FLOAT16, 32, 63, 49, 1, 1},   /* C x S odd: runs start at every misalignment */
+      {0, BNK_FLOAT16, 32, 10, 50, 1, 1},   /* C x S = 500, not a multiple of 8 */
+      {0, BNK_FLOAT16, 32, 16, 64, 8, 8},   /* whole vectors */
+      {0, BNK_FLOAT16, 32, 8, 9, 8, 1},     /* S just past a vector */
+      {0, BNK_FLOAT16, 32, 64, 7, 1, 1},    /* S below a vector: the head would not fit */
+      {0, BNK_FLOAT16, 32, 64, 1, 1, 1},      {0, BNK_FLOAT32, 32, 64, 49, 4, 1},
+      {0, BNK_FLOAT32, 32, 6, 6, 4, 1},       {0, BNK_FLOAT32, 32, 3, 3, 1, 1},
+      {0, BNK_BFLOAT16, 32, 1024, 49, 8, 1},  {1, BNK_FLOAT16, 32 * 49, 64, 1, 8, 8},
+      {1, BNK_FLOAT16, 32 * 49, 60, 1, 1, 1}, {1, BNK_FLOAT32, 32 * 49, 6, 1, 1, 1},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
+    const bnk_view view = {cases[i].n, cases[i].c, cases[i].s, cases[i].channels_last, cases[i].dtype};
+    const int vec = bnk__choose_vec(&view, good, 2), whole = bnk__choose_whole_run_vec(&view, good, 2);
+    cr_expect_eq(vec, cases[i].reduce_vec, "reductions' width %d for " SHAPE_FORMAT, vec, SHAPE_ARGS(&view, 0, 0));
+    cr_expect_eq(whole, cases[i].whole_run_vec, "persistent width %d for " SHAPE_FORMAT, whole,
+                 SHAPE_ARGS(&view, 0, 0));
+    cr_expect_eq(bnk__choose_vec(&view, bad, 2), 1, "misaligned pointer for " SHAPE_FORMAT, SHAPE_ARGS(&view, 0, 0));
+    cr_expect_eq(bnk__choose_whole_run_vec(&view, bad, 2), 1, "misaligned pointer for " SHAPE_FORMAT,
+                 SHAPE_ARGS(&view, 0, 0));
+  }
 }
 
 /* The grids come from each kernel's occupancy on the context's device (the emulation answers it from the sm_90
@@ -190,4 +230,45 @@ Test(plan, big_grids_are_occupancy_times_sms) {
     }
   }
   bnk_context_destroy(ctx);
+}
+
+/* The folding kernel's grid is its own occupancy x SMs (not 8 blocks per SM) for a big weight, one block per 256
+ * items for a small one, for both bias types. */
+Test(plan, fold_grid_is_its_occupancy_times_sms) {
+  bnk_context *ctx = NULL;
+  cr_assert_eq(bnk_context_create(&ctx, -1), BNK_SUCCESS, "%s", bnk_last_error_message());
+  const int dtypes[3] = {BNK_FLOAT32, BNK_FLOAT16, BNK_BFLOAT16};
+  for (int d = 0; d < 3; ++d)
+    for (int float_bias = 0; float_bias < 2; ++float_bias) {
+      const int bias_dtype = float_bias ? BNK_FLOAT32 : dtypes[d];
+      const int blocks_per_sm = ctx->occupancy.blocks_per_sm[BNK_FAMILY_FOLD][0][dtypes[d]][0][float_bias];
+      cr_assert(blocks_per_sm >= 1 && blocks_per_sm <= 8, "fold dtype %d bias %d: %d blocks per SM", dtypes[d],
+                bias_dtype, blocks_per_sm);
+      const int64_t resident = (int64_t)blocks_per_sm * ctx->sm_count;
+      cr_expect_eq(bnk__fold_blocks(ctx, resident * BNK_STREAM_THREADS * 3, dtypes[d], bias_dtype), resident,
+                   "fold dtype %d bias %d", dtypes[d], bias_dtype);
+      cr_expect_eq(bnk__fold_blocks(ctx, 1000, dtypes[d], bias_dtype), 4, "fold dtype %d bias %d", dtypes[d],
+                   bias_dtype);
+    }
+  bnk_context_destroy(ctx);
+}
+
+/* No channels-first elementwise plan's run table exceeds BNK_TABLE_MAX, the size the occupancy is queried at. */
+Test(plan, run_tables_fit_the_queried_shared_memory) {
+  static const int64_t spatial_sizes[] = {1, 2, 3, 5, 7, 49, 196, 3136, 1 << 20};
+  static const int64_t channel_counts[] = {1, 3, 64, 2048};
+  static const int dtypes[] = {BNK_FLOAT32, BNK_FLOAT16};
+  static _Alignas(16) const char aligned[32] = {0};
+  const void *good[1] = {aligned}, *bad[1] = {aligned + 2};
+  const int blocks_per_sm[2] = {8, 4};
+  for (size_t s = 0; s < sizeof spatial_sizes / sizeof spatial_sizes[0]; ++s)
+    for (size_t c = 0; c < sizeof channel_counts / sizeof channel_counts[0]; ++c)
+      for (size_t d = 0; d < 2; ++d)
+        for (int a = 0; a < 2; ++a) {
+          const bnk_view view = {32, channel_counts[c], spatial_sizes[s], 0, dtypes[d]};
+          const bnk_elementwise_plan plan = bnk__plan_elementwise(&view, a ? good : bad, 1, 132, blocks_per_sm);
+          cr_expect(plan.table_runs >= 1 && plan.table_runs <= BNK_TABLE_MAX(plan.vec),
+                    "%d table entries (most %d) for " SHAPE_FORMAT, plan.table_runs, BNK_TABLE_MAX(plan.vec),
+                    SHAPE_ARGS(&view, plan.vec, 132));
+        }
 }
