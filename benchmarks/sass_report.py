@@ -18,7 +18,8 @@ into a folder next to the library on first use, since the compile-only toolkit h
 How the hot loop is found and measured (docs/performance.md, "Issue demand"):
 - a loop is a backward branch (BRA to a lower address); its body is the address range from the target to
   the branch. The hot loop is the loop with the most tensor-data loads (global loads of exactly
-  V x sizeof(T) bytes, V and T from the kernel's template arguments), the innermost one on a tie;
+  V x sizeof(T) bytes, V and T from the kernel's template arguments), the innermost one on a tie, among
+  the loops before the first ATOMG.E.ADD (the in-kernel merge's, whose partials are 4-byte loads too);
 - vectors per iteration = those loads / the tensors the kernel reads per element (the budget's
   `streaming` table), elements per iteration = vectors x V. A scalar fp32 loop's 4-byte data loads cannot
   be told from its 4-byte per-channel parameter loads, so it takes the vectors per iteration of its
@@ -214,9 +215,15 @@ def full_iteration(instructions, head, latches, data_bytes, counted):
 
 
 def hot_loop(instructions, data_bytes):
-    """The loop whose full iteration loads the most data (the innermost, shortest, on a tie), with its figures."""
+    """The loop whose full iteration loads the most data (the innermost, shortest, on a tie), with its figures.
+    Loops after the first ATOMG.E.ADD are left out: a reduction's in-kernel merge runs there (bnk_last_of_group's
+    counter), and its loops read the pieces' partials, which a 4-byte data load cannot be told from."""
+    merge_start = next((i for i, (_, text, _) in enumerate(instructions) if text.startswith("ATOMG.E.ADD")),
+                       len(instructions))
     best = None
     for head, latches in loops(instructions):
+        if head >= merge_start:
+            continue
         path = full_iteration(instructions, head, latches, data_bytes, lambda text: True)
         if path is None or path[0] == 0:
             continue

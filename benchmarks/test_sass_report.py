@@ -51,6 +51,20 @@ class HotLoop(unittest.TestCase):
         # The path 0-1-2-3-4-5-6 loads both vectors and is the longest among those that do.
         self.assertEqual((loop["data_loads"], loop["instructions"], loop["mufu"]), (2, 7, 1))
 
+    def test_loops_after_the_merge_counter_are_not_the_hot_loop(self):
+        body = ["LDG.E R4, desc[UR4][R2.64]",                     # 0: the data loop of a scalar fp32 kernel
+                "FADD R6, R6, R4",
+                f"@!P0 BRA {address(0)}",
+                "ATOMG.E.ADD.STRONG.GPU PT, R8, desc[UR4][R10.64], R9",  # 3: the group's counter
+                "LDG.E R4, desc[UR4][R2.64]",                     # 4: the merge's loop, more 4-byte loads
+                "LDG.E R5, desc[UR4][R2.64+0x4]",
+                "LDG.E R7, desc[UR4][R2.64+0x8]",
+                f"@!P1 BRA {address(4)}",
+                "EXIT"]
+        code = sass_report.parse_sass(listing("k", body))["k"]
+        loop = sass_report.hot_loop(code, 4)
+        self.assertEqual((loop["address"], loop["data_loads"]), (0x0, 1))
+
     def test_only_loads_of_the_data_width_count(self):
         body = ["LDG.E.U16 R4, desc[UR4][R2.64]",                 # 0: a 16-bit element: data when V = 1, fp16
                 "LDG.E R5, desc[UR4][R6.64]",                     # 1: a 32-bit parameter
