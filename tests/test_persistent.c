@@ -199,12 +199,15 @@ static bnk_status call_forward(bnk_context *ctx, problem *p, bnk_epilogue_kind k
 
 /* Every output of the last run against the reference. Returns the bytes of y, the mask and the per-channel
  * outputs (the caller frees them) for bitwise comparisons. */
+/* The per-channel floats follow y and the mask, 4-byte aligned (16-bit y of an odd count leaves them unaligned). */
+static size_t channels_offset(const problem *p) { return (p->bytes + p->mask_bytes + 3) & ~(size_t)3; }
+
 static unsigned char *check_outputs(const problem *p, bnk_epilogue_kind kind, const char *label) {
   const int64_t c = p->sh.c;
   const size_t channel_bytes = (size_t)c * 4 * 4;
-  unsigned char *raw = malloc(p->bytes + p->mask_bytes + channel_bytes + sizeof(int64_t));
+  unsigned char *raw = calloc(channels_offset(p) + channel_bytes + sizeof(int64_t), 1);
   unsigned char *mask = raw + p->bytes;
-  float *channels = (float *)(mask + p->mask_bytes);
+  float *channels = (float *)(raw + channels_offset(p));
   dev_download(raw, p->y_dev, p->bytes);
   dev_download(mask, p->mask_dev, p->mask_bytes);
   dev_download(channels, p->save_mean_dev, (size_t)c * 4);
@@ -258,7 +261,7 @@ static unsigned char *check_outputs(const problem *p, bnk_epilogue_kind kind, co
   return raw;
 }
 
-static size_t output_bytes(const problem *p) { return p->bytes + p->mask_bytes + (size_t)p->sh.c * 16; }
+static size_t output_bytes(const problem *p) { return channels_offset(p) + (size_t)p->sh.c * 16; }
 
 static void expect_path(bnk_context *ctx, const problem *p, bnk_epilogue_kind kind, bnk_training_path want,
                         const char *label) {
