@@ -51,10 +51,18 @@ namespace {
 /* Settings                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* ASan's redzones and its uninlined frames take several times the stack of a plain build: at 64 KiB the block
+ * reduction inside persistent_backward_team's per-channel lambda ran past its fiber's stack under ./dev sanitize. */
+#if defined(BNK_EMU_ASAN)
+constexpr size_t kDefaultStackBytes = 256 * 1024;
+#else
+constexpr size_t kDefaultStackBytes = 64 * 1024;
+#endif
+
 struct Settings {
   std::atomic<int> schedule{BNK_EMU_FORWARD};
   std::atomic<unsigned long long> seed{0};
-  size_t stack_bytes = 64 * 1024;
+  size_t stack_bytes = kDefaultStackBytes;
   bool verbose = false;
   int default_workers = 1;
 
