@@ -30,7 +30,8 @@ typedef struct persistent_plan {
   int exists;
   int fits;
   int blocks_per_sm;
-  int team; /* threads that own a channel whole (bnk_persistent_team); 0: pieces across blocks */
+  int team;         /* threads that own a channel whole (bnk_persistent_team); 0: pieces across blocks */
+  int shared_depth; /* vectors (rows) per thread cached in shared memory beyond the registers */
   int grid_syncs;
   int64_t parts;
   plan_launch launch;
@@ -81,15 +82,14 @@ static persistent_plan persistent_op_plan(int op, const bnk_view *view, const vo
   const int cache = forward ? BNK_PERSISTENT_CACHE : BNK_PERSISTENT_BACKWARD_CACHE;
   const int team = bnk_persistent_team(view, vec, cache);
   persistent_plan plan = {.exists = 1, .team = team, .grid_syncs = team != 0 ? 0 : 2};
-  const cudaError_t error =
-      forward ? bnk__persistent_forward_occupancy(view, vec, BNK_EPILOGUE_NONE, team, &plan.blocks_per_sm)
-              : bnk__persistent_backward_occupancy(view, vec, BNK_GRAD_PLAIN, team, &plan.blocks_per_sm);
+  bnk_reduce_plan reduce;
+  const cudaError_t error = bnk__plan_persistent_op(view, vec, !forward, forward ? BNK_EPILOGUE_NONE : BNK_GRAD_PLAIN,
+                                                    sm_count, &reduce, &plan.blocks_per_sm, &plan.fits);
   if (error != cudaSuccess) {
     fprintf(stderr, "bnk-plan: the occupancy query of the persistent %s failed\n", forward ? "forward" : "backward");
     exit(1);
   }
-  bnk_reduce_plan reduce;
-  plan.fits = bnk__plan_persistent(view, vec, cache, sm_count, plan.blocks_per_sm, &reduce);
+  plan.shared_depth = reduce.shared_depth;
   plan.parts = reduce.parts;
   if (team != 0)
     snprintf(plan.launch.kernel, sizeof plan.launch.kernel, "persistent_%s_team<%s, %d, 0, %d>",
@@ -244,10 +244,12 @@ int main(int argc, char **argv) {
       printf("]");
       const persistent_plan *persistent = &plan.persistent;
       if (persistent->exists)
-        printf(", \"persistent\": {\"fits\": %s, \"blocks_per_sm\": %d, \"team\": %d, \"grid_syncs\": %d, "
-               "\"parts\": %" PRId64 ", \"kernel\": \"%s\", \"blocks\": %" PRId64 ", \"threads\": %d}",
-               persistent->fits ? "true" : "false", persistent->blocks_per_sm, persistent->team, persistent->grid_syncs,
-               persistent->parts, persistent->launch.kernel, persistent->launch.blocks, persistent->launch.threads);
+        printf(", \"persistent\": {\"fits\": %s, \"blocks_per_sm\": %d, \"team\": %d, \"shared_depth\": %d, "
+               "\"grid_syncs\": %d, \"parts\": %" PRId64 ", \"kernel\": \"%s\", \"blocks\": %" PRId64
+               ", \"threads\": %d}",
+               persistent->fits ? "true" : "false", persistent->blocks_per_sm, persistent->team,
+               persistent->shared_depth, persistent->grid_syncs, persistent->parts, persistent->launch.kernel,
+               persistent->launch.blocks, persistent->launch.threads);
       printf("}");
     }
     printf("}}");

@@ -73,6 +73,13 @@ bnk_status bnk__check_cuda(cudaError_t error, const char *what);
     if (bnk__tried_status != BNK_SUCCESS) return bnk__tried_status; \
   } while (0)
 
+/* The same for a cudaError_t in functions that return one. */
+#define BNK__TRY_CUDA(call)                                       \
+  do {                                                            \
+    const cudaError_t bnk__tried_error = (call);                  \
+    if (bnk__tried_error != cudaSuccess) return bnk__tried_error; \
+  } while (0)
+
 bnk_status bnk__require_context(const bnk_context *ctx);
 bnk_status bnk__require_pointer(const void *pointer, const char *name);
 /* A known bnk_dtype, named `name` in the message. */
@@ -142,6 +149,13 @@ typedef struct bnk_training_plan {
 } bnk_training_plan;
 bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *view, const void *x, const void *y,
                                       const bnk_epilogue_args *fused, bnk_training_plan *plan);
+/* The persistent plan of the forward (backward 0; kind a bnk_epilogue_kind) or the backward (1; kind a
+ * bnk_grad_source) for a `vec`-wide access on sm_count SMs: the registers' cache alone where the tensor fits
+ * it or a team owns each channel, else the shallowest second level in shared memory that fits (a search over
+ * the depth, each probe the kernel's occupancy at that depth), else the deepest, which does not fit (*fits 0).
+ * *blocks_per_sm is the occupancy of the plan's kernel and depth. */
+cudaError_t bnk__plan_persistent_op(const bnk_view *view, int vec, int backward, int kind, int sm_count,
+                                    bnk_reduce_plan *plan, int *blocks_per_sm, int *fits);
 /* The most pieces per channel of either path for this view: the training forward's workspace query. */
 int64_t bnk__training_parts_bound(const bnk_context *ctx, const bnk_view *view);
 

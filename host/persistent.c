@@ -1,7 +1,8 @@
 /* The choice between the persistent kernels and the two-pass ones, for the training forward and the backward
  * (docs/performance.md, "Two training paths"): persistent when a channels-first channel fits one team's cache
  * (a warp's or a block's, bnk_persistent_team: any C), or else when the tensor's pieces fit the co-resident grid
- * of the persistent kernel on this device, which the kernel's occupancy decides; a context setting may force
+ * of the persistent kernel on this device, which the kernel's occupancy decides: with the registers' cache
+ * alone, or else with the shallowest second level in shared memory that fits; a context setting may force
  * either path. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -10,12 +11,14 @@
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-int bnk__plan_persistent(const bnk_view *view, int vec, int cache, int sm_count, int blocks_per_sm,
+int bnk__plan_persistent(const bnk_view *view, int vec, int cache, int shared_depth, int sm_count, int blocks_per_sm,
                          bnk_reduce_plan *plan) {
   /* The tiling only: the pieces are cut below for the cache. */
   *plan = bnk__plan_reduce(view, vec, sm_count, blocks_per_sm);
   plan->threads = BNK_STREAM_THREADS;
   const int team = bnk_persistent_team(view, vec, cache);
+  plan->shared_depth = team != 0 ? 0 : shared_depth;
+  cache += plan->shared_depth;
   if (team != 0) {
     /* Teams own whole channels and meet at no grid barrier: a grid-stride grid over the channels, as many blocks
      * as the channels need up to the co-resident grid (the forward's launch is cooperative, see persistent.cu). */
@@ -50,7 +53,7 @@ static int64_t parts_bound(const bnk_context *ctx, const bnk_view *view, bnk_ker
   const int widths[2] = {1, bnk__dtype_vec(view->dtype)};
   for (int i = 0; i < 2; ++i) {
     bnk_reduce_plan plan;
-    bnk__plan_persistent(view, widths[i], cache, ctx->sm_count, 0, &plan);
+    bnk__plan_persistent(view, widths[i], cache, 0, ctx->sm_count, 0, &plan); /* the most pieces: no second level */
     if (plan.parts > parts) parts = plan.parts;
   }
   return parts;
@@ -80,18 +83,57 @@ static bnk_status persistent_allowed(const bnk_context *ctx, int *allowed) {
   return BNK_SUCCESS;
 }
 
-/* The persistent plan of `cache` vectors per thread for a kernel that `blocks_per_sm` blocks of occupy an SM:
- * plan->persistent when it fits; a forced persistent path that does not fit fails, naming the capacity. */
-static bnk_status fit_persistent(const bnk_context *ctx, const bnk_view *view, int vec, int cache, int blocks_per_sm,
+/* One candidate of bnk__plan_persistent_op: the occupancy of the op's kernel with a second level `depth` deep,
+ * and the plan of that depth on it. */
+static cudaError_t plan_at_depth(const bnk_view *view, int vec, int backward, int kind, int team, int depth,
+                                 int sm_count, bnk_reduce_plan *plan, int *blocks_per_sm, int *fits) {
+  const cudaError_t error = backward ? bnk__persistent_backward_occupancy(view, vec, kind, team, depth, blocks_per_sm)
+                                     : bnk__persistent_forward_occupancy(view, vec, kind, team, depth, blocks_per_sm);
+  if (error != cudaSuccess) return error;
+  const int cache = backward ? BNK_PERSISTENT_BACKWARD_CACHE : BNK_PERSISTENT_CACHE;
+  *fits = bnk__plan_persistent(view, vec, cache, depth, sm_count, *blocks_per_sm, plan);
+  return cudaSuccess;
+}
+
+cudaError_t bnk__plan_persistent_op(const bnk_view *view, int vec, int backward, int kind, int sm_count,
+                                    bnk_reduce_plan *plan, int *blocks_per_sm, int *fits) {
+  const int team = bnk_persistent_team(view, vec, backward ? BNK_PERSISTENT_BACKWARD_CACHE : BNK_PERSISTENT_CACHE);
+  BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, 0, sm_count, plan, blocks_per_sm, fits));
+  if (*fits || team != 0) return cudaSuccess;
+  const int deepest = bnk_persistent_max_shared_depth(backward, vec);
+  BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, deepest, sm_count, plan, blocks_per_sm, fits));
+  if (!*fits) return cudaSuccess;
+  /* Depth `fitting` fits and `short_of` does not: halve the gap. A deeper level than needed would only cost
+   * shared memory traffic, and the search is deterministic, so a shape always gets the same depth. */
+  int short_of = 0, fitting = deepest, probed = deepest;
+  while (fitting - short_of > 1) {
+    probed = short_of + (fitting - short_of) / 2;
+    BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, probed, sm_count, plan, blocks_per_sm, fits));
+    if (*fits) fitting = probed;
+    else short_of = probed;
+  }
+  if (probed != fitting)
+    BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, fitting, sm_count, plan, blocks_per_sm, fits));
+  return cudaSuccess;
+}
+
+/* The persistent plan of an op's kernel (bnk__plan_persistent_op): plan->persistent when it fits; a forced
+ * persistent path that does not fit fails, naming the capacity of both cache levels. */
+static bnk_status fit_persistent(const bnk_context *ctx, const bnk_view *view, int vec, int backward, int kind,
                                  bnk_training_plan *plan) {
-  plan->persistent = bnk__plan_persistent(view, vec, cache, ctx->sm_count, blocks_per_sm, &plan->reduce);
+  int blocks_per_sm = 0;
+  BNK__TRY(bnk__check_cuda(bnk__plan_persistent_op(view, vec, backward, kind, ctx->sm_count, &plan->reduce,
+                                                   &blocks_per_sm, &plan->persistent),
+                           backward ? "cudaOccupancyMaxActiveBlocksPerMultiprocessor (persistent backward)"
+                                    : "cudaOccupancyMaxActiveBlocksPerMultiprocessor (persistent forward)"));
   if (plan->persistent || ctx->training_path != BNK_TRAINING_PATH_PERSISTENT) return BNK_SUCCESS;
   return bnk__fail(BNK_ERROR_NOT_SUPPORTED,
                    "training path is %s but this tensor does not fit the co-resident grid: it needs %" PRId64
-                   " blocks of %d threads caching %d vectors of %d elements each, and %d SMs x %d blocks "
-                   "hold %" PRId64,
-                   path_name(ctx->training_path), plan->reduce.blocks, BNK_STREAM_THREADS, cache, vec, ctx->sm_count,
-                   blocks_per_sm, (int64_t)ctx->sm_count * blocks_per_sm);
+                   " blocks of %d threads caching %d vectors of %d elements each in registers and %d in shared "
+                   "memory, and %d SMs x %d blocks hold %" PRId64,
+                   path_name(ctx->training_path), plan->reduce.blocks, BNK_STREAM_THREADS,
+                   backward ? BNK_PERSISTENT_BACKWARD_CACHE : BNK_PERSISTENT_CACHE, vec, plan->reduce.shared_depth,
+                   ctx->sm_count, blocks_per_sm, (int64_t)ctx->sm_count * blocks_per_sm);
 }
 
 bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *view, const void *x, const void *y,
@@ -102,11 +144,7 @@ bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *vi
   if (allowed) {
     const void *pointers[3] = {x, y, fused->z};
     const int vec = bnk__choose_whole_run_vec(view, pointers, fused->z != NULL ? 3 : 2);
-    const int team = bnk_persistent_team(view, vec, BNK_PERSISTENT_CACHE);
-    int blocks_per_sm = 0;
-    BNK__TRY(bnk__check_cuda(bnk__persistent_forward_occupancy(view, vec, fused->kind, team, &blocks_per_sm),
-                             "cudaOccupancyMaxActiveBlocksPerMultiprocessor (persistent forward)"));
-    BNK__TRY(fit_persistent(ctx, view, vec, BNK_PERSISTENT_CACHE, blocks_per_sm, plan));
+    BNK__TRY(fit_persistent(ctx, view, vec, 0, fused->kind, plan));
     if (plan->persistent) return BNK_SUCCESS;
   }
   const void *stats_pointers[1] = {x};
@@ -122,11 +160,7 @@ bnk_status bnk__plan_training_backward(const bnk_context *ctx, const bnk_view *v
   if (!allowed) return BNK_SUCCESS;
   const void *pointers[5] = {x, dy, dx, fused->y, fused->dz};
   const int vec = bnk__choose_whole_run_vec(view, pointers, 5);
-  const int team = bnk_persistent_team(view, vec, BNK_PERSISTENT_BACKWARD_CACHE);
-  int blocks_per_sm = 0;
-  BNK__TRY(bnk__check_cuda(bnk__persistent_backward_occupancy(view, vec, fused->source, team, &blocks_per_sm),
-                           "cudaOccupancyMaxActiveBlocksPerMultiprocessor (persistent backward)"));
-  return fit_persistent(ctx, view, vec, BNK_PERSISTENT_BACKWARD_CACHE, blocks_per_sm, plan);
+  return fit_persistent(ctx, view, vec, 1, fused->source, plan);
 }
 
 bnk_status bnk__persistent_backward(const bnk_context *ctx, const bnk_tensor_desc *desc, const bnk_view *view,

@@ -44,6 +44,9 @@ typedef struct bnk_reduce_plan {
   int tile_y;            /* channels-last: threads down the rows */
   int64_t tiles;         /* channels-last: tiles of tile_x * vec channels */
   int64_t rows_per_part; /* channels-last: rows of one piece */
+  /* persistent kernels: vectors (channels-first) or rows (channels-last) per thread cached in dynamic shared
+   * memory beyond its registers' cache (bnk_persistent_shared_bytes); 0 elsewhere */
+  int shared_depth;
 } bnk_reduce_plan;
 
 /* The merge inside a reduction kernel. A group is what one merge covers: a channel (channels-first) or a
@@ -340,17 +343,43 @@ static inline int bnk_persistent_team(const bnk_view *view, int vec, int cache) 
   return m <= BNK_STREAM_THREADS * team_vectors ? BNK_STREAM_THREADS : 0;
 }
 
+/* The second cache level of the persistent kernels that cut channels into pieces (not the teams): each thread
+ * caches up to `shared_depth` further vectors (rows) in dynamic shared memory, laid out [depth][thread], where
+ * the registers' cache is too small for the tensor. A block takes at most BNK_PERSISTENT_SHARED_LIMIT bytes of
+ * it, so that two blocks per SM still fit an sm_90 SM's 228 KiB beside the kernels' static shared memory (at
+ * most 18.1 KiB, the 16-bit channels-last tile reduce) and the 1 KiB the runtime reserves per block: the
+ * kernels are register-bound at 2 blocks per SM, and a deeper cache at 1 block would hold less. */
+#define BNK_PERSISTENT_SHARED_LIMIT (92 * 1024)
+
+/* Bytes a thread's shared slot takes per cached vector of `vec` elements: the forward keeps what it keeps in
+ * registers (cached_vector: x - K as floats, or 16 raw bytes of a 16-bit vector), the backward g and x - mean
+ * as floats. */
+static inline int bnk_persistent_slot_bytes(int backward, int vec) { return backward ? 8 * vec : vec == 1 ? 4 : 16; }
+
+/* The deepest second level within BNK_PERSISTENT_SHARED_LIMIT: 23 vectors for the forward's 16-byte ones, 92
+ * for its elements; 11 for the fp32 backward's vectors, 5 for the 16-bit ones, 46 for elements. */
+static inline int bnk_persistent_max_shared_depth(int backward, int vec) {
+  return BNK_PERSISTENT_SHARED_LIMIT / (BNK_STREAM_THREADS * bnk_persistent_slot_bytes(backward, vec));
+}
+
+/* Dynamic shared memory per block of a persistent kernel with a second level `depth` deep. */
+static inline size_t bnk_persistent_shared_bytes(int backward, int vec, int depth) {
+  return (size_t)depth * BNK_STREAM_THREADS * (size_t)bnk_persistent_slot_bytes(backward, vec);
+}
+
 /* The plan of a persistent kernel: bnk__plan_reduce's tiling with every thread's share of a piece at most
- * `cache` vectors (channels-first) or rows (channels-last), BNK_STREAM_THREADS per block. Returns whether its
- * blocks fit the co-resident grid, blocks_per_sm x sm_count. With a team (bnk_persistent_team), parts is 1 and
- * blocks is a grid-stride grid over the channels, at most the co-resident grid and at least 1 block: it
- * always fits. */
-int bnk__plan_persistent(const bnk_view *view, int vec, int cache, int sm_count, int blocks_per_sm,
+ * `cache` + `shared_depth` vectors (channels-first) or rows (channels-last), the first `cache` in registers, the
+ * rest in shared memory; BNK_STREAM_THREADS per block. Returns whether its blocks fit the co-resident grid,
+ * blocks_per_sm x sm_count. With a team (bnk_persistent_team, which `cache` alone decides), parts is 1, the
+ * shared depth 0, and blocks is a grid-stride grid over the channels, at most the co-resident grid and at
+ * least 1 block: it always fits. */
+int bnk__plan_persistent(const bnk_view *view, int vec, int cache, int shared_depth, int sm_count, int blocks_per_sm,
                          bnk_reduce_plan *plan);
 
-/* Blocks of the persistent forward kernel for this dtype, layout, vector width, epilogue kind and team
- * (bnk_persistent_team) that one SM holds at once (cudaOccupancyMaxActiveBlocksPerMultiprocessor). */
-cudaError_t bnk__persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue, int team,
+/* Blocks of the persistent forward kernel for this dtype, layout, vector width, epilogue kind, team
+ * (bnk_persistent_team) and shared depth that one SM holds at once (cudaOccupancyMaxActiveBlocksPerMultiprocessor
+ * with bnk_persistent_shared_bytes of dynamic shared memory). */
+cudaError_t bnk__persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue, int team, int shared_depth,
                                               int *blocks_per_sm);
 
 /* The training forward in one cooperative launch of plan->blocks blocks: the work of bnk__launch_batch_stats
@@ -365,9 +394,10 @@ cudaError_t bnk__launch_persistent_forward(const bnk_view *view, const bnk_reduc
 /* ---- the persistent backward (kernels/persistent_backward.cu, host/persistent.c) ---- */
 
 /* Blocks of the persistent backward kernel for this dtype, layout, vector width, gradient source (a
- * bnk_grad_source) and team (bnk_persistent_team) that one SM holds at once
- * (cudaOccupancyMaxActiveBlocksPerMultiprocessor). */
-cudaError_t bnk__persistent_backward_occupancy(const bnk_view *view, int vec, int source, int team, int *blocks_per_sm);
+ * bnk_grad_source), team (bnk_persistent_team) and shared depth that one SM holds at once
+ * (cudaOccupancyMaxActiveBlocksPerMultiprocessor with bnk_persistent_shared_bytes of dynamic shared memory). */
+cudaError_t bnk__persistent_backward_occupancy(const bnk_view *view, int vec, int source, int team, int shared_depth,
+                                               int *blocks_per_sm);
 
 /* The backward in one launch of plan->blocks blocks, cooperative unless a team owns each channel (bnk__plan_persistent
  * with BNK_PERSISTENT_BACKWARD_CACHE): the work of bnk__launch_backward_reduce_ex (ws, dgamma, dbeta, dz through the

@@ -35,6 +35,7 @@ struct persistent_forward_args {
   const float *beta;
   uint32_t *mask;      // NULL: not written
   int64_t mask_words;  // bnk_mask_bytes / 4
+  int shared_depth;    // vectors (rows) per thread of the second cache level; the teams have none
 };
 
 // The first phase's common part: the batch is counted before the merge reads num_batches_tracked, and the
@@ -94,14 +95,13 @@ static __device__ __forceinline__ void mask_assign(uint32_t *mask, int64_t at, u
   if (set != 0u) atomicOr(mask + at / 32, set);
 }
 
-// y of V cached values (z read at the same place for ADD_RELU), stored at element `at`, with its mask bits:
-// ORed into a cleared mask, or with ASSIGN_MASK assigned (mask_assign) in a tensor of `elements`.
+// y of V cached values and their V values of z (ADD_RELU), stored at element `at`, with its mask bits: ORed
+// into a cleared mask, or with ASSIGN_MASK assigned (mask_assign) in a tensor of `elements`.
 template <typename T, int V, int EPILOGUE, bool ASSIGN_MASK = false>
-static __device__ __forceinline__ void write_outputs(const float (&v)[V], const bnk_channel_affine (&affine)[V],
-                                                     const T *z, T *y, uint32_t *mask, int64_t at,
-                                                     int64_t elements = 0) {
-  float out[V], vz[V] = {};
-  if constexpr (EPILOGUE == BNK_EPILOGUE_ADD_RELU) bnk_load<T, V>(z + at, vz);
+static __device__ __forceinline__ void store_outputs(const float (&v)[V], const float (&vz)[V],
+                                                     const bnk_channel_affine (&affine)[V], T *y, uint32_t *mask,
+                                                     int64_t at, int64_t elements = 0) {
+  float out[V];
 #pragma unroll
   for (int i = 0; i < V; ++i) out[i] = apply_epilogue<EPILOGUE>(apply_affine(v[i], affine[i]), vz[i]);
   if constexpr (V * sizeof(T) == 16) {
@@ -121,6 +121,16 @@ static __device__ __forceinline__ void write_outputs(const float (&v)[V], const 
     if constexpr (ASSIGN_MASK) mask_assign<V>(mask, at, bnk_positive_bits<T, V>(out), elements);
     else bnk_mask_set<V>(mask, at, bnk_positive_bits<T, V>(out));
   }
+}
+
+// The same with z read at `at` first.
+template <typename T, int V, int EPILOGUE, bool ASSIGN_MASK = false>
+static __device__ __forceinline__ void write_outputs(const float (&v)[V], const bnk_channel_affine (&affine)[V],
+                                                     const T *z, T *y, uint32_t *mask, int64_t at,
+                                                     int64_t elements = 0) {
+  float vz[V] = {};
+  if constexpr (EPILOGUE == BNK_EPILOGUE_ADD_RELU) bnk_load<T, V>(z + at, vz);
+  store_outputs<T, V, EPILOGUE, ASSIGN_MASK>(v, vz, affine, y, mask, at, elements);
 }
 
 // What a thread keeps of one cached vector: x - K as floats, or, for the 16-byte vectors of a 16-bit type, the
@@ -178,6 +188,60 @@ static __device__ __forceinline__ void shifted_values(const cached_vector<T, V, 
   }
 }
 
+// Fills the thread's slots of the second level `deep` (depth slots, [slot][thread]) with the vectors at element
+// offsets offset(0), offset(1), ..., up to `depth` or until offset says the thread's share has ended (-1), and
+// folds each batch of x - K into the thread's statistics with fold(values, vectors) as it arrives, after the
+// registers' cache and in slot order.
+template <typename T, int V, typename Offset, typename Fold>
+static __device__ __forceinline__ void fill_deep_cache(shared_slot<cached_vector<T, V>> *deep, int depth, const T *x,
+                                                       const float (&shift)[V], Offset &&offset, Fold &&fold) {
+  for (int first = 0; first < depth; first += BNK_DEEP_BATCH) {
+    cached_vector<T, V> batch[BNK_DEEP_BATCH] = {};
+    int vectors = 0;
+#pragma unroll
+    for (int b = 0; b < BNK_DEEP_BATCH; ++b) {
+      const int64_t at = first + b < depth ? offset(first + b) : -1;
+      if (at >= 0) {
+        cache_load(batch[b], x + at, shift);
+        vectors = b + 1;
+      }
+    }
+    float v[BNK_DEEP_BATCH][V];
+#pragma unroll
+    for (int b = 0; b < BNK_DEEP_BATCH; ++b) {
+      if (b < vectors) deep[(first + b) * blockDim.x + threadIdx.x].value = batch[b];
+      shifted_values(batch[b], shift, v[b]);
+    }
+    if (vectors > 0) fold(v, vectors);
+    if (vectors < BNK_DEEP_BATCH) return;
+  }
+}
+
+// y of the second level's vectors (fill_deep_cache's slots and offsets), a batch's z read before its y is
+// stored.
+template <typename T, int V, int EPILOGUE, typename Offset>
+static __device__ __forceinline__ void write_deep_cache(const shared_slot<cached_vector<T, V>> *deep, int depth,
+                                                        const float (&shift)[V], const bnk_channel_affine (&affine)[V],
+                                                        const T *z, T *y, uint32_t *mask, Offset &&offset) {
+  for (int first = 0; first < depth; first += BNK_DEEP_BATCH) {
+    int64_t at[BNK_DEEP_BATCH];
+    float vz[BNK_DEEP_BATCH][V] = {};
+#pragma unroll
+    for (int b = 0; b < BNK_DEEP_BATCH; ++b) {
+      at[b] = first + b < depth ? offset(first + b) : -1;
+      if (EPILOGUE == BNK_EPILOGUE_ADD_RELU && at[b] >= 0) bnk_load<T, V>(z + at[b], vz[b]);
+    }
+#pragma unroll
+    for (int b = 0; b < BNK_DEEP_BATCH; ++b)
+      if (at[b] >= 0) {
+        float values[V];
+        shifted_values(deep[(first + b) * blockDim.x + threadIdx.x].value, shift, values);
+        store_outputs<T, V, EPILOGUE>(values, vz[b], affine, y, mask, at[b]);
+      }
+    if (at[BNK_DEEP_BATCH - 1] < 0) return;
+  }
+}
+
 // Channels-first: block b holds piece (b % parts) of channel (b / parts), `chunk` elements; thread t caches
 // the piece's vectors t, t + blockDim.x, ... (at most BNK_PERSISTENT_CACHE). At least 2 blocks per SM, said
 // explicitly: left to itself ptxas squeezed the plain fp32 kernel into 80 registers for a third block and
@@ -215,7 +279,19 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
   float v[K][V];
 #pragma unroll
   for (int u = 0; u < K; ++u) shifted_values(cache[u], shift, v[u]);
-  const bnk_welford mine = vectors > 0 ? bnk_welford_of<K, V>(v, vectors) : bnk_welford_empty();
+  bnk_welford mine = vectors > 0 ? bnk_welford_of<K, V>(v, vectors) : bnk_welford_empty();
+  // The second level: vectors K, K + 1, ... of the thread's share, their offsets asked again when y is written
+  // (kept, they would be registers across the barriers).
+  typedef shared_slot<cached_vector<T, V>> deep_slot;  // a comma is more than the macro takes
+  BNK_DYNAMIC_SHARED(deep_slot, deep);
+  const auto deep_offset = [&](int u) {
+    const int64_t j = begin + (int64_t)(K + u) * step;
+    return j < end ? base + channel_vector_offset(j, vecs_per_run, run_stride, V) : (int64_t)-1;
+  };
+  fill_deep_cache<T, V>(deep, a.shared_depth, x, shift, deep_offset,
+                        [&](const float(&batch)[BNK_DEEP_BATCH][V], int rows) {
+                          mine = bnk_combine(mine, bnk_welford_of<BNK_DEEP_BATCH, V>(batch, rows));
+                        });
   const bnk_welford acc = bnk_block_reduce(mine, shared);
   if (threadIdx.x == 0) {
     const int64_t slot = part * c + channel;
@@ -238,6 +314,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
       write_outputs<T, V, EPILOGUE>(values, affine, z, y, a.mask,
                                     base + channel_vector_offset(begin + u * step, vecs_per_run, run_stride, V));
     }
+  write_deep_cache<T, V, EPILOGUE>(deep, a.shared_depth, shift, affine, z, y, a.mask, deep_offset);
 }
 
 // Channels-first, a team of TEAM threads (a warp or the block) per channel, channels in a grid-stride loop
@@ -367,6 +444,16 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 1 ? 4 : 2)
   for (int u = 0; u < K; ++u) shifted_values(cache[u], shift, v[u]);
   bnk_welford_vec_run<V> run = bnk_run_vec_empty<V>();
   if (cached > 0) bnk_run_add_rows<K, V>(run, v, cached);
+  // The second level: rows K, K + 1, ... of the thread's share, as in the channels-first kernel.
+  typedef shared_slot<cached_vector<T, V>> deep_slot;  // a comma is more than the macro takes
+  BNK_DYNAMIC_SHARED(deep_slot, deep);
+  const auto deep_offset = [&](int u) {
+    const int64_t r = first_row + (int64_t)(K + u) * tile_y;
+    return active && r < row_end ? r * c + channel0 : (int64_t)-1;
+  };
+  fill_deep_cache<T, V>(
+      deep, a.shared_depth, x, shift, deep_offset,
+      [&](const float(&batch)[BNK_DEEP_BATCH][V], int rows) { bnk_run_add_rows<BNK_DEEP_BATCH, V>(run, batch, rows); });
   const state acc = bnk_tile_reduce(bnk_run_result(run), shared, tile_x, tile_y);
   if (active && (int)threadIdx.x < tile_x) {
 #pragma unroll
@@ -398,6 +485,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 1 ? 4 : 2)
       shifted_values(cache[u], shift, values);
       write_outputs<T, V, EPILOGUE>(values, affine, z, y, a.mask, (first_row + (int64_t)u * tile_y) * c + channel0);
     }
+  write_deep_cache<T, V, EPILOGUE>(deep, a.shared_depth, shift, affine, z, y, a.mask, deep_offset);
 }
 
 // ---- launch and occupancy: one kernel per (dtype, layout, vector width, epilogue) ----
@@ -409,11 +497,15 @@ static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *pl
   const T *z = static_cast<const T *>(z_raw);
   T *y = static_cast<T *>(y_raw);
   const dim3 grid((unsigned)plan->blocks), block((unsigned)plan->threads);
+  const size_t deep_bytes = bnk_persistent_shared_bytes(0, V, plan->shared_depth);
   if (view->channels_last) {
     int64_t rows = view->n, c = view->c, tiles = plan->tiles, rows_per_part = plan->rows_per_part;
     int tile_x = plan->tile_x, tile_y = plan->tile_y;
     void *args[] = {&x, &z, &y, &rows, &c, &tile_x, &tile_y, &tiles, &rows_per_part, &a};
-    return cudaLaunchCooperativeKernel(persistent_forward_channels_last<T, V, EPILOGUE>, grid, block, args, 0, stream);
+    const auto kernel = persistent_forward_channels_last<T, V, EPILOGUE>;
+    const cudaError_t allowed = allow_deep_cache(reinterpret_cast<const void *>(kernel), plan->shared_depth);
+    if (allowed != cudaSuccess) return allowed;
+    return cudaLaunchCooperativeKernel(kernel, grid, block, args, deep_bytes, stream);
   }
   int64_t c = view->c, s = view->s, parts = plan->parts, chunk = plan->chunk;
   bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / V));
@@ -425,17 +517,23 @@ static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *pl
                                        grid, block, args, 0, stream);
   }
   void *args[] = {&x, &z, &y, &c, &s, &vecs_per_run, &parts, &chunk, &a};
-  return cudaLaunchCooperativeKernel(persistent_forward_channels_first<T, V, EPILOGUE>, grid, block, args, 0, stream);
+  const auto kernel = persistent_forward_channels_first<T, V, EPILOGUE>;
+  const cudaError_t allowed = allow_deep_cache(reinterpret_cast<const void *>(kernel), plan->shared_depth);
+  if (allowed != cudaSuccess) return allowed;
+  return cudaLaunchCooperativeKernel(kernel, grid, block, args, deep_bytes, stream);
 }
 
 template <typename T, int V, int EPILOGUE>
-static cudaError_t occupancy_layout(int channels_last, int team, int *blocks_per_sm) {
+static cudaError_t occupancy_layout(int channels_last, int team, int shared_depth, int *blocks_per_sm) {
   const void *kernel =
       channels_last      ? reinterpret_cast<const void *>(persistent_forward_channels_last<T, V, EPILOGUE>)
       : team == BNK_WARP ? reinterpret_cast<const void *>(persistent_forward_team<T, V, EPILOGUE, BNK_WARP>)
       : team != 0        ? reinterpret_cast<const void *>(persistent_forward_team<T, V, EPILOGUE, BNK_STREAM_THREADS>)
                          : reinterpret_cast<const void *>(persistent_forward_channels_first<T, V, EPILOGUE>);
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS, 0);
+  const cudaError_t allowed = allow_deep_cache(kernel, shared_depth);
+  if (allowed != cudaSuccess) return allowed;
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS,
+                                                       bnk_persistent_shared_bytes(0, V, shared_depth));
 }
 
 // Calls F<T, V, EPILOGUE>::run(args...) for the run-time dtype, vector width and epilogue kind.
@@ -482,14 +580,14 @@ struct launch_op {
 
 template <typename T, int V, int EPILOGUE>
 struct occupancy_op {
-  static cudaError_t run(int channels_last, int team, int *blocks_per_sm) {
-    return occupancy_layout<T, V, EPILOGUE>(channels_last, team, blocks_per_sm);
+  static cudaError_t run(int channels_last, int team, int shared_depth, int *blocks_per_sm) {
+    return occupancy_layout<T, V, EPILOGUE>(channels_last, team, shared_depth, blocks_per_sm);
   }
 };
 
 extern "C" cudaError_t bnk__persistent_forward_occupancy(const bnk_view *view, int vec, int epilogue, int team,
-                                                         int *blocks_per_sm) {
-  return dispatch<occupancy_op>(view->dtype, vec, epilogue, view->channels_last, team, blocks_per_sm);
+                                                         int shared_depth, int *blocks_per_sm) {
+  return dispatch<occupancy_op>(view->dtype, vec, epilogue, view->channels_last, team, shared_depth, blocks_per_sm);
 }
 
 extern "C" cudaError_t bnk__launch_persistent_forward(const bnk_view *view, const bnk_reduce_plan *plan, const void *x,
@@ -507,6 +605,7 @@ extern "C" cudaError_t bnk__launch_persistent_forward(const bnk_view *view, cons
                                      gamma,
                                      beta,
                                      epilogue->mask,
-                                     (int64_t)bnk_mask_bytes(elements) / 4};
+                                     (int64_t)bnk_mask_bytes(elements) / 4,
+                                     plan->shared_depth};
   return dispatch<launch_op>(view->dtype, plan->vec, epilogue->kind, view, plan, x, epilogue->z, y, a, stream);
 }

@@ -13,6 +13,27 @@ static __device__ __forceinline__ int64_t channel_vector_offset(int64_t j, bnk_f
   return run * run_stride + (j - run * (int64_t)vecs_per_run.divisor) * vec;
 }
 
+// ---- the second cache level (bnk_persistent_shared_bytes): vectors beyond the registers' cache ----
+
+// One thread's slot of the second level, laid out [depth][thread] so that a warp's accesses of a depth are
+// consecutive: as aligned as its size allows (at most 16 bytes), so that a 16-byte slot moves in one access.
+template <typename S>
+struct alignas(sizeof(S) >= 16 ? 16 : sizeof(S)) shared_slot {
+  S value;
+};
+
+// Loads in flight together while a second level fills or drains: a batch's loads are issued before any of its
+// values are used, so that the level costs a memory latency per batch rather than per vector.
+#define BNK_DEEP_BATCH 4
+
+// The kernels ask for more than the 48 KiB of dynamic shared memory that a kernel gets unasked; the most any
+// depth takes, so that setting it again before each query and launch changes nothing.
+static inline cudaError_t allow_deep_cache(const void *kernel, int shared_depth) {
+  return shared_depth > 0
+             ? cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, BNK_PERSISTENT_SHARED_LIMIT)
+             : cudaSuccess;
+}
+
 // merge(channel) by every lane of warp w of the grid for channels w, w + warps, ...: each channel's
 // pieces merged by one warp, in the fixed order of the two-pass merge kernels.
 template <typename F>

@@ -34,6 +34,7 @@ struct persistent_backward_args {
   float *dgamma;  // NULL: not written
   float *dbeta;   // NULL: not written
   bnk_grad_epilogue_args e;
+  int shared_depth;  // vectors (rows) per thread of the second cache level; the teams have none
 };
 
 // Phases 2 and 3's barriers around the merge; the second only when a dx phase follows.
@@ -94,8 +95,75 @@ static __device__ __forceinline__ void add_cached(const persistent_backward_args
   }
 }
 
+// ---- the second cache level: g and x - mean of vectors beyond the registers' cache, as floats ----
+
+template <int V>
+struct float_vector {
+  float v[V];
+};
+
+// The level's two planes in the block's dynamic shared memory: g's [depth][thread] slots, then x - mean's.
+template <int V>
+struct deep_gradient {
+  shared_slot<float_vector<V>> *g;
+  shared_slot<float_vector<V>> *xmu;
+};
+
+template <int V>
+static __device__ __forceinline__ deep_gradient<V> deep_gradient_of(void *shared, int depth) {
+  shared_slot<float_vector<V>> *slots = static_cast<shared_slot<float_vector<V>> *>(shared);
+  return {slots, slots + (int64_t)depth * blockDim.x};
+}
+
+// Fills the thread's slots of the second level with the vectors at element offsets offset(0), offset(1), ...,
+// up to `depth` or until offset says the thread's share has ended (-1): a batch loaded at once, then each
+// vector's terms added to the sums (add_cached, dz written) after the registers' cache and in slot order.
+template <typename T, int V, int GRAD, int L, typename Offset>
+static __device__ __forceinline__ void fill_deep_gradient(const persistent_backward_args &a, deep_gradient<V> deep,
+                                                          int depth, const T *x, const T *dy, Offset &&offset,
+                                                          const float (&mean)[L], bnk_sums_vec<L> &acc) {
+  for (int first = 0; first < depth; first += BNK_DEEP_BATCH) {
+    float g[BNK_DEEP_BATCH][V] = {}, xmu[BNK_DEEP_BATCH][V] = {};
+    int64_t at[BNK_DEEP_BATCH];
+#pragma unroll
+    for (int b = 0; b < BNK_DEEP_BATCH; ++b) {
+      at[b] = first + b < depth ? offset(first + b) : -1;
+      if (at[b] >= 0) load_gradient<GRAD, T, V>(x, dy, a.e, at[b], g[b], xmu[b]);
+    }
+#pragma unroll
+    for (int b = 0; b < BNK_DEEP_BATCH; ++b)
+      if (at[b] >= 0) {
+        add_cached<T, V, GRAD, L>(a, at[b], g[b], xmu[b], mean, acc);
+        const int64_t slot = (int64_t)(first + b) * blockDim.x + threadIdx.x;
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          deep.g[slot].value.v[i] = g[b][i];
+          deep.xmu[slot].value.v[i] = xmu[b][i];
+        }
+      }
+    if (at[BNK_DEEP_BATCH - 1] < 0) return;
+  }
+}
+
+// dx of the second level's vectors (fill_deep_gradient's slots and offsets).
+template <typename T, int V, typename Offset>
+static __device__ __forceinline__ void write_deep_dx(const persistent_backward_args &a, deep_gradient<V> deep,
+                                                     int depth, const dx_coefficients (&k)[V], T *dx, Offset &&offset) {
+  for (int u = 0; u < depth; ++u) {
+    const int64_t at = offset(u);
+    if (at < 0) return;
+    const int64_t slot = (int64_t)u * blockDim.x + threadIdx.x;
+    float g[V];
+    const float_vector<V> xmu = deep.xmu[slot].value;
+#pragma unroll
+    for (int i = 0; i < V; ++i) g[i] = deep.g[slot].value.v[i];
+    write_dx<T, V>(a, g, xmu.v, k, dx, at);
+  }
+}
+
 // Channels-first: block b holds piece (b % parts) of channel (b / parts), `chunk` elements; thread t caches
-// the piece's vectors t, t + blockDim.x, ... (at most BNK_PERSISTENT_BACKWARD_CACHE).
+// the piece's vectors t, t + blockDim.x, ... (at most BNK_PERSISTENT_BACKWARD_CACHE, and then a.shared_depth in
+// the second level).
 template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     persistent_backward_channels_first(const T *x, const T *dy, T *dx, int64_t c, int64_t s, bnk_fastdiv vecs_per_run,
@@ -130,6 +198,14 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 #pragma unroll
   for (int u = 0; u < K; ++u)
     if (u < vectors) add_cached<T, V, GRAD, 1>(a, at[u], g[u], xmu[u], mean, acc);
+  // The second level: vectors K, K + 1, ... of the thread's share, their offsets asked again for dx.
+  BNK_DYNAMIC_SHARED(unsigned char, deep_bytes);
+  const deep_gradient<V> deep = deep_gradient_of<V>(deep_bytes, a.shared_depth);
+  const auto deep_offset = [&](int u) {
+    const int64_t j = begin + (int64_t)(K + u) * step;
+    return j < end ? base + channel_vector_offset(j, vecs_per_run, run_stride, V) : (int64_t)-1;
+  };
+  fill_deep_gradient<T, V, GRAD, 1>(a, deep, a.shared_depth, x, dy, deep_offset, mean, acc);
   const float2 sums = bnk_block_reduce(make_float2(acc.dy[0], acc.dy_xmu[0]), shared);
   if (threadIdx.x == 0) {
     const int64_t slot = part * c + channel;
@@ -147,6 +223,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 #pragma unroll
   for (int u = 0; u < K; ++u)
     if (u < vectors) write_dx<T, V>(a, g[u], xmu[u], k, dx, at[u]);
+  write_deep_dx<T, V>(a, deep, a.shared_depth, k, dx, deep_offset);
 }
 
 // Channels-first, a team of TEAM threads (a warp or the block) per channel, channels in a grid-stride loop
@@ -204,7 +281,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 }
 
 // Channels-last: the tiling of bnk_reduce_plan (bnk_tile_position); thread (tx, ty) caches its V channels in
-// rows ty, ty + tile_y, ... of its piece (at most BNK_PERSISTENT_BACKWARD_CACHE rows).
+// rows ty, ty + tile_y, ... of its piece (at most BNK_PERSISTENT_BACKWARD_CACHE rows, and then a.shared_depth in
+// the second level).
 template <typename T, int V, int GRAD>
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     persistent_backward_channels_last(const T *x, const T *dy, T *dx, int64_t rows, int64_t c, int tile_x, int tile_y,
@@ -237,6 +315,14 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   for (int u = 0; u < K; ++u)
     if (u < cached)
       add_cached<T, V, GRAD, V>(a, (first_row + (int64_t)u * tile_y) * c + channel0, g[u], xmu[u], mean, acc);
+  // The second level: rows K, K + 1, ... of the thread's share, as in the channels-first kernel.
+  BNK_DYNAMIC_SHARED(unsigned char, deep_bytes);
+  const deep_gradient<V> deep = deep_gradient_of<V>(deep_bytes, a.shared_depth);
+  const auto deep_offset = [&](int u) {
+    const int64_t r = first_row + (int64_t)(K + u) * tile_y;
+    return active && r < row_end ? r * c + channel0 : (int64_t)-1;
+  };
+  fill_deep_gradient<T, V, GRAD, V>(a, deep, a.shared_depth, x, dy, deep_offset, mean, acc);
   acc = bnk_tile_reduce(acc, shared, tile_x, tile_y);
   if (active && (int)threadIdx.x < tile_x) {
 #pragma unroll
@@ -260,6 +346,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     const int64_t r = first_row + (int64_t)u * tile_y;
     if (r < row_end) write_dx<T, V>(a, g[u], xmu[u], k, dx, r * c + channel0);
   }
+  write_deep_dx<T, V>(a, deep, a.shared_depth, k, dx, deep_offset);
 }
 
 // ---- launch and occupancy: one kernel per (dtype, layout, vector width, gradient source) ----
@@ -268,11 +355,15 @@ template <typename T, int V, int GRAD>
 static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *plan, const T *x, const T *dy, T *dx,
                                  persistent_backward_args a, cudaStream_t stream) {
   const dim3 grid((unsigned)plan->blocks), block((unsigned)plan->threads);
+  const size_t deep_bytes = bnk_persistent_shared_bytes(1, V, plan->shared_depth);
   if (view->channels_last) {
     int64_t rows = view->n, c = view->c, tiles = plan->tiles, rows_per_part = plan->rows_per_part;
     int tile_x = plan->tile_x, tile_y = plan->tile_y;
     void *args[] = {&x, &dy, &dx, &rows, &c, &tile_x, &tile_y, &tiles, &rows_per_part, &a};
-    return cudaLaunchCooperativeKernel(persistent_backward_channels_last<T, V, GRAD>, grid, block, args, 0, stream);
+    const auto kernel = persistent_backward_channels_last<T, V, GRAD>;
+    const cudaError_t allowed = allow_deep_cache(reinterpret_cast<const void *>(kernel), plan->shared_depth);
+    if (allowed != cudaSuccess) return allowed;
+    return cudaLaunchCooperativeKernel(kernel, grid, block, args, deep_bytes, stream);
   }
   int64_t c = view->c, s = view->s, parts = plan->parts, chunk = plan->chunk;
   bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / V));
@@ -284,11 +375,14 @@ static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *pl
     return cudaGetLastError();
   }
   void *args[] = {&x, &dy, &dx, &c, &s, &vecs_per_run, &parts, &chunk, &a};
-  return cudaLaunchCooperativeKernel(persistent_backward_channels_first<T, V, GRAD>, grid, block, args, 0, stream);
+  const auto kernel = persistent_backward_channels_first<T, V, GRAD>;
+  const cudaError_t allowed = allow_deep_cache(reinterpret_cast<const void *>(kernel), plan->shared_depth);
+  if (allowed != cudaSuccess) return allowed;
+  return cudaLaunchCooperativeKernel(kernel, grid, block, args, deep_bytes, stream);
 }
 
 extern "C" cudaError_t bnk__persistent_backward_occupancy(const bnk_view *view, int vec, int source, int team,
-                                                          int *blocks_per_sm) {
+                                                          int shared_depth, int *blocks_per_sm) {
   cudaError_t status = cudaSuccess;
   const cudaError_t found = bnk_dispatch<BNK_GRAD_PLAIN, BNK_GRAD_FROM_Y, BNK_GRAD_FROM_MASK>(
       view->dtype, vec, source, [&](auto type, auto width, auto grad) {
@@ -299,7 +393,10 @@ extern "C" cudaError_t bnk__persistent_backward_occupancy(const bnk_view *view, 
             : team == BNK_WARP  ? reinterpret_cast<const void *>(persistent_backward_team<T, V, GRAD, BNK_WARP>)
             : team != 0 ? reinterpret_cast<const void *>(persistent_backward_team<T, V, GRAD, BNK_STREAM_THREADS>)
                         : reinterpret_cast<const void *>(persistent_backward_channels_first<T, V, GRAD>);
-        status = cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS, 0);
+        status = allow_deep_cache(kernel, shared_depth);
+        if (status == cudaSuccess)
+          status = cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS,
+                                                                 bnk_persistent_shared_bytes(1, V, shared_depth));
       });
   return found != cudaSuccess ? found : status;
 }
@@ -308,7 +405,8 @@ extern "C" cudaError_t bnk__launch_persistent_backward(const bnk_view *view, con
                                                        const void *dy, void *dx, bnk_backward_stats stats, int frozen,
                                                        bnk_backward_workspace ws, float *dgamma, float *dbeta,
                                                        const bnk_grad_epilogue_args *epilogue, cudaStream_t stream) {
-  const persistent_backward_args a = {stats, ws, view->n * view->s, frozen, dgamma, dbeta, *epilogue};
+  const persistent_backward_args a = {stats,  ws,    view->n * view->s, frozen,
+                                      dgamma, dbeta, *epilogue,         plan->shared_depth};
   cudaError_t status = cudaSuccess;
   const cudaError_t found = bnk_dispatch<BNK_GRAD_PLAIN, BNK_GRAD_FROM_Y, BNK_GRAD_FROM_MASK>(
       view->dtype, plan->vec, epilogue->source, [&](auto type, auto width, auto grad) {

@@ -12,6 +12,8 @@
 
 #ifdef BNK_TEST_EMULATION
 #include <bnk_emu/control.h>
+
+#include "host/internal.h" /* bnk__plan_persistent_op: which depth of the second cache level a plan takes */
 #endif
 
 #include "tests/harness.h"
@@ -545,10 +547,11 @@ Test(persistent, same_data_through_each_path, .timeout = 600) {
 }
 
 /* The smallest batch N of an (N, 4) fp32 tensor that the automatic plan sends to the two-pass path. One thread
- * of the forward caches 8 rows of its 4 channels and a block has 256 threads, so the persistent forward holds
- * whole multiples of 2048 rows; the backward caches 4 rows (of g and of x - mean), 1024 rows a block. */
-#define ROWS_PER_BLOCK 2048
-#define BACKWARD_ROWS_PER_BLOCK 1024
+ * of the forward caches 8 rows of its 4 channels in registers and at most 23 more in shared memory, and a block
+ * has 256 threads, so the persistent forward holds whole multiples of 256 x 31 rows; the backward caches 4 rows
+ * (of g and of x - mean) in registers and 11 in shared memory, 256 x 15 rows a block. */
+#define ROWS_PER_BLOCK (256 * (8 + 23))
+#define BACKWARD_ROWS_PER_BLOCK (256 * (4 + 11))
 
 /* Aligned stand-ins for the path queries, which read only the pointers' alignment. */
 static void *const aligned_x = (void *)(uintptr_t)0x10000;
@@ -567,7 +570,7 @@ static bnk_status backward_path(bnk_context *ctx, const bnk_tensor_desc *desc, b
 }
 
 static int64_t first_two_pass_batch(bnk_context *ctx, path_query query) {
-  int64_t lo = 2, hi = BACKWARD_ROWS_PER_BLOCK;
+  int64_t lo = 2, hi = 1024;
   bnk_tensor_desc desc;
   bnk_training_path path = BNK_TRAINING_PATH_PERSISTENT;
   for (;;) { /* doubling until the two-pass path is taken */
@@ -1196,6 +1199,94 @@ Test(persistent_backward, optional_outputs_and_in_place, .timeout = 600) {
   bnk_context_destroy(ctx);
 }
 
+/* ---- the second cache level: shapes past the registers' capacity, cached partly in shared memory ---- */
+
+/* On one SM (2 co-resident blocks of the 16-byte kernels, 4 of the element-wide channels-last forward), each
+ * past what the registers' cache holds in both ops, and within what the second level adds: fp32 channels-last
+ * (2 pieces of 2500 rows of 4 channels, 10 rows a thread) and channels-first (rank 2, 2 pieces of a 20000-element
+ * channel); fp16 channels-first (2 pieces of a 34000-element channel: 9 16-byte vectors a thread, the backward's
+ * deepest level); bf16 channels-last (8 channels, 9 rows a thread); element by element, fp32 channels-last
+ * (C = 5) and fp16 channels-first (S = 3001 is odd). */
+#define DEEP_SM_LIMIT 1
+static const shape deep_shapes[] = {
+    {BNK_FLOAT32, BNK_NHWC, 5000, 4, S0, 0},     {BNK_FLOAT32, BNK_NCHW, 5, 1, S2(40, 100), 0},
+    {BNK_FLOAT16, BNK_NCHW, 2, 1, S1(17000), 0}, {BNK_BFLOAT16, BNK_NHWC, 4500, 8, S0, 0},
+    {BNK_FLOAT32, BNK_NHWC, 1500, 5, S0, 0},     {BNK_FLOAT16, BNK_NCHW, 3, 1, S1(3001), 0},
+};
+#define DEEP_SHAPES (sizeof deep_shapes / sizeof deep_shapes[0])
+
+#ifdef BNK_TEST_EMULATION
+/* The plan of the op (backward 0 or 1) on the aligned tensors of `desc` takes the second level, and the
+ * shallowest depth that fits: one slot fewer does not fit. */
+static void expect_shallowest_shared_depth(const bnk_context *ctx, const bnk_tensor_desc *desc, int backward,
+                                           const char *label) {
+  const bnk_view view = bnk__view_of(desc);
+  const void *pointers[3] = {aligned_x, aligned_y, aligned_dx};
+  const int vec = bnk__choose_whole_run_vec(&view, pointers, 3);
+  bnk_reduce_plan plan;
+  int blocks_per_sm = 0, fits = 0;
+  cr_assert_eq(bnk__plan_persistent_op(&view, vec, backward, 0, ctx->sm_count, &plan, &blocks_per_sm, &fits),
+               cudaSuccess);
+  cr_expect(fits, "%s: op %d does not fit", label, backward);
+  cr_expect(plan.shared_depth > 0, "%s: op %d took no second level", label, backward);
+  cr_expect(plan.shared_depth <= bnk_persistent_max_shared_depth(backward, vec), "%s: depth %d", label,
+            plan.shared_depth);
+  const int shallower = plan.shared_depth - 1;
+  const int team = bnk_persistent_team(&view, vec, backward ? BNK_PERSISTENT_BACKWARD_CACHE : BNK_PERSISTENT_CACHE);
+  cr_assert_eq(backward ? bnk__persistent_backward_occupancy(&view, vec, 0, team, shallower, &blocks_per_sm)
+                        : bnk__persistent_forward_occupancy(&view, vec, 0, team, shallower, &blocks_per_sm),
+               cudaSuccess);
+  bnk_reduce_plan shallow;
+  cr_expect(!bnk__plan_persistent(&view, vec, backward ? BNK_PERSISTENT_BACKWARD_CACHE : BNK_PERSISTENT_CACHE,
+                                  shallower, ctx->sm_count, blocks_per_sm, &shallow),
+            "%s: op %d fits at depth %d too, but took %d", label, backward, shallower, plan.shared_depth);
+}
+#endif
+
+/* The second-level shapes on the automatic path (which takes the persistent kernels), every epilogue of the
+ * forward and every variant of the training and the frozen backward, against the reference under every schedule
+ * and worker count, bitwise alike. */
+Test(persistent, second_level_matches_reference_on_every_schedule, .timeout = 1800) {
+  bnk_context *ctx = persistent_context(DEEP_SM_LIMIT);
+  test_rng rng = rng_fresh();
+  for (size_t i = 0; i < DEEP_SHAPES; ++i) {
+#ifdef BNK_TEST_EMULATION
+    bnk_tensor_desc desc;
+    cr_assert_eq(bnk_tensor_desc_init(&desc, deep_shapes[i].dtype, deep_shapes[i].layout, deep_shapes[i].n,
+                                      deep_shapes[i].c, deep_shapes[i].spatial_dims, deep_shapes[i].spatial),
+                 BNK_SUCCESS);
+    char label[64];
+    snprintf(label, sizeof label, "second-level shape %zu", i);
+    expect_shallowest_shared_depth(ctx, &desc, 0, label);
+    expect_shallowest_shared_depth(ctx, &desc, 1, label);
+#endif
+    check_persistent_shape(ctx, &deep_shapes[i], &rng);
+    check_persistent_backward_shape(ctx, &deep_shapes[i], &rng);
+  }
+  bnk_context_destroy(ctx);
+}
+
+/* The same data through each path (check_each_path) for a channels-first and a channels-last shape of the
+ * second level, forward and backward. */
+Test(persistent, second_level_same_data_through_each_path, .timeout = 900) {
+  bnk_context *ctx = persistent_context(DEEP_SM_LIMIT);
+  test_rng rng = rng_fresh();
+  for (size_t i = 0; i < 4; i += 3) {
+    problem f = make_problem(ctx, &deep_shapes[i], &rng);
+    char label[200];
+    describe(&f, BNK_EPILOGUE_ADD_RELU, label, sizeof label);
+    const persistent_op forward = forward_op(ctx, &f, BNK_EPILOGUE_ADD_RELU);
+    check_each_path(&forward, label);
+    free_problem(&f);
+    grad_problem p = make_grad_problem(ctx, &deep_shapes[i], &rng);
+    describe_grad(&p, &grad_variants[GRAD_VARIANTS - 1], 0, label, sizeof label);
+    const persistent_op backward = backward_op(ctx, &p, GRAD_VARIANTS - 1, 0);
+    check_each_path(&backward, label);
+    free_grad_problem(&p);
+  }
+  bnk_context_destroy(ctx);
+}
+
 #ifdef BNK_TEST_EMULATION
 /* Bytes the traffic meter saw, counted as tests/test_traffic.c counts them: 32-byte sectors read and written by
  * the kernels (distinct within each launch), plus what cudaMemset and cudaMemcpy moved. */
@@ -1258,6 +1349,33 @@ Test(persistent_backward, one_launch_and_the_documented_bytes, .timeout = 600) {
     for (size_t k = 0; k < 3; k += 2) { /* the frozen backward with dgamma and dbeta: plain, gated by the mask */
       describe_grad(&p, &grad_variants[k], 1, what, sizeof what);
       const persistent_op op = backward_op(ctx, &p, k, 1);
+      expect_op_traffic(&op, what, backward_tensors[k], backward_eighths[k]);
+    }
+    free_grad_problem(&p);
+  }
+  bnk_emu_set_traffic(0);
+  bnk_context_destroy(ctx);
+}
+
+/* The second level moves nothing through memory: its shapes move the documented bytes in one launch too. */
+Test(persistent_backward, second_level_one_launch_and_the_documented_bytes, .timeout = 600) {
+  bnk_context *ctx = persistent_context(DEEP_SM_LIMIT);
+  test_rng rng = rng_fresh();
+  static const double forward_tensors[] = {2, 2, 3}, forward_eighths[] = {0, 1, 1};
+  static const double backward_tensors[] = {3, 4, 3, 5, 4}, backward_eighths[] = {0, 0, 1, 0, 1};
+  bnk_emu_set_traffic(1);
+  for (size_t i = 0; i < DEEP_SHAPES; ++i) {
+    grad_problem p = make_grad_problem(ctx, &deep_shapes[i], &rng);
+    char label[200], what[260];
+    for (int k = BNK_EPILOGUE_NONE; k <= BNK_EPILOGUE_ADD_RELU; ++k) {
+      describe(&p.f, (bnk_epilogue_kind)k, label, sizeof label);
+      snprintf(what, sizeof what, "%s, forward", label);
+      const persistent_op op = forward_op(ctx, &p.f, (bnk_epilogue_kind)k);
+      expect_op_traffic(&op, what, forward_tensors[k], forward_eighths[k]);
+    }
+    for (size_t k = 0; k < GRAD_VARIANTS; ++k) {
+      describe_grad(&p, &grad_variants[k], 0, what, sizeof what);
+      const persistent_op op = backward_op(ctx, &p, k, 0);
       expect_op_traffic(&op, what, backward_tensors[k], backward_eighths[k]);
     }
     free_grad_problem(&p);
