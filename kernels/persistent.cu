@@ -209,7 +209,7 @@ static __device__ __forceinline__ void fill_deep_cache(shared_slot<cached_vector
     float v[BNK_DEEP_BATCH][V];
 #pragma unroll
     for (int b = 0; b < BNK_DEEP_BATCH; ++b) {
-      if (b < vectors) deep[(first + b) * blockDim.x + threadIdx.x].value = batch[b];
+      if (b < vectors) deep[(first + b) * (int)blockDim.x + (int)threadIdx.x].value = batch[b];
       shifted_values(batch[b], shift, v[b]);
     }
     if (vectors > 0) fold(v, vectors);
@@ -235,7 +235,7 @@ static __device__ __forceinline__ void write_deep_cache(const shared_slot<cached
     for (int b = 0; b < BNK_DEEP_BATCH; ++b)
       if (at[b] >= 0) {
         float values[V];
-        shifted_values(deep[(first + b) * blockDim.x + threadIdx.x].value, shift, values);
+        shifted_values(deep[(first + b) * (int)blockDim.x + (int)threadIdx.x].value, shift, values);
         store_outputs<T, V, EPILOGUE>(values, vz[b], affine, y, mask, at[b]);
       }
     if (at[BNK_DEEP_BATCH - 1] < 0) return;
@@ -247,7 +247,7 @@ static __device__ __forceinline__ void write_deep_cache(const shared_slot<cached
 // explicitly: left to itself ptxas squeezed the plain fp32 kernel into 80 registers for a third block and
 // spilled part of the cache (52 bytes); with the bound it takes 98 registers, as the epilogue variants do.
 template <typename T, int V, int EPILOGUE>
-static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 1 ? 4 : 2)
     persistent_forward_channels_first(const T *x, const T *z, T *y, int64_t c, int64_t s, bnk_fastdiv vecs_per_run,
                                       int64_t parts, int64_t chunk, persistent_forward_args a) {
   constexpr int K = BNK_PERSISTENT_CACHE;

@@ -112,36 +112,45 @@ struct deep_gradient {
 template <int V>
 static __device__ __forceinline__ deep_gradient<V> deep_gradient_of(void *shared, int depth) {
   shared_slot<float_vector<V>> *slots = static_cast<shared_slot<float_vector<V>> *>(shared);
-  return {slots, slots + (int64_t)depth * blockDim.x};
+  return {slots, slots + depth * (int)blockDim.x};
 }
 
 // Fills the thread's slots of the second level with the vectors at element offsets offset(0), offset(1), ...,
 // up to `depth` or until offset says the thread's share has ended (-1): a batch loaded at once, then each
 // vector's terms added to the sums (add_cached, dz written) after the registers' cache and in slot order.
+// Vectors in flight per batch: fewer of the 16-byte ones, whose batch (g and x - mean of each, as floats) is
+// live beside the registers' cache; with BNK_DEEP_BATCH of them the 16-bit kernels took 200 registers, and two
+// at a time still put 48-72 bytes of the channels-last kernel on the stack within 128.
+template <int V>
+struct deep_gradient_batch {
+  static constexpr int value = V == 1 ? BNK_DEEP_BATCH : V == 4 ? 2 : 1;
+};
+
 template <typename T, int V, int GRAD, int L, typename Offset>
 static __device__ __forceinline__ void fill_deep_gradient(const persistent_backward_args &a, deep_gradient<V> deep,
                                                           int depth, const T *x, const T *dy, Offset &&offset,
                                                           const float (&mean)[L], bnk_sums_vec<L> &acc) {
-  for (int first = 0; first < depth; first += BNK_DEEP_BATCH) {
-    float g[BNK_DEEP_BATCH][V] = {}, xmu[BNK_DEEP_BATCH][V] = {};
-    int64_t at[BNK_DEEP_BATCH];
+  constexpr int B = deep_gradient_batch<V>::value;
+  for (int first = 0; first < depth; first += B) {
+    float g[B][V] = {}, xmu[B][V] = {};
+    int64_t at[B];
 #pragma unroll
-    for (int b = 0; b < BNK_DEEP_BATCH; ++b) {
+    for (int b = 0; b < B; ++b) {
       at[b] = first + b < depth ? offset(first + b) : -1;
       if (at[b] >= 0) load_gradient<GRAD, T, V>(x, dy, a.e, at[b], g[b], xmu[b]);
     }
 #pragma unroll
-    for (int b = 0; b < BNK_DEEP_BATCH; ++b)
+    for (int b = 0; b < B; ++b)
       if (at[b] >= 0) {
         add_cached<T, V, GRAD, L>(a, at[b], g[b], xmu[b], mean, acc);
-        const int64_t slot = (int64_t)(first + b) * blockDim.x + threadIdx.x;
+        const int slot = (first + b) * (int)blockDim.x + (int)threadIdx.x;
 #pragma unroll
         for (int i = 0; i < V; ++i) {
           deep.g[slot].value.v[i] = g[b][i];
           deep.xmu[slot].value.v[i] = xmu[b][i];
         }
       }
-    if (at[BNK_DEEP_BATCH - 1] < 0) return;
+    if (at[B - 1] < 0) return;
   }
 }
 
@@ -152,7 +161,7 @@ static __device__ __forceinline__ void write_deep_dx(const persistent_backward_a
   for (int u = 0; u < depth; ++u) {
     const int64_t at = offset(u);
     if (at < 0) return;
-    const int64_t slot = (int64_t)u * blockDim.x + threadIdx.x;
+    const int slot = u * (int)blockDim.x + (int)threadIdx.x;
     float g[V];
     const float_vector<V> xmu = deep.xmu[slot].value;
 #pragma unroll
@@ -163,9 +172,11 @@ static __device__ __forceinline__ void write_deep_dx(const persistent_backward_a
 
 // Channels-first: block b holds piece (b % parts) of channel (b / parts), `chunk` elements; thread t caches
 // the piece's vectors t, t + blockDim.x, ... (at most BNK_PERSISTENT_BACKWARD_CACHE, and then a.shared_depth in
-// the second level).
+// the second level). At least 2 blocks per SM (4 element-wide), said explicitly: with the second level's loads
+// beside the cache ptxas otherwise took 200 registers for the 16-bit vectors (1 block); 3 blocks of the fp32
+// vectors (80 registers, as in the registers alone) put 56 bytes on the stack.
 template <typename T, int V, int GRAD>
-static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 1 ? 4 : 2)
     persistent_backward_channels_first(const T *x, const T *dy, T *dx, int64_t c, int64_t s, bnk_fastdiv vecs_per_run,
                                        int64_t parts, int64_t chunk, persistent_backward_args a) {
   constexpr int K = BNK_PERSISTENT_BACKWARD_CACHE;
@@ -200,12 +211,12 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     if (u < vectors) add_cached<T, V, GRAD, 1>(a, at[u], g[u], xmu[u], mean, acc);
   // The second level: vectors K, K + 1, ... of the thread's share, their offsets asked again for dx.
   BNK_DYNAMIC_SHARED(unsigned char, deep_bytes);
-  const deep_gradient<V> deep = deep_gradient_of<V>(deep_bytes, a.shared_depth);
   const auto deep_offset = [&](int u) {
     const int64_t j = begin + (int64_t)(K + u) * step;
     return j < end ? base + channel_vector_offset(j, vecs_per_run, run_stride, V) : (int64_t)-1;
   };
-  fill_deep_gradient<T, V, GRAD, 1>(a, deep, a.shared_depth, x, dy, deep_offset, mean, acc);
+  fill_deep_gradient<T, V, GRAD, 1>(a, deep_gradient_of<V>(deep_bytes, a.shared_depth), a.shared_depth, x, dy,
+                                    deep_offset, mean, acc);
   const float2 sums = bnk_block_reduce(make_float2(acc.dy[0], acc.dy_xmu[0]), shared);
   if (threadIdx.x == 0) {
     const int64_t slot = part * c + channel;
@@ -223,7 +234,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 #pragma unroll
   for (int u = 0; u < K; ++u)
     if (u < vectors) write_dx<T, V>(a, g[u], xmu[u], k, dx, at[u]);
-  write_deep_dx<T, V>(a, deep, a.shared_depth, k, dx, deep_offset);
+  // The planes found again rather than kept across the barriers: two registers fewer there.
+  write_deep_dx<T, V>(a, deep_gradient_of<V>(deep_bytes, a.shared_depth), a.shared_depth, k, dx, deep_offset);
 }
 
 // Channels-first, a team of TEAM threads (a warp or the block) per channel, channels in a grid-stride loop
@@ -282,9 +294,9 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 
 // Channels-last: the tiling of bnk_reduce_plan (bnk_tile_position); thread (tx, ty) caches its V channels in
 // rows ty, ty + tile_y, ... of its piece (at most BNK_PERSISTENT_BACKWARD_CACHE rows, and then a.shared_depth in
-// the second level).
+// the second level). At least 2 blocks per SM (4 element-wide), as the channels-first kernel.
 template <typename T, int V, int GRAD>
-static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 1 ? 4 : 2)
     persistent_backward_channels_last(const T *x, const T *dy, T *dx, int64_t rows, int64_t c, int tile_x, int tile_y,
                                       int64_t tiles, int64_t rows_per_part, persistent_backward_args a) {
   constexpr int K = BNK_PERSISTENT_BACKWARD_CACHE;
@@ -300,6 +312,17 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
 
   const int64_t first_row = part * rows_per_part + ty;
   const int64_t row_end = min(rows, (part + 1) * rows_per_part);
+  // The second level (rows K, K + 1, ... of the thread's share, as in the channels-first kernel) is filled
+  // first, while the registers' cache is not yet live: filled after it, the 16-bit kernels put 16 bytes on the
+  // stack. Its terms are added first, in slot order, then the registers' rows.
+  state acc = bnk_sums_vec_empty<V>();
+  BNK_DYNAMIC_SHARED(unsigned char, deep_bytes);
+  const auto deep_offset = [&](int u) {
+    const int64_t r = first_row + (int64_t)(K + u) * tile_y;
+    return active && r < row_end ? r * c + channel0 : (int64_t)-1;
+  };
+  fill_deep_gradient<T, V, GRAD, V>(a, deep_gradient_of<V>(deep_bytes, a.shared_depth), a.shared_depth, x, dy,
+                                    deep_offset, mean, acc);
   float g[K][V] = {}, xmu[K][V] = {};
   int cached = 0;
 #pragma unroll
@@ -310,19 +333,10 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
       cached = u + 1;
     }
   }
-  state acc = bnk_sums_vec_empty<V>();
 #pragma unroll
   for (int u = 0; u < K; ++u)
     if (u < cached)
       add_cached<T, V, GRAD, V>(a, (first_row + (int64_t)u * tile_y) * c + channel0, g[u], xmu[u], mean, acc);
-  // The second level: rows K, K + 1, ... of the thread's share, as in the channels-first kernel.
-  BNK_DYNAMIC_SHARED(unsigned char, deep_bytes);
-  const deep_gradient<V> deep = deep_gradient_of<V>(deep_bytes, a.shared_depth);
-  const auto deep_offset = [&](int u) {
-    const int64_t r = first_row + (int64_t)(K + u) * tile_y;
-    return active && r < row_end ? r * c + channel0 : (int64_t)-1;
-  };
-  fill_deep_gradient<T, V, GRAD, V>(a, deep, a.shared_depth, x, dy, deep_offset, mean, acc);
   acc = bnk_tile_reduce(acc, shared, tile_x, tile_y);
   if (active && (int)threadIdx.x < tile_x) {
 #pragma unroll
@@ -346,7 +360,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     const int64_t r = first_row + (int64_t)u * tile_y;
     if (r < row_end) write_dx<T, V>(a, g[u], xmu[u], k, dx, r * c + channel0);
   }
-  write_deep_dx<T, V>(a, deep, a.shared_depth, k, dx, deep_offset);
+  // The planes found again rather than kept across the barriers: two registers fewer there.
+  write_deep_dx<T, V>(a, deep_gradient_of<V>(deep_bytes, a.shared_depth), a.shared_depth, k, dx, deep_offset);
 }
 
 // ---- launch and occupancy: one kernel per (dtype, layout, vector width, gradient source) ----
