@@ -1282,6 +1282,23 @@ Test(persistent, second_level_same_data_through_each_path, .timeout = 900) {
   bnk_context_destroy(ctx);
 }
 
+/* A call of each op on the second level captured into a graph on a non-blocking stream and replayed
+ * (check_capture_and_replay): the launch's dynamic shared memory goes into the graph with it. */
+Test(persistent, second_level_is_capturable, .timeout = 600) {
+  bnk_context *ctx = persistent_context(DEEP_SM_LIMIT);
+  set_path(ctx, BNK_TRAINING_PATH_PERSISTENT);
+  test_rng rng = rng_fresh();
+  problem f = make_problem(ctx, &deep_shapes[0], &rng);
+  const persistent_op forward = forward_op(ctx, &f, BNK_EPILOGUE_ADD_RELU);
+  check_capture_and_replay(&forward, f.y_dev, f.bytes, "y");
+  free_problem(&f);
+  grad_problem p = make_grad_problem(ctx, &deep_shapes[2], &rng);
+  const persistent_op backward = backward_op(ctx, &p, GRAD_VARIANTS - 1, 0);
+  check_capture_and_replay(&backward, p.dx_dev, p.f.bytes, "dx");
+  free_grad_problem(&p);
+  bnk_context_destroy(ctx);
+}
+
 #ifdef BNK_TEST_EMULATION
 /* Bytes the traffic meter saw, counted as tests/test_traffic.c counts them: 32-byte sectors read and written by
  * the kernels (distinct within each launch), plus what cudaMemset and cudaMemcpy moved. */
