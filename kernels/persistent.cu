@@ -502,25 +502,19 @@ static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *pl
     int64_t rows = view->n, c = view->c, tiles = plan->tiles, rows_per_part = plan->rows_per_part;
     int tile_x = plan->tile_x, tile_y = plan->tile_y;
     void *args[] = {&x, &z, &y, &rows, &c, &tile_x, &tile_y, &tiles, &rows_per_part, &a};
-    const auto kernel = persistent_forward_channels_last<T, V, EPILOGUE>;
-    const cudaError_t allowed = allow_deep_cache(reinterpret_cast<const void *>(kernel), plan->shared_depth);
-    if (allowed != cudaSuccess) return allowed;
-    return cudaLaunchCooperativeKernel(kernel, grid, block, args, deep_bytes, stream);
+    return launch_cooperative(persistent_forward_channels_last<T, V, EPILOGUE>, grid, block, args, deep_bytes, stream);
   }
   int64_t c = view->c, s = view->s, parts = plan->parts, chunk = plan->chunk;
   bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / V));
   const int team = bnk_persistent_team(view, V, BNK_PERSISTENT_CACHE);
   if (team != 0) {
     void *args[] = {&x, &z, &y, &c, &s, &vecs_per_run, &a};
-    return cudaLaunchCooperativeKernel(team == BNK_WARP ? persistent_forward_team<T, V, EPILOGUE, BNK_WARP>
-                                                        : persistent_forward_team<T, V, EPILOGUE, BNK_STREAM_THREADS>,
-                                       grid, block, args, 0, stream);
+    return launch_cooperative(team == BNK_WARP ? persistent_forward_team<T, V, EPILOGUE, BNK_WARP>
+                                               : persistent_forward_team<T, V, EPILOGUE, BNK_STREAM_THREADS>,
+                              grid, block, args, 0, stream);
   }
   void *args[] = {&x, &z, &y, &c, &s, &vecs_per_run, &parts, &chunk, &a};
-  const auto kernel = persistent_forward_channels_first<T, V, EPILOGUE>;
-  const cudaError_t allowed = allow_deep_cache(reinterpret_cast<const void *>(kernel), plan->shared_depth);
-  if (allowed != cudaSuccess) return allowed;
-  return cudaLaunchCooperativeKernel(kernel, grid, block, args, deep_bytes, stream);
+  return launch_cooperative(persistent_forward_channels_first<T, V, EPILOGUE>, grid, block, args, deep_bytes, stream);
 }
 
 template <typename T, int V, int EPILOGUE>
@@ -530,10 +524,7 @@ static cudaError_t occupancy_layout(int channels_last, int team, int shared_dept
       : team == BNK_WARP ? reinterpret_cast<const void *>(persistent_forward_team<T, V, EPILOGUE, BNK_WARP>)
       : team != 0        ? reinterpret_cast<const void *>(persistent_forward_team<T, V, EPILOGUE, BNK_STREAM_THREADS>)
                          : reinterpret_cast<const void *>(persistent_forward_channels_first<T, V, EPILOGUE>);
-  const cudaError_t allowed = allow_deep_cache(kernel, shared_depth);
-  if (allowed != cudaSuccess) return allowed;
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS,
-                                                       bnk_persistent_shared_bytes(0, V, shared_depth));
+  return deep_cache_occupancy(kernel, bnk_persistent_shared_bytes(0, V, shared_depth), blocks_per_sm);
 }
 
 // Calls F<T, V, EPILOGUE>::run(args...) for the run-time dtype, vector width and epilogue kind.

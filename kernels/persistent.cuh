@@ -28,10 +28,27 @@ struct alignas(sizeof(S) >= 16 ? 16 : sizeof(S)) shared_slot {
 
 // The kernels ask for more than the 48 KiB of dynamic shared memory that a kernel gets unasked; the most any
 // depth takes, so that setting it again before each query and launch changes nothing.
-static inline cudaError_t allow_deep_cache(const void *kernel, int shared_depth) {
-  return shared_depth > 0
+static inline cudaError_t allow_deep_cache(const void *kernel, size_t deep_bytes) {
+  return deep_bytes > 0
              ? cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, BNK_PERSISTENT_SHARED_LIMIT)
              : cudaSuccess;
+}
+
+// The cooperative launch of a persistent kernel with `deep_bytes` of dynamic shared memory for its second level.
+template <typename Kernel>
+static cudaError_t launch_cooperative(Kernel *kernel, dim3 grid, dim3 block, void **args, size_t deep_bytes,
+                                      cudaStream_t stream) {
+  const cudaError_t allowed = allow_deep_cache(reinterpret_cast<const void *>(kernel), deep_bytes);
+  if (allowed != cudaSuccess) return allowed;
+  return cudaLaunchCooperativeKernel(kernel, grid, block, args, deep_bytes, stream);
+}
+
+// Blocks of BNK_STREAM_THREADS threads of a persistent kernel that one SM holds with `deep_bytes` of dynamic
+// shared memory.
+static inline cudaError_t deep_cache_occupancy(const void *kernel, size_t deep_bytes, int *blocks_per_sm) {
+  const cudaError_t allowed = allow_deep_cache(kernel, deep_bytes);
+  if (allowed != cudaSuccess) return allowed;
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS, deep_bytes);
 }
 
 // merge(channel) by every lane of warp w of the grid for channels w, w + warps, ...: each channel's

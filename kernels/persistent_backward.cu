@@ -375,10 +375,7 @@ static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *pl
     int64_t rows = view->n, c = view->c, tiles = plan->tiles, rows_per_part = plan->rows_per_part;
     int tile_x = plan->tile_x, tile_y = plan->tile_y;
     void *args[] = {&x, &dy, &dx, &rows, &c, &tile_x, &tile_y, &tiles, &rows_per_part, &a};
-    const auto kernel = persistent_backward_channels_last<T, V, GRAD>;
-    const cudaError_t allowed = allow_deep_cache(reinterpret_cast<const void *>(kernel), plan->shared_depth);
-    if (allowed != cudaSuccess) return allowed;
-    return cudaLaunchCooperativeKernel(kernel, grid, block, args, deep_bytes, stream);
+    return launch_cooperative(persistent_backward_channels_last<T, V, GRAD>, grid, block, args, deep_bytes, stream);
   }
   int64_t c = view->c, s = view->s, parts = plan->parts, chunk = plan->chunk;
   bnk_fastdiv vecs_per_run = bnk_fastdiv_make((uint64_t)(view->s / V));
@@ -390,10 +387,7 @@ static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *pl
     return cudaGetLastError();
   }
   void *args[] = {&x, &dy, &dx, &c, &s, &vecs_per_run, &parts, &chunk, &a};
-  const auto kernel = persistent_backward_channels_first<T, V, GRAD>;
-  const cudaError_t allowed = allow_deep_cache(reinterpret_cast<const void *>(kernel), plan->shared_depth);
-  if (allowed != cudaSuccess) return allowed;
-  return cudaLaunchCooperativeKernel(kernel, grid, block, args, deep_bytes, stream);
+  return launch_cooperative(persistent_backward_channels_first<T, V, GRAD>, grid, block, args, deep_bytes, stream);
 }
 
 extern "C" cudaError_t bnk__persistent_backward_occupancy(const bnk_view *view, int vec, int source, int team,
@@ -408,10 +402,7 @@ extern "C" cudaError_t bnk__persistent_backward_occupancy(const bnk_view *view, 
             : team == BNK_WARP  ? reinterpret_cast<const void *>(persistent_backward_team<T, V, GRAD, BNK_WARP>)
             : team != 0 ? reinterpret_cast<const void *>(persistent_backward_team<T, V, GRAD, BNK_STREAM_THREADS>)
                         : reinterpret_cast<const void *>(persistent_backward_channels_first<T, V, GRAD>);
-        status = allow_deep_cache(kernel, shared_depth);
-        if (status == cudaSuccess)
-          status = cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS,
-                                                                 bnk_persistent_shared_bytes(1, V, shared_depth));
+        status = deep_cache_occupancy(kernel, bnk_persistent_shared_bytes(1, V, shared_depth), blocks_per_sm);
       });
   return found != cudaSuccess ? found : status;
 }
