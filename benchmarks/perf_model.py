@@ -116,7 +116,7 @@ def assumptions():
         " values in shared memory",
         "    (k the registers' 8 vectors, backward 4), each stored once and loaded once: the forward's as stored"
         " (b bytes, 4 for",
-        "    single elements), the backward's g and x - mean as floats (8 bytes); that traffic is added, not"
+        "    single elements), the backward's g and x as stored (2 b bytes); that traffic is added, not"
         f" overlapped, at {SHARED_BYTES_PER_CLOCK} bytes",
         "    per clock per SM in use",
     ]
@@ -259,7 +259,7 @@ def second_level_seconds(op, persistent, elements, dtype_bytes, sms_in_use, devi
         return 0.0
     share = depth / (PERSISTENT_REGISTER_CACHE[op] + depth)
     vec = int(persistent["kernel"].split("<")[1].split(",")[1])
-    slot_bytes_per_element = 8 if op == "bwd" else (4 if vec == 1 else dtype_bytes)
+    slot_bytes_per_element = 2 * dtype_bytes if op == "bwd" else (4 if vec == 1 else dtype_bytes)
     shared_bytes = 2 * share * elements * slot_bytes_per_element
     return shared_bytes / (sms_in_use * SHARED_BYTES_PER_CLOCK * device["clock_hz"])
 

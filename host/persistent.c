@@ -100,7 +100,7 @@ cudaError_t bnk__plan_persistent_op(const bnk_view *view, int vec, int backward,
   const int team = bnk_persistent_team(view, vec, backward ? BNK_PERSISTENT_BACKWARD_CACHE : BNK_PERSISTENT_CACHE);
   BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, 0, sm_count, plan, blocks_per_sm, fits));
   if (*fits || team != 0) return cudaSuccess;
-  const int deepest = bnk_persistent_max_shared_depth(backward, vec);
+  const int deepest = bnk_persistent_max_shared_depth(backward, view->dtype == BNK_FLOAT32 ? 4 : 2, vec);
   BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, deepest, sm_count, plan, blocks_per_sm, fits));
   if (!*fits) return cudaSuccess;
   /* Depth `fitting` fits and `short_of` does not: halve the gap. A deeper level than needed would only cost

@@ -351,20 +351,23 @@ static inline int bnk_persistent_team(const bnk_view *view, int vec, int cache) 
  * kernels are register-bound at 2 blocks per SM, and a deeper cache at 1 block would hold less. */
 #define BNK_PERSISTENT_SHARED_LIMIT (92 * 1024)
 
-/* Bytes a thread's shared slot takes per cached vector of `vec` elements: the forward keeps what it keeps in
- * registers (cached_vector: x - K as floats, or 16 raw bytes of a 16-bit vector), the backward g and x - mean
- * as floats. */
-static inline int bnk_persistent_slot_bytes(int backward, int vec) { return backward ? 8 * vec : vec == 1 ? 4 : 16; }
+/* Bytes a thread's shared slot takes per cached vector of `vec` elements of `element_bytes` each: the forward
+ * keeps what it keeps in registers (cached_vector: x - K as floats, or 16 raw bytes of a 16-bit vector), the
+ * backward g and x as stored (each exact in the storage type; x - mean is computed again from x, to the same
+ * bits). */
+static inline int bnk_persistent_slot_bytes(int backward, int element_bytes, int vec) {
+  return backward ? 2 * element_bytes * vec : vec == 1 ? 4 : 16;
+}
 
 /* The deepest second level within BNK_PERSISTENT_SHARED_LIMIT: 23 vectors for the forward's 16-byte ones, 92
- * for its elements; 11 for the fp32 backward's vectors, 5 for the 16-bit ones, 46 for elements. */
-static inline int bnk_persistent_max_shared_depth(int backward, int vec) {
-  return BNK_PERSISTENT_SHARED_LIMIT / (BNK_STREAM_THREADS * bnk_persistent_slot_bytes(backward, vec));
+ * for its elements; 11 for the backward's 16-byte vectors, 46 for fp32 elements and 92 for 16-bit ones. */
+static inline int bnk_persistent_max_shared_depth(int backward, int element_bytes, int vec) {
+  return BNK_PERSISTENT_SHARED_LIMIT / (BNK_STREAM_THREADS * bnk_persistent_slot_bytes(backward, element_bytes, vec));
 }
 
 /* Dynamic shared memory per block of a persistent kernel with a second level `depth` deep. */
-static inline size_t bnk_persistent_shared_bytes(int backward, int vec, int depth) {
-  return (size_t)depth * BNK_STREAM_THREADS * (size_t)bnk_persistent_slot_bytes(backward, vec);
+static inline size_t bnk_persistent_shared_bytes(int backward, int element_bytes, int vec, int depth) {
+  return (size_t)depth * BNK_STREAM_THREADS * (size_t)bnk_persistent_slot_bytes(backward, element_bytes, vec);
 }
 
 /* The plan of a persistent kernel: bnk__plan_reduce's tiling with every thread's share of a piece at most

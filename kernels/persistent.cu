@@ -497,7 +497,7 @@ static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *pl
   const T *z = static_cast<const T *>(z_raw);
   T *y = static_cast<T *>(y_raw);
   const dim3 grid((unsigned)plan->blocks), block((unsigned)plan->threads);
-  const size_t deep_bytes = bnk_persistent_shared_bytes(0, V, plan->shared_depth);
+  const size_t deep_bytes = bnk_persistent_shared_bytes(0, (int)sizeof(T), V, plan->shared_depth);
   if (view->channels_last) {
     int64_t rows = view->n, c = view->c, tiles = plan->tiles, rows_per_part = plan->rows_per_part;
     int tile_x = plan->tile_x, tile_y = plan->tile_y;
@@ -524,7 +524,7 @@ static cudaError_t occupancy_layout(int channels_last, int team, int shared_dept
       : team == BNK_WARP ? reinterpret_cast<const void *>(persistent_forward_team<T, V, EPILOGUE, BNK_WARP>)
       : team != 0        ? reinterpret_cast<const void *>(persistent_forward_team<T, V, EPILOGUE, BNK_STREAM_THREADS>)
                          : reinterpret_cast<const void *>(persistent_forward_channels_first<T, V, EPILOGUE>);
-  return deep_cache_occupancy(kernel, bnk_persistent_shared_bytes(0, V, shared_depth), blocks_per_sm);
+  return deep_cache_occupancy(kernel, bnk_persistent_shared_bytes(0, (int)sizeof(T), V, shared_depth), blocks_per_sm);
 }
 
 // Calls F<T, V, EPILOGUE>::run(args...) for the run-time dtype, vector width and epilogue kind.

@@ -95,23 +95,34 @@ static __device__ __forceinline__ void add_cached(const persistent_backward_args
   }
 }
 
-// ---- the second cache level: g and x - mean of vectors beyond the registers' cache, as floats ----
+// ---- the second cache level: g and x of vectors beyond the registers' cache, as stored ----
 
-template <int V>
-struct float_vector {
-  float v[V];
+// V values in the storage type: one slot of the second level. g (dy, or 0 where gated) and x came from T, so
+// they are exact in it, and a 16-bit vector takes half the shared memory of floats; x - mean is computed again
+// from x where dx is written, the same subtraction as the registers' cache's, to the same bits.
+template <typename T, int V>
+struct stored_vector {
+  T v[V];
 };
 
-// The level's two planes in the block's dynamic shared memory: g's [depth][thread] slots, then x - mean's.
-template <int V>
+template <typename T, int V>
+static __device__ __forceinline__ stored_vector<T, V> to_stored(const float (&in)[V]) {
+  stored_vector<T, V> out;
+#pragma unroll
+  for (int i = 0; i < V; ++i) out.v[i] = bnk_from_float<T>(in[i]);
+  return out;
+}
+
+// The level's two planes in the block's dynamic shared memory: g's [depth][thread] slots, then x's.
+template <typename T, int V>
 struct deep_gradient {
-  shared_slot<float_vector<V>> *g;
-  shared_slot<float_vector<V>> *xmu;
+  shared_slot<stored_vector<T, V>> *g;
+  shared_slot<stored_vector<T, V>> *x;
 };
 
-template <int V>
-static __device__ __forceinline__ deep_gradient<V> deep_gradient_of(void *shared, int depth) {
-  shared_slot<float_vector<V>> *slots = static_cast<shared_slot<float_vector<V>> *>(shared);
+template <typename T, int V>
+static __device__ __forceinline__ deep_gradient<T, V> deep_gradient_of(void *shared, int depth) {
+  shared_slot<stored_vector<T, V>> *slots = static_cast<shared_slot<stored_vector<T, V>> *>(shared);
   return {slots, slots + depth * (int)blockDim.x};
 }
 
@@ -127,13 +138,13 @@ struct deep_gradient_batch {
 };
 
 template <typename T, int V, int GRAD, int L, typename Offset>
-static __device__ __forceinline__ void fill_deep_gradient(const persistent_backward_args &a, deep_gradient<V> deep,
+static __device__ __forceinline__ void fill_deep_gradient(const persistent_backward_args &a, deep_gradient<T, V> deep,
                                                           int depth, const T *x, const T *dy, Offset &&offset,
                                                           const float (&mean)[L], bnk_sums_vec<L> &acc) {
   constexpr int B = deep_gradient_batch<V>::value;
   for (int first = 0; first < depth; first += B) {
     float g[B][V] = {}, xmu[B][V] = {};
-    int64_t at[B];
+    int64_t at[B] = {};  // set below; g++ took the gate's branches for a path that skips it
 #pragma unroll
     for (int b = 0; b < B; ++b) {
       at[b] = first + b < depth ? offset(first + b) : -1;
@@ -142,31 +153,32 @@ static __device__ __forceinline__ void fill_deep_gradient(const persistent_backw
 #pragma unroll
     for (int b = 0; b < B; ++b)
       if (at[b] >= 0) {
-        add_cached<T, V, GRAD, L>(a, at[b], g[b], xmu[b], mean, acc);
         const int slot = (first + b) * (int)blockDim.x + (int)threadIdx.x;
-#pragma unroll
-        for (int i = 0; i < V; ++i) {
-          deep.g[slot].value.v[i] = g[b][i];
-          deep.xmu[slot].value.v[i] = xmu[b][i];
-        }
+        deep.g[slot].value = to_stored<T, V>(g[b]);
+        deep.x[slot].value = to_stored<T, V>(xmu[b]);  // x: add_cached subtracts the mean
+        add_cached<T, V, GRAD, L>(a, at[b], g[b], xmu[b], mean, acc);
       }
     if (at[B - 1] < 0) return;
   }
 }
 
-// dx of the second level's vectors (fill_deep_gradient's slots and offsets).
-template <typename T, int V, typename Offset>
-static __device__ __forceinline__ void write_deep_dx(const persistent_backward_args &a, deep_gradient<V> deep,
-                                                     int depth, const dx_coefficients (&k)[V], T *dx, Offset &&offset) {
+// dx of the second level's vectors (fill_deep_gradient's slots and offsets), x - mean lane i % L.
+template <typename T, int V, int L, typename Offset>
+static __device__ __forceinline__ void write_deep_dx(const persistent_backward_args &a, deep_gradient<T, V> deep,
+                                                     int depth, const float (&mean)[L], const dx_coefficients (&k)[V],
+                                                     T *dx, Offset &&offset) {
   for (int u = 0; u < depth; ++u) {
     const int64_t at = offset(u);
     if (at < 0) return;
     const int slot = u * (int)blockDim.x + (int)threadIdx.x;
-    float g[V];
-    const float_vector<V> xmu = deep.xmu[slot].value;
+    const stored_vector<T, V> g_stored = deep.g[slot].value, x_stored = deep.x[slot].value;
+    float g[V], xmu[V];
 #pragma unroll
-    for (int i = 0; i < V; ++i) g[i] = deep.g[slot].value.v[i];
-    write_dx<T, V>(a, g, xmu.v, k, dx, at);
+    for (int i = 0; i < V; ++i) {
+      g[i] = bnk_to_float(g_stored.v[i]);
+      xmu[i] = bnk_to_float(x_stored.v[i]) - mean[i % L];
+    }
+    write_dx<T, V>(a, g, xmu, k, dx, at);
   }
 }
 
@@ -215,7 +227,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 1 ? 4 : 2)
     const int64_t j = begin + (int64_t)(K + u) * step;
     return j < end ? base + channel_vector_offset(j, vecs_per_run, run_stride, V) : (int64_t)-1;
   };
-  fill_deep_gradient<T, V, GRAD, 1>(a, deep_gradient_of<V>(deep_bytes, a.shared_depth), a.shared_depth, x, dy,
+  fill_deep_gradient<T, V, GRAD, 1>(a, deep_gradient_of<T, V>(deep_bytes, a.shared_depth), a.shared_depth, x, dy,
                                     deep_offset, mean, acc);
   const float2 sums = bnk_block_reduce(make_float2(acc.dy[0], acc.dy_xmu[0]), shared);
   if (threadIdx.x == 0) {
@@ -235,7 +247,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 1 ? 4 : 2)
   for (int u = 0; u < K; ++u)
     if (u < vectors) write_dx<T, V>(a, g[u], xmu[u], k, dx, at[u]);
   // The planes found again rather than kept across the barriers: two registers fewer there.
-  write_deep_dx<T, V>(a, deep_gradient_of<V>(deep_bytes, a.shared_depth), a.shared_depth, k, dx, deep_offset);
+  write_deep_dx<T, V, 1>(a, deep_gradient_of<T, V>(deep_bytes, a.shared_depth), a.shared_depth, mean, k, dx,
+                         deep_offset);
 }
 
 // Channels-first, a team of TEAM threads (a warp or the block) per channel, channels in a grid-stride loop
@@ -321,7 +334,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 1 ? 4 : 2)
     const int64_t r = first_row + (int64_t)(K + u) * tile_y;
     return active && r < row_end ? r * c + channel0 : (int64_t)-1;
   };
-  fill_deep_gradient<T, V, GRAD, V>(a, deep_gradient_of<V>(deep_bytes, a.shared_depth), a.shared_depth, x, dy,
+  fill_deep_gradient<T, V, GRAD, V>(a, deep_gradient_of<T, V>(deep_bytes, a.shared_depth), a.shared_depth, x, dy,
                                     deep_offset, mean, acc);
   float g[K][V] = {}, xmu[K][V] = {};
   int cached = 0;
@@ -360,8 +373,11 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 1 ? 4 : 2)
     const int64_t r = first_row + (int64_t)u * tile_y;
     if (r < row_end) write_dx<T, V>(a, g[u], xmu[u], k, dx, r * c + channel0);
   }
-  // The planes found again rather than kept across the barriers: two registers fewer there.
-  write_deep_dx<T, V>(a, deep_gradient_of<V>(deep_bytes, a.shared_depth), a.shared_depth, k, dx, deep_offset);
+  // The planes and the means found again rather than kept across the barriers: registers fewer there.
+#pragma unroll
+  for (int i = 0; i < V; ++i) mean[i] = x != NULL ? a.stats.mean[channel0 + i] : 0.0f;
+  write_deep_dx<T, V, V>(a, deep_gradient_of<T, V>(deep_bytes, a.shared_depth), a.shared_depth, mean, k, dx,
+                         deep_offset);
 }
 
 // ---- launch and occupancy: one kernel per (dtype, layout, vector width, gradient source) ----
@@ -370,7 +386,7 @@ template <typename T, int V, int GRAD>
 static cudaError_t launch_layout(const bnk_view *view, const bnk_reduce_plan *plan, const T *x, const T *dy, T *dx,
                                  persistent_backward_args a, cudaStream_t stream) {
   const dim3 grid((unsigned)plan->blocks), block((unsigned)plan->threads);
-  const size_t deep_bytes = bnk_persistent_shared_bytes(1, V, plan->shared_depth);
+  const size_t deep_bytes = bnk_persistent_shared_bytes(1, (int)sizeof(T), V, plan->shared_depth);
   if (view->channels_last) {
     int64_t rows = view->n, c = view->c, tiles = plan->tiles, rows_per_part = plan->rows_per_part;
     int tile_x = plan->tile_x, tile_y = plan->tile_y;
@@ -402,7 +418,8 @@ extern "C" cudaError_t bnk__persistent_backward_occupancy(const bnk_view *view, 
             : team == BNK_WARP  ? reinterpret_cast<const void *>(persistent_backward_team<T, V, GRAD, BNK_WARP>)
             : team != 0 ? reinterpret_cast<const void *>(persistent_backward_team<T, V, GRAD, BNK_STREAM_THREADS>)
                         : reinterpret_cast<const void *>(persistent_backward_channels_first<T, V, GRAD>);
-        status = deep_cache_occupancy(kernel, bnk_persistent_shared_bytes(1, V, shared_depth), blocks_per_sm);
+        status = deep_cache_occupancy(kernel, bnk_persistent_shared_bytes(1, (int)sizeof(T), V, shared_depth),
+                                      blocks_per_sm);
       });
   return found != cudaSuccess ? found : status;
 }

@@ -1208,13 +1208,13 @@ Test(persistent_backward, optional_outputs_and_in_place, .timeout = 600) {
 /* On one SM (2 co-resident blocks of the 16-byte kernels, 4 of the element-wide channels-last forward), each
  * past what the registers' cache holds in both ops, and within what the second level adds: fp32 channels-last
  * (2 pieces of 2500 rows of 4 channels, 10 rows a thread) and channels-first (rank 2, 2 pieces of a 20000-element
- * channel); fp16 channels-first (2 pieces of a 34000-element channel: 9 16-byte vectors a thread, the backward's
- * deepest level); bf16 channels-last (8 channels, 9 rows a thread); element by element, fp32 channels-last
- * (C = 5) and fp16 channels-first (S = 3001 is odd). */
+ * channel); fp16 channels-first (2 pieces of a 60000-element channel: 15 16-byte vectors a thread, the
+ * backward's deepest level); bf16 channels-last (8 channels, 15 rows a thread, the same); element by element,
+ * fp32 channels-last (C = 5) and fp16 channels-first (S = 3001 is odd). */
 #define DEEP_SM_LIMIT 1
 static const shape deep_shapes[] = {
     {BNK_FLOAT32, BNK_NHWC, 5000, 4, S0, 0},     {BNK_FLOAT32, BNK_NCHW, 5, 1, S2(40, 100), 0},
-    {BNK_FLOAT16, BNK_NCHW, 2, 1, S1(17000), 0}, {BNK_BFLOAT16, BNK_NHWC, 4500, 8, S0, 0},
+    {BNK_FLOAT16, BNK_NCHW, 2, 1, S1(30000), 0}, {BNK_BFLOAT16, BNK_NHWC, 7500, 8, S0, 0},
     {BNK_FLOAT32, BNK_NHWC, 1500, 5, S0, 0},     {BNK_FLOAT16, BNK_NCHW, 3, 1, S1(3001), 0},
 };
 #define DEEP_SHAPES (sizeof deep_shapes / sizeof deep_shapes[0])
@@ -1233,8 +1233,8 @@ static void expect_shallowest_shared_depth(const bnk_context *ctx, const bnk_ten
                cudaSuccess);
   cr_expect(fits, "%s: op %d does not fit", label, backward);
   cr_expect(plan.shared_depth > 0, "%s: op %d took no second level", label, backward);
-  cr_expect(plan.shared_depth <= bnk_persistent_max_shared_depth(backward, vec), "%s: depth %d", label,
-            plan.shared_depth);
+  cr_expect(plan.shared_depth <= bnk_persistent_max_shared_depth(backward, desc->dtype == BNK_FLOAT32 ? 4 : 2, vec),
+            "%s: depth %d", label, plan.shared_depth);
   const int shallower = plan.shared_depth - 1;
   const int team = bnk_persistent_team(&view, vec, backward ? BNK_PERSISTENT_BACKWARD_CACHE : BNK_PERSISTENT_CACHE);
   cr_assert_eq(backward ? bnk__persistent_backward_occupancy(&view, vec, 0, team, shallower, &blocks_per_sm)
