@@ -1333,12 +1333,18 @@ static void expect_op_traffic(const persistent_op *op, const char *what, double 
   expect_traffic(what, op->forward, tensors, eighths, skippable);
 }
 
-/* The bytes of dy that a backward gated by y (or its mask) need not read: its 32-byte sectors whose every
- * element the gate zeroes (y <= 0). The emulation's g++ sinks the loads of dy whose values the gate discards
- * into the gate's branches, so the meter does not see those sectors read (nvcc's 16-byte loads read them);
- * with a channel's values centred below 0, that is up to a fifth of dy. */
-static double gated_off_dy_bytes(const grad_problem *p) {
+/* The bytes of dy that a backward gated by y (or by the mask, as the device holds it: the forward's ReLU calls
+ * before it wrote their own) need not read: its 32-byte sectors whose every element the gate zeroes. The
+ * emulation's g++ sinks the loads of dy whose values the gate discards into the gate's branches, so the meter
+ * does not see those sectors read (nvcc's 16-byte loads read them); with a channel's values centred below 0,
+ * that is up to a fifth of dy. */
+static double gated_off_dy_bytes(const grad_problem *p, int from_mask) {
   const problem *f = &p->f;
+  unsigned char *mask = NULL;
+  if (from_mask) {
+    mask = malloc(f->mask_bytes);
+    dev_download(mask, f->mask_dev, f->mask_bytes);
+  }
   const uintptr_t start = (uintptr_t)p->dy_dev;
   const size_t b = dtype_size(f->sh.dtype);
   int64_t sectors = 0;
@@ -1346,9 +1352,10 @@ static double gated_off_dy_bytes(const grad_problem *p) {
     const uintptr_t sector = (start + (uintptr_t)i * b) / 32;
     int gated_off = 1;
     for (; i < f->elements && (start + (uintptr_t)i * b) / 32 == sector; ++i)
-      if (p->y[i] > 0.0) gated_off = 0;
+      if (from_mask ? (mask[i / 8] >> (i % 8)) & 1u : p->y[i] > 0.0) gated_off = 0;
     sectors += gated_off;
   }
+  free(mask);
   return 32.0 * (double)sectors;
 }
 
@@ -1360,7 +1367,6 @@ static void expect_documented_traffic(bnk_context *ctx, const shape *sh, test_rn
   static const double backward_tensors[] = {3, 4, 3, 5, 4}, backward_eighths[] = {0, 0, 1, 0, 1};
   grad_problem p = make_grad_problem(ctx, sh, rng);
   char label[200], what[260];
-  const double gated_off = gated_off_dy_bytes(&p);
   for (int k = BNK_EPILOGUE_NONE; k <= BNK_EPILOGUE_ADD_RELU; ++k) {
     describe(&p.f, (bnk_epilogue_kind)k, label, sizeof label);
     snprintf(what, sizeof what, "%s, forward", label);
@@ -1377,7 +1383,8 @@ static void expect_documented_traffic(bnk_context *ctx, const shape *sh, test_rn
     describe_grad(&p, &grad_variants[k], backward_calls[i].frozen, what, sizeof what);
     const persistent_op op = backward_op(ctx, &p, k, backward_calls[i].frozen);
     const int gated = grad_variants[k].kind != BNK_EPILOGUE_NONE;
-    expect_op_traffic(&op, what, backward_tensors[k], backward_eighths[k], gated ? gated_off : 0.0);
+    const double skippable = gated ? gated_off_dy_bytes(&p, grad_variants[k].from_mask) : 0.0;
+    expect_op_traffic(&op, what, backward_tensors[k], backward_eighths[k], skippable);
   }
   free_grad_problem(&p);
 }
