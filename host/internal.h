@@ -151,8 +151,9 @@ bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *vi
                                       const bnk_epilogue_args *fused, bnk_training_plan *plan);
 /* The persistent plan of the forward (backward 0; kind a bnk_epilogue_kind) or the backward (1; kind a
  * bnk_grad_source) for a `vec`-wide access on sm_count SMs: the registers' cache alone where the tensor fits
- * it or a team owns each channel, else the shallowest second level in shared memory that fits (a search over
- * the depth, each probe the kernel's occupancy at that depth), else the deepest, which does not fit (*fits 0).
+ * it or a team owns each channel, else a second level in shared memory that fits and is one deeper than a
+ * depth that does not (a bisection over the depth, each probe the kernel's occupancy at that depth), else the
+ * deepest, which does not fit (*fits 0).
  * *blocks_per_sm is the occupancy of the plan's kernel and depth. */
 cudaError_t bnk__plan_persistent_op(const bnk_view *view, int vec, int backward, int kind, int sm_count,
                                     bnk_reduce_plan *plan, int *blocks_per_sm, int *fits);

@@ -2,7 +2,7 @@
  * (docs/performance.md, "Two training paths"): persistent when a channels-first channel fits one team's cache
  * (a warp's or a block's, bnk_persistent_team: any C), or else when the tensor's pieces fit the co-resident grid
  * of the persistent kernel on this device, which the kernel's occupancy decides: with the registers' cache
- * alone, or else with the shallowest second level in shared memory that fits; a context setting may force
+ * alone, or else with a second level in shared memory that fits (host/internal.h); a context setting may force
  * either path. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -103,8 +103,10 @@ cudaError_t bnk__plan_persistent_op(const bnk_view *view, int vec, int backward,
   const int deepest = bnk_persistent_max_shared_depth(backward, view->dtype == BNK_FLOAT32 ? 4 : 2, vec);
   BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, deepest, sm_count, plan, blocks_per_sm, fits));
   if (!*fits) return cudaSuccess;
-  /* Depth `fitting` fits and `short_of` does not: halve the gap. A deeper level than needed would only cost
-   * shared memory traffic, and the search is deterministic, so a shape always gets the same depth. */
+  /* Depth `fitting` fits and `short_of` does not: halve the gap, down to a fitting depth whose next shallower
+   * one does not fit (a deeper level than needed would only cost shared memory traffic). The capacity need not
+   * grow with the depth (a deeper level can cost a block per SM), so this is the shallowest only where it does;
+   * the search is deterministic, so a shape always gets the same depth. */
   int short_of = 0, fitting = deepest, probed = deepest;
   while (fitting - short_of > 1) {
     probed = short_of + (fitting - short_of) / 2;

@@ -1221,7 +1221,8 @@ static const shape deep_shapes[] = {
 
 #ifdef BNK_TEST_EMULATION
 /* The plan of the op (backward 0 or 1) on the aligned tensors of `desc` takes the second level, and the
- * shallowest depth that fits: one slot fewer does not fit. */
+ * shallowest depth that fits: one slot fewer does not fit (at these depths the kernels keep their blocks per SM,
+ * so the capacity grows with the depth). */
 static void expect_shallowest_shared_depth(const bnk_context *ctx, const bnk_tensor_desc *desc, int backward,
                                            const char *label) {
   const bnk_view view = bnk__view_of(desc);
