@@ -97,6 +97,11 @@ static cudaError_t plan_at_depth(const bnk_view *view, int vec, int backward, in
 
 cudaError_t bnk__plan_persistent_op(const bnk_view *view, int vec, int backward, int kind, int sm_count,
                                     bnk_reduce_plan *plan, int *blocks_per_sm, int *fits) {
+  /* Defined outputs when a query fails too. */
+  const bnk_reduce_plan none = {0};
+  *plan = none;
+  *blocks_per_sm = 0;
+  *fits = 0;
   const int team = bnk_persistent_team(view, vec, backward ? BNK_PERSISTENT_BACKWARD_CACHE : BNK_PERSISTENT_CACHE);
   BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, 0, sm_count, plan, blocks_per_sm, fits));
   if (*fits || team != 0) return cudaSuccess;

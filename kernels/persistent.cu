@@ -242,6 +242,46 @@ static __device__ __forceinline__ void write_deep_cache(const shared_slot<cached
   }
 }
 
+// The registers' cache of a channels-first thread: the channel's vectors first, first + step, ... below end (at
+// most K), from the channel's first element `base`, minus the shift; returns how many it holds and their
+// Welford triple.
+template <typename T, int V, int K>
+static __device__ __forceinline__ int
+load_channel_cache(cached_vector<T, V> (&cache)[K], const T *x, int64_t base, int64_t first, int64_t step, int64_t end,
+                   bnk_fastdiv vecs_per_run, int64_t run_stride, const float (&shift)[V], bnk_welford &mine) {
+  int vectors = 0;
+#pragma unroll
+  for (int u = 0; u < K; ++u) {
+    const int64_t j = first + u * step;
+    if (j < end) {
+      cache_load(cache[u], x + base + channel_vector_offset(j, vecs_per_run, run_stride, V), shift);
+      vectors = u + 1;
+    }
+  }
+  float v[K][V];
+#pragma unroll
+  for (int u = 0; u < K; ++u) shifted_values(cache[u], shift, v[u]);
+  mine = vectors > 0 ? bnk_welford_of<K, V>(v, vectors) : bnk_welford_empty();
+  return vectors;
+}
+
+// y of load_channel_cache's vectors (write_outputs; ASSIGN_MASK in a tensor of `elements`).
+template <typename T, int V, int EPILOGUE, bool ASSIGN_MASK, int K>
+static __device__ __forceinline__ void
+write_channel_cache(const cached_vector<T, V> (&cache)[K], int vectors, const float (&shift)[V],
+                    const bnk_channel_affine (&affine)[V], const T *z, T *y, uint32_t *mask, int64_t base,
+                    int64_t first, int64_t step, bnk_fastdiv vecs_per_run, int64_t run_stride, int64_t elements) {
+#pragma unroll
+  for (int u = 0; u < K; ++u)
+    if (u < vectors) {
+      float values[V];
+      shifted_values(cache[u], shift, values);
+      write_outputs<T, V, EPILOGUE, ASSIGN_MASK>(
+          values, affine, z, y, mask, base + channel_vector_offset(first + u * step, vecs_per_run, run_stride, V),
+          elements);
+    }
+}
+
 // Channels-first: block b holds piece (b % parts) of channel (b / parts), `chunk` elements; thread t caches
 // the piece's vectors t, t + blockDim.x, ... (at most BNK_PERSISTENT_CACHE). At least 2 blocks per SM, said
 // explicitly: left to itself ptxas squeezed the plain fp32 kernel into 80 registers for a third block and
@@ -267,19 +307,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 1 ? 4 : 2)
   const int64_t end = min(a.m, (part + 1) * chunk) / V;
   const int64_t step = blockDim.x;
   cached_vector<T, V> cache[K] = {};
-  int vectors = 0;
-#pragma unroll
-  for (int u = 0; u < K; ++u) {
-    const int64_t j = begin + u * step;
-    if (j < end) {
-      cache_load(cache[u], x + base + channel_vector_offset(j, vecs_per_run, run_stride, V), shift);
-      vectors = u + 1;
-    }
-  }
-  float v[K][V];
-#pragma unroll
-  for (int u = 0; u < K; ++u) shifted_values(cache[u], shift, v[u]);
-  bnk_welford mine = vectors > 0 ? bnk_welford_of<K, V>(v, vectors) : bnk_welford_empty();
+  bnk_welford mine;
+  const int vectors = load_channel_cache(cache, x, base, begin, step, end, vecs_per_run, run_stride, shift, mine);
   // The second level: vectors K, K + 1, ... of the thread's share, their offsets asked again when y is written
   // (kept, they would be registers across the barriers).
   typedef shared_slot<cached_vector<T, V>> deep_slot;  // a comma is more than the macro takes
@@ -306,14 +335,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 1 ? 4 : 2)
   const bnk_channel_affine channel_affine_value = shifted_affine(a, channel);
 #pragma unroll
   for (int i = 0; i < V; ++i) affine[i] = channel_affine_value;
-#pragma unroll
-  for (int u = 0; u < K; ++u)
-    if (u < vectors) {
-      float values[V];
-      shifted_values(cache[u], shift, values);
-      write_outputs<T, V, EPILOGUE>(values, affine, z, y, a.mask,
-                                    base + channel_vector_offset(begin + u * step, vecs_per_run, run_stride, V));
-    }
+  write_channel_cache<T, V, EPILOGUE, false>(cache, vectors, shift, affine, z, y, a.mask, base, begin, step,
+                                             vecs_per_run, run_stride, 0);
   write_deep_cache<T, V, EPILOGUE>(deep, a.shared_depth, shift, affine, z, y, a.mask, deep_offset);
 }
 
@@ -352,19 +375,9 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
 #pragma unroll
     for (int i = 0; i < V; ++i) shift[i] = bnk_to_float(x[base]);
     cached_vector<T, V> cache[K] = {};
-    int vectors = 0;
-#pragma unroll
-    for (int u = 0; u < K; ++u) {
-      const int64_t j = rank + (int64_t)u * TEAM;
-      if (j < channel_vectors) {
-        cache_load(cache[u], x + base + channel_vector_offset(j, vecs_per_run, run_stride, V), shift);
-        vectors = u + 1;
-      }
-    }
-    float v[K][V];
-#pragma unroll
-    for (int u = 0; u < K; ++u) shifted_values(cache[u], shift, v[u]);
-    const bnk_welford mine = vectors > 0 ? bnk_welford_of<K, V>(v, vectors) : bnk_welford_empty();
+    bnk_welford mine;
+    const int vectors =
+        load_channel_cache(cache, x, base, rank, TEAM, channel_vectors, vecs_per_run, run_stride, shift, mine);
     const bnk_welford acc = team_reduce<TEAM>(mine, shared);
     if (rank == 0) {  // the channel's one piece, which the same thread reads back in bnk_finalize_channel
       a.ws.shift[channel] = shift[0];
@@ -385,15 +398,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, 2)
     const bnk_channel_affine channel_affine_value = shifted_affine(a, channel);
 #pragma unroll
     for (int i = 0; i < V; ++i) affine[i] = channel_affine_value;
-#pragma unroll
-    for (int u = 0; u < K; ++u)
-      if (u < vectors) {
-        float values[V];
-        shifted_values(cache[u], shift, values);
-        const int64_t j = rank + (int64_t)u * TEAM;
-        write_outputs<T, V, EPILOGUE, true>(values, affine, z, y, a.mask,
-                                            base + channel_vector_offset(j, vecs_per_run, run_stride, V), c * a.m);
-      }
+    write_channel_cache<T, V, EPILOGUE, true>(cache, vectors, shift, affine, z, y, a.mask, base, rank, TEAM,
+                                              vecs_per_run, run_stride, c * a.m);
   });
 
   if (count_after) {

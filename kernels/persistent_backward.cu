@@ -182,6 +182,31 @@ static __device__ __forceinline__ void write_deep_dx(const persistent_backward_a
   }
 }
 
+// The registers' cache of a channels-first thread: g and x of the channel's vectors first, first + step, ...
+// below end (at most K), from the channel's first element `base`, with their element offsets (kept: recomputed
+// where dz and dx are stored, they lead nvcc to split those 16-byte stores into 4-byte ones), and their terms
+// added to acc (add_cached: x - mean left in xmu, dz written); returns how many it holds.
+template <typename T, int V, int GRAD, int K>
+static __device__ __forceinline__ int
+load_channel_gradient(const persistent_backward_args &a, const T *x, const T *dy, int64_t base, int64_t first,
+                      int64_t step, int64_t end, bnk_fastdiv vecs_per_run, int64_t run_stride, const float (&mean)[1],
+                      float (&g)[K][V], float (&xmu)[K][V], int64_t (&at)[K], bnk_sums_vec<1> &acc) {
+  int vectors = 0;
+#pragma unroll
+  for (int u = 0; u < K; ++u) {
+    const int64_t j = first + u * step;
+    if (j < end) {
+      at[u] = base + channel_vector_offset(j, vecs_per_run, run_stride, V);
+      load_gradient<GRAD, T, V>(x, dy, a.e, at[u], g[u], xmu[u]);
+      vectors = u + 1;
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < K; ++u)
+    if (u < vectors) add_cached<T, V, GRAD, 1>(a, at[u], g[u], xmu[u], mean, acc);
+  return vectors;
+}
+
 // Channels-first: block b holds piece (b % parts) of channel (b / parts), `chunk` elements; thread t caches
 // the piece's vectors t, t + blockDim.x, ... (at most BNK_PERSISTENT_BACKWARD_CACHE, and then a.shared_depth in
 // the second level). At least 2 blocks per SM (4 element-wide), said explicitly: with the second level's loads
@@ -203,24 +228,11 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 1 ? 4 : 2)
   const int64_t begin = part * chunk / V + threadIdx.x;
   const int64_t end = min(a.m, (part + 1) * chunk) / V;
   const int64_t step = blockDim.x;
-  // The element offsets are kept beside the cache: recomputed where dz and dx are stored, they lead nvcc to
-  // split those 16-byte stores into 4-byte ones.
   float g[K][V] = {}, xmu[K][V] = {};
   int64_t at[K] = {};
-  int vectors = 0;
-#pragma unroll
-  for (int u = 0; u < K; ++u) {
-    const int64_t j = begin + u * step;
-    if (j < end) {
-      at[u] = base + channel_vector_offset(j, vecs_per_run, run_stride, V);
-      load_gradient<GRAD, T, V>(x, dy, a.e, at[u], g[u], xmu[u]);
-      vectors = u + 1;
-    }
-  }
   bnk_sums_vec<1> acc = bnk_sums_vec_empty<1>();
-#pragma unroll
-  for (int u = 0; u < K; ++u)
-    if (u < vectors) add_cached<T, V, GRAD, 1>(a, at[u], g[u], xmu[u], mean, acc);
+  const int vectors = load_channel_gradient<T, V, GRAD>(a, x, dy, base, begin, step, end, vecs_per_run, run_stride,
+                                                        mean, g, xmu, at, acc);
   // The second level: vectors K, K + 1, ... of the thread's share, their offsets asked again for dx.
   BNK_DYNAMIC_SHARED(unsigned char, deep_bytes);
   const auto deep_offset = [&](int u) {
@@ -269,23 +281,11 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   for_each_team_channel<TEAM>(c, [&](int64_t channel) {
     const int64_t base = channel * s;
     const float mean[1] = {x != NULL ? a.stats.mean[channel] : 0.0f};
-    // The element offsets are kept beside the cache, as in persistent_backward_channels_first.
     float g[K][V] = {}, xmu[K][V] = {};
     int64_t at[K] = {};
-    int vectors = 0;
-#pragma unroll
-    for (int u = 0; u < K; ++u) {
-      const int64_t j = rank + (int64_t)u * TEAM;
-      if (j < channel_vectors) {
-        at[u] = base + channel_vector_offset(j, vecs_per_run, run_stride, V);
-        load_gradient<GRAD, T, V>(x, dy, a.e, at[u], g[u], xmu[u]);
-        vectors = u + 1;
-      }
-    }
     bnk_sums_vec<1> acc = bnk_sums_vec_empty<1>();
-#pragma unroll
-    for (int u = 0; u < K; ++u)
-      if (u < vectors) add_cached<T, V, GRAD, 1>(a, at[u], g[u], xmu[u], mean, acc);
+    const int vectors = load_channel_gradient<T, V, GRAD>(a, x, dy, base, rank, TEAM, channel_vectors, vecs_per_run,
+                                                          run_stride, mean, g, xmu, at, acc);
     const float2 sums = team_reduce<TEAM>(make_float2(acc.dy[0], acc.dy_xmu[0]), shared);
     if (rank == 0) {  // the channel's one piece, which the same thread reads back in merge_backward_channel
       a.ws.sum_dy[channel] = sums.x;
