@@ -47,6 +47,14 @@ static cudaError_t launch_cooperative(Kernel *kernel, dim3 grid, dim3 block, voi
 // shared memory.
 static inline cudaError_t deep_cache_occupancy(const void *kernel, size_t deep_bytes, int *blocks_per_sm) {
   const cudaError_t allowed = allow_deep_cache(kernel, deep_bytes);
+  if (allowed == cudaErrorInvalidValue) {
+    // A device whose blocks cannot opt in to BNK_PERSISTENT_SHARED_LIMIT bytes (sm_75 allows 64 KiB): no block
+    // of the kernel takes a second level there, so that depth does not fit and the plan falls back on the
+    // registers' cache, or on the two-pass path, rather than failing the call.
+    (void)cudaGetLastError();
+    *blocks_per_sm = 0;
+    return cudaSuccess;
+  }
   if (allowed != cudaSuccess) return allowed;
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, BNK_STREAM_THREADS, deep_bytes);
 }
