@@ -43,6 +43,8 @@ typedef struct op_plan {
   /* channels that the last block of a group merges inside the reduction kernel; 0: no reduction, or a merge
    * kernel of its own merges */
   int64_t merged_channels;
+  /* channels-last, merged inside: the bands of pieces of its first level (bnk_merge_bands); 0 otherwise */
+  int64_t merge_bands;
   int launches;
   plan_launch launch[MAX_LAUNCHES]; /* the two-pass path's (the only path of an op without a persistent one) */
   persistent_plan persistent;
@@ -53,6 +55,12 @@ static const char *const op_names[OP_COUNT] = {"fwd_train", "fwd_infer", "bwd"};
 
 static const char *storage_type(int dtype) {
   return dtype == BNK_FLOAT32 ? "float" : dtype == BNK_FLOAT16 ? "__half" : "__nv_bfloat16";
+}
+
+/* A reduction whose last blocks merge its pieces inside it (bnk_merge_groups). */
+static void merged_inside(op_plan *plan, const bnk_view *view, const bnk_reduce_plan *reduce) {
+  plan->merged_channels = bnk_merge_group_channels(view, reduce);
+  plan->merge_bands = view->channels_last ? bnk_merge_bands(reduce->parts) : 0;
 }
 
 static void add_launch(op_plan *plan, int64_t blocks, int threads, const char *format, ...)
@@ -127,7 +135,10 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
   }
   const char *type = storage_type(view->dtype);
   const char *layout = view->channels_last ? "last" : "first";
-  const int64_t per_channel_blocks = (view->c + BNK_STREAM_THREADS / 32 - 1) / (BNK_STREAM_THREADS / 32);
+  /* The merge kernels: a warp per channel channels-first, a thread per channel channels-last. */
+  const int64_t per_channel_threads = view->channels_last ? 1 : 32;
+  const int64_t per_channel_blocks =
+      (view->c * per_channel_threads + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS;
 
   op_plan plan = {.vec = vec};
   switch (op) {
@@ -135,12 +146,13 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
   case OP_FWD_INFER: {
     const bnk_elementwise_plan normalize = bnk__plan_elementwise(view, pointers, 2, sm_count, normalize_occupancy);
     if (op == OP_FWD_TRAIN) {
-      const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count, stats_occupancy[0]);
+      const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count, stats_occupancy[0], bnk_reduction_tile_vectors(vec));
       plan.parts = reduce.parts;
       add_launch(&plan, reduce.blocks, reduce.threads, "stats_channels_%s<%s, %d>", layout, type, vec);
       if (bnk__merge_counters_of(ctx, view, &reduce) == NULL)
-        add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "finalize_stats");
-      else plan.merged_channels = bnk_merge_group_channels(view, &reduce);
+        add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "finalize_stats%s",
+                   view->channels_last ? "_channels_last" : "");
+      else merged_inside(&plan, view, &reduce);
       plan.persistent = persistent_op_plan(op, view, pointers, sm_count, type, layout);
     }
     add_launch(&plan, normalize.blocks, normalize.threads, "normalize_channels_%s<%s, %d, %s, 0>", layout, type,
@@ -148,13 +160,14 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
     break;
   }
   default: {
-    const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count, sums_occupancy[BNK_GRAD_PLAIN]);
+    const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count, sums_occupancy[BNK_GRAD_PLAIN], bnk_reduction_tile_vectors(vec));
     const bnk_elementwise_plan dx = bnk__plan_elementwise(view, pointers, 3, sm_count, dx_occupancy);
     plan.parts = reduce.parts;
     add_launch(&plan, reduce.blocks, reduce.threads, "backward_sums_channels_%s<%s, %d, 0>", layout, type, vec);
     if (bnk__merge_counters_of(ctx, view, &reduce) == NULL)
-      add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "merge_backward_sums");
-    else plan.merged_channels = bnk_merge_group_channels(view, &reduce);
+      add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "merge_backward_sums%s",
+                 view->channels_last ? "_channels_last" : "");
+    else merged_inside(&plan, view, &reduce);
     add_launch(&plan, dx.blocks, dx.threads, "backward_dx_channels_%s<%s, %d, 0>", layout, type, dx.vec);
     plan.persistent = persistent_op_plan(op, view, pointers, sm_count, type, layout);
     break;
@@ -236,8 +249,9 @@ int main(int argc, char **argv) {
            i > first_shape ? "," : "", argv[i], view.n, view.c, view.s, view.channels_last, view.n * view.c * view.s);
     for (int op = 0; op < OP_COUNT; ++op) {
       const op_plan plan = plan_of_op(op, &view, sm_count, ctx);
-      printf("%s\n  \"%s\": {\"vec\": %d, \"parts\": %" PRId64 ", \"merged_channels\": %" PRId64 ", \"launches\": [",
-             op ? "," : "", op_names[op], plan.vec, plan.parts, plan.merged_channels);
+      printf("%s\n  \"%s\": {\"vec\": %d, \"parts\": %" PRId64 ", \"merged_channels\": %" PRId64
+             ", \"merge_bands\": %" PRId64 ", \"launches\": [",
+             op ? "," : "", op_names[op], plan.vec, plan.parts, plan.merged_channels, plan.merge_bands);
       for (int l = 0; l < plan.launches; ++l)
         printf("%s{\"kernel\": \"%s\", \"blocks\": %" PRId64 ", \"threads\": %d}", l ? ", " : "", plan.launch[l].kernel,
                plan.launch[l].blocks, plan.launch[l].threads);

@@ -102,9 +102,7 @@ void bnk_context_destroy(bnk_context *ctx) {
 }
 
 unsigned *bnk__merge_counters_of(const bnk_context *ctx, const bnk_view *view, const bnk_reduce_plan *plan) {
-  const int fits = 1 + bnk_merge_groups(view, plan) <= ctx->merge_counters_usable;
-  const int short_merge = bnk_merge_group_channels(view, plan) <= plan->threads / 32;
-  return fits && short_merge ? ctx->merge_counters : NULL;
+  return 1 + bnk_merge_groups(view, plan) <= ctx->merge_counters_usable ? ctx->merge_counters : NULL;
 }
 
 void bnk__context_limit_merge_counters(bnk_context *ctx, int64_t usable) {

@@ -14,7 +14,7 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int bnk__plan_persistent(const bnk_view *view, int vec, int cache, int shared_depth, int sm_count, int blocks_per_sm,
                          bnk_reduce_plan *plan) {
   /* The tiling only: the pieces are cut below for the cache. */
-  *plan = bnk__plan_reduce(view, vec, sm_count, blocks_per_sm);
+  *plan = bnk__plan_reduce(view, vec, sm_count, blocks_per_sm, BNK_STREAM_THREADS);
   plan->threads = BNK_STREAM_THREADS;
   const int team = bnk_persistent_team(view, vec, cache);
   plan->shared_depth = team != 0 ? 0 : shared_depth;

@@ -17,7 +17,7 @@ static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo :
 
 int bnk__dtype_vec(int dtype) { return dtype == BNK_FLOAT32 ? 4 : 8; }
 
-bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, int blocks_per_sm) {
+bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, int blocks_per_sm, int max_tile_vectors) {
   bnk_reduce_plan plan = {0};
   plan.vec = vec;
   /* One full wave: as many blocks as the SMs hold at once. */
@@ -44,7 +44,7 @@ bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, in
       plan.tile_x = 1;
       while (plan.tile_x < vecs_per_row) plan.tile_x *= 2;
     } else {
-      plan.tiles = ceil_div(vecs_per_row, BNK_STREAM_THREADS);
+      plan.tiles = ceil_div(vecs_per_row, max_tile_vectors);
       plan.tile_x = (int)(ceil_div(ceil_div(vecs_per_row, plan.tiles), 32) * 32);
     }
     plan.tile_y = BNK_STREAM_THREADS / plan.tile_x;
@@ -77,11 +77,11 @@ int bnk__reduce_vec_fits(const bnk_view *view, int vec) {
 
 /* Pieces grow with the blocks per SM, so the most over the variants bounds every variant's. */
 int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count, const int blocks_per_sm[2]) {
-  const bnk_reduce_plan narrow = bnk__plan_reduce(view, 1, sm_count, blocks_per_sm[0]);
+  const bnk_reduce_plan narrow = bnk__plan_reduce(view, 1, sm_count, blocks_per_sm[0], bnk_reduction_tile_vectors(1));
   int64_t parts = narrow.parts;
   const int vec = bnk__dtype_vec(view->dtype);
   if (bnk__reduce_vec_fits(view, vec)) {
-    const bnk_reduce_plan wide = bnk__plan_reduce(view, vec, sm_count, blocks_per_sm[1]);
+    const bnk_reduce_plan wide = bnk__plan_reduce(view, vec, sm_count, blocks_per_sm[1], bnk_reduction_tile_vectors(vec));
     if (wide.parts > parts) parts = wide.parts;
   }
   return parts;
@@ -116,6 +116,9 @@ static size_t stats_layout(void *base, const bnk_view *view, int64_t parts, bnk_
   ws->count = bnk__layout_take(&layout, piece_floats(view, parts));
   ws->mean = bnk__layout_take(&layout, piece_floats(view, parts));
   ws->m2 = bnk__layout_take(&layout, piece_floats(view, parts));
+  ws->band_count = bnk__layout_take(&layout, piece_floats(view, BNK_MERGE_BANDS));
+  ws->band_mean = bnk__layout_take(&layout, piece_floats(view, BNK_MERGE_BANDS));
+  ws->band_m2 = bnk__layout_take(&layout, piece_floats(view, BNK_MERGE_BANDS));
   return layout.bytes;
 }
 
@@ -126,6 +129,8 @@ static size_t backward_layout(void *base, const bnk_view *view, int64_t parts, b
   ws->bias = bnk__layout_take(&layout, channel_floats(view));
   ws->sum_dy = bnk__layout_take(&layout, piece_floats(view, parts));
   ws->sum_dy_xmu = bnk__layout_take(&layout, piece_floats(view, parts));
+  ws->band_sum_dy = bnk__layout_take(&layout, piece_floats(view, BNK_MERGE_BANDS));
+  ws->band_sum_dy_xmu = bnk__layout_take(&layout, piece_floats(view, BNK_MERGE_BANDS));
   return layout.bytes;
 }
 
@@ -166,7 +171,7 @@ bnk_reduce_plan bnk__reduce_plan_of(const bnk_context *ctx, bnk_kernel_family fa
                                     int vec) {
   int blocks_per_sm[2];
   bnk__blocks_per_sm(ctx, family, view, variant, blocks_per_sm);
-  return bnk__plan_reduce(view, vec, ctx->sm_count, blocks_per_sm[vec != 1]);
+  return bnk__plan_reduce(view, vec, ctx->sm_count, blocks_per_sm[vec != 1], bnk_reduction_tile_vectors(vec));
 }
 
 int64_t bnk__parts_bound_of(const bnk_context *ctx, bnk_kernel_family family, const bnk_view *view) {

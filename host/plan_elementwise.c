@@ -69,7 +69,7 @@ bnk_elementwise_plan bnk__plan_elementwise(const bnk_view *view, const void *con
     return plan;
   }
   plan.vec = aligned && view->c % vec == 0 ? vec : 1;
-  plan.tiling = bnk__plan_reduce(view, plan.vec, sm_count, blocks_per_sm[plan.vec != 1]);
+  plan.tiling = bnk__plan_reduce(view, plan.vec, sm_count, blocks_per_sm[plan.vec != 1], BNK_STREAM_THREADS);
   plan.blocks = plan.tiling.blocks;
   plan.threads = plan.tiling.threads;
   /* A group of 32 / vec lanes covers 32 consecutive elements of one row, starting at a multiple of 32,

@@ -2,7 +2,7 @@
 // elementwise pass writing dx.
 //
 // The reduction uses the statistics' machinery (bnk_reduce_plan pieces, partials in the workspace, a
-// merge in fixed order, by the last block of each group or by a kernel of its own), so dgamma and dbeta are
+// merge in fixed order, by the last blocks of each group or by a kernel of its own), so dgamma and dbeta are
 // bitwise reproducible. It accumulates dy * (x - mean)
 // rather than dy * xhat: with the saved fp32 mean, x - mean is exact when |mean| >> std (Sterbenz), and
 // invstd is applied once per channel in the merge instead of once per element.
@@ -19,7 +19,8 @@
 #include "kernels/elementwise.cuh"
 #include "kernels/gradient.cuh"
 
-// The merge of the backward sums in a kernel of its own, one warp per channel: the path without counters.
+// The merge of the backward sums in a kernel of its own, one warp per channel: the channels-first path without
+// counters.
 static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     merge_backward_sums(int64_t c, int64_t parts, int64_t m, bnk_backward_stats stats, bnk_backward_workspace ws,
                         float *dgamma, float *dbeta) {
@@ -28,25 +29,63 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   merge_backward_channel(channel, c, parts, m, stats, ws, dgamma, dbeta);
 }
 
-// What the last block of a group needs to merge it in the sums kernel (bnk_last_of_group); counters NULL:
-// merge_backward_sums does it in a launch of its own.
+// The channels-last path without counters: one thread per channel, in the order of the merge inside the sums
+// kernel (merge_backward_bands_of).
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    merge_backward_sums_channels_last(int64_t c, int parts, int band_pieces, int64_t m, bnk_backward_stats stats,
+                                      bnk_backward_workspace ws, float *dgamma, float *dbeta) {
+  const int64_t channel = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (channel >= c) return;
+  finish_backward_channel(channel, m, merge_backward_bands_of(channel, c, parts, band_pieces, ws), stats, ws, dgamma,
+                          dbeta);
+}
+
+// What the last blocks of a group need to merge it in the sums kernel (bnk_last_of_group); counters NULL:
+// a merge kernel does it in a launch of its own.
 struct sums_merge {
-  unsigned *counters;  // [1 + g]: pieces of group g written
+  unsigned *counters;  // [1 + g]: the groups' counters (bnk_merge_groups)
+  int band_pieces;     // channels-last: bnk_merge_band_pieces and bnk_merge_bands of the plan's pieces
+  int bands;
   int64_t m;
   bnk_backward_stats stats;
   float *dgamma;
   float *dbeta;
 };
 
-// Called by every thread of a block after its partials are written: when it is the last block of group
-// `group` (channels [first, end)), merges the group's pieces, a warp per channel.
-static __device__ __forceinline__ void merge_sums_if_last(const sums_merge &merge, const bnk_backward_workspace &ws,
-                                                          int64_t c, int64_t parts, int64_t group, int64_t first,
-                                                          int64_t end) {
-  if (merge.counters == NULL || !bnk_last_of_group(merge.counters + 1 + group, parts)) return;
-  const int warps = (int)(blockDim.x / BNK_WARP);
-  for (int64_t channel = first + threadIdx.x / BNK_WARP; channel < end; channel += warps)
+// Channels-first, called by every thread of a block after its partials are written: when it is the last block
+// of the channel, merges the channel's pieces, one warp.
+static __device__ __forceinline__ void merge_channel_sums_if_last(const sums_merge &merge,
+                                                                  const bnk_backward_workspace &ws, int64_t c,
+                                                                  int64_t parts, int64_t channel) {
+  if (merge.counters == NULL || !bnk_last_of_group(merge.counters + 1 + channel, parts)) return;
+  if (threadIdx.x < BNK_WARP)
     merge_backward_channel(channel, c, parts, merge.m, merge.stats, ws, merge.dgamma, merge.dbeta);
+}
+
+// Channels-last, called by every thread of a block after its partials are written: the two levels of the merge
+// (bnk_merge_tile_if_last), a thread per channel of the tile (channels [first, end), at most the block's
+// threads).
+static __device__ __forceinline__ void merge_tile_sums_if_last(const sums_merge &merge, const bnk_backward_workspace &ws,
+                                                               int64_t c, int64_t tiles, int64_t first, int64_t end) {
+  if (merge.counters == NULL) return;
+  const int64_t tile = blockIdx.x % tiles;
+  const int part = (int)(blockIdx.x / tiles), parts = (int)(gridDim.x / tiles);
+  const int64_t channel = first + threadIdx.x;
+  const bool mine = channel < end;
+  bnk_merge_tile_if_last(
+      merge.counters + 1 + tile * (merge.bands + 1), part, parts, merge.band_pieces, merge.bands,
+      [&](int band, int band_first, int band_end) {
+        if (!mine) return;
+        const float2 sums = merge_sum_pairs(ws.sum_dy, ws.sum_dy_xmu, channel, c, band_first, band_end);
+        const int64_t slot = (int64_t)band * c + channel;
+        ws.band_sum_dy[slot] = sums.x;
+        ws.band_sum_dy_xmu[slot] = sums.y;
+      },
+      [&]() {
+        if (!mine) return;
+        const float2 sums = merge_sum_pairs(ws.band_sum_dy, ws.band_sum_dy_xmu, channel, c, 0, merge.bands);
+        finish_backward_channel(channel, merge.m, sums, merge.stats, ws, merge.dgamma, merge.dbeta);
+      });
 }
 
 // Adds `count` vectors (at most BNK_UNROLL) at the element offsets given to a thread's L lanes of sums,
@@ -131,7 +170,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     ws.sum_dy[slot] = sums.x;
     ws.sum_dy_xmu[slot] = sums.y;
   }
-  merge_sums_if_last(merge, ws, c, parts, channel, channel, channel + 1);
+  merge_channel_sums_if_last(merge, ws, c, parts, channel);
 }
 
 // Adds `rows` rows (at most BNK_UNROLL) of a channels-last thread's V channels, row u at element offset
@@ -184,9 +223,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
       ws.sum_dy_xmu[out] = acc.dy_xmu[i];
     }
   }
-  const int64_t tile = blockIdx.x % tiles;
-  const int64_t first = tile * tile_x * V;
-  merge_sums_if_last(merge, ws, c, (int64_t)gridDim.x / tiles, tile, first, min(c, first + tile_x * V));
+  const int64_t first = (int64_t)(blockIdx.x % tiles) * tile_x * V;
+  merge_tile_sums_if_last(merge, ws, c, tiles, first, min(c, first + tile_x * V));
 }
 
 // Synchronized backward: `sums` holds the sums of every rank added up (sum dy, then sum dy * xhat, C each,
@@ -312,7 +350,8 @@ extern "C" cudaError_t bnk__launch_backward_reduce_ex(const bnk_view *view, cons
                                                       cudaStream_t stream) {
   const bnk_grad_epilogue_args &e = epilogue != NULL ? *epilogue : plain_gradient;
   const int64_t m = view->n * view->s;
-  const sums_merge merge = {counters, m, stats, dgamma, dbeta};
+  const int band_pieces = (int)bnk_merge_band_pieces(plan->parts);
+  const sums_merge merge = {counters, band_pieces, (int)bnk_merge_bands(plan->parts), m, stats, dgamma, dbeta};
   switch (view->dtype) {
   case BNK_FLOAT32:
     launch_sums<float>(view, plan, x, dy, stats.mean, ws, e, merge, stream);
@@ -328,6 +367,12 @@ extern "C" cudaError_t bnk__launch_backward_reduce_ex(const bnk_view *view, cons
   }
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess || counters != NULL) return status;
+  if (view->channels_last) {
+    const dim3 grid((unsigned)((view->c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));
+    BNK_LAUNCH(merge_backward_sums_channels_last, grid, dim3(BNK_STREAM_THREADS), 0, stream, view->c,
+               (int)plan->parts, band_pieces, m, stats, ws, dgamma, dbeta);
+    return cudaGetLastError();
+  }
   const int warps_per_block = BNK_STREAM_THREADS / BNK_WARP;
   const dim3 grid((unsigned)((view->c + warps_per_block - 1) / warps_per_block));
   BNK_LAUNCH(merge_backward_sums, grid, dim3(BNK_STREAM_THREADS), 0, stream, view->c, plan->parts, m, stats, ws, dgamma,

@@ -18,6 +18,33 @@ static __device__ __forceinline__ bnk_welford bnk_merge_pieces(int64_t channel, 
   return bnk_run_result(run);
 }
 
+// The triples [first, end) of a channel in arrays laid out [index][c] (the pieces, or the channels-last
+// bands), merged in order by one thread.
+static __device__ __forceinline__ bnk_welford bnk_merge_triples(const float *count, const float *mean, const float *m2,
+                                                                int64_t channel, int64_t c, int first, int end) {
+  bnk_welford_run run = bnk_run_empty();
+  bnk_fold_in_order<bnk_welford>(
+      run, first, end,
+      [&](int p) {
+        const int64_t slot = (int64_t)p * c + channel;
+        const bnk_welford piece = {count[slot], mean[slot], m2[slot]};
+        return piece;
+      },
+      [](bnk_welford_run &r, const bnk_welford &w) { bnk_run_add(r, w); });
+  return bnk_run_result(run);
+}
+
+// The channels-last merge of a channel in a kernel of its own, in the order of the two levels of the merge
+// inside the statistics kernel (bnk_merge_tile_if_last), so to the same bits: each band's pieces in order,
+// then the bands' results in order.
+static __device__ __forceinline__ bnk_welford bnk_merge_bands_of(int64_t channel, int64_t c, int parts,
+                                                                 int band_pieces, const bnk_stats_workspace &ws) {
+  bnk_welford_run run = bnk_run_empty();
+  for (int first = 0; first < parts; first += band_pieces)
+    bnk_run_add(run, bnk_merge_triples(ws.count, ws.mean, ws.m2, channel, c, first, min(parts, first + band_pieces)));
+  return bnk_run_result(run);
+}
+
 // Everything per channel from its merged triple, by one thread: ws.dmean and ws.invstd, the saved
 // statistics, the rank partials and the running statistics, each written once.
 static __device__ __forceinline__ void bnk_finish_channel(int64_t channel, int64_t c, int64_t m, bnk_welford acc,

@@ -71,6 +71,31 @@ static __device__ __forceinline__ float2 merge_backward_pieces(int64_t channel, 
   return acc;
 }
 
+// The sums [first, end) of a channel in arrays laid out [index][c] (the pieces, or the channels-last bands),
+// added in order by one thread.
+static __device__ __forceinline__ float2 merge_sum_pairs(const float *sum_dy, const float *sum_dy_xmu, int64_t channel,
+                                                         int64_t c, int first, int end) {
+  float2 acc = make_float2(0.0f, 0.0f);
+  bnk_fold_in_order<float2>(
+      acc, first, end,
+      [&](int p) {
+        const int64_t slot = (int64_t)p * c + channel;
+        return make_float2(sum_dy[slot], sum_dy_xmu[slot]);
+      },
+      [](float2 &a, const float2 &b) { a = bnk_combine(a, b); });
+  return acc;
+}
+
+// The channels-last merge of a channel's sums in a kernel of its own, in the order of the two levels of the
+// merge inside the sums kernel (bnk_merge_tile_if_last), so to the same bits.
+static __device__ __forceinline__ float2 merge_backward_bands_of(int64_t channel, int64_t c, int parts, int band_pieces,
+                                                                 const bnk_backward_workspace &ws) {
+  float2 acc = make_float2(0.0f, 0.0f);
+  for (int first = 0; first < parts; first += band_pieces)
+    acc = bnk_combine(acc, merge_sum_pairs(ws.sum_dy, ws.sum_dy_xmu, channel, c, first, min(parts, first + band_pieces)));
+  return acc;
+}
+
 // The gradients of gamma and beta and the dx coefficients of a channel from its merged sums, by one thread.
 static __device__ __forceinline__ void finish_backward_channel(int64_t channel, int64_t m, float2 acc,
                                                                const bnk_backward_stats &stats,

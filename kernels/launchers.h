@@ -53,14 +53,31 @@ typedef struct bnk_reduce_plan {
  * tile of channels (channels-last), each of `parts` pieces. Given counters, the reduction kernels count
  * every piece written on its group's counter, and the block that completes a group merges it, in the same
  * launch and in the same order (so to the same bits) as the separate merge kernel, which runs when the
- * counters are NULL. Counters: 1 + groups unsigned integers, zero on entry and zero again when the launch
- * ends (the last block of a group resets it), so that a call replayed from a graph finds them zero. One
- * pool of BNK_MERGE_COUNTERS per context (host/context.c): calls of a context run one at a time. */
+ * counters are NULL. Counters: 1 + bnk_merge_groups unsigned integers, zero on entry and zero again when the
+ * launch ends (the block that completes a counter resets it), so that a call replayed from a graph finds them
+ * zero. One pool of BNK_MERGE_COUNTERS per context (host/context.c): calls of a context run one at a time.
+ *
+ * Channels-first, the last block of a channel merges its pieces, a warp per channel. Channels-last, where a
+ * tile's hundreds of pieces times up to 256 channels would keep one SM busy for tens of microseconds, the
+ * merge has two levels: the pieces of a tile fall into bands of bnk_merge_band_pieces consecutive pieces
+ * (at most BNK_MERGE_BANDS bands); the last block of a band merges the band's pieces, a thread per channel,
+ * into the workspace's band partials; the last of the tile's bands to be merged merges the band partials in
+ * order and finishes the channels. The counters of tile t are then [1 + t (bands + 1) + band] and, for the
+ * tile, [1 + t (bands + 1) + bands]. */
 #define BNK_MERGE_COUNTERS 16384
-static inline int64_t bnk_merge_groups(const bnk_view *view, const bnk_reduce_plan *plan) {
-  return view->channels_last ? plan->tiles : view->c;
+#define BNK_MERGE_BANDS 16
+/* Consecutive pieces of one band: as few bands as keep each at most BNK_MERGE_BANDS; with as many bands as
+ * pieces per band, both levels take about sqrt(parts) steps. */
+static inline int64_t bnk_merge_band_pieces(int64_t parts) { return (parts + BNK_MERGE_BANDS - 1) / BNK_MERGE_BANDS; }
+static inline int64_t bnk_merge_bands(int64_t parts) {
+  const int64_t per_band = bnk_merge_band_pieces(parts);
+  return (parts + per_band - 1) / per_band;
 }
-/* Channels of one group: what the block that completes it merges, one warp per channel. */
+/* Counters after [0] (groups merged so far) that a call's merge inside its reduction takes. */
+static inline int64_t bnk_merge_groups(const bnk_view *view, const bnk_reduce_plan *plan) {
+  return view->channels_last ? plan->tiles * (bnk_merge_bands(plan->parts) + 1) : view->c;
+}
+/* Channels of one group: what the block that completes it merges. */
 static inline int64_t bnk_merge_group_channels(const bnk_view *view, const bnk_reduce_plan *plan) {
   const int64_t tile = (int64_t)plan->tile_x * plan->vec;
   return view->channels_last ? (view->c < tile ? view->c : tile) : 1;
@@ -98,8 +115,13 @@ cudaError_t bnk__fold_occupancy(bnk_occupancy_table *table);
 /* Elements per 16-byte access for a dtype. */
 int bnk__dtype_vec(int dtype);
 /* The plan for a view whose tensors allow `vec`-wide access, on a device with sm_count SMs, each of which
- * holds blocks_per_sm blocks of the reduction kernel at once: pieces enough for one full wave. */
-bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, int blocks_per_sm);
+ * holds blocks_per_sm blocks of the reduction kernel at once: pieces enough for one full wave. A channels-last
+ * tile is at most max_tile_vectors vectors across (at most BNK_STREAM_THREADS): bnk_reduction_tile_vectors for
+ * the two-pass reductions, BNK_STREAM_THREADS for the elementwise passes and the persistent kernels. */
+bnk_reduce_plan bnk__plan_reduce(const bnk_view *view, int vec, int sm_count, int blocks_per_sm, int max_tile_vectors);
+/* A two-pass reduction's channels-last tile has at most a channel per thread of its block, so that each level of
+ * its merge is one pass of the block's threads over the tile's channels. */
+static inline int bnk_reduction_tile_vectors(int vec) { return BNK_STREAM_THREADS / vec; }
 /* Whether the reductions (statistics, backward sums) can read `view` in accesses of vec elements, given
  * aligned pointers: channels-last when C is a multiple of vec; channels-first when S is, or when C x S is
  * and S >= vec, the head and tail of each run then read element by element (kernels/reduce.cuh). */
@@ -177,6 +199,10 @@ typedef struct bnk_stats_workspace {
   float *count;  /* [parts][c] */
   float *mean;   /* [parts][c], relative to shift */
   float *m2;     /* [parts][c] */
+  /* channels-last: each band's merged pieces (bnk_merge_bands), [BNK_MERGE_BANDS][c] */
+  float *band_count;
+  float *band_mean;
+  float *band_m2;
 } bnk_stats_workspace;
 
 size_t bnk__stats_workspace_bytes(const bnk_view *view, int64_t parts);
@@ -220,6 +246,9 @@ typedef struct bnk_backward_workspace {
   float *bias;
   float *sum_dy;     /* [parts][c] */
   float *sum_dy_xmu; /* [parts][c]: sum of dy * (x - mean[c]) */
+  /* channels-last: each band's merged pieces (bnk_merge_bands), [BNK_MERGE_BANDS][c] */
+  float *band_sum_dy;
+  float *band_sum_dy_xmu;
 } bnk_backward_workspace;
 
 size_t bnk__backward_workspace_bytes(const bnk_view *view, int64_t parts);

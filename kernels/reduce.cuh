@@ -470,6 +470,43 @@ static __device__ __forceinline__ bool bnk_last_of_group(unsigned *counter, int6
   return last != 0;
 }
 
+// ---- the two levels of the channels-last merge (kernels/launchers.h, bnk_merge_band_pieces) ----
+// A thread folds a channel's pieces alone, so their loads are issued BNK_MERGE_BATCH at a time ahead of the
+// folds, which stay in index order.
+#define BNK_MERGE_BATCH 8
+
+// fold(run, load(p)) for p = first, ..., end - 1 in order.
+template <typename S, typename Run, typename Load, typename Fold>
+static __device__ __forceinline__ void bnk_fold_in_order(Run &run, int first, int end, Load &&load, Fold &&fold) {
+  for (int p = first; p < end; p += BNK_MERGE_BATCH) {
+    S v[BNK_MERGE_BATCH] = {};
+#pragma unroll
+    for (int u = 0; u < BNK_MERGE_BATCH; ++u)
+      if (p + u < end) v[u] = load(p + u);
+#pragma unroll
+    for (int u = 0; u < BNK_MERGE_BATCH; ++u)
+      if (p + u < end) fold(run, v[u]);
+  }
+}
+
+// What a block does after writing piece `part` of tile `tile` of a channels-last reduction (every thread
+// calls it): when it completes its band (pieces [band x band_pieces, ...) of the tile), band_merge(band,
+// first, end) merges the band's pieces into the band partials, a thread per channel; when that completes the
+// tile's bands, tile_merge() merges the band partials in order and finishes the channels. Returns whether it
+// ran tile_merge. The counters of the tile are `tile_counters`: one per band, then the tile's.
+template <typename BandMerge, typename TileMerge>
+static __device__ __forceinline__ bool bnk_merge_tile_if_last(unsigned *tile_counters, int part, int parts,
+                                                              int band_pieces, int bands, BandMerge &&band_merge,
+                                                              TileMerge &&tile_merge) {
+  const int band = part / band_pieces;
+  const int first = band * band_pieces, end = min(parts, first + band_pieces);
+  if (!bnk_last_of_group(tile_counters + band, end - first)) return false;
+  band_merge(band, first, end);
+  if (!bnk_last_of_group(tile_counters + bands, bands)) return false;
+  tile_merge();
+  return true;
+}
+
 static __device__ __forceinline__ float bnk_shfl_down(unsigned mask, float v, int offset) {
   return __shfl_down_sync(mask, v, offset);
 }

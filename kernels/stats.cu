@@ -1,11 +1,12 @@
 // Per-channel batch statistics: mean and variance by shifted Welford, in two deterministic stages.
 //
 // Stage 1 cuts every channel into pieces (bnk_reduce_plan); a block reduces one piece and writes its
-// Welford triple to the workspace. Stage 2 merges a channel's pieces in index order, then derives
-// invstd, the saved statistics and the running statistics. Stage 2 runs in the same launch, in the last
-// block of a channel (channels-first) or tile (channels-last) to finish (bnk_last_of_group), when the
-// context's counters cover the call's groups; else in a kernel of its own (finalize_stats). Both run
-// bnk_finalize_channel on the same pieces, so both give the same bits.
+// Welford triple to the workspace. Stage 2 merges a channel's pieces in a fixed order, then derives
+// invstd, the saved statistics and the running statistics. Stage 2 runs in the same launch when the
+// context's counters cover the call's groups (bnk_merge_groups): in the last block of a channel to finish
+// (channels-first), or in two levels, the last block of each band of a tile's pieces, then the last of the
+// tile's bands (channels-last, bnk_merge_tile_if_last); else in a kernel of its own (finalize_stats,
+// finalize_stats_channels_last), which merges the same pieces in the same order, so to the same bits.
 //
 // Every value is accumulated as x - K, where K is the channel's first element: with a large common
 // offset (mean 1e4, unit variance) the shifted values are small, so fp32 keeps their digits.
@@ -15,8 +16,10 @@
 // What the last block of a group needs to merge it in the statistics kernel. counters NULL: finalize_stats
 // merges in a launch of its own, and block 0 counts the batch first.
 struct stats_merge {
-  unsigned *counters;  // [0]: groups merged so far in this call; [1 + g]: pieces of group g written
-  int64_t groups;
+  unsigned *counters;  // [0]: groups merged so far in this call; then the groups' (bnk_merge_groups)
+  int64_t groups;      // channels (channels-first) or tiles (channels-last): merges that finish channels
+  int band_pieces;     // channels-last: bnk_merge_band_pieces and bnk_merge_bands of the plan's pieces
+  int bands;
   int64_t m;
   float eps;
   bnk_running_update running;
@@ -36,19 +39,50 @@ static __device__ __forceinline__ bnk_running_update running_before_count(bnk_ru
   return running;
 }
 
-// Called by every thread of a block after its partials are written: when it is the last block of group
-// `group` (channels [first, end)), merges the group's pieces, a warp per channel; when it is also the
-// last group to be merged, counts the batch, which no merge reads after that.
-static __device__ __forceinline__ void merge_if_last(const stats_merge &merge, const bnk_stats_workspace &ws, int64_t c,
-                                                     int64_t parts, int64_t group, int64_t first, int64_t end) {
-  if (!bnk_last_of_group(merge.counters + 1 + group, parts)) return;
-  const int warps = (int)(blockDim.x / BNK_WARP);
-  // The weight is read again per channel: held across the loop, it takes a stack slot.
-  for (int64_t channel = first + threadIdx.x / BNK_WARP; channel < end; channel += warps)
-    bnk_finalize_channel(channel, c, parts, merge.m, ws, merge.eps, running_before_count(merge.running),
-                         merge.save_mean, merge.save_invstd, merge.rank_partials);
+// After a group's channels are finished: the last group to be merged counts the batch, which no merge
+// reads after that.
+static __device__ __forceinline__ void count_if_last_group(const stats_merge &merge) {
   if (bnk_last_of_group(merge.counters, merge.groups) && threadIdx.x == 0 && merge.running.num_batches_tracked != NULL)
     *merge.running.num_batches_tracked = bnk_next_count(*merge.running.num_batches_tracked);
+}
+
+// Channels-first, called by every thread of a block after its partials are written: when it is the last block
+// of the channel, merges the channel's pieces, one warp (the others have none to merge).
+static __device__ __forceinline__ void merge_channel_if_last(const stats_merge &merge, const bnk_stats_workspace &ws,
+                                                             int64_t c, int64_t parts, int64_t channel) {
+  if (!bnk_last_of_group(merge.counters + 1 + channel, parts)) return;
+  if (threadIdx.x < BNK_WARP)
+    bnk_finalize_channel(channel, c, parts, merge.m, ws, merge.eps, running_before_count(merge.running),
+                         merge.save_mean, merge.save_invstd, merge.rank_partials);
+  count_if_last_group(merge);
+}
+
+// Channels-last, called by every thread of a block after its partials are written: the two levels of the
+// merge (bnk_merge_tile_if_last), a thread per channel of the tile (channels [first, end), at most the
+// block's threads).
+static __device__ __forceinline__ void merge_tile_if_last(const stats_merge &merge, const bnk_stats_workspace &ws,
+                                                          int64_t c, int64_t tiles, int64_t first, int64_t end) {
+  const int64_t tile = blockIdx.x % tiles;
+  const int part = (int)(blockIdx.x / tiles), parts = (int)(gridDim.x / tiles);
+  const int64_t channel = first + threadIdx.x;
+  const bool mine = channel < end;
+  const bool finished = bnk_merge_tile_if_last(
+      merge.counters + 1 + tile * (merge.bands + 1), part, parts, merge.band_pieces, merge.bands,
+      [&](int band, int band_first, int band_end) {
+        if (!mine) return;
+        const bnk_welford w = bnk_merge_triples(ws.count, ws.mean, ws.m2, channel, c, band_first, band_end);
+        const int64_t slot = (int64_t)band * c + channel;
+        ws.band_count[slot] = w.count;
+        ws.band_mean[slot] = w.mean;
+        ws.band_m2[slot] = w.m2;
+      },
+      [&]() {
+        if (!mine) return;
+        const bnk_welford acc = bnk_merge_triples(ws.band_count, ws.band_mean, ws.band_m2, channel, c, 0, merge.bands);
+        bnk_finish_channel(channel, c, merge.m, acc, ws, merge.eps, running_before_count(merge.running),
+                           merge.save_mean, merge.save_invstd, merge.rank_partials);
+      });
+  if (finished) count_if_last_group(merge);
 }
 
 // Folds `vectors` vectors (at most BNK_UNROLL) of a channel into the run, from the cursor's on, one
@@ -141,7 +175,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     ws.mean[slot] = acc.mean;
     ws.m2[slot] = acc.m2;
   }
-  if (merge.counters != NULL) merge_if_last(merge, ws, c, parts, channel, channel, channel + 1);
+  if (merge.counters != NULL) merge_channel_if_last(merge, ws, c, parts, channel);
 }
 
 // Folds `rows` rows (at most BNK_UNROLL) of a thread's V channels into its run: row u at p + u * stride.
@@ -206,9 +240,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
     }
   }
   if (merge.counters != NULL) {
-    const int64_t tile = blockIdx.x % tiles;
-    const int64_t first = tile * tile_x * V;
-    merge_if_last(merge, ws, c, (int64_t)gridDim.x / tiles, tile, first, min(c, first + tile_x * V));
+    const int64_t first = (int64_t)(blockIdx.x % tiles) * tile_x * V;
+    merge_tile_if_last(merge, ws, c, tiles, first, min(c, first + tile_x * V));
   }
 }
 
@@ -220,6 +253,18 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   const int64_t channel = (int64_t)blockIdx.x * (blockDim.x / BNK_WARP) + threadIdx.x / BNK_WARP;
   if (channel >= c) return;  // the whole warp leaves together
   bnk_finalize_channel(channel, c, parts, m, ws, eps, running, save_mean, save_invstd, rank_partials);
+}
+
+// Stage 2 channels-last: one thread per channel merges the channel's pieces in the order of the merge inside the
+// statistics kernel (bnk_merge_bands_of) and derives everything per-channel.
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+    finalize_stats_channels_last(int64_t c, int parts, int band_pieces, int64_t m, bnk_stats_workspace ws, float eps,
+                                 bnk_running_update running, float *save_mean, float *save_invstd,
+                                 double *rank_partials) {
+  const int64_t channel = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (channel >= c) return;
+  bnk_finish_channel(channel, c, m, bnk_merge_bands_of(channel, c, parts, band_pieces, ws), ws, eps, running,
+                     save_mean, save_invstd, rank_partials);
 }
 
 template <typename T>
@@ -246,7 +291,16 @@ extern "C" cudaError_t bnk__launch_batch_stats(const bnk_view *view, const bnk_r
                                                float *save_mean, float *save_invstd, double *rank_partials,
                                                unsigned *counters, cudaStream_t stream) {
   const int64_t m = view->n * view->s;
-  const stats_merge merge = {counters,     bnk_merge_groups(view, plan), m, eps, running, save_mean, save_invstd,
+  const int band_pieces = (int)bnk_merge_band_pieces(plan->parts);
+  const stats_merge merge = {counters,
+                             view->channels_last ? plan->tiles : view->c,
+                             band_pieces,
+                             (int)bnk_merge_bands(plan->parts),
+                             m,
+                             eps,
+                             running,
+                             save_mean,
+                             save_invstd,
                              rank_partials};
   switch (view->dtype) {
   case BNK_FLOAT32:
@@ -263,6 +317,12 @@ extern "C" cudaError_t bnk__launch_batch_stats(const bnk_view *view, const bnk_r
   }
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess || counters != NULL) return status;
+  if (view->channels_last) {
+    const dim3 grid((unsigned)((view->c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));
+    BNK_LAUNCH(finalize_stats_channels_last, grid, dim3(BNK_STREAM_THREADS), 0, stream, view->c, (int)plan->parts,
+               band_pieces, m, ws, eps, running, save_mean, save_invstd, rank_partials);
+    return cudaGetLastError();
+  }
   const int warps_per_block = BNK_STREAM_THREADS / BNK_WARP;
   const dim3 grid((unsigned)((view->c + warps_per_block - 1) / warps_per_block));
   BNK_LAUNCH(finalize_stats, grid, dim3(BNK_STREAM_THREADS), 0, stream, view->c, plan->parts, m, ws, eps, running,

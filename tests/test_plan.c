@@ -142,7 +142,7 @@ Test(plan, reduction_plans_keep_their_invariants) {
               for (int v = 0; v < (bnk__reduce_vec_fits(&view, wide) ? 2 : 1); ++v)
                 for (int k = 0; k < 2; ++k) {
                   const int blocks_per_sm = blocks_per_sm_counts[k];
-                  const bnk_reduce_plan plan = bnk__plan_reduce(&view, vecs[v], sm_counts[g], blocks_per_sm);
+                  const bnk_reduce_plan plan = bnk__plan_reduce(&view, vecs[v], sm_counts[g], blocks_per_sm, bnk_reduction_tile_vectors(vecs[v]));
                   check_pieces(&view, vecs[v], sm_counts[g], blocks_per_sm, &plan);
                   check_workspaces(&view, vecs[v], sm_counts[g], blocks_per_sm, &plan);
                   ++checked;
