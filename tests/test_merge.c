@@ -43,7 +43,7 @@ typedef struct merge_case {
  * (docs/performance.md, "Merge"). */
 static const merge_case cases[] = {
     {BNK_FLOAT32, BNK_NCHW, 8, 3, 40, 40, 1},   {BNK_FLOAT16, BNK_NHWC, 4, 8, 10, 10, 1},
-    {BNK_FLOAT16, BNK_NHWC, 4, 200, 10, 10, 0}, {BNK_FLOAT32, BNK_NHWC, 2, 1100, 4, 4, 0},
+    {BNK_FLOAT16, BNK_NHWC, 4, 200, 10, 10, 1}, {BNK_FLOAT32, BNK_NHWC, 2, 1100, 4, 4, 1},
     {BNK_BFLOAT16, BNK_NCHW, 16, 5, 7, 7, 1},
 };
 
