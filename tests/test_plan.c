@@ -56,6 +56,14 @@ static void check_pieces(const bnk_view *view, int vec, int sms, int blocks_per_
               "%" PRId64 " pieces of %" PRId64 " rows do not cover %" PRId64 " once for " SHAPE_FORMAT, plan->parts,
               plan->rows_per_part, view->n, SHAPE_ARGS(view, vec, sms));
     cr_assert_eq(plan->blocks, plan->tiles * plan->parts);
+    /* Each level of the merge inside the kernel is one pass of the block: a channel per thread at most. */
+    cr_assert((int64_t)plan->tile_x * vec <= plan->threads, "tile of %d x %d channels, %d threads for " SHAPE_FORMAT,
+              plan->tile_x, vec, plan->threads, SHAPE_ARGS(view, vec, sms));
+    /* The bands cover the pieces once, at most BNK_MERGE_BANDS of them, none empty. */
+    const int64_t band_pieces = bnk_merge_band_pieces(plan->parts), bands = bnk_merge_bands(plan->parts);
+    cr_assert(bands <= BNK_MERGE_BANDS && bands * band_pieces >= plan->parts && (bands - 1) * band_pieces < plan->parts,
+              "%" PRId64 " bands of %" PRId64 " pieces for %" PRId64 " for " SHAPE_FORMAT, bands, band_pieces,
+              plan->parts, SHAPE_ARGS(view, vec, sms));
     /* At least 4 chunks of BNK_UNROLL rows per thread when the rows allow that with a block on every SM;
      * otherwise about one chunk (at least half of one), when there are rows enough. */
     const int64_t chunk_rows = (int64_t)plan->tile_y * BNK_UNROLL;
@@ -142,7 +150,8 @@ Test(plan, reduction_plans_keep_their_invariants) {
               for (int v = 0; v < (bnk__reduce_vec_fits(&view, wide) ? 2 : 1); ++v)
                 for (int k = 0; k < 2; ++k) {
                   const int blocks_per_sm = blocks_per_sm_counts[k];
-                  const bnk_reduce_plan plan = bnk__plan_reduce(&view, vecs[v], sm_counts[g], blocks_per_sm, bnk_reduction_tile_vectors(vecs[v]));
+                  const bnk_reduce_plan plan = bnk__plan_reduce(&view, vecs[v], sm_counts[g], blocks_per_sm,
+                                                                bnk_reduction_tile_vectors(vecs[v]));
                   check_pieces(&view, vecs[v], sm_counts[g], blocks_per_sm, &plan);
                   check_workspaces(&view, vecs[v], sm_counts[g], blocks_per_sm, &plan);
                   ++checked;
