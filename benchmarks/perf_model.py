@@ -35,6 +35,8 @@ ISSUE_EFFICIENCY = 0.8       # of the 4 x 32 lanes x clock issue slots per SM th
 LAUNCH_US = 2.0              # per kernel launch, back to back on a stream
 MEMORY_LATENCY_S = 0.6e-6    # DRAM latency, for the bytes in flight that a grid needs to reach the bandwidth
 MERGE_STEP_S = 0.25e-6       # one step of a merge loop: an L2 load of a piece just written, then its merge
+FOLD_S = 0.023e-6            # one fold of a piece into a thread's run (~40 dependent instructions at 1.755 GHz)
+MERGE_LOAD_BATCH = 4         # loads a thread of the channels-last merge issues ahead of its folds (BNK_MERGE_BATCH)
 GRID_SYNC_S = 1.0e-6         # one cooperative_groups grid barrier across 132 SMs (an assumption, not measured)
 SCHEDULERS, LANES = 4, 32
 
@@ -86,10 +88,16 @@ def assumptions():
         "    instructions per element are the hot loop's upper bound from sass_report.py",
         "  a finalize / merge launch moves (6 + 3 P) C 4 (forward) or (12 + 4 P) C 4 (backward) bytes, P pieces per"
         f" channel,\n    and takes at least {MERGE_STEP_S * 1e6:g} us (an L2 load and a merge) per 32 pieces plus one"
-        f" ({MEMORY_LATENCY_S * 1e6:g} us) DRAM latency: one warp per channel merges its pieces in order",
+        f" ({MEMORY_LATENCY_S * 1e6:g} us) DRAM latency: one warp per channel merges its pieces in order;",
+        "    channels-last one thread per channel folds the P pieces in order: one DRAM latency, then"
+        f" {MERGE_STEP_S * 1e6:g} us per {MERGE_LOAD_BATCH} loads\n    issued together plus"
+        f" {FOLD_S * 1e6:g} us per fold",
         "  a reduction launch that merges inside (2-launch ops) adds the merge of its last-finishing block after its"
-        f" waves:\n    one {MEMORY_LATENCY_S * 1e6:g} us counter round trip, then per round of"
-        " (channels of the group / warps of the block) the merge above",
+        f" waves:\n    channels-first one {MEMORY_LATENCY_S * 1e6:g} us counter round trip, then per round of"
+        " (channels of the group / warps of the block) the merge above;",
+        "    channels-last two levels of thread-per-channel folds as above (ceil(P / 16) pieces of a band, then the"
+        " B bands),\n    after three DRAM latencies (the counter of the band, the band partials and counter of the"
+        " tile, the outputs)",
         "  blocks of a launch carry equal work; launches do not overlap",
         "  the persistent path (where bnk-plan lists one) is chosen exactly when host/persistent.c's capacity rule"
         " takes it:",
@@ -157,11 +165,16 @@ def streaming_launch_seconds(launch, kernel, elements, device):
     return seconds, blocks / capacity, per_sm
 
 
-def merge_launch_seconds(op, plan, channels, device):
+def merge_launch_seconds(op, plan, channels, device, channels_last=False):
+    """A merge kernel of its own: a warp per channel channels-first; channels-last a thread per channel, through
+    the pieces in order (finalize_stats_channels_last, merge_backward_sums_channels_last)."""
     # A per-channel kernel in an op without a reduction (none today) reads and writes a few arrays of C floats.
     fixed, per_part = PER_CHANNEL_FLOATS.get(op, (4, 0))
     total_bytes = (fixed + per_part * plan["parts"]) * channels * 4
-    latency = MEMORY_LATENCY_S + MERGE_STEP_S * math.ceil(plan["parts"] / 32)
+    if channels_last:
+        latency = MEMORY_LATENCY_S + thread_fold_seconds(plan["parts"])
+    else:
+        latency = MEMORY_LATENCY_S + MERGE_STEP_S * math.ceil(plan["parts"] / 32)
     return max(total_bytes / device["bandwidth"], latency)
 
 
@@ -183,8 +196,20 @@ def persistent_merge_seconds(op, persistent, channels, device):
     return max(total_bytes / device["bandwidth"], latency)
 
 
+def thread_fold_seconds(pieces):
+    """One thread folding `pieces` partials in order, their loads issued MERGE_LOAD_BATCH at a time."""
+    return math.ceil(pieces / MERGE_LOAD_BATCH) * MERGE_STEP_S + pieces * FOLD_S
+
+
 def in_kernel_merge_seconds(plan, launch):
-    """The tail of a reduction whose last block of each group merges the group's pieces (bnk_last_of_group)."""
+    """The tail of a reduction whose last block of each group merges the group's pieces (bnk_last_of_group).
+    Channels-first: a warp per channel, in rounds of the block's warps. Channels-last (bnk-plan's "merge_bands"
+    B > 0): a thread per channel in two levels, the last block of a band of ceil(P / 16) pieces, then the last
+    band of the tile over the B band partials, each level after a counter round trip."""
+    bands = plan.get("merge_bands", 0)
+    if bands > 0:
+        band_pieces = math.ceil(plan["parts"] / bands)
+        return 3 * MEMORY_LATENCY_S + thread_fold_seconds(band_pieces) + thread_fold_seconds(bands)
     rounds = math.ceil(plan["merged_channels"] / max(1, launch["threads"] // 32))
     return MEMORY_LATENCY_S + rounds * (MEMORY_LATENCY_S + MERGE_STEP_S * math.ceil(plan["parts"] / 32))
 
@@ -209,7 +234,7 @@ def two_pass_model(op, entry, sass, device):
             details.append(f"{launch['kernel']} grid {launch['blocks']}x{launch['threads']}, {per_sm}/SM,"
                            f" {waves:.2f} waves, {t * 1e6:.2f} us{merge}")
         else:
-            t = merge_launch_seconds(op, plan, entry["c"], device)
+            t = merge_launch_seconds(op, plan, entry["c"], device, "channels_last" in launch["kernel"])
             details.append(f"{launch['kernel']} grid {launch['blocks']}x{launch['threads']}, {t * 1e6:.2f} us")
         seconds += t + LAUNCH_US * 1e-6
     return floor, seconds, len(plan["launches"]), details

@@ -472,8 +472,9 @@ static __device__ __forceinline__ bool bnk_last_of_group(unsigned *counter, int6
 
 // ---- the two levels of the channels-last merge (kernels/launchers.h, bnk_merge_band_pieces) ----
 // A thread folds a channel's pieces alone, so their loads are issued BNK_MERGE_BATCH at a time ahead of the
-// folds, which stay in index order.
-#define BNK_MERGE_BATCH 8
+// folds, which stay in index order. 4, not 8: the merge is inlined into the reductions, and 8 triples in flight
+// (with their addresses) took the statistics kernels from 64 to 106-110 registers, half their resident blocks.
+#define BNK_MERGE_BATCH 4
 
 // fold(run, load(p)) for p = first, ..., end - 1 in order.
 template <typename S, typename Run, typename Load, typename Fold>

@@ -197,9 +197,11 @@ static __device__ __forceinline__ void fold_rows(const T *p, int64_t stride, int
 // channels over the rows of piece (b / tiles). Thread (tx, ty) owns V channels and walks rows ty,
 // ty + tile_y, ...; consecutive threads read consecutive addresses. BNK_UNROLL rows at a time go into its
 // run with one division for all of them and all V channels; the block then merges its tile_y runs per
-// channel (bnk_tile_reduce).
+// channel (bnk_tile_reduce). Four resident blocks except for the 16-bit 8-wide kernels, whose run state allows
+// two: without the bound the merge inside takes the register count past 64, and ptxas fits it there without
+// spills (sass_budget.json checks that).
 template <typename T, int V>
-static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
+static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 8 ? 2 : 4)
     stats_channels_last(const T *__restrict__ x, int64_t rows, int64_t c, int tile_x, int tile_y, int64_t tiles,
                         int64_t rows_per_part, bnk_stats_workspace ws, stats_merge merge) {
   typedef bnk_welford_vec<V> state;
