@@ -137,8 +137,7 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
   const char *layout = view->channels_last ? "last" : "first";
   /* The merge kernels: a warp per channel channels-first, a thread per channel channels-last. */
   const int64_t per_channel_threads = view->channels_last ? 1 : 32;
-  const int64_t per_channel_blocks =
-      (view->c * per_channel_threads + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS;
+  const int64_t per_channel_blocks = (view->c * per_channel_threads + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS;
 
   op_plan plan = {.vec = vec};
   switch (op) {
@@ -146,7 +145,8 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
   case OP_FWD_INFER: {
     const bnk_elementwise_plan normalize = bnk__plan_elementwise(view, pointers, 2, sm_count, normalize_occupancy);
     if (op == OP_FWD_TRAIN) {
-      const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count, stats_occupancy[0], bnk_reduction_tile_vectors(vec));
+      const bnk_reduce_plan reduce =
+          bnk__plan_reduce(view, vec, sm_count, stats_occupancy[0], bnk_reduction_tile_vectors(vec));
       plan.parts = reduce.parts;
       add_launch(&plan, reduce.blocks, reduce.threads, "stats_channels_%s<%s, %d>", layout, type, vec);
       if (bnk__merge_counters_of(ctx, view, &reduce) == NULL)
@@ -160,7 +160,8 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
     break;
   }
   default: {
-    const bnk_reduce_plan reduce = bnk__plan_reduce(view, vec, sm_count, sums_occupancy[BNK_GRAD_PLAIN], bnk_reduction_tile_vectors(vec));
+    const bnk_reduce_plan reduce =
+        bnk__plan_reduce(view, vec, sm_count, sums_occupancy[BNK_GRAD_PLAIN], bnk_reduction_tile_vectors(vec));
     const bnk_elementwise_plan dx = bnk__plan_elementwise(view, pointers, 3, sm_count, dx_occupancy);
     plan.parts = reduce.parts;
     add_launch(&plan, reduce.blocks, reduce.threads, "backward_sums_channels_%s<%s, %d, 0>", layout, type, vec);

@@ -81,7 +81,8 @@ int64_t bnk__plan_parts_bound(const bnk_view *view, int sm_count, const int bloc
   int64_t parts = narrow.parts;
   const int vec = bnk__dtype_vec(view->dtype);
   if (bnk__reduce_vec_fits(view, vec)) {
-    const bnk_reduce_plan wide = bnk__plan_reduce(view, vec, sm_count, blocks_per_sm[1], bnk_reduction_tile_vectors(vec));
+    const bnk_reduce_plan wide =
+        bnk__plan_reduce(view, vec, sm_count, blocks_per_sm[1], bnk_reduction_tile_vectors(vec));
     if (wide.parts > parts) parts = wide.parts;
   }
   return parts;

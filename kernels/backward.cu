@@ -65,8 +65,9 @@ static __device__ __forceinline__ void merge_channel_sums_if_last(const sums_mer
 // Channels-last, called by every thread of a block after its partials are written: the two levels of the merge
 // (bnk_merge_tile_if_last), a thread per channel of the tile (channels [first, end), at most the block's
 // threads).
-static __device__ __forceinline__ void merge_tile_sums_if_last(const sums_merge &merge, const bnk_backward_workspace &ws,
-                                                               int64_t c, int64_t tiles, int64_t first, int64_t end) {
+static __device__ __forceinline__ void merge_tile_sums_if_last(const sums_merge &merge,
+                                                               const bnk_backward_workspace &ws, int64_t c,
+                                                               int64_t tiles, int64_t first, int64_t end) {
   if (merge.counters == NULL) return;
   const int64_t tile = blockIdx.x % tiles;
   const int part = (int)(blockIdx.x / tiles), parts = (int)(gridDim.x / tiles);
@@ -369,8 +370,8 @@ extern "C" cudaError_t bnk__launch_backward_reduce_ex(const bnk_view *view, cons
   if (status != cudaSuccess || counters != NULL) return status;
   if (view->channels_last) {
     const dim3 grid((unsigned)((view->c + BNK_STREAM_THREADS - 1) / BNK_STREAM_THREADS));
-    BNK_LAUNCH(merge_backward_sums_channels_last, grid, dim3(BNK_STREAM_THREADS), 0, stream, view->c,
-               (int)plan->parts, band_pieces, m, stats, ws, dgamma, dbeta);
+    BNK_LAUNCH(merge_backward_sums_channels_last, grid, dim3(BNK_STREAM_THREADS), 0, stream, view->c, (int)plan->parts,
+               band_pieces, m, stats, ws, dgamma, dbeta);
     return cudaGetLastError();
   }
   const int warps_per_block = BNK_STREAM_THREADS / BNK_WARP;

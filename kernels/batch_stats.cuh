@@ -37,8 +37,8 @@ static __device__ __forceinline__ bnk_welford bnk_merge_triples(const float *cou
 // The channels-last merge of a channel in a kernel of its own, in the order of the two levels of the merge
 // inside the statistics kernel (bnk_merge_tile_if_last), so to the same bits: each band's pieces in order,
 // then the bands' results in order.
-static __device__ __forceinline__ bnk_welford bnk_merge_bands_of(int64_t channel, int64_t c, int parts,
-                                                                 int band_pieces, const bnk_stats_workspace &ws) {
+static __device__ __forceinline__ bnk_welford bnk_merge_bands_of(int64_t channel, int64_t c, int parts, int band_pieces,
+                                                                 const bnk_stats_workspace &ws) {
   bnk_welford_run run = bnk_run_empty();
   for (int first = 0; first < parts; first += band_pieces)
     bnk_run_add(run, bnk_merge_triples(ws.count, ws.mean, ws.m2, channel, c, first, min(parts, first + band_pieces)));

@@ -92,7 +92,8 @@ static __device__ __forceinline__ float2 merge_backward_bands_of(int64_t channel
                                                                  const bnk_backward_workspace &ws) {
   float2 acc = make_float2(0.0f, 0.0f);
   for (int first = 0; first < parts; first += band_pieces)
-    acc = bnk_combine(acc, merge_sum_pairs(ws.sum_dy, ws.sum_dy_xmu, channel, c, first, min(parts, first + band_pieces)));
+    acc =
+        bnk_combine(acc, merge_sum_pairs(ws.sum_dy, ws.sum_dy_xmu, channel, c, first, min(parts, first + band_pieces)));
   return acc;
 }
 

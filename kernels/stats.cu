@@ -265,8 +265,8 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
                                  double *rank_partials) {
   const int64_t channel = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (channel >= c) return;
-  bnk_finish_channel(channel, c, m, bnk_merge_bands_of(channel, c, parts, band_pieces, ws), ws, eps, running,
-                     save_mean, save_invstd, rank_partials);
+  bnk_finish_channel(channel, c, m, bnk_merge_bands_of(channel, c, parts, band_pieces, ws), ws, eps, running, save_mean,
+                     save_invstd, rank_partials);
 }
 
 template <typename T>
@@ -294,16 +294,11 @@ extern "C" cudaError_t bnk__launch_batch_stats(const bnk_view *view, const bnk_r
                                                unsigned *counters, cudaStream_t stream) {
   const int64_t m = view->n * view->s;
   const int band_pieces = (int)bnk_merge_band_pieces(plan->parts);
-  const stats_merge merge = {counters,
-                             view->channels_last ? plan->tiles : view->c,
-                             band_pieces,
-                             (int)bnk_merge_bands(plan->parts),
-                             m,
-                             eps,
-                             running,
-                             save_mean,
-                             save_invstd,
-                             rank_partials};
+  const stats_merge merge = {counters,    view->channels_last ? plan->tiles : view->c,
+                             band_pieces, (int)bnk_merge_bands(plan->parts),
+                             m,           eps,
+                             running,     save_mean,
+                             save_invstd, rank_partials};
   switch (view->dtype) {
   case BNK_FLOAT32:
     launch_stats_pieces<float>(view, plan, x, ws, merge, stream);
