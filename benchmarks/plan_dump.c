@@ -84,15 +84,16 @@ static void add_launch(op_plan *plan, int64_t blocks, int threads, const char *f
  * (bnk_persistent_team), and its grid barriers: two (before and after the merge) where pieces of a channel lie
  * in several blocks, none where a team owns its channels (momentum running statistics; cumulative ones add one). */
 static persistent_plan persistent_op_plan(int op, const bnk_view *view, const void *const *pointers, int sm_count,
-                                          const char *type, const char *layout) {
+                                          const bnk_context *ctx, const char *type, const char *layout) {
   const int vec = bnk__choose_whole_run_vec(view, pointers, 5);
   const int forward = op == OP_FWD_TRAIN;
   const int cache = forward ? BNK_PERSISTENT_CACHE : BNK_PERSISTENT_BACKWARD_CACHE;
   const int team = bnk_persistent_team(view, vec, cache);
   persistent_plan plan = {.exists = 1, .team = team, .grid_syncs = team != 0 ? 0 : 2};
   bnk_reduce_plan reduce;
-  const cudaError_t error = bnk__plan_persistent_op(view, vec, !forward, forward ? BNK_EPILOGUE_NONE : BNK_GRAD_PLAIN,
-                                                    sm_count, &reduce, &plan.blocks_per_sm, &plan.fits);
+  const cudaError_t error =
+      bnk__plan_persistent_op(view, vec, !forward, forward ? BNK_EPILOGUE_NONE : BNK_GRAD_PLAIN, sm_count,
+                              ctx->persistent_occupancy, &reduce, &plan.blocks_per_sm, &plan.fits);
   if (error != cudaSuccess) {
     fprintf(stderr, "bnk-plan: the occupancy query of the persistent %s failed\n", forward ? "forward" : "backward");
     exit(1);
@@ -153,7 +154,7 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
         add_launch(&plan, per_channel_blocks, BNK_STREAM_THREADS, "finalize_stats%s",
                    view->channels_last ? "_channels_last" : "");
       else merged_inside(&plan, view, &reduce);
-      plan.persistent = persistent_op_plan(op, view, pointers, sm_count, type, layout);
+      plan.persistent = persistent_op_plan(op, view, pointers, sm_count, ctx, type, layout);
     }
     add_launch(&plan, normalize.blocks, normalize.threads, "normalize_channels_%s<%s, %d, %s, 0>", layout, type,
                normalize.vec, op == OP_FWD_INFER ? "true" : "false");
@@ -170,7 +171,7 @@ static op_plan plan_of_op(int op, const bnk_view *view, int sm_count, const bnk_
                  view->channels_last ? "_channels_last" : "");
     else merged_inside(&plan, view, &reduce);
     add_launch(&plan, dx.blocks, dx.threads, "backward_dx_channels_%s<%s, %d, 0>", layout, type, dx.vec);
-    plan.persistent = persistent_op_plan(op, view, pointers, sm_count, type, layout);
+    plan.persistent = persistent_op_plan(op, view, pointers, sm_count, ctx, type, layout);
     break;
   }
   }

@@ -73,6 +73,11 @@ bnk_status bnk_context_create(bnk_context **ctx, int device) {
   created->stream = NULL;
   created->merge_counters = NULL;
   created->merge_counters_usable = BNK_MERGE_COUNTERS;
+  created->persistent_occupancy = calloc(1, sizeof *created->persistent_occupancy);
+  if (created->persistent_occupancy == NULL) {
+    free(created);
+    return bnk__fail(BNK_ERROR_INTERNAL, "out of host memory allocating a context's occupancy table");
+  }
   /* Here rather than in the first call: compute calls allocate nothing (and may be captured in a graph). */
   bnk_status status = query_occupancy(created);
   if (status == BNK_SUCCESS) status = create_merge_counters(created);
@@ -81,6 +86,7 @@ bnk_status bnk_context_create(bnk_context **ctx, int device) {
     if (status != BNK_SUCCESS) cudaFree(created->merge_counters);
   }
   if (status != BNK_SUCCESS) {
+    free(created->persistent_occupancy);
     free(created);
     return status;
   }
@@ -97,6 +103,7 @@ void bnk_context_destroy(bnk_context *ctx) {
       cudaFree(ctx->merge_counters);
       bnk__device_leave(&guard);
     }
+    free(ctx->persistent_occupancy);
   }
   free(ctx);
 }

@@ -7,6 +7,17 @@
 #include "bnk.h"
 #include "kernels/launchers.h"
 
+/* Blocks per SM of each persistent kernel at each second-level depth, learned the first time a plan asks
+ * (host/persistent.c): bnk__plan_persistent_op bisects over the depth for every call's shape, and each probe is
+ * an occupancy query of one (kernel, dynamic shared memory) pair, whose answer never changes on a device.
+ * An entry is blocks + 1, 0 while unknown; a relaxed atomic, so that threads sharing a context for queries
+ * (bnk_forward_training_path) write the same value without a race. Indexed [backward][dtype][channels_last]
+ * [vec > 1][epilogue kind or gradient source][team: none, warp, block][depth]. */
+#define BNK__PERSISTENT_DEPTHS (BNK_PERSISTENT_SHARED_LIMIT / (BNK_STREAM_THREADS * 4) + 1)
+typedef struct bnk_persistent_occupancy {
+  _Atomic unsigned char blocks_plus_one[2][3][2][2][3][3][BNK__PERSISTENT_DEPTHS];
+} bnk_persistent_occupancy;
+
 struct bnk_context {
   int device;
   int device_sm_count;
@@ -20,6 +31,7 @@ struct bnk_context {
   unsigned *merge_counters;
   int64_t merge_counters_usable; /* BNK_MERGE_COUNTERS, or fewer under bnk__context_limit_merge_counters */
   bnk_occupancy_table occupancy; /* of this device's streaming kernels, queried at creation */
+  bnk_persistent_occupancy *persistent_occupancy; /* of its persistent kernels, queried as plans need them */
 };
 
 /* Blocks per SM of a family's kernels for this view and variant, the element-wide one [0] and the 16-byte one
@@ -154,9 +166,11 @@ bnk_status bnk__plan_training_forward(const bnk_context *ctx, const bnk_view *vi
  * it or a team owns each channel, else a second level in shared memory that fits and is one deeper than a
  * depth that does not (a bisection over the depth, each probe the kernel's occupancy at that depth), else the
  * deepest, which does not fit (*fits 0).
- * *blocks_per_sm is the occupancy of the plan's kernel and depth. */
+ * *blocks_per_sm is the occupancy of the plan's kernel and depth. `known` holds the occupancies queried before
+ * on this device and takes the new ones (a context's persistent_occupancy); NULL queries every probe. */
 cudaError_t bnk__plan_persistent_op(const bnk_view *view, int vec, int backward, int kind, int sm_count,
-                                    bnk_reduce_plan *plan, int *blocks_per_sm, int *fits);
+                                    bnk_persistent_occupancy *known, bnk_reduce_plan *plan, int *blocks_per_sm,
+                                    int *fits);
 /* The most pieces per channel of either path for this view: the training forward's workspace query. */
 int64_t bnk__training_parts_bound(const bnk_context *ctx, const bnk_view *view);
 

@@ -5,6 +5,8 @@
  * alone, or else with a second level in shared memory that fits (host/internal.h); a context setting may force
  * either path. */
 #include <inttypes.h>
+#include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 
 #include "host/internal.h"
@@ -83,30 +85,52 @@ static bnk_status persistent_allowed(const bnk_context *ctx, int *allowed) {
   return BNK_SUCCESS;
 }
 
+/* The occupancy of the op's kernel with a second level `depth` deep, from `known` where an earlier plan asked. */
+static cudaError_t occupancy_at_depth(const bnk_view *view, int vec, int backward, int kind, int team, int depth,
+                                      bnk_persistent_occupancy *known, int *blocks_per_sm) {
+  _Atomic unsigned char *entry = known == NULL
+                                     ? NULL
+                                     : &known->blocks_plus_one[backward][view->dtype][view->channels_last != 0][vec > 1]
+                                                              [kind][team == 0    ? 0
+                                                                     : team == 32 ? 1
+                                                                                  : 2][depth];
+  const unsigned char cached = entry == NULL ? 0 : atomic_load_explicit(entry, memory_order_relaxed);
+  if (cached != 0) {
+    *blocks_per_sm = cached - 1;
+    return cudaSuccess;
+  }
+  BNK__TRY_CUDA(backward ? bnk__persistent_backward_occupancy(view, vec, kind, team, depth, blocks_per_sm)
+                         : bnk__persistent_forward_occupancy(view, vec, kind, team, depth, blocks_per_sm));
+  /* An SM holds at most 32 blocks: every answer has an entry. */
+  if (entry != NULL && *blocks_per_sm >= 0 && *blocks_per_sm < UCHAR_MAX)
+    atomic_store_explicit(entry, (unsigned char)(*blocks_per_sm + 1), memory_order_relaxed);
+  return cudaSuccess;
+}
+
 /* One candidate of bnk__plan_persistent_op: the occupancy of the op's kernel with a second level `depth` deep,
  * and the plan of that depth on it. */
 static cudaError_t plan_at_depth(const bnk_view *view, int vec, int backward, int kind, int team, int depth,
-                                 int sm_count, bnk_reduce_plan *plan, int *blocks_per_sm, int *fits) {
-  const cudaError_t error = backward ? bnk__persistent_backward_occupancy(view, vec, kind, team, depth, blocks_per_sm)
-                                     : bnk__persistent_forward_occupancy(view, vec, kind, team, depth, blocks_per_sm);
-  if (error != cudaSuccess) return error;
+                                 int sm_count, bnk_persistent_occupancy *known, bnk_reduce_plan *plan,
+                                 int *blocks_per_sm, int *fits) {
+  BNK__TRY_CUDA(occupancy_at_depth(view, vec, backward, kind, team, depth, known, blocks_per_sm));
   const int cache = backward ? BNK_PERSISTENT_BACKWARD_CACHE : BNK_PERSISTENT_CACHE;
   *fits = bnk__plan_persistent(view, vec, cache, depth, sm_count, *blocks_per_sm, plan);
   return cudaSuccess;
 }
 
 cudaError_t bnk__plan_persistent_op(const bnk_view *view, int vec, int backward, int kind, int sm_count,
-                                    bnk_reduce_plan *plan, int *blocks_per_sm, int *fits) {
+                                    bnk_persistent_occupancy *known, bnk_reduce_plan *plan, int *blocks_per_sm,
+                                    int *fits) {
   /* Defined outputs when a query fails too. */
   const bnk_reduce_plan none = {0};
   *plan = none;
   *blocks_per_sm = 0;
   *fits = 0;
   const int team = bnk_persistent_team(view, vec, backward ? BNK_PERSISTENT_BACKWARD_CACHE : BNK_PERSISTENT_CACHE);
-  BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, 0, sm_count, plan, blocks_per_sm, fits));
+  BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, 0, sm_count, known, plan, blocks_per_sm, fits));
   if (*fits || team != 0) return cudaSuccess;
   const int deepest = bnk_persistent_max_shared_depth(backward, view->dtype == BNK_FLOAT32 ? 4 : 2, vec);
-  BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, deepest, sm_count, plan, blocks_per_sm, fits));
+  BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, deepest, sm_count, known, plan, blocks_per_sm, fits));
   if (!*fits) return cudaSuccess;
   /* Depth `fitting` fits and `short_of` does not: halve the gap, down to a fitting depth whose next shallower
    * one does not fit (a deeper level than needed would only cost shared memory traffic). The capacity need not
@@ -115,12 +139,12 @@ cudaError_t bnk__plan_persistent_op(const bnk_view *view, int vec, int backward,
   int short_of = 0, fitting = deepest, probed = deepest;
   while (fitting - short_of > 1) {
     probed = short_of + (fitting - short_of) / 2;
-    BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, probed, sm_count, plan, blocks_per_sm, fits));
+    BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, probed, sm_count, known, plan, blocks_per_sm, fits));
     if (*fits) fitting = probed;
     else short_of = probed;
   }
   if (probed != fitting)
-    BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, fitting, sm_count, plan, blocks_per_sm, fits));
+    BNK__TRY_CUDA(plan_at_depth(view, vec, backward, kind, team, fitting, sm_count, known, plan, blocks_per_sm, fits));
   return cudaSuccess;
 }
 
@@ -129,8 +153,8 @@ cudaError_t bnk__plan_persistent_op(const bnk_view *view, int vec, int backward,
 static bnk_status fit_persistent(const bnk_context *ctx, const bnk_view *view, int vec, int backward, int kind,
                                  bnk_training_plan *plan) {
   int blocks_per_sm = 0;
-  BNK__TRY(bnk__check_cuda(bnk__plan_persistent_op(view, vec, backward, kind, ctx->sm_count, &plan->reduce,
-                                                   &blocks_per_sm, &plan->persistent),
+  BNK__TRY(bnk__check_cuda(bnk__plan_persistent_op(view, vec, backward, kind, ctx->sm_count, ctx->persistent_occupancy,
+                                                   &plan->reduce, &blocks_per_sm, &plan->persistent),
                            backward ? "cudaOccupancyMaxActiveBlocksPerMultiprocessor (persistent backward)"
                                     : "cudaOccupancyMaxActiveBlocksPerMultiprocessor (persistent forward)"));
   if (plan->persistent || ctx->training_path != BNK_TRAINING_PATH_PERSISTENT) return BNK_SUCCESS;

@@ -3,6 +3,7 @@
  * through each forced path and the automatic choice; the capacity boundary on both sides; the SM limit; a
  * persistent forward captured into a graph. The emulated device has few SMs, so a full co-resident grid is a
  * few blocks, and the context's SM limit makes it smaller still. */
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1230,8 +1231,21 @@ static void expect_shallowest_shared_depth(const bnk_context *ctx, const bnk_ten
   const int vec = bnk__choose_whole_run_vec(&view, pointers, 3);
   bnk_reduce_plan plan;
   int blocks_per_sm = 0, fits = 0;
-  cr_assert_eq(bnk__plan_persistent_op(&view, vec, backward, 0, ctx->sm_count, &plan, &blocks_per_sm, &fits),
+  cr_assert_eq(bnk__plan_persistent_op(&view, vec, backward, 0, ctx->sm_count, ctx->persistent_occupancy, &plan,
+                                       &blocks_per_sm, &fits),
                cudaSuccess);
+  /* The context's cached occupancies give the plan that fresh queries give. */
+  bnk_reduce_plan queried;
+  int queried_blocks_per_sm = 0, queried_fits = 0;
+  cr_assert_eq(bnk__plan_persistent_op(&view, vec, backward, 0, ctx->sm_count, NULL, &queried, &queried_blocks_per_sm,
+                                       &queried_fits),
+               cudaSuccess);
+  cr_expect(queried.shared_depth == plan.shared_depth && queried.blocks == plan.blocks && queried.parts == plan.parts &&
+                queried_blocks_per_sm == blocks_per_sm && queried_fits == fits,
+            "%s: op %d: cached occupancies plan depth %d, %" PRId64 " blocks (%d per SM), fresh queries depth %d, "
+            "%" PRId64 " blocks (%d per SM)",
+            label, backward, plan.shared_depth, plan.blocks, blocks_per_sm, queried.shared_depth, queried.blocks,
+            queried_blocks_per_sm);
   cr_expect(fits, "%s: op %d does not fit", label, backward);
   cr_expect(plan.shared_depth > 0, "%s: op %d took no second level", label, backward);
   cr_expect(plan.shared_depth <= bnk_persistent_max_shared_depth(backward, desc->dtype == BNK_FLOAT32 ? 4 : 2, vec),
@@ -1270,6 +1284,44 @@ Test(persistent, second_level_matches_reference_on_every_schedule, .timeout = 18
   }
   bnk_context_destroy(ctx);
 }
+
+#ifdef BNK_TEST_EMULATION
+/* The occupancy queries of the path choice for the second-level shapes (a bisection over the depth each): some
+ * the first time a context plans them, none the second, some again on a fresh context, with the same paths. */
+static unsigned long long path_queries(bnk_context *ctx, bnk_training_path paths[DEEP_SHAPES][2]) {
+  const unsigned long long before = bnk_emu_occupancy_queries();
+  for (size_t i = 0; i < DEEP_SHAPES; ++i) {
+    bnk_tensor_desc desc;
+    cr_assert_eq(bnk_tensor_desc_init(&desc, deep_shapes[i].dtype, deep_shapes[i].layout, deep_shapes[i].n,
+                                      deep_shapes[i].c, deep_shapes[i].spatial_dims, deep_shapes[i].spatial),
+                 BNK_SUCCESS);
+    cr_assert_eq(forward_path(ctx, &desc, &paths[i][0]), BNK_SUCCESS, "%s", bnk_last_error_message());
+    cr_assert_eq(backward_path(ctx, &desc, &paths[i][1]), BNK_SUCCESS, "%s", bnk_last_error_message());
+  }
+  return bnk_emu_occupancy_queries() - before;
+}
+
+Test(persistent, occupancy_is_queried_once_per_context) {
+  bnk_training_path first[DEEP_SHAPES][2], again[DEEP_SHAPES][2], fresh[DEEP_SHAPES][2];
+  bnk_context *ctx = persistent_context(DEEP_SM_LIMIT);
+  const unsigned long long first_queries = path_queries(ctx, first);
+  const unsigned long long again_queries = path_queries(ctx, again);
+  bnk_context_destroy(ctx);
+  ctx = persistent_context(DEEP_SM_LIMIT);
+  const unsigned long long fresh_queries = path_queries(ctx, fresh);
+  bnk_context_destroy(ctx);
+  /* Each shape takes the second level in both ops: at least the registers-only probe and the deepest. */
+  cr_expect(first_queries >= 2 * 2 * DEEP_SHAPES, "%llu queries planning %zu shapes first", first_queries, DEEP_SHAPES);
+  cr_expect_eq(again_queries, 0ull, "%llu queries planning the same shapes again", again_queries);
+  cr_expect_eq(fresh_queries, first_queries, "%llu queries on a fresh context, %llu on the first", fresh_queries,
+               first_queries);
+  for (size_t i = 0; i < DEEP_SHAPES; ++i)
+    for (int op = 0; op < 2; ++op) {
+      cr_expect_eq(first[i][op], BNK_TRAINING_PATH_PERSISTENT, "shape %zu, op %d", i, op);
+      cr_expect(again[i][op] == first[i][op] && fresh[i][op] == first[i][op], "shape %zu, op %d", i, op);
+    }
+}
+#endif
 
 /* The same data through each path (check_each_path) for a channels-first and a channels-last shape of the
  * second level, forward and backward. */

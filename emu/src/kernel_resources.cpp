@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -141,6 +142,9 @@ int max_threads_per_block(int registers) {
   return std::min(kMaxThreadsPerBlock, kRegsPerBlock / registers_per_warp(registers) * 32);
 }
 
+/* Every occupancy query since the process started: what tests count to see that the library caches them. */
+std::atomic<unsigned long long> occupancy_queries{0};
+
 }  // namespace
 
 int blocks_per_sm(const void *func, int block_threads, size_t dynamic_smem) {
@@ -185,9 +189,12 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, const 
                                                           size_t dynamicSMemSize) {
   if (!numBlocks || blockSize <= 0) return record_error(cudaErrorInvalidValue);
   if (!func) return record_error(cudaErrorInvalidDeviceFunction);
+  occupancy_queries.fetch_add(1, std::memory_order_relaxed);
   *numBlocks = blocks_per_sm(func, blockSize, dynamicSMemSize);
   return cudaSuccess;
 }
+
+unsigned long long bnk_emu_occupancy_queries(void) { return occupancy_queries.load(std::memory_order_relaxed); }
 
 }  // extern "C"
 #pragma GCC visibility pop

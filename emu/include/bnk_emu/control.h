@@ -43,6 +43,11 @@ int bnk_emu_get_workers(void);
 void bnk_emu_set_sm_count(int n);
 int bnk_emu_get_sm_count(void);
 
+/* Calls of cudaOccupancyMaxActiveBlocksPerMultiprocessor (every overload)
+ * since the process started, on every thread: a test's way to see what a
+ * library queries once and caches. */
+unsigned long long bnk_emu_occupancy_queries(void);
+
 /* Message of the last kernel misuse detected (partial barrier, deadlock,
  * bad warp-collective mask, __trap, ...), as
  * "file:line: what happened (block (x,y,z), threads ...)", or "" if none
