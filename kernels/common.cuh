@@ -12,6 +12,8 @@
 
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "bnk.h"
 #include "kernels/launchers.h"
 
@@ -76,32 +78,83 @@ struct bnk_vec_width {
 // loads, never the read-only path (ld.global.nc): the elementwise passes may write in place (y == x,
 // dx == dy, y == z), and a non-coherent load of a buffer the same kernel writes is undefined on a GPU.
 // So no __restrict__ here, which would let nvcc prove the data read-only and emit LDG.*.CONSTANT.
+// The V values of a 16-byte vector as floats (exact). A bf16 is the upper half of its float: shifting and
+// masking each 32-bit word takes 1 instruction per value where nvcc's conversion took 1.5 (a PRMT to move
+// the upper value down first), and keeps nvcc from unpacking each value into a register of its own.
 template <typename T, int V>
-static __device__ __forceinline__ void bnk_load(const T *p, float (&out)[V]) {
-  if constexpr (V * sizeof(T) == 16) {
+static __device__ __forceinline__ void bnk_unpack_vector(uint4 raw, float (&out)[V]) {
+  static_assert(V * sizeof(T) == 16, "a 16-byte vector");
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      out[2 * k] = __uint_as_float(words[k] << 16);
+      out[2 * k + 1] = __uint_as_float(words[k] & 0xffff0000u);
+    }
+  } else {
     union {
       uint4 raw;
       T elem[V];
     } u;
-    u.raw = *reinterpret_cast<const uint4 *>(p);
+    u.raw = raw;
 #pragma unroll
     for (int i = 0; i < V; ++i) out[i] = bnk_to_float(u.elem[i]);
+  }
+}
+
+template <typename T, int V>
+static __device__ __forceinline__ void bnk_load(const T *p, float (&out)[V]) {
+  if constexpr (V * sizeof(T) == 16) {
+    bnk_unpack_vector<T, V>(*reinterpret_cast<const uint4 *>(p), out);
   } else {
 #pragma unroll
     for (int i = 0; i < V; ++i) out[i] = bnk_to_float(p[i]);
   }
 }
 
+// Two values rounded into a 16-bit pair, low element first: the one conversion that both a store and the
+// ReLU mask's compare (bnk_positive_pair) use, so that nvcc converts each pair once (for bf16 it emitted the
+// scalar and the pair conversions separately).
+static __device__ __forceinline__ unsigned bnk_round_pair(__half, float low, float high) {
+  union {
+    __half2 pair;
+    unsigned bits;
+  } u;
+  u.pair = __floats2half2_rn(low, high);
+  return u.bits;
+}
+static __device__ __forceinline__ unsigned bnk_round_pair(__nv_bfloat16, float low, float high) {
+  union {
+    __nv_bfloat162 pair;
+    unsigned bits;
+  } u;
+  u.pair = __floats2bfloat162_rn(low, high);
+  return u.bits;
+}
+
+// A 16-byte vector of V values, each rounded once.
+template <typename T, int V>
+static __device__ __forceinline__ uint4 bnk_round_vector(const float (&in)[V]) {
+  static_assert(V * sizeof(T) == 16, "a 16-byte vector");
+  union {
+    uint4 raw;
+    T elem[V];
+    unsigned pair[4];
+  } u;
+  if constexpr (sizeof(T) == 2) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) u.pair[k] = bnk_round_pair(T(), in[2 * k], in[2 * k + 1]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) u.elem[i] = bnk_from_float<T>(in[i]);
+  }
+  return u.raw;
+}
+
 template <typename T, int V>
 static __device__ __forceinline__ void bnk_store(T *p, const float (&in)[V]) {
   if constexpr (V * sizeof(T) == 16) {
-    union {
-      uint4 raw;
-      T elem[V];
-    } u;
-#pragma unroll
-    for (int i = 0; i < V; ++i) u.elem[i] = bnk_from_float<T>(in[i]);
-    *reinterpret_cast<uint4 *>(p) = u.raw;
+    *reinterpret_cast<uint4 *>(p) = bnk_round_vector<T, V>(in);
   } else {
 #pragma unroll
     for (int i = 0; i < V; ++i) p[i] = bnk_from_float<T>(in[i]);
@@ -196,12 +249,43 @@ static __device__ __forceinline__ float bnk_relu(float v) { return v < 0.0f ? 0.
 
 // Bit i is set when element i, as stored in T, is > 0: the decision the backward sees when it reads y, so
 // that the mask path and the y path agree bit for bit (a positive fp32 value may round to 0 in fp16).
+// 16-bit storage compares the rounded pair at once (HSET2: 0xFFFF per half that is > 0, NaN not), and
+// each pair's two halves give its two bits: about 1 instruction per element where converting each rounded
+// value back to fp32, comparing and setting its bit took 4.
+static __device__ __forceinline__ unsigned bnk_positive_pair(__half, float low, float high) {
+  union {
+    unsigned bits;
+    __half2 pair;
+  } u;
+  u.bits = bnk_round_pair(__half(), low, high);
+  return __hgt2_mask(u.pair, __float2half2_rn(0.0f));
+}
+static __device__ __forceinline__ unsigned bnk_positive_pair(__nv_bfloat16, float low, float high) {
+  union {
+    unsigned bits;
+    __nv_bfloat162 pair;
+  } u;
+  u.bits = bnk_round_pair(__nv_bfloat16(), low, high);
+  return __hgt2_mask(u.pair, __float2bfloat162_rn(0.0f));
+}
+
 template <typename T, int V>
 static __device__ __forceinline__ unsigned bnk_positive_bits(const float (&v)[V]) {
   unsigned bits = 0;
+  if constexpr (sizeof(T) == 2 && V % 2 == 0) {
+    static_assert(V <= 16, "a pair's bits are taken from both halves of a 32-bit word");
+    // Pair k's mask is 0xFFFF per positive half: bit 2k of its low half is element 2k, bit 2k + 1 of its
+    // high half element 2k + 1. Gather those positions of every pair, then fold the high half down.
+    unsigned gathered = 0;
 #pragma unroll
-  for (int i = 0; i < V; ++i)
-    if (bnk_to_float(bnk_from_float<T>(v[i])) > 0.0f) bits |= 1u << i;
+    for (int k = 0; k < V / 2; ++k)
+      gathered |= bnk_positive_pair(T(), v[2 * k], v[2 * k + 1]) & (0x00030003u << (2 * k));
+    bits = (gathered & 0x5555u) | ((gathered >> 16) & 0xAAAAu);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      if (bnk_to_float(bnk_from_float<T>(v[i])) > 0.0f) bits |= 1u << i;
+  }
   return bits;
 }
 
@@ -210,15 +294,17 @@ static __device__ __forceinline__ unsigned bnk_positive_bits(const float (&v)[V]
 // atomics. Every lane of the group calls it with the same control flow (lanes without elements pass 0);
 // every lane gets the word and the group's first lane stores it. V == 1: the warp's ballot is the word.
 // V > 1: each lane shifts its V bits into place and the group ORs them with log2(32 / V) shuffles, fewer
-// instructions than V ballots and a bit transpose.
-template <int V>
+// instructions than V ballots and a bit transpose. WHOLE_WARP: every lane of the warp calls it together
+// (the flat walk), so the shuffles name the full warp; a group's mask instead costs nvcc a convergence check
+// (MATCH, REDUX, VOTE and a branch) per call.
+template <int V, bool WHOLE_WARP = false>
 static __device__ __forceinline__ unsigned bnk_mask_word(unsigned bits) {
   if constexpr (V == 1) {
     return __ballot_sync(BNK_FULL_MASK, bits != 0);
   } else {
     constexpr int G = 32 / V;
     const int lane = (int)(threadIdx.x % BNK_WARP);
-    const unsigned group = ((1u << G) - 1u) << (lane & ~(G - 1));
+    const unsigned group = WHOLE_WARP ? BNK_FULL_MASK : ((1u << G) - 1u) << (lane & ~(G - 1));
     unsigned word = bits << (V * (lane % G));
 #pragma unroll
     for (int offset = 1; offset < G; offset *= 2) word |= __shfl_xor_sync(group, word, offset);

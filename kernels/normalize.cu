@@ -19,14 +19,15 @@ static __device__ __forceinline__ float normalize_one(float x, float z, const bn
 }
 
 // Records y > 0 of a vector of `element`'s word group: whole words built in the warp (plan.mask_words),
-// else ORed into the zeroed mask. Every lane of a word group calls it, count 0 for no elements.
-template <typename T, int V>
+// else ORed into the zeroed mask. Every lane of a word group calls it, count 0 for no elements; with
+// WHOLE_WARP every lane of the warp (bnk_mask_word).
+template <typename T, int V, bool WHOLE_WARP>
 static __device__ __forceinline__ void record_mask(uint32_t *mask, bool mask_words, int64_t element, int count,
                                                    const float (&y)[V]) {
   unsigned bits = count > 0 ? bnk_positive_bits<T, V>(y) : 0u;
   if (count < V) bits &= (1u << count) - 1u;
   if (mask_words) {
-    const unsigned word = bnk_mask_word<V>(bits);
+    const unsigned word = bnk_mask_word<V, WHOLE_WARP>(bits);
     if (bnk_mask_word_owner<V>() && count > 0) mask[element / 32] = word;
   } else if (count > 0) {
     bnk_mask_set<V>(mask, element, bits);
@@ -57,7 +58,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
                          });
           bnk_store_first<T, V>(y + element, count, v[u]);
         }
-        if (EPILOGUE != BNK_EPILOGUE_NONE && mask != NULL) record_mask<T, V>(mask, true, element, count, v[u]);
+        if (EPILOGUE != BNK_EPILOGUE_NONE && mask != NULL) record_mask<T, V, true>(mask, true, element, count, v[u]);
       });
 }
 
@@ -91,7 +92,7 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, BNK_MIN_RESIDENT_BL
         for (int k = 0; k < V; ++k) v[u][k] = normalize_one<EPILOGUE>(v[u][k], vz[u][k], a[k]);
         bnk_store<T, V>(y + element, v[u]);
         if (EPILOGUE != BNK_EPILOGUE_NONE && mask != NULL)
-          record_mask<T, V>(mask, plan.mask_words != 0, element, V, v[u]);
+          record_mask<T, V, false>(mask, plan.mask_words != 0, element, V, v[u]);
       });
 }
 

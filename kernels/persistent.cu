@@ -107,13 +107,7 @@ static __device__ __forceinline__ void store_outputs(const float (&v)[V], const 
   if constexpr (V * sizeof(T) == 16) {
     // One 128-bit store, said explicitly: through bnk_store's plain assignment nvcc stored these y vectors
     // element by element (4-byte STGs, already in the PTX) in the channels-first kernel.
-    union {
-      uint4 raw;
-      T elem[V];
-    } u;
-#pragma unroll
-    for (int i = 0; i < V; ++i) u.elem[i] = bnk_from_float<T>(out[i]);
-    __stwb(reinterpret_cast<uint4 *>(y + at), u.raw);
+    __stwb(reinterpret_cast<uint4 *>(y + at), bnk_round_vector<T, V>(out));
   } else {
     bnk_store<T, V>(y + at, out);
   }
@@ -168,24 +162,9 @@ static __device__ __forceinline__ void shifted_values(const cached_vector<T, V, 
 template <typename T, int V>
 static __device__ __forceinline__ void shifted_values(const cached_vector<T, V, true> &c, const float (&shift)[V],
                                                       float (&v)[V]) {
-  if constexpr (std::is_same<T, __half>::value) {
-    union {
-      uint4 raw;
-      T elem[V];
-    } u;
-    u.raw = c.raw;
+  bnk_unpack_vector<T, V>(c.raw, v);
 #pragma unroll
-    for (int i = 0; i < V; ++i) v[i] = bnk_to_float(u.elem[i]) - shift[i];
-  } else {
-    // A bf16 is the upper half of its float: converting by shifts keeps nvcc from unpacking each 16-bit
-    // value into a register of its own (200 registers).
-    const uint32_t words[4] = {c.raw.x, c.raw.y, c.raw.z, c.raw.w};
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      v[2 * k] = __uint_as_float(words[k] << 16) - shift[2 * k];
-      v[2 * k + 1] = __uint_as_float(words[k] & 0xffff0000u) - shift[2 * k + 1];
-    }
-  }
+  for (int i = 0; i < V; ++i) v[i] -= shift[i];
 }
 
 // Fills the thread's slots of the second level `deep` (depth slots, [slot][thread]) with the vectors at element

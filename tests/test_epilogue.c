@@ -2,6 +2,7 @@
  * parameters + scale-shift), against the float64 reference composition, on every schedule, for both
  * layouts, every dtype, ranks 1-D to 3-D and misaligned pointers; the backward through the epilogue from y
  * and from the mask (the same bits); the argument rules. */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -381,6 +382,92 @@ Test(epilogue, inference_params_and_scale_shift, .timeout = 600) {
   bnk_context *ctx = test_context();
   test_rng rng = rng_fresh();
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i += 2) run_scale_shift_case(&cases[i], ctx, &rng);
+  bnk_context_destroy(ctx);
+}
+
+/* The mask is y > 0 of y as stored, not of the fp32 value before its rounding: per channel a value t at the
+ * edges of the 16-bit types (positive values that round to +0, the ties to 0, the least values that round up to
+ * the smallest subnormal, subnormals, values that round to infinity), as y = x * t with x = 1 almost everywhere;
+ * at random elements x is -1 (ReLU to 0) or NaN (let through, bit 0). Both layouts, 32 channels so that
+ * channels-last rows are whole mask words, 16-byte vectors. */
+static void run_mask_edges(bnk_context *ctx, bnk_dtype dtype, bnk_layout layout, test_rng *rng) {
+  const double half_tie = ldexp(1.0, -25), bf16_tie = ldexp(1.0, -134);
+  const double f16_edges[8] = {
+      ldexp(1.0, -26), half_tie, nextafterf((float)half_tie, 1.0f), ldexp(1.0, -20), 65520.0, 1e-30, 3.0,
+      ldexp(1.0, -24)};
+  const double bf16_edges[8] = {
+      ldexp(1.0, -135), bf16_tie, nextafterf((float)bf16_tie, 1.0f), ldexp(1.0, -130), FLT_MAX, 1e-30, 3.0,
+      ldexp(1.0, -133)};
+  const double *edges = dtype == BNK_FLOAT16 ? f16_edges : bf16_edges;
+  const epilogue_case ec = {dtype, layout, 2, 32, S2(4, 4), 0};
+  char base[120];
+  describe(&ec, base, sizeof base);
+  problem p = make_problem(&ec, rng);
+  double *scale = malloc(32 * sizeof(double)), *shift = calloc(32, sizeof(double));
+  for (int ch = 0; ch < 32; ++ch) scale[ch] = edges[ch % 8];
+  float *scale_dev = dev_floats(scale, 32), *shift_dev = dev_floats(shift, 32);
+  double *x = malloc((size_t)p.elements * sizeof(double)), *want = malloc((size_t)p.elements * sizeof(double));
+  const int64_t spatial = ref_spatial(&p.desc);
+  for (int64_t n = 0; n < ec.n; ++n)
+    for (int64_t ch = 0; ch < ec.c; ++ch)
+      for (int64_t sp = 0; sp < spatial; ++sp) {
+        const int64_t i = ref_offset(&p.desc, n, ch, sp);
+        const double draw = rng_uniform(rng, 0.0, 1.0);
+        x[i] = draw < 0.1 ? NAN : draw < 0.3 ? -1.0 : 1.0;
+        const float t = (float)(x[i] * (double)(float)scale[ch]);
+        want[i] = round_to_storage(dtype, t < 0.0f ? 0.0f : t);
+      }
+  void *x_dev = dev_alloc(p.bytes), *y_dev = dev_alloc(p.bytes), *mask = dev_alloc(p.mask_bytes);
+  void *x_stored = malloc(p.bytes);
+  to_storage(dtype, x, x_stored, p.elements);
+  dev_upload(x_dev, x_stored, p.bytes);
+  const bnk_epilogue epilogue = {BNK_EPILOGUE_RELU, NULL, mask, p.mask_bytes};
+  double *y = malloc((size_t)p.elements * sizeof(double));
+  void *y_stored = malloc(p.bytes);
+  for (int sched = 0; sched < schedule_count(); ++sched) {
+    schedule_use(sched);
+    dev_poison(y_dev, p.bytes);
+    dev_poison(mask, p.mask_bytes);
+    cr_assert_eq(bnk_scale_shift(ctx, &p.desc, x_dev, y_dev, scale_dev, shift_dev, &epilogue), BNK_SUCCESS, "%s: %s",
+                 base, bnk_last_error_message());
+    dev_download(y_stored, y_dev, p.bytes);
+    from_storage(dtype, y_stored, y, p.elements);
+    for (int64_t i = 0; i < p.elements; ++i) {
+      const int same = isnan(want[i]) ? isnan(y[i]) : y[i] == want[i] && signbit(y[i]) == signbit(want[i]);
+      if (!same) {
+        cr_expect(0, "mask edges %s [%s]: y[%lld] = %.9g, want %.9g", base, schedule_name(sched), (long long)i, y[i],
+                  want[i]);
+        break;
+      }
+    }
+    unsigned char *mask_now = dev_snapshot(mask, p.mask_bytes);
+    char what[200];
+    snprintf(what, sizeof what, "mask edges %s [%s]", base, schedule_name(sched));
+    check_mask(&p, what, mask_now, want);
+    free(mask_now);
+  }
+  free(y);
+  free(y_stored);
+  free(x_stored);
+  free(x);
+  free(want);
+  free(scale);
+  free(shift);
+  dev_free(x_dev);
+  dev_free(y_dev);
+  dev_free(mask);
+  dev_free(scale_dev);
+  dev_free(shift_dev);
+  free_problem(&p);
+}
+
+Test(epilogue, mask_follows_the_rounded_y) {
+  bnk_context *ctx = test_context();
+  test_rng rng = rng_fresh();
+  const bnk_dtype dtypes[2] = {BNK_FLOAT16, BNK_BFLOAT16};
+  const bnk_layout layouts[2] = {BNK_NCHW, BNK_NHWC};
+  for (int d = 0; d < 2; ++d)
+    for (int l = 0; l < 2; ++l) run_mask_edges(ctx, dtypes[d], layouts[l], &rng);
   bnk_context_destroy(ctx);
 }
 
