@@ -330,37 +330,107 @@ static __device__ __forceinline__ bnk_sums_vec<V> bnk_combine(const bnk_sums_vec
   return r;
 }
 
-// Folds the first `rows` rows of v (U rows of V channels, shifted) into the run: each channel's chunk mean
-// and M2 by two passes over registers, then Chan's merge with one division for all V channels, instead of
-// one per element. With rows a compile-time U (full chunks, after inlining) the predicates fold away.
+// Channel i's mean and M2 over the first `rows` (at least 1) rows of v (U rows of V channels), by two passes over
+// registers. With rows a compile-time U (full chunks, after inlining) the predicates fold away.
+template <int U, int V>
+static __device__ __forceinline__ void bnk_chunk_channel(const float (&v)[U][V], int rows, int i, float inv_count,
+                                                         float *mean, float *m2) {
+  // From the first row, not from 0.0f + it: nvcc keeps that addition (it would turn -0 into +0).
+  float sum = v[0][i];
+#pragma unroll
+  for (int u = 1; u < U; ++u)
+    if (u < rows) sum += v[u][i];
+  *mean = sum * inv_count;
+  float squares = 0.0f;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const float d = v[u][i] - *mean;
+    if (u < rows) squares = fmaf(d, d, squares);
+  }
+  *m2 = squares;
+}
+
+// One step of a run: the weight of a chunk of `count` values, with the one division that all V channels share.
+typedef struct bnk_run_step {
+  float total, weight, cross;
+} bnk_run_step;
+
+template <int V>
+static __device__ __forceinline__ bnk_run_step bnk_run_step_for(const bnk_welford_vec_run<V> &run, float count) {
+  bnk_run_step step;
+  step.total = run.w.count + count;
+  step.weight = count / step.total;
+  step.cross = run.w.count * step.weight;
+  return step;
+}
+
+// Chan's merge of channel i's chunk (mean, m2) into the run, the mean compensated (Kahan).
+template <int V>
+static __device__ __forceinline__ void bnk_run_merge_channel(bnk_welford_vec_run<V> &run, const bnk_run_step &step,
+                                                             int i, float mean, float m2) {
+  const float delta = mean - run.w.mean[i];
+  const float change = fmaf(delta, step.weight, -run.mean_error[i]);
+  const float merged = run.w.mean[i] + change;
+  run.mean_error[i] = (merged - run.w.mean[i]) - change;
+  run.w.m2[i] = fmaf(delta * delta, step.cross, run.w.m2[i] + m2);
+  run.w.mean[i] = merged;
+}
+
+// Folds the first `rows` (at least 1) rows of v (U rows of V channels, shifted) into the run: each channel's
+// chunk, then its merge, channel by channel (which keeps few values live: the persistent kernels sit at 128
+// registers), with one division for all V channels instead of one per element.
 template <int U, int V>
 static __device__ __forceinline__ void bnk_run_add_rows(bnk_welford_vec_run<V> &run, const float (&v)[U][V], int rows) {
-  const float count = (float)rows;
-  const float inv_count = 1.0f / count;
-  const float total = run.w.count + count;
-  const float weight = count / total;
-  const float cross = run.w.count * weight;
+  const bnk_run_step step = bnk_run_step_for(run, (float)rows);
+  const float inv_count = 1.0f / (float)rows;
 #pragma unroll
   for (int i = 0; i < V; ++i) {
-    float sum = 0.0f;
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (u < rows) sum += v[u][i];
-    const float chunk_mean = sum * inv_count;
-    float chunk_m2 = 0.0f;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const float d = v[u][i] - chunk_mean;
-      if (u < rows) chunk_m2 = fmaf(d, d, chunk_m2);
-    }
-    const float delta = chunk_mean - run.w.mean[i];
-    const float step = fmaf(delta, weight, -run.mean_error[i]);
-    const float mean = run.w.mean[i] + step;
-    run.mean_error[i] = (mean - run.w.mean[i]) - step;
-    run.w.m2[i] = fmaf(delta * delta, cross, run.w.m2[i] + chunk_m2);
-    run.w.mean[i] = mean;
+    float mean, m2;
+    bnk_chunk_channel<U, V>(v, rows, i, inv_count, &mean, &m2);
+    bnk_run_merge_channel(run, step, i, mean, m2);
   }
-  run.w.count = total;
+  run.w.count = step.total;
+}
+
+// The chunk of the first `rows` rows of v as a whole, for callers that pair chunks before the run takes them.
+template <int U, int V>
+static __device__ __forceinline__ bnk_welford_vec<V> bnk_chunk_of_rows(const float (&v)[U][V], int rows) {
+  bnk_welford_vec<V> chunk;
+  chunk.count = (float)rows;
+  const float inv_count = 1.0f / chunk.count;
+#pragma unroll
+  for (int i = 0; i < V; ++i) bnk_chunk_channel<U, V>(v, rows, i, inv_count, &chunk.mean[i], &chunk.m2[i]);
+  return chunk;
+}
+
+// Chan's merge of two chunks of the same count, which needs no division: the run then takes one merge (and
+// its division) per two chunks.
+template <int V>
+static __device__ __forceinline__ bnk_welford_vec<V> bnk_chunk_pair(const bnk_welford_vec<V> &a,
+                                                                    const bnk_welford_vec<V> &b) {
+  bnk_welford_vec<V> r;
+  r.count = a.count + b.count;
+  const float cross = a.count * 0.5f;
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    const float delta = b.mean[i] - a.mean[i];
+    r.mean[i] = fmaf(delta, 0.5f, a.mean[i]);
+    r.m2[i] = fmaf(delta * delta, cross, a.m2[i] + b.m2[i]);
+  }
+  return r;
+}
+
+// Folds a chunk into the run of the values less `shift` (V of them). Only the chunk's mean is shifted, so a
+// caller whose values sum exactly within a chunk (16-bit storage: 8 or 11 significant bits) passes them
+// unshifted with its K and saves a subtraction per element; a caller that shifted them passes NULL.
+template <int V>
+static __device__ __forceinline__ void bnk_run_add_chunk(bnk_welford_vec_run<V> &run, const bnk_welford_vec<V> &chunk,
+                                                         const float *shift) {
+  const bnk_run_step step = bnk_run_step_for(run, chunk.count);
+#pragma unroll
+  for (int i = 0; i < V; ++i)
+    bnk_run_merge_channel(run, step, i, shift != NULL ? chunk.mean[i] - shift[i] : chunk.mean[i], chunk.m2[i]);
+  run.w.count = step.total;
 }
 
 template <int V>

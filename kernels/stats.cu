@@ -178,25 +178,29 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS)
   if (merge.counters != NULL) merge_channel_if_last(merge, ws, c, parts, channel);
 }
 
-// Folds `rows` rows (at most BNK_UNROLL) of a thread's V channels into its run: row u at p + u * stride.
+// The chunk of `rows` rows (1 to BNK_UNROLL) of a thread's V channels at p, p + stride, ...: 16-bit values as
+// loaded, which sum exactly within a chunk (bnk_run_add_chunk then shifts the chunk's mean only), fp32 values less
+// the shift.
 template <typename T, int V>
-static __device__ __forceinline__ void fold_rows(const T *p, int64_t stride, int rows, const float (&shift)[V],
-                                                 bnk_welford_vec_run<V> &run) {
+static __device__ __forceinline__ bnk_welford_vec<V> load_chunk(const T *p, int64_t stride, int rows,
+                                                                const float (&shift)[V]) {
   float v[BNK_UNROLL][V] = {};
 #pragma unroll
   for (int u = 0; u < BNK_UNROLL; ++u)
     if (u < rows) bnk_load<T, V>(p + u * stride, v[u]);
+  if constexpr (sizeof(T) != 2) {
 #pragma unroll
-  for (int u = 0; u < BNK_UNROLL; ++u)
+    for (int u = 0; u < BNK_UNROLL; ++u)
 #pragma unroll
-    for (int i = 0; i < V; ++i) v[u][i] -= shift[i];
-  bnk_run_add_rows<BNK_UNROLL, V>(run, v, rows);
+      for (int i = 0; i < V; ++i) v[u][i] -= shift[i];
+  }
+  return bnk_chunk_of_rows<BNK_UNROLL, V>(v, rows);
 }
 
 // Channels-last: x is rows of c contiguous channels. Block b covers tile (b % tiles) of tile_x * V
 // channels over the rows of piece (b / tiles). Thread (tx, ty) owns V channels and walks rows ty,
-// ty + tile_y, ...; consecutive threads read consecutive addresses. BNK_UNROLL rows at a time go into its
-// run with one division for all of them and all V channels; the block then merges its tile_y runs per
+// ty + tile_y, ...; consecutive threads read consecutive addresses. 2 x BNK_UNROLL rows at a time go into
+// its run with one division for all of them and all V channels; the block then merges its tile_y runs per
 // channel (bnk_tile_reduce). Four resident blocks except for the 16-bit 8-wide kernels, whose run state allows
 // two: without the bound the merge inside takes the register count past 64, and ptxas fits it there without
 // spills (sass_budget.json checks that).
@@ -226,9 +230,19 @@ static __global__ void __launch_bounds__(BNK_STREAM_THREADS, V == 8 ? 2 : 4)
     const int64_t stride = (int64_t)tile_y * c;
     int64_t r = part * rows_per_part + ty;
     const T *p = x + r * c + channel0;
-    for (; r + (BNK_UNROLL - 1) * tile_y < row_end; r += BNK_UNROLL * tile_y, p += BNK_UNROLL * stride)
-      fold_rows<T, V>(p, stride, BNK_UNROLL, shift, run);
-    if (r < row_end) fold_rows<T, V>(p, stride, (int)((row_end - r + tile_y - 1) / tile_y), shift, run);
+    const float *chunk_shift = sizeof(T) == 2 ? shift : NULL;  // load_chunk shifted fp32 values itself
+    // Two chunks a step, paired before the run takes them: one division and one compensated merge per
+    // 2 BNK_UNROLL rows, and 2 BNK_UNROLL loads in flight.
+    constexpr int STEP = 2 * BNK_UNROLL;
+    for (; r + (STEP - 1) * tile_y < row_end; r += STEP * tile_y, p += STEP * stride) {
+      const bnk_welford_vec<V> first = load_chunk<T, V>(p, stride, BNK_UNROLL, shift);
+      const bnk_welford_vec<V> second = load_chunk<T, V>(p + BNK_UNROLL * stride, stride, BNK_UNROLL, shift);
+      bnk_run_add_chunk(run, bnk_chunk_pair(first, second), chunk_shift);
+    }
+    for (; r < row_end; r += BNK_UNROLL * tile_y, p += BNK_UNROLL * stride) {
+      const int left = (int)min((int64_t)BNK_UNROLL, (row_end - r + tile_y - 1) / tile_y);
+      bnk_run_add_chunk(run, load_chunk<T, V>(p, stride, left, shift), chunk_shift);
+    }
   }
 
   const state acc = bnk_tile_reduce(bnk_run_result(run), shared, tile_x, tile_y);
