@@ -112,23 +112,35 @@ static __device__ __forceinline__ void bnk_load(const T *p, float (&out)[V]) {
   }
 }
 
+// The pair type of a 16-bit storage type, its rounding of two floats, and its compare with 0 (HSET2: 0xFFFF per
+// half that is > 0; NaN is not).
+template <typename T>
+struct bnk_pair;
+template <>
+struct bnk_pair<__half> {
+  typedef __half2 type;
+  static __device__ __forceinline__ type round(float low, float high) { return __floats2half2_rn(low, high); }
+  static __device__ __forceinline__ unsigned positive(type pair) { return __hgt2_mask(pair, __float2half2_rn(0.0f)); }
+};
+template <>
+struct bnk_pair<__nv_bfloat16> {
+  typedef __nv_bfloat162 type;
+  static __device__ __forceinline__ type round(float low, float high) { return __floats2bfloat162_rn(low, high); }
+  static __device__ __forceinline__ unsigned positive(type pair) {
+    return __hgt2_mask(pair, __float2bfloat162_rn(0.0f));
+  }
+};
+
 // Two values rounded into a 16-bit pair, low element first: the one conversion that both a store and the
 // ReLU mask's compare (bnk_positive_pair) use, so that nvcc converts each pair once (for bf16 it emitted the
 // scalar and the pair conversions separately).
-static __device__ __forceinline__ unsigned bnk_round_pair(__half, float low, float high) {
+template <typename T>
+static __device__ __forceinline__ unsigned bnk_round_pair(float low, float high) {
   union {
-    __half2 pair;
+    typename bnk_pair<T>::type pair;
     unsigned bits;
   } u;
-  u.pair = __floats2half2_rn(low, high);
-  return u.bits;
-}
-static __device__ __forceinline__ unsigned bnk_round_pair(__nv_bfloat16, float low, float high) {
-  union {
-    __nv_bfloat162 pair;
-    unsigned bits;
-  } u;
-  u.pair = __floats2bfloat162_rn(low, high);
+  u.pair = bnk_pair<T>::round(low, high);
   return u.bits;
 }
 
@@ -143,7 +155,7 @@ static __device__ __forceinline__ uint4 bnk_round_vector(const float (&in)[V]) {
   } u;
   if constexpr (sizeof(T) == 2) {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) u.pair[k] = bnk_round_pair(T(), in[2 * k], in[2 * k + 1]);
+    for (int k = 0; k < 4; ++k) u.pair[k] = bnk_round_pair<T>(in[2 * k], in[2 * k + 1]);
   } else {
 #pragma unroll
     for (int i = 0; i < V; ++i) u.elem[i] = bnk_from_float<T>(in[i]);
@@ -252,21 +264,14 @@ static __device__ __forceinline__ float bnk_relu(float v) { return v < 0.0f ? 0.
 // 16-bit storage compares the rounded pair at once (HSET2: 0xFFFF per half that is > 0, NaN not), and
 // each pair's two halves give its two bits: about 1 instruction per element where converting each rounded
 // value back to fp32, comparing and setting its bit took 4.
-static __device__ __forceinline__ unsigned bnk_positive_pair(__half, float low, float high) {
+template <typename T>
+static __device__ __forceinline__ unsigned bnk_positive_pair(float low, float high) {
   union {
     unsigned bits;
-    __half2 pair;
+    typename bnk_pair<T>::type pair;
   } u;
-  u.bits = bnk_round_pair(__half(), low, high);
-  return __hgt2_mask(u.pair, __float2half2_rn(0.0f));
-}
-static __device__ __forceinline__ unsigned bnk_positive_pair(__nv_bfloat16, float low, float high) {
-  union {
-    unsigned bits;
-    __nv_bfloat162 pair;
-  } u;
-  u.bits = bnk_round_pair(__nv_bfloat16(), low, high);
-  return __hgt2_mask(u.pair, __float2bfloat162_rn(0.0f));
+  u.bits = bnk_round_pair<T>(low, high);
+  return bnk_pair<T>::positive(u.pair);
 }
 
 template <typename T, int V>
@@ -278,8 +283,7 @@ static __device__ __forceinline__ unsigned bnk_positive_bits(const float (&v)[V]
     // high half element 2k + 1. Gather those positions of every pair, then fold the high half down.
     unsigned gathered = 0;
 #pragma unroll
-    for (int k = 0; k < V / 2; ++k)
-      gathered |= bnk_positive_pair(T(), v[2 * k], v[2 * k + 1]) & (0x00030003u << (2 * k));
+    for (int k = 0; k < V / 2; ++k) gathered |= bnk_positive_pair<T>(v[2 * k], v[2 * k + 1]) & (0x00030003u << (2 * k));
     bits = (gathered & 0x5555u) | ((gathered >> 16) & 0xAAAAu);
   } else {
 #pragma unroll
