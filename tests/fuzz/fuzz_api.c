@@ -469,7 +469,7 @@ static void call_inference_pipeline(input *in) {
   bnk_context *c = take_context(in);
   const int64_t k = take_count(in), c_in = take_count(in);
   int64_t kernel[3];
-  for (int i = 0; i < 3; ++i) kernel[i] = take_byte(in) < 240 ? 1 + take_byte(in) % 3 : -take_byte(in);
+  for (int i = 0; i < 3; ++i) kernel[i] = take_byte(in) < 240 ? 1 + take_byte(in) % 3 : -(int64_t)take_byte(in);
   const int kernel_dims = take_enum(in, 4);
   const bnk_dtype dtype = (bnk_dtype)take_enum(in, 3), bias_dtype = (bnk_dtype)take_enum(in, 3);
   const void *x = take_tensor_pointer(in, &desc, empty);
